@@ -1,0 +1,24 @@
+//! echo-lab: one TCP echo protocol (RFC 862), five concurrency models, and
+//! the tools to watch and measure the difference.
+//!
+//! This crate is teaching code: each model lives whole in one file, and the
+//! files read in the order of the notes they follow. Read the modules in
+//! this order:
+//!
+//! 1. [`net`]: the one socket setup every model shares, and the kernel's
+//!    answers every model must handle (WouldBlock, EINTR, EMFILE).
+//! 2. [`shutdown`] and [`stats`]: how a server is stopped, and what it counts.
+//! 3. [`serve`]: the models, each in its own file:
+//!    [`serve::sequential`], [`serve::threadpool`].
+//! 4. [`cli`]: the command line that starts them; [`parse`], the parsers of
+//!    every value a user types.
+//!
+//! It is not a production echo server: it is a lab for seeing how each model
+//! behaves, built to the standard of one.
+
+pub mod cli;
+pub mod net;
+pub mod parse;
+pub mod serve;
+pub mod shutdown;
+pub mod stats;

@@ -1,0 +1,17 @@
+//! The `echo-lab` binary: parse, run, report. Everything else is in the
+//! library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = echo_lab::cli::Cli::parse();
+    match echo_lab::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("echo-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

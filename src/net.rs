@@ -1,0 +1,147 @@
+//! The one socket setup every model shares, and the names of the kernel's
+//! answers that every model must handle.
+//!
+//! [`bind_listener`] builds every listening socket; [`prepare_stream`]
+//! prepares every accepted connection. The models receive what these return
+//! and never parse an address themselves.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::parse::HostPort;
+
+/// The kernel's default `listen()` backlog on Linux (`net.core.somaxconn`):
+/// how many finished handshakes may wait for `accept()`. The kernel caps a
+/// larger value at `somaxconn`.
+pub const DEFAULT_BACKLOG: u32 = 4096;
+
+/// How long a model stops accepting after the process ran out of file
+/// descriptors (EMFILE/ENFILE). The waiting clients stay in the kernel's
+/// backlog meanwhile; 100 ms keeps the retry cost negligible and the recovery
+/// prompt once descriptors are freed.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How a listener should behave when nothing is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocking {
+    /// `accept()` waits: the sequential and thread-pool models.
+    Yes,
+    /// `accept()` returns `WouldBlock`: the readiness-loop models.
+    No,
+}
+
+/// Binds a TCP listener on the first address of `addr` that accepts it.
+///
+/// SO_REUSEADDR lets a restarted server bind while old connections of a
+/// previous run linger in TIME_WAIT; it does not let two servers share a
+/// port.
+///
+/// # Errors
+/// One line naming the address: already in use, permission denied, or not
+/// available on this machine.
+pub fn bind_listener(
+    addr: &HostPort,
+    backlog: u32,
+    blocking: Blocking,
+) -> anyhow::Result<TcpListener> {
+    let mut last_error = None;
+    for &candidate in &addr.addrs {
+        match bind_one(candidate, backlog, blocking) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some((candidate, e)),
+        }
+    }
+    match last_error {
+        Some((candidate, e)) if e.kind() == io::ErrorKind::AddrInUse => {
+            bail!("cannot listen on {candidate}: address already in use")
+        }
+        Some((candidate, e)) => Err(e).with_context(|| format!("cannot listen on {candidate}")),
+        None => bail!("'{addr}' resolved to no address"),
+    }
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32, blocking: Blocking) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `[::]:7000` means IPv6 only, as the user wrote it.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(blocking == Blocking::No)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
+/// Prepares an accepted connection: TCP_NODELAY, because an echo server
+/// answers small writes and Nagle's algorithm would hold them back waiting
+/// for an ACK; and the blocking mode the model needs (Linux does not pass a
+/// listener's O_NONBLOCK on to the sockets `accept()` returns).
+///
+/// # Errors
+/// Only if the kernel refuses the options, e.g. the peer already reset.
+pub fn prepare_stream(stream: &TcpStream, blocking: Blocking) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    if blocking == Blocking::No {
+        stream.set_nonblocking(true)?;
+    }
+    Ok(())
+}
+
+/// `WouldBlock` is the kernel saying the socket is not ready after all: no
+/// data to read, no room to write, no connection to accept. Not an error:
+/// wait for readiness and try again.
+pub fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// `EINTR`: a signal arrived while the call waited. Nothing happened; retry.
+pub fn interrupted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+}
+
+/// What an accept loop should do after `accept()` failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AcceptFailure {
+    /// The failure belonged to one connection that is already gone
+    /// (ECONNABORTED: the client reset before we accepted; EPROTO and the
+    /// network errors Linux passes on from the new socket). Accept the next.
+    Transient,
+    /// The process or the system is out of descriptors or memory (EMFILE,
+    /// ENFILE, ENOBUFS, ENOMEM). Retrying at once would fail again and spin:
+    /// stop accepting for [`ACCEPT_BACKOFF`], then retry.
+    Exhausted,
+    /// Anything else means the listener itself is broken; stop serving.
+    Fatal,
+}
+
+/// Sorts an `accept()` error into what to do next.
+pub fn classify_accept_error(e: &io::Error) -> AcceptFailure {
+    if interrupted(e) || would_block(e) {
+        return AcceptFailure::Transient;
+    }
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+            AcceptFailure::Exhausted
+        }
+        Some(
+            libc::ECONNABORTED
+            | libc::ECONNRESET
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH
+            | libc::ETIMEDOUT,
+        ) => AcceptFailure::Transient,
+        _ => AcceptFailure::Fatal,
+    }
+}

@@ -1,0 +1,127 @@
+//! What the two blocking models share: the accept loop and the notes'
+//! `handle_client`, one thread blocked on one socket at a time.
+//!
+//! A thread blocked in `accept()`, `read()` or `write()` cannot check a flag,
+//! so shutdown reaches it through the kernel: `shutdown(2)` on the socket it
+//! waits on makes the call return at once (`accept()` with EINVAL, `read()`
+//! with 0, `write()` with EPIPE).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+
+use socket2::SockRef;
+
+use super::{Context, READ_BUFFER_SIZE};
+use crate::net::{ACCEPT_BACKOFF, AcceptFailure, Blocking, interrupted, prepare_stream};
+use crate::shutdown::HookGuard;
+use crate::stats::Ending;
+
+/// The clients a listener accepts, one after another, until shutdown.
+///
+/// Accept failures are handled here, in one place: a failure that belongs to
+/// one vanished client is skipped, running out of descriptors backs off for
+/// [`ACCEPT_BACKOFF`], and a broken listener ends the iteration (see
+/// [`Clients::finish`]).
+pub struct Clients<'a> {
+    listener: Arc<TcpListener>,
+    ctx: &'a Context,
+    fatal: Option<io::Error>,
+    _wake: HookGuard,
+}
+
+impl<'a> Clients<'a> {
+    /// Starts accepting on `listener`; shutdown will wake a blocked `accept()`.
+    pub fn new(listener: TcpListener, ctx: &'a Context) -> Self {
+        let listener = Arc::new(listener);
+        let waker = listener.clone();
+        let _wake = ctx.shutdown.on_trigger(move || {
+            let _ = SockRef::from(&*waker).shutdown(Direction::Both);
+        });
+        Clients {
+            listener,
+            ctx,
+            fatal: None,
+            _wake,
+        }
+    }
+
+    /// How accepting ended: `Ok` on shutdown, the error if the listener broke.
+    ///
+    /// # Errors
+    /// The `accept()` error that ended the iteration.
+    pub fn finish(self) -> io::Result<()> {
+        self.fatal.map_or(Ok(()), Err)
+    }
+}
+
+impl Iterator for Clients<'_> {
+    type Item = (TcpStream, SocketAddr);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.ctx.shutdown.is_triggered() {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    self.ctx.stats.connected(peer);
+                    return Some((stream, peer));
+                }
+                // The listener was shut down to wake us: not a failure.
+                Err(_) if self.ctx.shutdown.is_triggered() => break,
+                Err(e) => match self.ctx.stats.accept_failed(&e) {
+                    AcceptFailure::Transient => {}
+                    AcceptFailure::Exhausted => {
+                        self.ctx.shutdown.sleep(ACCEPT_BACKOFF);
+                    }
+                    AcceptFailure::Fatal => {
+                        self.fatal = Some(e);
+                        break;
+                    }
+                },
+            }
+        }
+        None
+    }
+}
+
+/// Echoes everything `stream` sends until it closes, then logs how it ended:
+/// the notes' `handle_client`.
+pub fn handle_client(stream: TcpStream, peer: SocketAddr, ctx: &Context) {
+    let stream = Arc::new(stream);
+    let waker = stream.clone();
+    let wake = ctx.shutdown.on_trigger(move || {
+        let _ = waker.shutdown(Direction::Both);
+    });
+    let mut bytes = 0;
+    let ending = match echo(&stream, ctx, &mut bytes) {
+        _ if ctx.shutdown.is_triggered() => Ending::Shutdown,
+        Ok(()) => Ending::Closed,
+        Err(e) => Ending::from_error(e),
+    };
+    drop(wake);
+    ctx.stats.disconnected(peer, bytes, ending);
+}
+
+/// The echo loop. `write_all` keeps writing until every byte is taken: a
+/// blocking write may take fewer bytes than offered (a partial write), and
+/// the kernel parks the thread until the peer makes room.
+///
+/// Half-close needs no special case: everything read has been written back
+/// by the time `read()` reports the end of the stream with 0.
+fn echo(mut stream: &TcpStream, ctx: &Context, bytes: &mut u64) -> io::Result<()> {
+    prepare_stream(stream, Blocking::Yes)?;
+    // With an idle timeout, a read (or a write to a client that stopped
+    // reading) that waits longer fails with WouldBlock: we disconnect.
+    stream.set_read_timeout(ctx.config.idle_timeout)?;
+    stream.set_write_timeout(ctx.config.idle_timeout)?;
+    let mut buffer = [0; READ_BUFFER_SIZE];
+    loop {
+        let n = match stream.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if interrupted(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        stream.write_all(&buffer[..n])?;
+        *bytes += n as u64;
+    }
+}

@@ -1,0 +1,245 @@
+//! The five servers: one echo protocol, five concurrency models.
+//!
+//! Every model is started the same way: [`run`] hands it a listener built by
+//! [`crate::net::bind_listener`] and a [`Context`] (its settings, the
+//! shutdown handle and the counters). A model returns when the shutdown is
+//! triggered, after closing every connection it holds.
+//!
+//! Read the models in the order of the notes:
+//! 1. [`sequential`]: one client at a time.
+//! 2. [`threadpool`]: a fixed pool of blocking threads.
+
+use std::net::{SocketAddr, TcpListener};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::net::{Blocking, DEFAULT_BACKLOG, bind_listener};
+use crate::parse::HostPort;
+use crate::shutdown::Shutdown;
+use crate::stats::Stats;
+
+mod blocking;
+pub mod sequential;
+pub mod threadpool;
+
+/// How many bytes a model reads from a socket at once: one `read()` moves up
+/// to this much, so a 16 MiB payload takes about a thousand reads.
+pub const READ_BUFFER_SIZE: usize = 16 * 1024;
+
+/// The concurrency models, in the order the notes introduce them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// One client at a time: accept, echo until it leaves, accept the next.
+    Sequential,
+    /// A fixed pool of threads, each blocking on one client; a bounded queue.
+    Threadpool,
+    /// One thread, an epoll readiness loop, a handler per ready socket.
+    Selector,
+    /// One thread; each client a hand-written state machine (a generator).
+    #[value(alias = "generator")]
+    Statemachine,
+    /// One thread; async/await on an executor and reactor of our own.
+    Async,
+}
+
+impl Mode {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Sequential => "sequential",
+            Mode::Threadpool => "threadpool",
+            Mode::Selector => "selector",
+            Mode::Statemachine => "statemachine",
+            Mode::Async => "async",
+        }
+    }
+
+    /// Whether the model blocks in `accept()`/`read()` or waits for
+    /// readiness and needs non-blocking sockets.
+    pub fn blocking(self) -> Blocking {
+        match self {
+            Mode::Sequential | Mode::Threadpool => Blocking::Yes,
+            Mode::Selector | Mode::Statemachine | Mode::Async => Blocking::No,
+        }
+    }
+
+    /// Every model that can serve today.
+    pub fn implemented() -> &'static [Mode] {
+        &[Mode::Sequential, Mode::Threadpool]
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The settings a user chooses for a server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Threads in the thread pool (the notes use 20).
+    pub workers: NonZeroUsize,
+    /// Accepted clients that may wait for a free worker before the acceptor
+    /// stops accepting and further clients wait in the kernel's backlog.
+    pub queue: usize,
+    /// The `listen()` backlog.
+    pub backlog: u32,
+    /// Disconnect a client that sent nothing (or took nothing) for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Silence the per-connection log lines.
+    pub quiet: bool,
+}
+
+/// The notes' thread pool size: `ThreadPoolExecutor(max_workers=20)`.
+pub const DEFAULT_WORKERS: NonZeroUsize = NonZeroUsize::new(20).unwrap();
+
+/// How many accepted clients may wait for a worker by default. Each holds a
+/// descriptor and a little kernel memory; beyond it, the kernel's backlog
+/// holds them at no cost to us.
+pub const DEFAULT_QUEUE: usize = 16;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: DEFAULT_WORKERS,
+            queue: DEFAULT_QUEUE,
+            backlog: DEFAULT_BACKLOG,
+            idle_timeout: None,
+            quiet: false,
+        }
+    }
+}
+
+/// What every model receives besides its listener.
+pub struct Context {
+    /// The user's settings.
+    pub config: Config,
+    /// Triggered to stop the server.
+    pub shutdown: Shutdown,
+    /// Counters and the per-connection log.
+    pub stats: Stats,
+}
+
+impl Context {
+    /// A context with a fresh shutdown handle and fresh counters.
+    pub fn new(config: Config) -> Self {
+        let stats = Stats::new(config.quiet);
+        Context {
+            config,
+            shutdown: Shutdown::new(),
+            stats,
+        }
+    }
+}
+
+/// Binds the listener `mode` needs on `addr`.
+///
+/// # Errors
+/// The mode is not implemented yet, or the address cannot be bound.
+pub fn bind(mode: Mode, addr: &HostPort, config: &Config) -> anyhow::Result<TcpListener> {
+    if !Mode::implemented().contains(&mode) {
+        bail!("mode '{mode}' is not implemented yet");
+    }
+    bind_listener(addr, config.backlog, mode.blocking())
+}
+
+/// Serves on `listener` with `mode` until `ctx.shutdown` is triggered.
+///
+/// # Errors
+/// Only failures of the server as a whole (the listener broke, a thread
+/// could not be started); a failing connection is logged and closed.
+pub fn run(mode: Mode, listener: TcpListener, ctx: &Context) -> anyhow::Result<()> {
+    let served = match mode {
+        Mode::Sequential => sequential::run(listener, ctx),
+        Mode::Threadpool => threadpool::run(listener, ctx),
+        Mode::Selector | Mode::Statemachine | Mode::Async => {
+            bail!("mode '{mode}' is not implemented yet")
+        }
+    };
+    served.with_context(|| format!("the {mode} server failed"))
+}
+
+/// A server running on a thread of this process: what tests and tools use.
+/// Dropping it shuts the server down and waits for it.
+pub struct Server {
+    addr: SocketAddr,
+    ctx: Arc<Context>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    /// Binds `addr` (port 0 picks a free port) and starts `mode` on it.
+    ///
+    /// # Errors
+    /// As [`bind`].
+    pub fn start(mode: Mode, addr: &HostPort, config: Config) -> anyhow::Result<Server> {
+        let listener = bind(mode, addr, &config)?;
+        let addr = listener.local_addr()?;
+        let ctx = Arc::new(Context::new(config));
+        let thread_ctx = ctx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("{mode}-server"))
+            .spawn(move || run(mode, listener, &thread_ctx))?;
+        Ok(Server {
+            addr,
+            ctx,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address the server listens on, with its real port.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.ctx.stats
+    }
+
+    /// Shuts the server down and returns how its run ended.
+    ///
+    /// # Errors
+    /// The server failed, or its thread panicked.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> anyhow::Result<()> {
+        self.ctx.shutdown.trigger();
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => bail!("the server thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    #[test]
+    fn generator_is_another_name_for_statemachine() {
+        assert_eq!(Mode::from_str("generator", false), Ok(Mode::Statemachine));
+    }
+
+    #[test]
+    fn mode_names_round_trip() {
+        for &mode in Mode::value_variants() {
+            assert_eq!(Mode::from_str(mode.name(), false), Ok(mode));
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! The sequential model: accept one client, echo until it leaves, accept the
+//! next. The notes' first server (`run_server` + `handle_client`), and the
+//! baseline every other model is measured against.
+//!
+//! Its trade-off is simplicity: one thread, no shared state, nothing to
+//! synchronise. Its limit is plain to see: while one client is connected,
+//! every other client waits in the kernel's backlog, and a client that stays
+//! connected without sending anything blocks the whole server (only
+//! `--idle-timeout` frees it). Shutdown wakes the blocked `accept()` or
+//! `read()` by shutting the socket down.
+//!
+//! Next: [`super::threadpool`], which serves several clients at once.
+
+use std::io;
+use std::net::TcpListener;
+
+use super::Context;
+use super::blocking::{Clients, handle_client};
+
+/// Serves one client at a time until shutdown.
+///
+/// # Errors
+/// If the listener breaks.
+pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    let mut clients = Clients::new(listener, ctx);
+    for (stream, peer) in &mut clients {
+        handle_client(stream, peer, ctx);
+    }
+    clients.finish()
+}

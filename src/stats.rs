@@ -1,0 +1,170 @@
+//! What a server counts and logs: connections, bytes, peaks, accept
+//! failures, and the summary printed on shutdown.
+//!
+//! Every model reports the life of each connection here, so that the logs
+//! and the summary read the same whichever model produced them. Per-message
+//! work never touches this type: bytes are added once, when a connection ends.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use crate::net::{AcceptFailure, classify_accept_error};
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// The client closed (or half-closed) and got every byte back.
+    Closed,
+    /// The client sent nothing for the idle timeout.
+    IdleTimeout,
+    /// The server is shutting down.
+    Shutdown,
+    /// The connection failed: a reset, a broken pipe, another error.
+    Failed(io::Error),
+}
+
+impl Ending {
+    /// Classifies an I/O error that ended a connection. A blocking socket
+    /// whose read or write timeout expired reports `WouldBlock`/`TimedOut`.
+    pub fn from_error(e: io::Error) -> Ending {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Ending::IdleTimeout,
+            _ => Ending::Failed(e),
+        }
+    }
+}
+
+/// Counters and logs of one server run. Shared by reference between the
+/// threads of a model.
+#[derive(Debug)]
+pub struct Stats {
+    quiet: bool,
+    started: Instant,
+    served: AtomicU64,
+    active: AtomicU64,
+    peak: AtomicU64,
+    bytes: AtomicU64,
+    idle_closed: AtomicU64,
+    failed: AtomicU64,
+    accept_errors: AtomicU64,
+    accept_burst: AtomicU64,
+}
+
+impl Stats {
+    /// Fresh counters; `quiet` silences the per-connection log lines.
+    pub fn new(quiet: bool) -> Self {
+        Stats {
+            quiet,
+            started: Instant::now(),
+            served: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            accept_burst: AtomicU64::new(0),
+        }
+    }
+
+    /// A client was accepted. Ends a burst of accept failures, if one was
+    /// going on, with one line saying so.
+    pub fn connected(&self, peer: SocketAddr) {
+        let failures = self.accept_burst.swap(0, Relaxed);
+        if failures > 0 {
+            eprintln!("accepting again after {failures} failed attempts");
+        }
+        self.served.fetch_add(1, Relaxed);
+        let active = self.active.fetch_add(1, Relaxed) + 1;
+        self.peak.fetch_max(active, Relaxed);
+        if !self.quiet {
+            eprintln!("connection from {peer}");
+        }
+    }
+
+    /// A client is gone after `bytes` were echoed to it. Logged once.
+    pub fn disconnected(&self, peer: SocketAddr, bytes: u64, ending: Ending) {
+        self.active.fetch_sub(1, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+        match &ending {
+            Ending::IdleTimeout => self.idle_closed.fetch_add(1, Relaxed),
+            Ending::Failed(_) => self.failed.fetch_add(1, Relaxed),
+            Ending::Closed | Ending::Shutdown => 0,
+        };
+        if self.quiet {
+            return;
+        }
+        match ending {
+            Ending::Closed => eprintln!("{peer} disconnected after {bytes} bytes"),
+            Ending::IdleTimeout => {
+                eprintln!("{peer} disconnected after {bytes} bytes (idle timeout)")
+            }
+            Ending::Shutdown => {
+                eprintln!("{peer} disconnected after {bytes} bytes (server shutdown)")
+            }
+            Ending::Failed(e) => eprintln!("{peer} disconnected after {bytes} bytes ({e})"),
+        }
+    }
+
+    /// `accept()` failed: counts it, logs the first failure of a burst, and
+    /// says what to do next. The burst ends at the next accepted client.
+    pub fn accept_failed(&self, e: &io::Error) -> AcceptFailure {
+        let failure = classify_accept_error(e);
+        if matches!(failure, AcceptFailure::Fatal) {
+            return failure;
+        }
+        self.accept_errors.fetch_add(1, Relaxed);
+        if self.accept_burst.fetch_add(1, Relaxed) == 0 {
+            match failure {
+                AcceptFailure::Exhausted => {
+                    eprintln!("accept failed: {e}; backing off, clients wait in the backlog")
+                }
+                _ => eprintln!("accept failed: {e}; continuing"),
+            }
+        }
+        failure
+    }
+
+    /// Clients connected right now.
+    pub fn active(&self) -> u64 {
+        self.active.load(Relaxed)
+    }
+
+    /// Clients accepted since the start.
+    pub fn served(&self) -> u64 {
+        self.served.load(Relaxed)
+    }
+
+    /// Bytes echoed by connections that have ended.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Relaxed)
+    }
+
+    /// The most clients connected at once.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Relaxed)
+    }
+
+    /// Time since the server started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The one-paragraph summary printed on shutdown.
+    pub fn summary(&self) -> String {
+        format!(
+            "shutting down after {:.1}s: served {} connections, echoed {} bytes, \
+             peak {} simultaneous clients; {} closed for idleness, {} failed, \
+             {} accept errors",
+            self.uptime().as_secs_f64(),
+            self.served(),
+            self.bytes(),
+            self.peak(),
+            self.idle_closed.load(Relaxed),
+            self.failed.load(Relaxed),
+            self.accept_errors.load(Relaxed),
+        )
+    }
+}

@@ -1,0 +1,239 @@
+//! Helpers shared by the integration tests: start a server on port 0, talk
+//! to it with timeouts on every blocking call, run the real binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use echo_lab::serve::{Config, Mode, Server};
+
+/// The longest any single step of a test may wait. Generous on purpose: the
+/// machines are small and noisy, and a correct server answers in
+/// milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A quiet server configuration, as tests want it.
+pub fn quiet() -> Config {
+    Config {
+        quiet: true,
+        ..Config::default()
+    }
+}
+
+/// Starts `mode` on 127.0.0.1 with a free port; stopped when dropped.
+pub fn start(mode: Mode) -> Server {
+    start_with(mode, quiet())
+}
+
+/// Starts `mode` with `config` on 127.0.0.1 with a free port.
+pub fn start_with(mode: Mode, config: Config) -> Server {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    Server::start(mode, &addr.into(), config).expect("server starts")
+}
+
+/// Connects with read and write timeouts of [`PATIENCE`].
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, PATIENCE).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Reads exactly `len` bytes, failing the test on a timeout or early EOF.
+pub fn read_exact(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    stream.read_exact(&mut buf).expect("read the echo");
+    buf
+}
+
+/// Sends `message` and asserts that exactly it comes back.
+pub fn assert_echo(stream: &mut TcpStream, message: &[u8]) {
+    stream.write_all(message).expect("send");
+    assert_eq!(read_exact(stream, message.len()), message);
+}
+
+/// Whether `stream` receives nothing within `window`. Used only to show that
+/// a server is (correctly) making a client wait: a correct server never
+/// answers early, so a slow machine cannot make this fail.
+pub fn stays_silent(stream: &mut TcpStream, window: Duration) -> bool {
+    stream.set_read_timeout(Some(window)).unwrap();
+    let mut byte = [0];
+    let silent = match stream.read(&mut byte) {
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        Ok(_) => false,
+    };
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    silent
+}
+
+/// Asserts that the server closes `stream`: a read returns end of stream
+/// (or a reset) within [`PATIENCE`].
+pub fn assert_closed_by_server(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+}
+
+/// Polls `condition` until it holds or [`PATIENCE`] runs out. For state that
+/// lives inside the server (counters) and has no event a test could wait on.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A deterministic, non-repeating-looking payload of `len` bytes.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The path of the real `echo-lab` binary that cargo built for the tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_echo-lab")
+}
+
+/// The real binary, serving; killed when dropped.
+pub struct BinaryServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl BinaryServer {
+    /// Runs `echo-lab serve --addr 127.0.0.1:0 <args>` and waits for its
+    /// `listening on` line. `wrap` may prefix a command such as `prlimit`.
+    pub fn start(wrap: &[&str], args: &[&str]) -> BinaryServer {
+        let mut argv: Vec<&str> = wrap.to_vec();
+        argv.extend([binary(), "serve", "--addr", "127.0.0.1:0"]);
+        argv.extend(args);
+        let mut child = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start echo-lab");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let stderr = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut text);
+            text
+        });
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(PATIENCE).expect("a `listening on` line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        BinaryServer {
+            child,
+            addr,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Sends `signal` and waits up to `deadline` for the process to exit.
+    /// Returns its exit status, how long it took, and everything it wrote to
+    /// stderr.
+    pub fn signal_and_wait(
+        mut self,
+        signal: i32,
+        deadline: Duration,
+    ) -> (std::process::ExitStatus, Duration, String) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) with the pid of our own child; no memory involved.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let sent = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let elapsed = sent.elapsed();
+                let stderr = self.stderr.take().unwrap().join().unwrap();
+                return (status, elapsed, stderr);
+            }
+            assert!(
+                sent.elapsed() < deadline,
+                "echo-lab did not exit within {deadline:?} of signal {signal}"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// CPU time (user + system) the process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.child.id())
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU time (user + system) used so far by process `pid`, from /proc.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14 and stime 15.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// Runs the real binary with `args` to completion (bounded by [`PATIENCE`])
+/// and returns its exit code, stdout and stderr.
+pub fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start echo-lab");
+    let deadline = Instant::now() + PATIENCE;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("echo-lab {args:?} did not finish within {PATIENCE:?}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

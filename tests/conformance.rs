@@ -1,0 +1,227 @@
+//! The echo contract (RFC 862 over TCP) that every model keeps, run against
+//! every model: each test body below runs once per mode, through
+//! `conformance!` at the bottom. A new model joins with one line there.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use echo_lab::serve::{Config, Mode};
+use socket2::SockRef;
+
+/// A short text message comes back unchanged.
+fn echoes_a_short_message(mode: Mode) {
+    let server = start(mode);
+    let mut client = connect(server.addr());
+    assert_echo(&mut client, b"hello, echo\n");
+    assert_echo(&mut client, b"and again\n");
+}
+
+/// Every byte value, 0 to 255, survives the trip: the server does not treat
+/// the stream as text.
+fn echoes_every_byte_value(mode: Mode) {
+    let server = start(mode);
+    let mut client = connect(server.addr());
+    let all: Vec<u8> = (0..=255).cycle().take(256 * 64).collect();
+    assert_echo(&mut client, &all);
+}
+
+/// 16 MiB written by one thread while another reads: the server must keep
+/// both directions moving and handle partial writes, or the two sides
+/// deadlock with full socket buffers.
+fn echoes_16_mib_full_duplex(mode: Mode) {
+    const LEN: usize = 16 << 20;
+    let server = start(mode);
+    let client = connect(server.addr());
+    let data = payload(LEN, 16);
+    let mut writer = client.try_clone().unwrap();
+    let sent = data.clone();
+    let writing = thread::spawn(move || {
+        for chunk in sent.chunks(100_003) {
+            writer.write_all(chunk).unwrap();
+        }
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut echoed = Vec::with_capacity(LEN);
+    (&client)
+        .read_to_end(&mut echoed)
+        .expect("read the whole echo");
+    writing.join().unwrap();
+    assert_eq!(echoed.len(), LEN);
+    assert!(echoed == data, "16 MiB echo differs from what was sent");
+}
+
+/// One byte per write, each echoed before the next: nothing is buffered
+/// waiting for "enough" data.
+fn echoes_byte_at_a_time(mode: Mode) {
+    let server = start(mode);
+    let mut client = connect(server.addr());
+    for &byte in b"one byte at a time, 0123456789" {
+        assert_echo(&mut client, &[byte]);
+    }
+}
+
+/// After the client shuts down its write side, the server echoes what it
+/// still holds and then closes the connection.
+fn half_close_gets_the_rest_then_eof(mode: Mode) {
+    let server = start(mode);
+    let mut client = connect(server.addr());
+    let data = payload(300_000, 3);
+    client.write_all(&data).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut echoed = Vec::new();
+    client
+        .read_to_end(&mut echoed)
+        .expect("echo, then end of stream");
+    assert!(echoed == data, "half-closed echo differs");
+}
+
+/// Clients that reset (RST) — idle, mid-echo, or mid-write of a large
+/// payload — are dropped without harm: the server serves the next client and
+/// holds no connection afterwards.
+fn resets_cost_nothing(mode: Mode) {
+    let server = start(mode);
+    for size in [0, 10, 1 << 20] {
+        let mut client = connect(server.addr());
+        if size > 0 {
+            client.write_all(&payload(size, 7)).unwrap();
+        }
+        // Linger 0: close() sends RST instead of FIN.
+        SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client);
+    }
+    let mut client = connect(server.addr());
+    assert_echo(&mut client, b"still serving");
+    drop(client);
+    wait_until("every connection is gone", || server.stats().active() == 0);
+    assert_eq!(server.stats().served(), 4);
+}
+
+/// 500 connect/close cycles in a row leak nothing and leave the server
+/// serving.
+fn survives_500_quick_connections(mode: Mode) {
+    let server = start(mode);
+    for _ in 0..500 {
+        drop(connect(server.addr()));
+    }
+    let mut client = connect(server.addr());
+    assert_echo(&mut client, b"after the churn");
+    drop(client);
+    wait_until("all 501 connections are served and gone", || {
+        server.stats().served() == 501 && server.stats().active() == 0
+    });
+}
+
+/// With `--idle-timeout`, a client that sends nothing is disconnected, while
+/// a client that keeps talking is not.
+fn idle_timeout_disconnects_silent_clients(mode: Mode) {
+    let server = start_with(
+        mode,
+        Config {
+            idle_timeout: Some(Duration::from_millis(300)),
+            ..quiet()
+        },
+    );
+    let mut silent = connect(server.addr());
+    assert_echo(&mut silent, b"then nothing");
+    let started = Instant::now();
+    assert_closed_by_server(&mut silent);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let mut talker = connect(server.addr());
+    for _ in 0..5 {
+        assert_echo(&mut talker, b"still here");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM with clients connected (one of them in the middle of an echo,
+/// one silent) stops the real binary within 2 seconds, with exit code 0 and
+/// the summary on stderr.
+fn sigterm_with_clients_exits_cleanly(mode: Mode) {
+    let server = BinaryServer::start(&[], &["--mode", mode.name()]);
+    let mut talking = connect(server.addr);
+    assert_echo(&mut talking, b"before the signal");
+    talking.write_all(&payload(1 << 20, 1)).unwrap();
+    let _silent = connect(server.addr);
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("shutting down after"), "stderr: {stderr}");
+    assert!(stderr.contains("peak"), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
+
+/// SIGINT (Ctrl-C) does the same as SIGTERM.
+fn sigint_exits_cleanly(mode: Mode) {
+    let server = BinaryServer::start(&[], &["--mode", mode.name(), "--quiet"]);
+    let _client = connect(server.addr);
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGINT, Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("shutting down after"), "stderr: {stderr}");
+}
+
+/// Under a limit of 48 descriptors with 150 clients knocking, accept fails
+/// with EMFILE: the server must neither crash nor spin, must say so once per
+/// burst, and must serve again once the clients leave. (The sequential model
+/// holds one client at a time and never runs out; it must not spin either.)
+fn out_of_descriptors_backs_off_and_recovers(mode: Mode) {
+    // A deep queue makes the thread pool accept past its 20 workers.
+    let server = BinaryServer::start(
+        &["prlimit", "--nofile=48:48", "--"],
+        &["--mode", mode.name(), "--quiet", "--queue", "200"],
+    );
+    let mut crowd: Vec<_> = (0..150)
+        .map(|_| {
+            let mut client = connect(server.addr);
+            client.write_all(b"knock").unwrap();
+            client
+        })
+        .collect();
+    let before = server.cpu_time();
+    thread::sleep(Duration::from_secs(2));
+    let burned = server.cpu_time() - before;
+    // A spinning accept loop burns the full 2 s; backing off costs ~nothing.
+    // The bound is loose so that a noisy machine cannot fail it.
+    assert!(
+        burned < Duration::from_millis(700),
+        "burned {burned:?} of CPU in 2 s"
+    );
+    crowd.truncate(0);
+    let mut client = connect(server.addr);
+    assert_echo(&mut client, b"served again");
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "{status:?}, stderr: {stderr}");
+    if mode != Mode::Sequential {
+        assert!(stderr.contains("Too many open files"), "stderr: {stderr}");
+        assert!(stderr.contains("accepting again after"), "stderr: {stderr}");
+    }
+}
+
+macro_rules! conformance {
+    ($($mode:ident => $value:expr),* $(,)?) => {$(
+        mod $mode {
+            use super::*;
+            #[test] fn echoes_a_short_message() { super::echoes_a_short_message($value) }
+            #[test] fn echoes_every_byte_value() { super::echoes_every_byte_value($value) }
+            #[test] fn echoes_16_mib_full_duplex() { super::echoes_16_mib_full_duplex($value) }
+            #[test] fn echoes_byte_at_a_time() { super::echoes_byte_at_a_time($value) }
+            #[test] fn half_close_gets_the_rest_then_eof() { super::half_close_gets_the_rest_then_eof($value) }
+            #[test] fn resets_cost_nothing() { super::resets_cost_nothing($value) }
+            #[test] fn survives_500_quick_connections() { super::survives_500_quick_connections($value) }
+            #[test] fn idle_timeout_disconnects_silent_clients() { super::idle_timeout_disconnects_silent_clients($value) }
+            #[test] fn sigterm_with_clients_exits_cleanly() { super::sigterm_with_clients_exits_cleanly($value) }
+            #[test] fn sigint_exits_cleanly() { super::sigint_exits_cleanly($value) }
+            #[test] fn out_of_descriptors_backs_off_and_recovers() { super::out_of_descriptors_backs_off_and_recovers($value) }
+        }
+    )*};
+}
+
+conformance! {
+    sequential => Mode::Sequential,
+    threadpool => Mode::Threadpool,
+}
