@@ -224,4 +224,6 @@ macro_rules! conformance {
 conformance! {
     sequential => Mode::Sequential,
     threadpool => Mode::Threadpool,
+    selector => Mode::Selector,
+    statemachine => Mode::Statemachine,
 }

@@ -8,6 +8,8 @@
 //! Read the models in the order of the notes:
 //! 1. [`sequential`]: one client at a time.
 //! 2. [`threadpool`]: a fixed pool of blocking threads.
+//! 3. [`selector`]: one thread, a readiness loop, a handler per socket.
+//! 4. [`statemachine`]: the same loop driving hand-written generators.
 
 use std::net::{SocketAddr, TcpListener};
 use std::num::NonZeroUsize;
@@ -23,7 +25,9 @@ use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 
 mod blocking;
+pub mod selector;
 pub mod sequential;
+pub mod statemachine;
 pub mod threadpool;
 
 /// How many bytes a model reads from a socket at once: one `read()` moves up
@@ -69,7 +73,12 @@ impl Mode {
 
     /// Every model that can serve today.
     pub fn implemented() -> &'static [Mode] {
-        &[Mode::Sequential, Mode::Threadpool]
+        &[
+            Mode::Sequential,
+            Mode::Threadpool,
+            Mode::Selector,
+            Mode::Statemachine,
+        ]
     }
 }
 
@@ -157,7 +166,9 @@ pub fn run(mode: Mode, listener: TcpListener, ctx: &Context) -> anyhow::Result<(
     let served = match mode {
         Mode::Sequential => sequential::run(listener, ctx),
         Mode::Threadpool => threadpool::run(listener, ctx),
-        Mode::Selector | Mode::Statemachine | Mode::Async => {
+        Mode::Selector => selector::run(listener, ctx),
+        Mode::Statemachine => statemachine::run(listener, ctx),
+        Mode::Async => {
             bail!("mode '{mode}' is not implemented yet")
         }
     };

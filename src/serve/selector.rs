@@ -1,0 +1,366 @@
+//! The selector model: one thread, one readiness loop, and a handler for
+//! each ready socket. The notes' `selectors` server (`sel.register(sock,
+//! EVENT_READ, callback)` then `for key, _ in sel.select(): key.data(...)`),
+//! with both of the flaws the notes admit fixed.
+//!
+//! Every socket is non-blocking and registered with one `polling::Poller`
+//! (epoll on Linux). The key of each registration indexes a table of
+//! handlers, the Rust shape of the notes' callback-as-data: [`Handler::Accept`]
+//! for the listener, [`Handler::Echo`] for a client. The loop waits until the
+//! kernel reports sockets ready, runs each one's handler, and repeats; no call
+//! ever blocks, so one thread serves thousands of clients.
+//!
+//! The notes' two flaws, fixed:
+//! - *"assume sendall won't block"*: a client's write may take only part of
+//!   what we offer. The rest waits in the connection's `unsent` buffer, and
+//!   we ask for write readiness only while that buffer is not empty.
+//! - unbounded buffering: a client that sends but never reads would make
+//!   `unsent` grow forever. Once it holds [`MAX_UNSENT`] bytes we stop
+//!   reading that client (back-pressure) until it drains; its bytes wait in
+//!   the kernel's socket buffers, then in the client's own.
+//!
+//! Its limit: handlers run one at a time on one thread, so a handler that
+//! computes for a long time stalls every other client; and one core is all
+//! it uses. Shutdown: the signal side calls `Poller::notify()`, the loop
+//! wakes, sees the flag, deletes and closes every socket.
+//!
+//! Next: [`super::statemachine`], the same loop driving generator-like tasks.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use polling::{Event, Events, PollMode, Poller};
+use slab::Slab;
+
+use super::{Context, READ_BUFFER_SIZE};
+use crate::net::{
+    ACCEPT_BACKOFF, AcceptFailure, Blocking, interrupted, prepare_stream, would_block,
+};
+use crate::stats::Ending;
+
+/// The most echoed bytes one client may leave unsent before we stop reading
+/// from it. 64 KiB is about what one loopback socket buffer holds: enough to
+/// keep a fast client streaming, small enough that 10,000 stalled clients
+/// cost at most 640 MiB (a real deployment would also cap the total).
+pub const MAX_UNSENT: usize = 64 * 1024;
+
+/// What to do when a registered socket is ready: the notes' callback.
+enum Handler {
+    /// The listener is readable: accept the waiting clients.
+    Accept,
+    /// A client is readable or writable: echo what can be echoed.
+    Echo(Connection),
+}
+
+/// Which readiness a socket is registered for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Interest {
+    read: bool,
+    write: bool,
+}
+
+/// One client and the bytes it is owed.
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Echoed bytes the socket has not taken yet, oldest first.
+    unsent: Vec<u8>,
+    /// The client shut down its write side (read returned 0).
+    read_closed: bool,
+    interest: Interest,
+    bytes: u64,
+    last_active: Instant,
+}
+
+/// Serves every client from this thread until shutdown.
+///
+/// # Errors
+/// If the poller fails or the listener breaks.
+pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    let poller = Arc::new(Poller::new()?);
+    let waker = poller.clone();
+    let _wake = ctx.shutdown.on_trigger(move || {
+        let _ = waker.notify();
+    });
+    let mut handlers = Slab::new();
+    let listener_key = handlers.insert(Handler::Accept);
+    // SAFETY (for every `add` in this file): a source must be deleted from
+    // the poller before it is closed. The listener is deleted at the end of
+    // this function; every client in `close`, before its stream drops.
+    unsafe { poller.add_with_mode(&listener, Event::readable(listener_key), PollMode::Level)? };
+
+    let mut selector = Selector {
+        poller: &poller,
+        listener: &listener,
+        listener_key,
+        handlers,
+        buffer: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
+        accept_paused_until: None,
+        next_idle_sweep: ctx
+            .config
+            .idle_timeout
+            .map(|t| Instant::now() + sweep_interval(t)),
+        ctx,
+    };
+    let served = selector.serve();
+    selector.close_all();
+    poller.delete(&listener)?;
+    served
+}
+
+/// The loop and everything it owns.
+struct Selector<'a> {
+    poller: &'a Poller,
+    listener: &'a TcpListener,
+    listener_key: usize,
+    handlers: Slab<Handler>,
+    /// One read buffer for every client: a read is echoed (or moved to the
+    /// client's `unsent`) before the next read, so nothing stays in it.
+    buffer: Box<[u8]>,
+    /// Set while accepting is paused after running out of descriptors.
+    accept_paused_until: Option<Instant>,
+    next_idle_sweep: Option<Instant>,
+    ctx: &'a Context,
+}
+
+impl Selector<'_> {
+    /// The readiness loop: wait, dispatch each event to its handler, repeat.
+    fn serve(&mut self) -> io::Result<()> {
+        let mut events = Events::new();
+        while !self.ctx.shutdown.is_triggered() {
+            events.clear();
+            // One epoll_wait for a whole batch of ready sockets. polling
+            // retries EINTR itself.
+            self.poller.wait(&mut events, self.timeout())?;
+            for event in events.iter() {
+                match self.handlers.get_mut(event.key) {
+                    Some(Handler::Accept) => self.accept_clients()?,
+                    Some(Handler::Echo(conn)) => {
+                        if let Some(ending) =
+                            conn.on_ready(self.poller, &mut self.buffer, event.key)
+                        {
+                            self.close(event.key, ending);
+                        }
+                    }
+                    // Closed earlier in this batch.
+                    None => {}
+                }
+            }
+            self.run_timers(Instant::now())?;
+        }
+        Ok(())
+    }
+
+    /// How long the next wait may last: until the next timer, or forever.
+    fn timeout(&self) -> Option<Duration> {
+        let next = match (self.accept_paused_until, self.next_idle_sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        next.map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Accepts every client waiting in the backlog (the notes' `accept`).
+    fn accept_clients(&mut self) -> io::Result<()> {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.register(stream, peer),
+                // The backlog is empty: wait for the next readiness event.
+                Err(e) if would_block(&e) => return Ok(()),
+                Err(e) => match self.ctx.stats.accept_failed(&e) {
+                    AcceptFailure::Transient => {}
+                    AcceptFailure::Exhausted => {
+                        // The pending client stays in the backlog, so the
+                        // listener stays readable: keep watching it and the
+                        // loop would spin. Stop watching it for a while.
+                        let key = self.listener_key;
+                        self.poller.modify_with_mode(
+                            self.listener,
+                            Event::none(key),
+                            PollMode::Level,
+                        )?;
+                        self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                        return Ok(());
+                    }
+                    AcceptFailure::Fatal => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// Adds a new client to the table and to the poller, interested in reading.
+    fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
+        self.ctx.stats.connected(peer);
+        if let Err(e) = prepare_stream(&stream, Blocking::No) {
+            self.ctx.stats.disconnected(peer, 0, Ending::Failed(e));
+            return;
+        }
+        let entry = self.handlers.vacant_entry();
+        let key = entry.key();
+        // SAFETY: see `run`; `close` deletes the source before dropping it.
+        if let Err(e) = unsafe {
+            self.poller
+                .add_with_mode(&stream, Event::readable(key), PollMode::Level)
+        } {
+            self.ctx.stats.disconnected(peer, 0, Ending::Failed(e));
+            return;
+        }
+        entry.insert(Handler::Echo(Connection {
+            stream,
+            peer,
+            unsent: Vec::new(),
+            read_closed: false,
+            interest: Interest {
+                read: true,
+                write: false,
+            },
+            bytes: 0,
+            last_active: Instant::now(),
+        }));
+    }
+
+    /// Resumes accepting after a back-off, and closes idle clients.
+    fn run_timers(&mut self, now: Instant) -> io::Result<()> {
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            let key = self.listener_key;
+            self.poller
+                .modify_with_mode(self.listener, Event::readable(key), PollMode::Level)?;
+        }
+        if let (Some(sweep), Some(idle)) = (self.next_idle_sweep, self.ctx.config.idle_timeout) {
+            if sweep <= now {
+                let idle_keys: Vec<usize> = self
+                    .handlers
+                    .iter()
+                    .filter_map(|(key, handler)| match handler {
+                        Handler::Echo(conn) if now.duration_since(conn.last_active) >= idle => {
+                            Some(key)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                for key in idle_keys {
+                    self.close(key, Ending::IdleTimeout);
+                }
+                self.next_idle_sweep = Some(now + sweep_interval(idle));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a client from the poller (before its socket closes), from the
+    /// table, and logs how it ended.
+    fn close(&mut self, key: usize, ending: Ending) {
+        if let Some(Handler::Echo(conn)) = self.handlers.try_remove(key) {
+            let _ = self.poller.delete(&conn.stream);
+            self.ctx.stats.disconnected(conn.peer, conn.bytes, ending);
+        }
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<usize> = self.handlers.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close(key, Ending::Shutdown);
+        }
+    }
+}
+
+/// Idle clients are found by a sweep over every connection; sweeping four
+/// times per timeout closes a client between 1 and 1.25 timeouts after its
+/// last activity, and costs one pass over the table per quarter timeout.
+fn sweep_interval(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 4).max(Duration::from_millis(1))
+}
+
+impl Connection {
+    /// The echo handler (the notes' `recv_and_send`): called with whatever
+    /// the kernel reported ready; returns how the connection ended, if it did.
+    ///
+    /// Error and hang-up conditions are reported as both readable and
+    /// writable, so whatever call we make next returns the error.
+    fn on_ready(&mut self, poller: &Poller, buffer: &mut [u8], key: usize) -> Option<Ending> {
+        if let Err(e) = self.flush() {
+            return Some(Ending::Failed(e));
+        }
+        if self.interest.read {
+            match self.read_and_echo(buffer) {
+                Ok(()) => {}
+                Err(e) => return Some(Ending::Failed(e)),
+            }
+        }
+        if self.read_closed && self.unsent.is_empty() {
+            // Half-closed and every byte delivered: done.
+            return Some(Ending::Closed);
+        }
+        // Level-triggered interest only changes when the buffer crosses
+        // empty or full: in steady ping-pong there is no epoll_ctl at all.
+        let wanted = Interest {
+            read: !self.read_closed && self.unsent.len() < MAX_UNSENT,
+            write: !self.unsent.is_empty(),
+        };
+        if wanted != self.interest {
+            let event = Event::new(key, wanted.read, wanted.write);
+            if let Err(e) = poller.modify_with_mode(&self.stream, event, PollMode::Level) {
+                return Some(Ending::Failed(e));
+            }
+            self.interest = wanted;
+        }
+        None
+    }
+
+    /// One `read()`, then echo what it brought: written at once if nothing
+    /// is queued before it (the common case: no copy), queued otherwise.
+    fn read_and_echo(&mut self, buffer: &mut [u8]) -> io::Result<()> {
+        let room = buffer.len().min(MAX_UNSENT - self.unsent.len());
+        let n = match self.stream.read(&mut buffer[..room]) {
+            Ok(0) => {
+                self.read_closed = true;
+                return Ok(());
+            }
+            Ok(n) => n,
+            // A spurious wake-up: nothing to read after all.
+            Err(e) if would_block(&e) || interrupted(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.last_active = Instant::now();
+        let data = &buffer[..n];
+        if self.unsent.is_empty() {
+            let written = write_some(&mut self.stream, data)?;
+            self.bytes += written as u64;
+            self.unsent.extend_from_slice(&data[written..]);
+        } else {
+            self.unsent.extend_from_slice(data);
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes as much of `unsent` as the socket takes now.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.unsent.is_empty() {
+            return Ok(());
+        }
+        let written = write_some(&mut self.stream, &self.unsent)?;
+        self.unsent.drain(..written);
+        self.bytes += written as u64;
+        if written > 0 {
+            self.last_active = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+/// One `write()`: returns how many bytes the socket took, 0 if it would
+/// block. A partial write is normal for a non-blocking socket.
+fn write_some(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+    loop {
+        match stream.write(data) {
+            Ok(n) => return Ok(n),
+            Err(e) if would_block(&e) => return Ok(0),
+            Err(e) if interrupted(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! The statemachine model: the notes' generator-based event loop, in Rust.
+//!
+//! In the notes, each client is a generator. It runs until it must wait,
+//! yields what it waits for, and the loop resumes it only when that is ready:
+//!
+//! ```python
+//! def handle_client(sock):
+//!     while True:
+//!         yield 'WAIT_READ', sock
+//!         data = sock.recv(4096)
+//!         if not data:
+//!             break
+//!         yield 'WAIT_WRITE', sock
+//!         sock.sendall(data)
+//!     sock.close()
+//! ```
+//!
+//! Rust has no stable generators, so we write by hand what a compiler makes
+//! of one: a state machine. Each point where the generator can be suspended
+//! becomes a variant of an enum ([`EchoState`]), the locals that live across
+//! a `yield` become its fields, and `next()` becomes [`Coroutine::resume`],
+//! which runs until the task must wait and returns a [`Wait`]: the yielded
+//! `('WAIT_READ', sock)`. A suspended task is nothing but that enum and its
+//! buffer: no stack, no thread.
+//!
+//! The [`EventLoop`] is the notes' `EventLoop`: a run queue of tasks ready to
+//! resume, and a table of suspended tasks keyed by the socket they wait on.
+//! It knows nothing about echoing: it resumes coroutines and registers what
+//! they ask for. The acceptor (the notes' `run_server` generator) is a task
+//! like any other, and spawns a task per client (`loop.create_task`).
+//!
+//! Two departures from the notes, both for correctness or cost: a task
+//! tries its write before asking whether the socket is writable (a socket
+//! almost always is, and asking first would cost a trip through epoll per
+//! message); and a partial write is continued after `WAIT_WRITE` instead of
+//! assuming `sendall` cannot block. A task may also yield a deadline with
+//! its wait (the idle timeout), and is resumed with [`Resume::TimedOut`] if
+//! it passes first.
+//!
+//! Its limit is the selector's: one thread, so a task that computes for a
+//! long time between two yields stalls every other task. Shutdown: the
+//! signal side calls `Poller::notify()`, the loop wakes, sees the flag, and
+//! drops every task, deleting each socket from the poller first.
+//!
+//! Next: `async`, where the compiler writes these state machines for us.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use polling::{Event, Events, PollMode, Poller};
+use slab::Slab;
+
+use super::Context;
+use crate::net::{
+    ACCEPT_BACKOFF, AcceptFailure, Blocking, interrupted, prepare_stream, would_block,
+};
+use crate::stats::{Ending, Stats};
+
+/// Bytes a client task reads at once, as the notes' `sock.recv(4096)`. Each
+/// suspended client task holds one such buffer: 10,000 clients, 40 MiB.
+pub const TASK_BUFFER_SIZE: usize = 4096;
+
+/// What a task yields when it cannot go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// `yield 'WAIT_READ', sock`: resume me when my socket is readable, or
+    /// with [`Resume::TimedOut`] at `until`.
+    Read {
+        /// Give up waiting at this instant.
+        until: Option<Instant>,
+    },
+    /// `yield 'WAIT_WRITE', sock`: resume me when my socket is writable, or
+    /// with [`Resume::TimedOut`] at `until`.
+    Write {
+        /// Give up waiting at this instant.
+        until: Option<Instant>,
+    },
+    /// Resume me at this instant: the notes' `sleep`.
+    Sleep(Instant),
+    /// The generator returned (`StopIteration`): drop me.
+    Done,
+}
+
+impl Wait {
+    fn interest(self) -> Interest {
+        match self {
+            Wait::Read { .. } => Interest::Read,
+            Wait::Write { .. } => Interest::Write,
+            Wait::Sleep(_) | Wait::Done => Interest::None,
+        }
+    }
+
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Read { until } | Wait::Write { until } => until,
+            Wait::Sleep(at) => Some(at),
+            Wait::Done => None,
+        }
+    }
+}
+
+/// Why a task is resumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// What it waited for happened (the first resume also says `Ready`).
+    Ready,
+    /// Its deadline passed first.
+    TimedOut,
+}
+
+/// A hand-written generator: the loop's only view of a task.
+pub trait Coroutine<'a> {
+    /// Runs until the task must wait again; new tasks go into `spawn`.
+    fn resume(&mut self, how: Resume, spawn: &mut Vec<Box<dyn Coroutine<'a> + 'a>>) -> Wait;
+    /// The socket this task waits on.
+    fn source(&self) -> BorrowedFd<'_>;
+}
+
+/// Serves every client from this thread until shutdown.
+///
+/// # Errors
+/// If the poller fails or the listener breaks.
+pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    let mut event_loop = EventLoop::new(ctx)?;
+    event_loop.create_task(Box::new(Acceptor {
+        listener: &listener,
+        ctx,
+    }));
+    let result = event_loop.run();
+    event_loop.drop_every_task();
+    result
+}
+
+/// Which readiness a suspended task is registered for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Interest {
+    None,
+    Read,
+    Write,
+}
+
+/// A task in the loop's table, and what it is suspended on.
+struct Slot<'a> {
+    task: Box<dyn Coroutine<'a> + 'a>,
+    /// What the task yielded last; `None` while it sits in the run queue.
+    waiting: Option<Wait>,
+    /// What its socket is registered for in the poller (`None`: not added).
+    registered: Option<Interest>,
+}
+
+/// The notes' `EventLoop`: a run queue, a table of suspended tasks, and the
+/// poller that says which of them may resume.
+pub struct EventLoop<'a> {
+    poller: Arc<Poller>,
+    tasks: Slab<Slot<'a>>,
+    /// Tasks ready to resume, and why (the notes' `tasks_to_run`).
+    run_queue: VecDeque<(usize, Resume)>,
+    /// Deadlines of suspended tasks, earliest first.
+    timers: BTreeSet<(Instant, usize)>,
+    /// Tasks created by the task being resumed, reused to avoid allocation.
+    spawned: Vec<Box<dyn Coroutine<'a> + 'a>>,
+    ctx: &'a Context,
+}
+
+impl<'a> EventLoop<'a> {
+    fn new(ctx: &'a Context) -> io::Result<Self> {
+        let poller = Arc::new(Poller::new()?);
+        Ok(EventLoop {
+            poller,
+            tasks: Slab::new(),
+            run_queue: VecDeque::new(),
+            timers: BTreeSet::new(),
+            spawned: Vec::new(),
+            ctx,
+        })
+    }
+
+    /// The notes' `create_task`: queue a new task to run to its first yield.
+    fn create_task(&mut self, task: Box<dyn Coroutine<'a> + 'a>) {
+        let key = self.tasks.insert(Slot {
+            task,
+            waiting: None,
+            registered: None,
+        });
+        self.run_queue.push_back((key, Resume::Ready));
+    }
+
+    /// Resume ready tasks, wait for the kernel, mark tasks ready, repeat.
+    fn run(&mut self) -> io::Result<()> {
+        let waker = self.poller.clone();
+        let _wake = self.ctx.shutdown.on_trigger(move || {
+            let _ = waker.notify();
+        });
+        let mut events = Events::new();
+        while !self.ctx.shutdown.is_triggered() {
+            while let Some((key, how)) = self.run_queue.pop_front() {
+                self.step(key, how)?;
+            }
+            events.clear();
+            self.poller.wait(&mut events, self.timeout())?;
+            for event in events.iter() {
+                let Some(slot) = self.tasks.get_mut(event.key) else {
+                    continue;
+                };
+                // Error and hang-up conditions come as both readable and
+                // writable, so the task's next call sees them.
+                let ready = match slot.waiting {
+                    Some(Wait::Read { until }) if event.readable => Some(until),
+                    Some(Wait::Write { until }) if event.writable => Some(until),
+                    _ => None,
+                };
+                if let Some(until) = ready {
+                    slot.waiting = None;
+                    if let Some(at) = until {
+                        self.timers.remove(&(at, event.key));
+                    }
+                    self.run_queue.push_back((event.key, Resume::Ready));
+                }
+            }
+            self.expire_timers(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Resumes one task and files it under what it yields.
+    fn step(&mut self, key: usize, how: Resume) -> io::Result<()> {
+        let Some(slot) = self.tasks.get_mut(key) else {
+            return Ok(());
+        };
+        let wait = slot.task.resume(how, &mut self.spawned);
+        while let Some(task) = self.spawned.pop() {
+            self.create_task(task);
+        }
+        if wait == Wait::Done {
+            self.remove(key);
+            return Ok(());
+        }
+        let slot = &mut self.tasks[key];
+        slot.waiting = Some(wait);
+        let interest = wait.interest();
+        // Sockets stay registered while a task lives (level-triggered), so
+        // the common resume-and-wait-for-read again costs no syscall.
+        if slot.registered != Some(interest) {
+            let event = match interest {
+                Interest::None => Event::none(key),
+                Interest::Read => Event::readable(key),
+                Interest::Write => Event::writable(key),
+            };
+            let source = slot.task.source();
+            let registered = match slot.registered {
+                // SAFETY: `remove` deletes the source before the task (and
+                // the socket it owns) is dropped.
+                None => unsafe {
+                    self.poller
+                        .add_with_mode(source.as_raw_fd(), event, PollMode::Level)
+                },
+                Some(_) => self.poller.modify_with_mode(source, event, PollMode::Level),
+            };
+            if let Err(e) = registered {
+                // epoll_ctl fails only when the kernel is out of memory or
+                // watches: the loop cannot do its job any more.
+                self.remove(key);
+                return Err(e);
+            }
+            slot.registered = Some(interest);
+        }
+        if let Some(at) = wait.deadline() {
+            self.timers.insert((at, key));
+        }
+        Ok(())
+    }
+
+    /// Deletes a task's socket from the poller, then drops the task.
+    fn remove(&mut self, key: usize) {
+        let slot = self.tasks.remove(key);
+        if slot.registered.is_some() {
+            let _ = self.poller.delete(slot.task.source());
+        }
+        if let Some(at) = slot.waiting.and_then(Wait::deadline) {
+            self.timers.remove(&(at, key));
+        }
+    }
+
+    /// Until the earliest deadline, or forever.
+    fn timeout(&self) -> Option<Duration> {
+        if !self.run_queue.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let (at, _) = self.timers.first()?;
+        Some(at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Queues every task whose deadline has passed, to resume as timed out.
+    fn expire_timers(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(slot) = self.tasks.get_mut(key) {
+                slot.waiting = None;
+                self.run_queue.push_back((key, Resume::TimedOut));
+            }
+        }
+    }
+
+    fn drop_every_task(&mut self) {
+        let keys: Vec<usize> = self.tasks.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.remove(key);
+        }
+    }
+}
+
+/// The notes' `run_server` generator: accept, spawn a client task, repeat.
+struct Acceptor<'a> {
+    listener: &'a TcpListener,
+    ctx: &'a Context,
+}
+
+impl<'a> Coroutine<'a> for Acceptor<'a> {
+    fn resume(&mut self, _how: Resume, spawn: &mut Vec<Box<dyn Coroutine<'a> + 'a>>) -> Wait {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    self.ctx.stats.connected(peer);
+                    match prepare_stream(&stream, Blocking::No) {
+                        Ok(()) => spawn.push(Box::new(Echo::new(stream, peer, self.ctx))),
+                        Err(e) => self.ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
+                    }
+                }
+                Err(e) if would_block(&e) => return Wait::Read { until: None },
+                Err(e) => match self.ctx.stats.accept_failed(&e) {
+                    AcceptFailure::Transient => {}
+                    // Out of descriptors: sleep instead of spinning on a
+                    // listener that stays readable.
+                    AcceptFailure::Exhausted => {
+                        return Wait::Sleep(Instant::now() + ACCEPT_BACKOFF);
+                    }
+                    AcceptFailure::Fatal => {
+                        eprintln!("accept failed: {e}; stopping the server");
+                        self.ctx.shutdown.trigger();
+                        return Wait::Done;
+                    }
+                },
+            }
+        }
+    }
+
+    fn source(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+}
+
+/// Where a client task is suspended: the points of the generator above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EchoState {
+    /// Created, not yet run: the generator before its first `next()`.
+    Start,
+    /// At `yield 'WAIT_READ', sock`.
+    WaitRead,
+    /// At `yield 'WAIT_WRITE', sock`, with `buffer[sent..len]` still to send
+    /// (the generator's local `data`).
+    WaitWrite {
+        /// Bytes of the buffer already written.
+        sent: usize,
+        /// Bytes of the buffer to write in all.
+        len: usize,
+    },
+}
+
+/// The notes' `handle_client` generator, as a state machine.
+struct Echo<'a> {
+    state: EchoState,
+    sock: TcpStream,
+    buffer: Box<[u8; TASK_BUFFER_SIZE]>,
+    peer: SocketAddr,
+    bytes: u64,
+    idle_timeout: Option<Duration>,
+    stats: &'a Stats,
+    /// How the task ended, logged when it is dropped; `None` means the loop
+    /// dropped it at shutdown.
+    ending: Option<Ending>,
+}
+
+impl<'a> Echo<'a> {
+    fn new(sock: TcpStream, peer: SocketAddr, ctx: &'a Context) -> Self {
+        Echo {
+            state: EchoState::Start,
+            sock,
+            buffer: Box::new([0; TASK_BUFFER_SIZE]),
+            peer,
+            bytes: 0,
+            idle_timeout: ctx.config.idle_timeout,
+            stats: &ctx.stats,
+            ending: None,
+        }
+    }
+
+    fn until(&self) -> Option<Instant> {
+        self.idle_timeout.map(|t| Instant::now() + t)
+    }
+
+    fn finish(&mut self, ending: Ending) -> Wait {
+        self.ending = Some(ending);
+        Wait::Done
+    }
+}
+
+impl<'a> Coroutine<'a> for Echo<'a> {
+    fn resume(&mut self, how: Resume, _spawn: &mut Vec<Box<dyn Coroutine<'a> + 'a>>) -> Wait {
+        if how == Resume::TimedOut {
+            return self.finish(Ending::IdleTimeout);
+        }
+        loop {
+            match self.state {
+                EchoState::Start => {
+                    self.state = EchoState::WaitRead;
+                    return Wait::Read {
+                        until: self.until(),
+                    };
+                }
+                // Resumed after `yield 'WAIT_READ'`: `data = sock.recv(4096)`.
+                EchoState::WaitRead => match self.sock.read(&mut self.buffer[..]) {
+                    // `if not data: break`
+                    Ok(0) => return self.finish(Ending::Closed),
+                    // On to `yield 'WAIT_WRITE'`, but try the write first.
+                    Ok(len) => self.state = EchoState::WaitWrite { sent: 0, len },
+                    // Woken, but not readable after all: wait again.
+                    Err(e) if would_block(&e) => {
+                        return Wait::Read {
+                            until: self.until(),
+                        };
+                    }
+                    Err(e) if interrupted(&e) => {}
+                    Err(e) => return self.finish(Ending::Failed(e)),
+                },
+                // `sock.sendall(data)`, one write at a time.
+                EchoState::WaitWrite { sent, len } => {
+                    match self.sock.write(&self.buffer[sent..len]) {
+                        Ok(n) => {
+                            self.bytes += n as u64;
+                            if sent + n == len {
+                                // Back to the top of `while True`.
+                                self.state = EchoState::WaitRead;
+                                return Wait::Read {
+                                    until: self.until(),
+                                };
+                            }
+                            self.state = EchoState::WaitWrite {
+                                sent: sent + n,
+                                len,
+                            };
+                        }
+                        Err(e) if would_block(&e) => {
+                            return Wait::Write {
+                                until: self.until(),
+                            };
+                        }
+                        Err(e) if interrupted(&e) => {}
+                        Err(e) => return self.finish(Ending::Failed(e)),
+                    }
+                }
+            }
+        }
+    }
+
+    fn source(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+impl Drop for Echo<'_> {
+    fn drop(&mut self) {
+        let ending = self.ending.take().unwrap_or(Ending::Shutdown);
+        self.stats.disconnected(self.peer, self.bytes, ending);
+    }
+}
