@@ -39,7 +39,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The concurrency model.
-    #[arg(long, value_enum, default_value_t = Mode::Sequential)]
+    #[arg(long, value_enum, default_value_t = Mode::Selector)]
     pub mode: Mode,
 
     /// Where to listen, as HOST:PORT. Port 0 picks a free port; the real one

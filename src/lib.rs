@@ -8,8 +8,11 @@
 //! 1. [`net`]: the one socket setup every model shares, and the kernel's
 //!    answers every model must handle (WouldBlock, EINTR, EMFILE).
 //! 2. [`shutdown`] and [`stats`]: how a server is stopped, and what it counts.
-//! 3. [`serve`]: the models, each in its own file:
-//!    [`serve::sequential`], [`serve::threadpool`].
+//! 3. [`serve`]: the models, each in its own file, in the order of the
+//!    notes: [`serve::sequential`], [`serve::threadpool`],
+//!    [`serve::selector`], [`serve::statemachine`], [`serve::asynchronous`]
+//!    (with its [executor](serve::asynchronous::executor) and
+//!    [reactor](serve::asynchronous::reactor)).
 //! 4. [`cli`]: the command line that starts them; [`parse`], the parsers of
 //!    every value a user types.
 //!

@@ -87,3 +87,17 @@ fn threadpool_stops_accepting_when_the_queue_is_full() {
         "accepted past the queue's bound"
     );
 }
+
+/// The readiness-loop models: three clients connected at once are all
+/// echoed before any of them leaves.
+#[test]
+fn event_loops_serve_every_client_at_once() {
+    for mode in [Mode::Selector, Mode::Statemachine, Mode::Async] {
+        let server = start(mode);
+        let mut clients: Vec<_> = (0..3).map(|_| connect(server.addr())).collect();
+        for (i, client) in clients.iter_mut().enumerate() {
+            assert_echo(client, format!("client {i}").as_bytes());
+        }
+        assert_eq!(server.stats().active(), 3, "{mode}");
+    }
+}

@@ -226,4 +226,5 @@ conformance! {
     threadpool => Mode::Threadpool,
     selector => Mode::Selector,
     statemachine => Mode::Statemachine,
+    asynchronous => Mode::Async,
 }

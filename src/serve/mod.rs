@@ -10,6 +10,7 @@
 //! 2. [`threadpool`]: a fixed pool of blocking threads.
 //! 3. [`selector`]: one thread, a readiness loop, a handler per socket.
 //! 4. [`statemachine`]: the same loop driving hand-written generators.
+//! 5. [`asynchronous`]: async/await on an executor and reactor of our own.
 
 use std::net::{SocketAddr, TcpListener};
 use std::num::NonZeroUsize;
@@ -24,6 +25,7 @@ use crate::parse::HostPort;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 
+pub mod asynchronous;
 mod blocking;
 pub mod selector;
 pub mod sequential;
@@ -69,16 +71,6 @@ impl Mode {
             Mode::Sequential | Mode::Threadpool => Blocking::Yes,
             Mode::Selector | Mode::Statemachine | Mode::Async => Blocking::No,
         }
-    }
-
-    /// Every model that can serve today.
-    pub fn implemented() -> &'static [Mode] {
-        &[
-            Mode::Sequential,
-            Mode::Threadpool,
-            Mode::Selector,
-            Mode::Statemachine,
-        ]
     }
 }
 
@@ -149,11 +141,8 @@ impl Context {
 /// Binds the listener `mode` needs on `addr`.
 ///
 /// # Errors
-/// The mode is not implemented yet, or the address cannot be bound.
+/// The address cannot be bound.
 pub fn bind(mode: Mode, addr: &HostPort, config: &Config) -> anyhow::Result<TcpListener> {
-    if !Mode::implemented().contains(&mode) {
-        bail!("mode '{mode}' is not implemented yet");
-    }
     bind_listener(addr, config.backlog, mode.blocking())
 }
 
@@ -168,9 +157,7 @@ pub fn run(mode: Mode, listener: TcpListener, ctx: &Context) -> anyhow::Result<(
         Mode::Threadpool => threadpool::run(listener, ctx),
         Mode::Selector => selector::run(listener, ctx),
         Mode::Statemachine => statemachine::run(listener, ctx),
-        Mode::Async => {
-            bail!("mode '{mode}' is not implemented yet")
-        }
+        Mode::Async => asynchronous::run(listener, ctx),
     };
     served.with_context(|| format!("the {mode} server failed"))
 }

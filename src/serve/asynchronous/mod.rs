@@ -1,0 +1,187 @@
+//! The async model: `async fn` handlers on an executor and reactor of our
+//! own. The notes' last server, in Rust:
+//!
+//! ```python
+//! async def handle_client(sock):
+//!     while True:
+//!         data = await loop.sock_recv(sock, 4096)
+//!         if not data:
+//!             break
+//!         await loop.sock_sendall(sock, data)
+//!     sock.close()
+//! ```
+//!
+//! [`handle_client`] below is that function. The compiler turns it into a
+//! state machine like the one we wrote by hand in the statemachine model:
+//! each `.await` is a point where it can suspend, and the locals that live
+//! across one (the buffer, the byte count) become fields of the future.
+//! Polling the future is `resume`; `Poll::Pending` is the `yield`.
+//!
+//! The runtime has two halves, each in its own file:
+//! - [`reactor`]: epoll and timers. [`reactor::Async`] wraps a socket so that
+//!   `read`, `write_all` and `accept` are futures; [`reactor::sleep`] and
+//!   [`reactor::timeout`] are timers. The idle timeout is one of them,
+//!   awaited like any I/O.
+//! - [`executor`]: tasks, wakers and the ready queue, and `block_on`.
+//!
+//! Its limit is every single-threaded loop's: a task that computes for a
+//! long time without awaiting stalls all the others. Shutdown: the signal
+//! side wakes the accept loop's waker (from another thread, so the executor
+//! is interrupted with `Poller::notify()`); the accept loop returns, and
+//! dropping the executor drops every client task, which closes its socket.
+//!
+//! Next: the tools that measure the five models side by side.
+
+pub mod executor;
+pub mod reactor;
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use executor::{Either, Executor, Spawner, select};
+use reactor::{Async, Reactor, TimedOut, sleep, timeout};
+
+use super::Context;
+use crate::net::{ACCEPT_BACKOFF, AcceptFailure, Blocking, prepare_stream};
+use crate::shutdown::{HookGuard, Shutdown};
+use crate::stats::{Ending, Stats};
+
+/// Bytes a client task reads at once, as the notes' `sock_recv(sock, 4096)`.
+/// The buffer lives inside each task's future.
+pub const TASK_BUFFER_SIZE: usize = 4096;
+
+/// Serves every client from this thread until shutdown.
+///
+/// # Errors
+/// If the poller fails or the listener breaks.
+pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    let reactor = Reactor::new()?;
+    let executor = Executor::new(reactor.clone());
+    let listener = Async::new(listener, &reactor)?;
+    let served = executor.block_on(accept_clients(listener, ctx, &reactor, executor.spawner()));
+    // Dropping the executor cancels every client task still running.
+    drop(executor);
+    served?
+}
+
+/// The notes' `run_server`: accept clients and spawn a task for each, until
+/// the shutdown is triggered.
+async fn accept_clients<'a>(
+    listener: Async<TcpListener>,
+    ctx: &'a Context,
+    reactor: &Rc<Reactor>,
+    spawner: Spawner<'a>,
+) -> io::Result<()> {
+    let mut stopped = triggered(&ctx.shutdown);
+    loop {
+        let accepted = match select(listener.accept(), &mut stopped).await {
+            Either::Left(accepted) => accepted,
+            Either::Right(()) => return Ok(()),
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                ctx.stats.connected(peer);
+                match register(stream, reactor) {
+                    Ok(stream) => spawner.spawn(handle_client(stream, peer, ctx, reactor.clone())),
+                    Err(e) => ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
+                }
+            }
+            Err(e) => match ctx.stats.accept_failed(&e) {
+                AcceptFailure::Transient => {}
+                // Out of descriptors: an awaited pause, not a spin.
+                AcceptFailure::Exhausted => {
+                    if let Either::Right(()) =
+                        select(sleep(reactor, ACCEPT_BACKOFF), &mut stopped).await
+                    {
+                        return Ok(());
+                    }
+                }
+                AcceptFailure::Fatal => return Err(e),
+            },
+        }
+    }
+}
+
+fn register(stream: TcpStream, reactor: &Rc<Reactor>) -> io::Result<Async<TcpStream>> {
+    prepare_stream(&stream, Blocking::No)?;
+    Async::new(stream, reactor)
+}
+
+/// The notes' `handle_client`: echo until the client leaves.
+async fn handle_client(
+    stream: Async<TcpStream>,
+    peer: SocketAddr,
+    ctx: &Context,
+    reactor: Rc<Reactor>,
+) {
+    let idle = ctx.config.idle_timeout;
+    let mut log = ConnectionLog {
+        stats: &ctx.stats,
+        peer,
+        bytes: 0,
+        ending: None,
+    };
+    let mut buffer = [0; TASK_BUFFER_SIZE];
+    let ending = loop {
+        let n = match limit(idle, &reactor, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) => break Ending::Closed,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => break Ending::Failed(e),
+            Err(TimedOut) => break Ending::IdleTimeout,
+        };
+        match limit(idle, &reactor, stream.write_all(&buffer[..n])).await {
+            Ok(Ok(())) => log.bytes += n as u64,
+            Ok(Err(e)) => break Ending::Failed(e),
+            Err(TimedOut) => break Ending::IdleTimeout,
+        }
+    };
+    log.ending = Some(ending);
+}
+
+/// Awaits `future`, for at most `idle` if an idle timeout is set.
+async fn limit<F: Future>(
+    idle: Option<Duration>,
+    reactor: &Rc<Reactor>,
+    future: F,
+) -> Result<F::Output, TimedOut> {
+    match idle {
+        Some(duration) => timeout(reactor, duration, future).await,
+        None => Ok(future.await),
+    }
+}
+
+/// Logs the end of a connection when its task ends, however it ends:
+/// returning, or dropped by the executor at shutdown (cancelled).
+struct ConnectionLog<'a> {
+    stats: &'a Stats,
+    peer: SocketAddr,
+    bytes: u64,
+    ending: Option<Ending>,
+}
+
+impl Drop for ConnectionLog<'_> {
+    fn drop(&mut self) {
+        let ending = self.ending.take().unwrap_or(Ending::Shutdown);
+        self.stats.disconnected(self.peer, self.bytes, ending);
+    }
+}
+
+/// A future that completes when `shutdown` is triggered. The hook it leaves
+/// wakes the awaiting task from the signal thread.
+fn triggered(shutdown: &Shutdown) -> impl Future<Output = ()> + Unpin + '_ {
+    let mut hook: Option<HookGuard> = None;
+    poll_fn(move |cx| {
+        if shutdown.is_triggered() {
+            return Poll::Ready(());
+        }
+        if hook.is_none() {
+            let waker = cx.waker().clone();
+            hook = Some(shutdown.on_trigger(move || waker.wake()));
+        }
+        Poll::Pending
+    })
+}

@@ -1,0 +1,426 @@
+//! The reactor: the half of a runtime that talks to the kernel. It turns
+//! epoll readiness into [`Waker::wake`] calls, and expired timers too.
+//!
+//! A socket is wrapped in [`Async`]. The reactor remembers per socket
+//! whether it is known to be readable and writable; an I/O future tries its
+//! call while that flag is set, and when the kernel says `WouldBlock` the
+//! future clears the flag, leaves its waker with the socket, and returns
+//! `Pending`. The next readiness event sets the flag and wakes that waker.
+//!
+//! Registrations are level-triggered with lazy interest. Oneshot mode would
+//! cost an `epoll_ctl` to re-arm after every event; edge-triggered mode
+//! would force a read until `WouldBlock` after every message (an extra
+//! syscall each), because a FIN that arrives with the last data raises no
+//! edge of its own. Level-triggered, a socket is reported for as long as it
+//! has data or EOF pending, so a read that returns less than asked can
+//! safely forget readiness. Interest in a direction stays on while tasks
+//! keep waiting on it (no `epoll_ctl` in a steady exchange); an event for a
+//! direction nobody waits on turns it off, so a socket whose task is busy
+//! elsewhere cannot make the loop spin; a task that must wait turns it on.
+//!
+//! In asyncio's terms this is the selector half of the event loop
+//! (`add_reader`/`add_writer`) plus `call_later`'s timer heap.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::{Future, poll_fn};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::pin::{Pin, pin};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use polling::{Event, Events, PollMode, Poller};
+use slab::Slab;
+
+use crate::net::{interrupted, would_block};
+
+/// The kernel side of the runtime: one poller, the registered sockets, the
+/// pending timers.
+pub struct Reactor {
+    poller: Arc<Poller>,
+    sources: RefCell<Slab<Rc<Source>>>,
+    timers: RefCell<BTreeMap<(Instant, u64), Waker>>,
+    next_timer_id: Cell<u64>,
+    events: RefCell<Events>,
+}
+
+/// One registered socket: what is known of its readiness, who waits, and
+/// what the poller watches for.
+struct Source {
+    key: usize,
+    /// The socket's descriptor. Valid while the source is in the table:
+    /// `Drop for Async` removes it before the socket closes.
+    fd: RawFd,
+    /// What the poller is asked to report: (read, write).
+    interest: Cell<(bool, bool)>,
+    readable: Cell<bool>,
+    writable: Cell<bool>,
+    reader: RefCell<Option<Waker>>,
+    writer: RefCell<Option<Waker>>,
+}
+
+/// Which half of a socket an operation needs.
+#[derive(Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
+
+impl Source {
+    fn ready(&self, direction: Direction) -> &Cell<bool> {
+        match direction {
+            Direction::Read => &self.readable,
+            Direction::Write => &self.writable,
+        }
+    }
+
+    fn waiter(&self, direction: Direction) -> &RefCell<Option<Waker>> {
+        match direction {
+            Direction::Read => &self.reader,
+            Direction::Write => &self.writer,
+        }
+    }
+
+    /// Marks `direction` ready and wakes whoever waits for it. Returns
+    /// whether anybody did.
+    fn wake(&self, direction: Direction) -> bool {
+        self.ready(direction).set(true);
+        let waiter = self.waiter(direction).borrow_mut().take();
+        waiter.map(Waker::wake).is_some()
+    }
+
+    /// Asks the poller to report `direction` (or not), if that changes
+    /// anything.
+    fn watch(&self, poller: &Poller, direction: Direction, on: bool) -> io::Result<()> {
+        let (read, write) = self.interest.get();
+        let wanted = match direction {
+            Direction::Read => (on, write),
+            Direction::Write => (read, on),
+        };
+        if wanted == (read, write) {
+            return Ok(());
+        }
+        // SAFETY: see `fd`; the descriptor is open while we are registered.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        poller.modify_with_mode(
+            fd,
+            Event::new(self.key, wanted.0, wanted.1),
+            PollMode::Level,
+        )?;
+        self.interest.set(wanted);
+        Ok(())
+    }
+}
+
+impl Reactor {
+    /// A reactor with a fresh poller.
+    ///
+    /// # Errors
+    /// If the poller cannot be created.
+    pub fn new() -> io::Result<Rc<Reactor>> {
+        Ok(Rc::new(Reactor {
+            poller: Arc::new(Poller::new()?),
+            sources: RefCell::new(Slab::new()),
+            timers: RefCell::new(BTreeMap::new()),
+            next_timer_id: Cell::new(0),
+            events: RefCell::new(Events::new()),
+        }))
+    }
+
+    /// The poller, so that another thread can interrupt a wait with
+    /// `notify()`.
+    pub fn poller(&self) -> &Arc<Poller> {
+        &self.poller
+    }
+
+    /// Sockets registered right now.
+    pub fn sources(&self) -> usize {
+        self.sources.borrow().len()
+    }
+
+    /// Blocks until a registered socket becomes ready, a timer is due,
+    /// `timeout` passes or `notify()` is called. Call [`Reactor::dispatch`]
+    /// next to wake the tasks concerned.
+    ///
+    /// # Errors
+    /// If `epoll_wait` fails (EINTR is retried by polling itself).
+    pub fn wait(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let until_timer = self
+            .timers
+            .borrow()
+            .first_key_value()
+            .map(|(&(at, _), _)| at.saturating_duration_since(Instant::now()));
+        let timeout = match (timeout, until_timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut events = self.events.borrow_mut();
+        events.clear();
+        self.poller.wait(&mut events, timeout)?;
+        Ok(())
+    }
+
+    /// Wakes every task waiting for what the last [`Reactor::wait`] saw:
+    /// sockets that became ready, timers that are due.
+    pub fn dispatch(&self) {
+        for event in self.events.borrow().iter() {
+            // A source removed earlier has no entry: a stale event.
+            let Some(source) = self.sources.borrow().get(event.key).cloned() else {
+                continue;
+            };
+            for (ready, direction) in [
+                (event.readable, Direction::Read),
+                (event.writable, Direction::Write),
+            ] {
+                // Ready, but nobody waits: stop watching until somebody does.
+                if ready && !source.wake(direction) {
+                    let _ = source.watch(&self.poller, direction, false);
+                }
+            }
+        }
+        self.fire_timers(Instant::now());
+    }
+
+    /// Wakes every timer whose instant has come, earliest first.
+    fn fire_timers(&self, now: Instant) {
+        loop {
+            let mut timers = self.timers.borrow_mut();
+            let Some(entry) = timers.first_entry() else {
+                return;
+            };
+            if entry.key().0 > now {
+                return;
+            }
+            let waker = entry.remove();
+            drop(timers);
+            waker.wake();
+        }
+    }
+
+    fn add_timer(&self, at: Instant, waker: Waker) -> u64 {
+        let id = self.next_timer_id.get();
+        self.next_timer_id.set(id + 1);
+        self.timers.borrow_mut().insert((at, id), waker);
+        id
+    }
+}
+
+/// A non-blocking socket registered with a [`Reactor`], whose operations
+/// are futures.
+pub struct Async<T: AsFd> {
+    io: T,
+    source: Rc<Source>,
+    reactor: Rc<Reactor>,
+}
+
+impl<T: AsFd> Async<T> {
+    /// Registers `io`, which must already be in non-blocking mode.
+    ///
+    /// # Errors
+    /// If the poller refuses the socket.
+    pub fn new(io: T, reactor: &Rc<Reactor>) -> io::Result<Async<T>> {
+        let mut sources = reactor.sources.borrow_mut();
+        let entry = sources.vacant_entry();
+        let source = Rc::new(Source {
+            key: entry.key(),
+            fd: io.as_fd().as_raw_fd(),
+            // A new socket is watched for reading (a client speaks first)
+            // and assumed writable until a write says otherwise.
+            interest: Cell::new((true, false)),
+            readable: Cell::new(false),
+            writable: Cell::new(true),
+            reader: RefCell::new(None),
+            writer: RefCell::new(None),
+        });
+        // SAFETY: `Drop for Async` deletes the source before `io` closes.
+        unsafe {
+            reactor.poller.add_with_mode(
+                source.fd,
+                Event::readable(source.key),
+                PollMode::Level,
+            )?;
+        }
+        entry.insert(source.clone());
+        Ok(Async {
+            io,
+            source,
+            reactor: reactor.clone(),
+        })
+    }
+
+    /// The wrapped socket.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// Runs `op` while the socket is known to be ready in `direction`;
+    /// on `WouldBlock`, forgets that readiness and waits for the poller to report it again.
+    fn poll_io<R>(
+        &self,
+        cx: &mut Context<'_>,
+        direction: Direction,
+        mut op: impl FnMut(&T) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        loop {
+            if !self.source.ready(direction).get() {
+                if let Err(e) = self.source.watch(&self.reactor.poller, direction, true) {
+                    return Poll::Ready(Err(e));
+                }
+                let mut waiter = self.source.waiter(direction).borrow_mut();
+                // Cloning a waker is a reference count, not an allocation;
+                // skip even that when the same task waits again.
+                if !waiter.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waiter = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            match op(&self.io) {
+                Err(e) if would_block(&e) => self.source.ready(direction).set(false),
+                Err(e) if interrupted(&e) => {}
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl<T: AsFd> Drop for Async<T> {
+    fn drop(&mut self) {
+        let _ = self.reactor.poller.delete(self.io.as_fd());
+        self.reactor
+            .sources
+            .borrow_mut()
+            .try_remove(self.source.key);
+    }
+}
+
+impl Async<TcpListener> {
+    /// Accepts a client: the notes' `loop.sock_accept(sock)`.
+    ///
+    /// # Errors
+    /// As `accept(2)`, never `WouldBlock`.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        poll_fn(|cx| self.poll_io(cx, Direction::Read, TcpListener::accept)).await
+    }
+}
+
+impl Async<TcpStream> {
+    /// Reads what has arrived, at most `buf.len()` bytes: the notes'
+    /// `loop.sock_recv(sock, n)`. 0 means the peer closed its side.
+    ///
+    /// # Errors
+    /// As `read(2)` (a reset, for instance), never `WouldBlock`.
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        poll_fn(|cx| {
+            let result = self.poll_io(cx, Direction::Read, |mut s| s.read(buf));
+            // A read that did not fill the buffer emptied the socket: the
+            // next read would say WouldBlock, so skip it and wait for the
+            // poller. Saves one syscall per message; safe because the
+            // poller is level-triggered and reports any data or EOF left.
+            if let Poll::Ready(Ok(n)) = result {
+                if n > 0 && n < buf.len() {
+                    self.source.readable.set(false);
+                }
+            }
+            result
+        })
+        .await
+    }
+
+    /// Writes all of `buf`, waiting for room as often as needed: the notes'
+    /// `loop.sock_sendall(sock, data)`, without assuming it cannot block.
+    ///
+    /// # Errors
+    /// As `write(2)` (a broken pipe, for instance).
+    pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = poll_fn(|cx| self.poll_io(cx, Direction::Write, |mut s| s.write(buf))).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+}
+
+/// A future that completes at an instant: asyncio's `sleep`, built on the
+/// reactor's timers (`call_later`).
+pub struct Sleep {
+    reactor: Rc<Reactor>,
+    at: Instant,
+    timer: Option<u64>,
+}
+
+/// Completes after `duration`.
+pub fn sleep(reactor: &Rc<Reactor>, duration: Duration) -> Sleep {
+    Sleep {
+        reactor: reactor.clone(),
+        at: Instant::now() + duration,
+        timer: None,
+    }
+}
+
+impl Sleep {
+    fn cancel(&mut self) {
+        if let Some(id) = self.timer.take() {
+            self.reactor.timers.borrow_mut().remove(&(self.at, id));
+        }
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.at {
+            self.cancel();
+            return Poll::Ready(());
+        }
+        if let Some(id) = self.timer {
+            // Already registered: only a new waker needs recording.
+            if let Some(waker) = self.reactor.timers.borrow_mut().get_mut(&(self.at, id)) {
+                if !waker.will_wake(cx.waker()) {
+                    *waker = cx.waker().clone();
+                }
+                return Poll::Pending;
+            }
+        }
+        let id = self.reactor.add_timer(self.at, cx.waker().clone());
+        self.timer = Some(id);
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// The error of a [`timeout`] that expired.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TimedOut;
+
+/// Runs `future` for at most `duration`: asyncio's `wait_for`.
+///
+/// # Errors
+/// [`TimedOut`] if the duration passed first; the future is dropped.
+pub async fn timeout<F: Future>(
+    reactor: &Rc<Reactor>,
+    duration: Duration,
+    future: F,
+) -> Result<F::Output, TimedOut> {
+    let mut future = pin!(future);
+    let mut timer = sleep(reactor, duration);
+    poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        Pin::new(&mut timer).poll(cx).map(|()| Err(TimedOut))
+    })
+    .await
+}

@@ -1,0 +1,136 @@
+//! What the one-thread readiness-loop models promise beyond the echo
+//! contract: thousands of clients on one thread, bounded memory under a
+//! client that never reads, and no busy loops.
+
+mod common;
+
+use std::io::Write;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use echo_lab::serve::Mode;
+
+const EVENT_DRIVEN: [Mode; 3] = [Mode::Selector, Mode::Statemachine, Mode::Async];
+
+/// Resident memory of process `pid`, from /proc.
+fn resident_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// 1,000 clients connected at once, each echoed while all are connected,
+/// by a server on one thread.
+#[test]
+fn one_thread_serves_1000_simultaneous_clients() {
+    for mode in EVENT_DRIVEN {
+        let server = start(mode);
+        let mut clients: Vec<_> = (0..1000).map(|_| connect(server.addr())).collect();
+        for (i, client) in clients.iter_mut().enumerate() {
+            client
+                .write_all(format!("client {i:04}\n").as_bytes())
+                .unwrap();
+        }
+        for (i, client) in clients.iter_mut().enumerate() {
+            assert_eq!(
+                read_exact(client, 12),
+                format!("client {i:04}\n").as_bytes(),
+                "{mode}"
+            );
+        }
+        wait_until("all 1000 are connected", || server.stats().active() == 1000);
+        assert_eq!(server.stats().peak(), 1000, "{mode}");
+    }
+}
+
+/// A client that writes up to 256 MiB and never reads: the server stops
+/// reading it once its unsent bytes reach the cap, so its memory stays
+/// under 64 MiB and its CPU near zero, and another client keeps getting
+/// each echo within a second meanwhile.
+#[test]
+fn a_client_that_never_reads_costs_bounded_memory() {
+    for mode in [
+        Mode::Selector,
+        Mode::Statemachine,
+        Mode::Async,
+        Mode::Threadpool,
+    ] {
+        let server = BinaryServer::start(&[], &["--mode", mode.name(), "--quiet"]);
+        let pid = server.child.id();
+        let hog = connect(server.addr);
+        hog.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut hog_writer = hog.try_clone().unwrap();
+        let writing = thread::spawn(move || {
+            let chunk = vec![0x5a; 1 << 20];
+            let mut sent = 0u64;
+            // Stops when a write stalls for 1 s: the server pushed back.
+            while sent < 256 << 20 {
+                match hog_writer.write(&chunk) {
+                    Ok(n) => sent += n as u64,
+                    Err(_) => break,
+                }
+            }
+            sent
+        });
+        let mut neighbour = connect(server.addr);
+        let started = Instant::now();
+        let mut peak = 0;
+        let mut cpu_before = None;
+        while started.elapsed() < Duration::from_secs(3) {
+            let asked = Instant::now();
+            assert_echo(&mut neighbour, b"still answered?");
+            let waited = asked.elapsed();
+            assert!(
+                waited < Duration::from_secs(1),
+                "{mode}: an echo took {waited:?}"
+            );
+            peak = peak.max(resident_memory(pid));
+            if cpu_before.is_none() && started.elapsed() > Duration::from_secs(1) {
+                cpu_before = Some((server.cpu_time(), Instant::now()));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let (cpu_then, then) = cpu_before.unwrap();
+        let cpu = server.cpu_time() - cpu_then;
+        let window = then.elapsed();
+        let sent = writing.join().unwrap();
+        assert!(
+            sent < 256 << 20,
+            "{mode}: the server read all 256 MiB without the client reading"
+        );
+        assert!(
+            peak < 64 << 20,
+            "{mode}: resident memory reached {peak} bytes"
+        );
+        // Mostly the neighbour's echoes; a spinning loop would burn ~3 s.
+        assert!(
+            cpu < window / 3,
+            "{mode}: burned {cpu:?} in {window:?} while stalled"
+        );
+        eprintln!(
+            "{mode}: stalled after {} MiB, peak RSS {} KiB, {cpu:?} CPU in {window:?}",
+            sent >> 20,
+            peak >> 10
+        );
+        drop(hog);
+    }
+}
+
+/// An idle server sleeps in the kernel: next to no CPU.
+#[test]
+fn an_idle_server_uses_no_cpu() {
+    for mode in EVENT_DRIVEN {
+        let server = BinaryServer::start(&[], &["--mode", mode.name(), "--quiet"]);
+        let mut client = connect(server.addr);
+        assert_echo(&mut client, b"wake up, then idle");
+        let before = server.cpu_time();
+        thread::sleep(Duration::from_secs(1));
+        let burned = server.cpu_time() - before;
+        assert!(
+            burned < Duration::from_millis(200),
+            "{mode}: idle server burned {burned:?} in 1 s"
+        );
+    }
+}
