@@ -4,16 +4,23 @@
 //! before anything starts. Each value goes through one parser per kind, in
 //! [`crate::parse`].
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::parse::{HostPort, parse_addr, parse_positive_duration};
+use crate::parse::{
+    HostPort, parse_addr, parse_counts, parse_duration, parse_positive_duration, parse_rate,
+    parse_size,
+};
 use crate::serve::{self, Config, Context, Mode};
 use crate::shutdown::trigger_on_signals;
+use crate::tools::bench::{self, BenchConfig, BenchReport, Environment};
+use crate::tools::compare::{self, CompareConfig, Peer, parse_peer};
+use crate::tools::{client, probe};
 
 /// The notes' address: where every server of the notes listens.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:55555";
@@ -33,6 +40,142 @@ pub struct Cli {
 pub enum Command {
     /// Serve the TCP echo protocol (RFC 862) with one concurrency model.
     Serve(ServeArgs),
+    /// Send stdin to an echo server and print what comes back.
+    Client(ClientArgs),
+    /// Show who waits for whom: N clients at once, and a timeline.
+    Probe(ProbeArgs),
+    /// Load an echo server, verify every byte, report rate and latency.
+    Bench(BenchArgs),
+    /// Run every model under the same load; write a table, JSON, CSV, chart.
+    Compare(CompareArgs),
+}
+
+/// `echo-lab client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The server, as HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+    pub addr: HostPort,
+}
+
+/// `echo-lab probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The server, as HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+    pub addr: HostPort,
+    /// Clients started at once.
+    #[arg(long, value_name = "N", default_value = "3", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub clients: u16,
+    /// How long each client stays connected after its echo.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// How long a client waits for its echo before it is reported as
+    /// failed. Default: long enough for a one-at-a-time server to reach the
+    /// last client (clients x hold + 5s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub timeout: Option<Duration>,
+    /// Print the timeline as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `echo-lab bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The server, as HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+    pub addr: HostPort,
+    /// Connections, opened before the run.
+    #[arg(long, short, value_name = "C", default_value = "10", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connections: u32,
+    /// The measured time.
+    #[arg(long, short, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
+    pub duration: Duration,
+    /// Time run before measuring, not counted.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Bytes per message (at least 12: id and sequence number).
+    #[arg(long, value_name = "BYTES", default_value = "512", value_parser = parse_size)]
+    pub size: usize,
+    /// Messages in flight per connection (closed loop).
+    #[arg(long, value_name = "K", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub depth: u32,
+    /// Open loop: send this many messages per second in total, and measure
+    /// latency from when each was due.
+    #[arg(long, value_name = "MSG_PER_SEC", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Client threads, each running its own readiness loop.
+    #[arg(long, value_name = "T", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
+    /// Print one JSON object: parameters, results, environment.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `echo-lab compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Models to run: a comma-separated list, or `all`.
+    #[arg(long, value_name = "LIST|all", default_value = "all", value_parser = parse_modes)]
+    pub modes: ModeList,
+    /// Connection counts to sweep.
+    #[arg(long, short, value_name = "LIST", default_value = "1,10,100,1000", value_parser = counts)]
+    pub connections: Counts,
+    /// Bytes per message.
+    #[arg(long, value_name = "BYTES", default_value = "512", value_parser = parse_size)]
+    pub size: usize,
+    /// Measured time per run.
+    #[arg(long, short, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
+    pub duration: Duration,
+    /// Warm-up per run, not counted.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Another echo server to include, as NAME=COMMAND; `{port}` in the
+    /// command becomes a free port. Repeatable.
+    #[arg(long, value_name = "NAME=COMMAND", value_parser = parse_peer)]
+    pub also: Vec<Peer>,
+    /// Run each server on CPU 0 and the client on CPU 1 (needs 2 CPUs).
+    #[arg(long)]
+    pub pin: bool,
+    /// Where to write results.json, results.csv and throughput.svg.
+    #[arg(long, value_name = "DIR", default_value = "echo-lab-results")]
+    pub out: PathBuf,
+}
+
+/// A list of models given as one value (clap reads a `Vec` field as a
+/// repeated flag, so lists given with commas need a type of their own).
+#[derive(Clone, Debug)]
+pub struct ModeList(pub Vec<Mode>);
+
+/// A comma-separated list of counts given as one value.
+#[derive(Clone, Debug)]
+pub struct Counts(pub Vec<usize>);
+
+fn counts(text: &str) -> Result<Counts, String> {
+    parse_counts(text).map(Counts)
+}
+
+/// Parses `all` or a comma-separated list of models.
+///
+/// # Errors
+/// An unknown model name.
+pub fn parse_modes(text: &str) -> Result<ModeList, String> {
+    if text == "all" {
+        return Ok(ModeList(Mode::value_variants().to_vec()));
+    }
+    text.split(',')
+        .map(|name| {
+            Mode::from_str(name.trim(), false).map_err(|_| {
+                let names: Vec<&str> = Mode::value_variants().iter().map(|m| m.name()).collect();
+                format!(
+                    "unknown model '{name}'; expected `all` or some of {}",
+                    names.join(",")
+                )
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(ModeList)
 }
 
 /// `echo-lab serve`.
@@ -79,6 +222,13 @@ pub struct ServeArgs {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve_command(args),
+        Command::Client(args) => {
+            client::run(&args.addr)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Probe(args) => probe_command(args),
+        Command::Bench(args) => bench_command(args),
+        Command::Compare(args) => compare_command(args),
     }
 }
 
@@ -97,6 +247,123 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
     serve::run(args.mode, listener, &ctx)?;
     eprintln!("{}", ctx.stats.summary());
     Ok(ExitCode::SUCCESS)
+}
+
+fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    let clients = usize::from(args.clients);
+    let config = probe::ProbeConfig {
+        addr: args.addr,
+        clients,
+        hold: args.hold,
+        timeout: args
+            .timeout
+            .unwrap_or(args.hold.saturating_mul(clients as u32) + Duration::from_secs(5)),
+    };
+    let report = probe::run(&config);
+    if args.json {
+        announce(&serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", probe::render(&report));
+    }
+    Ok(if report.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let config = BenchConfig {
+        addr: args.addr,
+        connections: args.connections as usize,
+        duration: args.duration,
+        warmup: args.warmup,
+        size: args.size,
+        depth: args.depth as usize,
+        rate: args.rate,
+        threads: usize::from(args.threads),
+        pin_cpu: None,
+    };
+    bench::validate(&config)?;
+    let bar = progress_bar();
+    let results = bench::run(&config, |done, echoed| {
+        bar.set_position((done * 1000.0) as u64);
+        bar.set_message(format!("{echoed} echoes"));
+    })?;
+    bar.finish_and_clear();
+    let report = BenchReport {
+        parameters: config,
+        results,
+        environment: Environment::current(),
+    };
+    if args.json {
+        announce(&serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", bench::render(&report));
+    }
+    Ok(if report.results.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A progress bar on a terminal; nothing when stderr is piped.
+fn progress_bar() -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(1000);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let config = CompareConfig {
+        modes: args.modes.0,
+        also: args.also,
+        connections: args.connections.0,
+        size: args.size,
+        duration: args.duration,
+        warmup: args.warmup,
+        pin: args.pin,
+        out: args.out,
+    };
+    if config.size < bench::MIN_MESSAGE_SIZE {
+        anyhow::bail!("--size must be at least {} bytes", bench::MIN_MESSAGE_SIZE);
+    }
+    let runs = (config.modes.len() + config.also.len()) * config.connections.len();
+    eprintln!(
+        "compare: {runs} runs of {:.1}s (+{:.1}s warm-up) each",
+        config.duration.as_secs_f64(),
+        config.warmup.as_secs_f64()
+    );
+    print!("{}", compare::header());
+    let comparison = compare::run(&config, |row| {
+        print!("{}", compare::render_row(row));
+        let _ = std::io::stdout().flush();
+    })?;
+    for unclean in &comparison.unclean_exits {
+        println!("did not stop cleanly: {unclean}");
+    }
+    println!(
+        "\nwrote results.json, results.csv and throughput.svg to {}",
+        config.out.display()
+    );
+    let failed = !comparison.unclean_exits.is_empty()
+        || comparison
+            .rows
+            .iter()
+            .any(|r| r.results.errors > 0 || r.results.connect_failures > 0);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Prints a line that scripts wait for, and flushes it at once. A closed

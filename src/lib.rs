@@ -25,3 +25,4 @@ pub mod parse;
 pub mod serve;
 pub mod shutdown;
 pub mod stats;
+pub mod tools;

@@ -114,6 +114,63 @@ pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Parses a byte size: `512`, `64KiB`, `16MiB`, `1GiB` (also `k`, `M`,
+/// `G`, binary multiples).
+///
+/// # Errors
+/// An empty or non-numeric value, an unknown unit, or an overflow.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    const FORM: &str = "expected a number of bytes, e.g. 512, 64KiB or 16MiB";
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let multiple: usize = match unit {
+        "" | "B" => 1,
+        "k" | "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return Err(format!("unknown unit '{unit}'; {FORM}")),
+    };
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size; {FORM}"))?;
+    value
+        .checked_mul(multiple)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// Parses a comma-separated list of positive counts: `1,10,100,1000`.
+///
+/// # Errors
+/// An empty list or item, a zero, or an item that is not a number.
+pub fn parse_counts(text: &str) -> Result<Vec<usize>, String> {
+    let counts = text
+        .split(',')
+        .map(|item| match item.trim().parse::<usize>() {
+            Ok(0) => Err("counts must be at least 1".to_owned()),
+            Ok(n) => Ok(n),
+            Err(_) => Err(format!(
+                "'{item}' is not a count; expected e.g. 1,10,100,1000"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(counts)
+}
+
+/// Parses a positive rate in messages per second: `50000`, `2.5e4`.
+///
+/// # Errors
+/// Not a number, not finite, or not above zero.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "'{text}' is not a positive number of messages per second"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +236,39 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(parse_positive_duration("0ms").is_err());
+    }
+
+    #[test]
+    fn sizes_counts_and_rates() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_counts("1,10, 100"), Ok(vec![1, 10, 100]));
+        assert_eq!(parse_rate("2.5e4"), Ok(25000.0));
+        for bad in [
+            "",
+            "-1",
+            "1.5K",
+            "12XB",
+            "99999999999999999999",
+            "18446744073709551615G",
+            "٣",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
+        }
+        for bad in [
+            "",
+            "1,,2",
+            "0",
+            "1,-2",
+            "a",
+            "1;2",
+            "99999999999999999999999",
+        ] {
+            assert!(parse_counts(bad).is_err(), "{bad:?} should be rejected");
+        }
+        for bad in ["", "0", "-5", "inf", "NaN", "1e999", "fast"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} should be rejected");
+        }
     }
 }

@@ -1,0 +1,396 @@
+//! `echo-lab compare`: every model under the same load, in one table, one
+//! JSON and CSV file, and one chart.
+//!
+//! Each server runs as a child process (`echo-lab serve --mode M --addr
+//! 127.0.0.1:0 --quiet`, or any command given with `--also`), is loaded by
+//! [`super::bench`] at each connection count, then stopped with SIGTERM and
+//! checked to exit cleanly. A model that cannot serve every connection
+//! (sequential beyond 1, the thread pool beyond its workers) runs for the
+//! same bounded time and is shown for what it does: how many connections
+//! it served.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use super::bench::{self, BenchConfig, BenchResults, Environment};
+use crate::parse::HostPort;
+use crate::serve::Mode;
+
+/// How long a server may take to start listening, and to stop after SIGTERM.
+pub const SERVER_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Another echo server to compare: `NAME=COMMAND`, where `{port}` in the
+/// command is replaced by a free port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The name in the table.
+    pub name: String,
+    /// The shell command that starts it.
+    pub command: String,
+}
+
+/// Parses `NAME=COMMAND`.
+///
+/// # Errors
+/// No `=`, an empty name, or a command without `{port}`.
+pub fn parse_peer(text: &str) -> Result<Peer, String> {
+    let (name, command) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=COMMAND, got '{text}'"))?;
+    if name.trim().is_empty() || name.contains(',') {
+        return Err("the name before '=' must be non-empty, without commas".into());
+    }
+    if !command.contains("{port}") {
+        return Err("the command must contain {port}, where the server should listen".into());
+    }
+    Ok(Peer {
+        name: name.trim().to_owned(),
+        command: command.to_owned(),
+    })
+}
+
+/// What to compare.
+#[derive(Clone, Debug)]
+pub struct CompareConfig {
+    /// Our models to run.
+    pub modes: Vec<Mode>,
+    /// Other servers to run.
+    pub also: Vec<Peer>,
+    /// Connection counts, each a column of the sweep.
+    pub connections: Vec<usize>,
+    /// Bytes per message.
+    pub size: usize,
+    /// Measured time per run.
+    pub duration: Duration,
+    /// Warm-up per run.
+    pub warmup: Duration,
+    /// Server on CPU 0, client on CPU 1.
+    pub pin: bool,
+    /// Where the files go.
+    pub out: PathBuf,
+}
+
+/// One server at one connection count.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// The model or peer name.
+    pub server: String,
+    /// Connections of this run.
+    pub connections: usize,
+    /// What bench measured.
+    pub results: BenchResults,
+    /// What the table should say about this row, if anything.
+    pub note: Option<String>,
+}
+
+/// The whole comparison, as written to `results.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    /// Bytes per message.
+    pub size: usize,
+    /// Measured seconds per run.
+    pub duration: f64,
+    /// Warm-up seconds per run.
+    pub warmup: f64,
+    /// Whether server and client were pinned apart.
+    pub pinned: bool,
+    /// One row per server and connection count.
+    pub rows: Vec<Row>,
+    /// Servers that did not stop cleanly, with what happened.
+    pub unclean_exits: Vec<String>,
+    /// Where it ran.
+    pub environment: Environment,
+}
+
+/// Runs the sweep; `on_row` sees each row as it is measured.
+///
+/// # Errors
+/// A server that cannot be started, or files that cannot be written.
+pub fn run(config: &CompareConfig, mut on_row: impl FnMut(&Row)) -> anyhow::Result<Comparison> {
+    let pin = config.pin && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let mut servers: Vec<(String, Launch)> = config
+        .modes
+        .iter()
+        .map(|&m| (m.name().to_owned(), Launch::Model(m)))
+        .collect();
+    servers.extend(
+        config
+            .also
+            .iter()
+            .map(|p| (p.name.clone(), Launch::Peer(p.command.clone()))),
+    );
+    let mut comparison = Comparison {
+        size: config.size,
+        duration: config.duration.as_secs_f64(),
+        warmup: config.warmup.as_secs_f64(),
+        pinned: pin,
+        rows: Vec::new(),
+        unclean_exits: Vec::new(),
+        environment: Environment::current(),
+    };
+    for (name, launch) in servers {
+        let mut server = launch
+            .start(pin)
+            .with_context(|| format!("starting {name}"))?;
+        for &connections in &config.connections {
+            let bench_config = BenchConfig {
+                addr: HostPort::from(server.addr),
+                connections,
+                duration: config.duration,
+                warmup: config.warmup,
+                size: config.size,
+                depth: 1,
+                rate: None,
+                threads: 1,
+                pin_cpu: pin.then_some(1),
+            };
+            let results = bench::run(&bench_config, |_, _| {})?;
+            let note = note_for(&results, connections);
+            let row = Row {
+                server: name.clone(),
+                connections,
+                results,
+                note,
+            };
+            on_row(&row);
+            comparison.rows.push(row);
+        }
+        if let Err(e) = server.stop() {
+            comparison.unclean_exits.push(format!("{name}: {e:#}"));
+        }
+    }
+    write_files(&comparison, &config.out)?;
+    Ok(comparison)
+}
+
+fn note_for(results: &BenchResults, connections: usize) -> Option<String> {
+    if results.errors > 0 || results.connect_failures > 0 {
+        Some(format!(
+            "FAILED: {} errors, {} connect failures",
+            results.errors, results.connect_failures
+        ))
+    } else if (results.served_connections as usize) < connections {
+        Some(format!(
+            "only {} of {connections} connections served",
+            results.served_connections
+        ))
+    } else {
+        None
+    }
+}
+
+/// How to start a server.
+enum Launch {
+    Model(Mode),
+    Peer(String),
+}
+
+/// A running server process.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Launch {
+    fn start(&self, pin: bool) -> anyhow::Result<ServerProcess> {
+        let (mut command, peer_port) = match self {
+            Launch::Model(mode) => {
+                let mut c =
+                    Command::new(std::env::current_exe().context("finding echo-lab itself")?);
+                c.args([
+                    "serve",
+                    "--mode",
+                    mode.name(),
+                    "--addr",
+                    "127.0.0.1:0",
+                    "--quiet",
+                ]);
+                (c, None)
+            }
+            Launch::Peer(template) => {
+                let port = free_port()?;
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!(
+                    "exec {}",
+                    template.replace("{port}", &port.to_string())
+                ));
+                (c, Some(port))
+            }
+        };
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // Its own process group, so that SIGTERM reaches whatever it starts.
+        command.process_group(0);
+        if pin {
+            // SAFETY: between fork and exec only async-signal-safe calls are
+            // allowed; sched_setaffinity is a plain system call.
+            unsafe {
+                command.pre_exec(|| {
+                    crate::net::pin_current_thread(0);
+                    Ok(())
+                });
+            }
+        }
+        let mut server = ServerProcess {
+            child: command.spawn().context("spawning the server")?,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        // On failure, dropping `server` kills the child.
+        server.addr = match peer_port {
+            None => read_listening_line(&mut server.child)?,
+            Some(port) => wait_for_peer(&mut server.child, port)?,
+        };
+        Ok(server)
+    }
+}
+
+/// Reads the `listening on HOST:PORT` line our servers print first.
+fn read_listening_line(child: &mut Child) -> anyhow::Result<SocketAddr> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        // Keep draining so that the server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    match rx.recv_timeout(SERVER_PATIENCE) {
+        Ok(Some(Ok(line))) => line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("unexpected first line {line:?}")),
+        _ => bail!("no `listening on` line within {SERVER_PATIENCE:?}"),
+    }
+}
+
+/// Finds a free port by binding port 0 and letting go of it.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until a peer server accepts connections on the port we gave it.
+fn wait_for_peer(child: &mut Child, port: u16) -> anyhow::Result<SocketAddr> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + SERVER_PATIENCE;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("exited with {status} before listening");
+        }
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(addr);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("not listening on {addr} within {SERVER_PATIENCE:?}")
+}
+
+impl ServerProcess {
+    /// SIGTERM, then wait; a server that does not exit cleanly in time is
+    /// killed and reported.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        let group = -(self.child.id() as i32);
+        // SAFETY: kill(2) on our child's process group.
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        let deadline = Instant::now() + SERVER_PATIENCE;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    bail!("exited with {status} after SIGTERM")
+                };
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = self.child.wait();
+        bail!("still running {SERVER_PATIENCE:?} after SIGTERM; killed")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) on our child's process group.
+            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The table printed at the end.
+pub fn render(comparison: &Comparison) -> String {
+    let mut out = header();
+    for row in &comparison.rows {
+        out += &render_row(row);
+    }
+    for unclean in &comparison.unclean_exits {
+        out += &format!("did not stop cleanly: {unclean}\n");
+    }
+    out
+}
+
+/// The table's header line.
+pub fn header() -> String {
+    format!(
+        "{:<14} {:>6} {:>12} {:>10} {:>10} {:>7}  {}\n",
+        "server", "conns", "msg/s", "p50", "p99", "errors", "note"
+    )
+}
+
+/// One line of the table.
+pub fn render_row(row: &Row) -> String {
+    let r = &row.results;
+    format!(
+        "{:<14} {:>6} {:>12.0} {:>8.3}ms {:>8.3}ms {:>7}  {}\n",
+        row.server,
+        row.connections,
+        r.messages_per_sec,
+        r.latency_us.p50 / 1000.0,
+        r.latency_us.p99 / 1000.0,
+        r.errors,
+        row.note.as_deref().unwrap_or("")
+    )
+}
+
+fn write_files(comparison: &Comparison, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(comparison)?;
+    std::fs::write(dir.join("results.json"), json + "\n").context("writing results.json")?;
+    let mut csv = String::from(
+        "server,connections,messages_per_sec,p50_us,p90_us,p99_us,p999_us,max_us,errors,connect_failures,served_connections,client_cpu\n",
+    );
+    for row in &comparison.rows {
+        let (r, l) = (&row.results, &row.results.latency_us);
+        csv += &format!(
+            "{},{},{:.1},{},{},{},{},{},{},{},{},{:.3}\n",
+            row.server,
+            row.connections,
+            r.messages_per_sec,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            r.errors,
+            r.connect_failures,
+            r.served_connections,
+            r.client_cpu
+        );
+    }
+    std::fs::write(dir.join("results.csv"), csv).context("writing results.csv")?;
+    super::chart::draw(comparison, &dir.join("throughput.svg"))
+        .context("drawing throughput.svg")?;
+    Ok(())
+}

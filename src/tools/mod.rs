@@ -1,0 +1,12 @@
+//! The instruments: they talk to any echo server, ours or not.
+//!
+//! - [`client`]: type and see the echo, or pipe a file through.
+//! - [`probe`]: a timeline of who waits for whom.
+//! - [`bench`]: a load generator that verifies every byte.
+//! - [`compare`]: every model under the same load, in one table and chart.
+
+pub mod bench;
+mod chart;
+pub mod client;
+pub mod compare;
+pub mod probe;

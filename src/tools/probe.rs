@@ -1,0 +1,206 @@
+//! `echo-lab probe`: makes a model's concurrency visible. N clients start at
+//! once; each connects, sends a short message, waits for its echo, holds
+//! the connection for a while, and closes. The timeline shows who was
+//! served while whom waited: a staircase for the sequential model, a
+//! waiting third client for a pool of two, all at once for a readiness loop.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::net::connect;
+use crate::parse::HostPort;
+
+/// What to probe, and how.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// The server.
+    pub addr: HostPort,
+    /// Clients started at once.
+    pub clients: usize,
+    /// How long each client stays connected after its echo.
+    pub hold: Duration,
+    /// How long a client waits for its echo before it is reported.
+    pub timeout: Duration,
+}
+
+/// One client's timeline, in seconds since the probe started.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientTimeline {
+    /// 1-based client number.
+    pub client: usize,
+    /// When the connection was established (the kernel's handshake).
+    pub connected: Option<f64>,
+    /// When the whole echo was back.
+    pub echoed: Option<f64>,
+    /// When the client closed.
+    pub closed: Option<f64>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
+/// The probe's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeReport {
+    /// The server probed.
+    pub addr: String,
+    /// Seconds each client held its connection after its echo.
+    pub hold: f64,
+    /// One timeline per client, in client order.
+    pub clients: Vec<ClientTimeline>,
+}
+
+impl ProbeReport {
+    /// Whether every client got its exact echo back.
+    pub fn all_ok(&self) -> bool {
+        self.clients.iter().all(|c| c.error.is_none())
+    }
+}
+
+/// Runs the probe: one thread per client, all released at once.
+pub fn run(config: &ProbeConfig) -> ProbeReport {
+    let start = Barrier::new(config.clients);
+    let origin = Instant::now();
+    let clients = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..=config.clients)
+            .map(|client| {
+                let start = &start;
+                scope.spawn(move || {
+                    start.wait();
+                    probe_one(config, client, origin)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                h.join().unwrap_or_else(|_| ClientTimeline {
+                    client: i + 1,
+                    connected: None,
+                    echoed: None,
+                    closed: None,
+                    error: Some("the client thread panicked".into()),
+                })
+            })
+            .collect()
+    });
+    ProbeReport {
+        addr: config.addr.to_string(),
+        hold: config.hold.as_secs_f64(),
+        clients,
+    }
+}
+
+fn probe_one(config: &ProbeConfig, client: usize, origin: Instant) -> ClientTimeline {
+    let since = || origin.elapsed().as_secs_f64();
+    let mut timeline = ClientTimeline {
+        client,
+        connected: None,
+        echoed: None,
+        closed: None,
+        error: None,
+    };
+    let message = format!("probe client {client}\n");
+    let result = (|| -> anyhow::Result<()> {
+        let mut stream = connect(&config.addr, config.timeout)?;
+        timeline.connected = Some(since());
+        stream.set_read_timeout(Some(config.timeout))?;
+        stream.set_write_timeout(Some(config.timeout))?;
+        stream.write_all(message.as_bytes())?;
+        let mut echo = vec![0; message.len()];
+        stream.read_exact(&mut echo).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                anyhow::anyhow!("no echo within {:?}", config.timeout)
+            }
+            _ => anyhow::anyhow!("reading the echo: {e}"),
+        })?;
+        if echo != message.as_bytes() {
+            anyhow::bail!("wrong echo: {:?}", String::from_utf8_lossy(&echo));
+        }
+        timeline.echoed = Some(since());
+        std::thread::sleep(config.hold);
+        drop(stream);
+        timeline.closed = Some(since());
+        Ok(())
+    })();
+    if let Err(e) = result {
+        timeline.error = Some(format!("{e:#}"));
+    }
+    timeline
+}
+
+/// The text report: a table of instants and a chart with one row per
+/// client, in which waiting is visible at a glance.
+pub fn render(report: &ProbeReport) -> String {
+    const WIDTH: usize = 50;
+    let mut out = String::new();
+    let n = report.clients.len();
+    let _ = writeln!(
+        out,
+        "probe: {n} clients against {}, each holding {:.1}s after its echo\n",
+        report.addr, report.hold
+    );
+    let _ = writeln!(out, "client  connected    echoed    closed");
+    let show = |t: Option<f64>| t.map_or_else(|| "-".to_owned(), |t| format!("{t:.3}s"));
+    for c in &report.clients {
+        let _ = writeln!(
+            out,
+            "{:>6} {:>10} {:>9} {:>9}{}",
+            c.client,
+            show(c.connected),
+            show(c.echoed),
+            show(c.closed),
+            c.error
+                .as_ref()
+                .map_or(String::new(), |e| format!("  error: {e}"))
+        );
+    }
+    let end = report
+        .clients
+        .iter()
+        .filter_map(|c| c.closed.or(c.echoed).or(c.connected))
+        .fold(0.0_f64, f64::max)
+        .max(1e-3);
+    let column = |t: f64| ((t / end) * (WIDTH - 1) as f64).round() as usize;
+    let _ = writeln!(
+        out,
+        "\n          0s{:>width$}",
+        format!("{end:.2}s"),
+        width = WIDTH - 1
+    );
+    for c in &report.clients {
+        let mut row = [' '; WIDTH];
+        let from = c.connected.map_or(0, column);
+        let echo = c.echoed.map(column);
+        let to = c.closed.map_or(WIDTH - 1, column);
+        for (i, cell) in row.iter_mut().enumerate().take(to + 1).skip(from) {
+            *cell = match echo {
+                Some(e) if i < e => '.',
+                Some(e) if i == e => '#',
+                Some(_) => '=',
+                None => '.',
+            };
+        }
+        let _ = writeln!(
+            out,
+            "client {:>2} |{}|",
+            c.client,
+            row.iter().collect::<String>()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "legend: . connected, waiting for the echo   # echo arrived   = holding"
+    );
+    let failed = report.clients.iter().filter(|c| c.error.is_some()).count();
+    if failed == 0 {
+        let _ = writeln!(out, "all {n} echoes correct");
+    } else {
+        let _ = writeln!(out, "{failed} of {n} clients failed");
+    }
+    out
+}

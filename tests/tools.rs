@@ -1,0 +1,365 @@
+//! The instruments: `client`, `probe`, `bench` and `compare`, run against
+//! real servers (ours, and deliberately wrong ones) over loopback.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use echo_lab::parse::HostPort;
+use echo_lab::serve::Mode;
+use echo_lab::tools::bench::{self, BenchConfig};
+use serde_json::Value;
+
+fn short_bench(addr: HostPort, connections: usize) -> BenchConfig {
+    BenchConfig {
+        addr,
+        connections,
+        duration: Duration::from_millis(300),
+        warmup: Duration::from_millis(100),
+        size: 512,
+        depth: 2,
+        rate: None,
+        threads: 2,
+        pin_cpu: None,
+    }
+}
+
+/// bench against every model: echoes counted, every byte verified, no errors.
+#[test]
+fn bench_verifies_every_model() {
+    for mode in [
+        Mode::Sequential,
+        Mode::Threadpool,
+        Mode::Selector,
+        Mode::Statemachine,
+        Mode::Async,
+    ] {
+        let server = start(mode);
+        let connections = if mode == Mode::Sequential { 1 } else { 8 };
+        let results =
+            bench::run(&short_bench(server.addr().into(), connections), |_, _| {}).unwrap();
+        assert!(results.messages > 0, "{mode}: {results:?}");
+        assert_eq!(results.errors, 0, "{mode}: {results:?}");
+        assert_eq!(results.served_connections, connections as u64, "{mode}");
+        assert!(!results.failed(), "{mode}");
+    }
+}
+
+/// bench's open loop keeps its schedule and verifies just the same.
+#[test]
+fn bench_open_loop_at_a_fixed_rate() {
+    let server = start(Mode::Selector);
+    let config = BenchConfig {
+        rate: Some(2000.0),
+        duration: Duration::from_secs(1),
+        ..short_bench(server.addr().into(), 4)
+    };
+    let results = bench::run(&config, |_, _| {}).unwrap();
+    assert_eq!(results.errors, 0);
+    // 2,000 msg/s for 1 s; loose bounds, the machine may be slow.
+    assert!((1000..=2200).contains(&results.messages), "{results:?}");
+}
+
+/// How a broken server changes the bytes of its `n`th read.
+type Damage = fn(&mut Vec<u8>, u64);
+
+/// A broken echo server for bench to catch: it answers each read with the
+/// bytes changed by `damage`.
+fn broken_server(damage: Damage) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut buf = [0; 4096];
+        let mut reads = 0;
+        while let Ok(n @ 1..) = stream.read(&mut buf) {
+            let mut data = buf[..n].to_vec();
+            damage(&mut data, reads);
+            reads += 1;
+            if stream.write_all(&data).is_err() {
+                break;
+            }
+        }
+    });
+    (addr, handle)
+}
+
+/// Flipped, dropped and duplicated bytes are each reported as errors, and
+/// make bench exit non-zero.
+#[test]
+fn bench_catches_a_server_that_damages_bytes() {
+    let damages: [(&str, Damage); 3] = [
+        ("flips", |data, reads| {
+            if reads == 20 {
+                data[0] ^= 0x01;
+            }
+        }),
+        ("drops", |data, reads| {
+            if reads == 20 {
+                data.remove(0);
+            }
+        }),
+        ("duplicates", |data, reads| {
+            if reads == 20 {
+                let copy = data.clone();
+                data.extend(copy);
+            }
+        }),
+    ];
+    for (what, damage) in damages {
+        let (addr, server) = broken_server(damage);
+        let addr = addr.to_string();
+        let (status, stdout, stderr) = run_binary(&[
+            "bench", "--addr", &addr, "-c", "1", "-d", "500ms", "--warmup", "0s", "--json",
+        ]);
+        assert_eq!(
+            status,
+            Some(1),
+            "a server that {what} bytes: {stdout}{stderr}"
+        );
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["results"]["errors"], 1, "{what}: {stdout}");
+        server.join().unwrap();
+    }
+}
+
+/// `--json` is one self-describing object: parameters, results, environment.
+#[test]
+fn bench_json_describes_itself() {
+    let server = start(Mode::Async);
+    let addr = server.addr().to_string();
+    let (status, stdout, stderr) = run_binary(&[
+        "bench", "--addr", &addr, "-c", "3", "-d", "200ms", "--warmup", "0s", "--json",
+    ]);
+    assert_eq!(status, Some(0), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["parameters"]["connections"], 3);
+    assert!(report["results"]["messages"].as_u64().unwrap() > 0);
+    assert!(report["results"]["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["environment"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(report["environment"]["cpus"].as_u64().unwrap() >= 1);
+}
+
+/// Runs `probe --json` and returns (connected, echoed, closed) per client.
+fn probe_timeline(addr: &str, clients: &str) -> Vec<(f64, f64, f64)> {
+    let (status, stdout, stderr) = run_binary(&[
+        "probe",
+        "--addr",
+        addr,
+        "--clients",
+        clients,
+        "--hold",
+        "400ms",
+        "--json",
+    ]);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    report["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let t = |k: &str| c[k].as_f64().unwrap();
+            (t("connected"), t("echoed"), t("closed"))
+        })
+        .collect()
+}
+
+/// Against `sequential`, probe shows the staircase: each echo comes only
+/// after the previous client has closed.
+#[test]
+fn probe_shows_the_sequential_staircase() {
+    let server = start(Mode::Sequential);
+    let mut clients = probe_timeline(&server.addr().to_string(), "3");
+    clients.sort_by(|a, b| a.1.total_cmp(&b.1));
+    for pair in clients.windows(2) {
+        assert!(
+            pair[1].1 >= pair[0].2,
+            "an echo came before the previous client left: {clients:?}"
+        );
+    }
+}
+
+/// Against `selector`, every echo arrives before any client closes.
+#[test]
+fn probe_shows_the_event_loop_serving_all_at_once() {
+    let server = start(Mode::Selector);
+    let clients = probe_timeline(&server.addr().to_string(), "3");
+    let last_echo = clients.iter().map(|c| c.1).fold(0.0, f64::max);
+    let first_close = clients.iter().map(|c| c.2).fold(f64::MAX, f64::min);
+    assert!(last_echo < first_close, "{clients:?}");
+}
+
+/// The text probe draws one chart row per client and says all were correct.
+#[test]
+fn probe_text_has_a_row_per_client() {
+    let server = start(Mode::Async);
+    let addr = server.addr().to_string();
+    let (status, stdout, _) = run_binary(&[
+        "probe",
+        "--addr",
+        &addr,
+        "--clients",
+        "4",
+        "--hold",
+        "100ms",
+    ]);
+    assert_eq!(status, Some(0));
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("client ") && l.contains('|'))
+            .count(),
+        4,
+        "{stdout}"
+    );
+    assert!(stdout.contains("all 4 echoes correct"), "{stdout}");
+}
+
+/// probe against a server that never answers reports it and exits non-zero.
+#[test]
+fn probe_reports_a_missing_echo() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let (status, stdout, _) = run_binary(&[
+        "probe",
+        "--addr",
+        &addr,
+        "--clients",
+        "2",
+        "--hold",
+        "0s",
+        "--timeout",
+        "300ms",
+    ]);
+    assert_eq!(status, Some(1), "{stdout}");
+    assert!(stdout.contains("no echo within"), "{stdout}");
+}
+
+/// In a pipe, client sends stdin, prints the echo, and exits 0.
+#[test]
+fn client_in_a_pipe_echoes_and_exits() {
+    let server = start(Mode::Statemachine);
+    let addr = server.addr().to_string();
+    let mut child = Command::new(binary())
+        .args(["client", "--addr", &addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input: Vec<u8> = b"hello\n"
+        .iter()
+        .copied()
+        .chain(payload(200_000, 9))
+        .collect();
+    let mut stdin = child.stdin.take().unwrap();
+    let expected = input.clone();
+    let writer = thread::spawn(move || stdin.write_all(&input).unwrap());
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout == expected, "the piped echo differs");
+}
+
+/// A refused connection is one clear line and exit code 1.
+#[test]
+fn client_refused_is_one_line() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (status, stdout, stderr) = run_binary(&["client", "--addr", &format!("127.0.0.1:{port}")]);
+    assert_eq!(status, Some(1));
+    assert_eq!(stdout, "");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to") && stderr.contains("refused"),
+        "{stderr}"
+    );
+}
+
+/// compare on two models (and a peer given with --also) writes the three
+/// files, with one row per server and connection count.
+#[test]
+fn compare_writes_json_csv_and_chart() {
+    let out = std::env::temp_dir().join(format!("echo-lab-compare-{}", std::process::id()));
+    let peer = format!(
+        "peer={} serve --mode async --addr 127.0.0.1:{{port}} --quiet",
+        binary()
+    );
+    let (status, stdout, stderr) = run_binary(&[
+        "compare",
+        "--modes",
+        "sequential,selector",
+        "-c",
+        "1,4",
+        "-d",
+        "200ms",
+        "--warmup",
+        "50ms",
+        "--also",
+        &peer,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    let keys: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["server"].as_str().unwrap().to_owned(),
+                r["connections"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, u64)> = ["sequential", "selector", "peer"]
+        .iter()
+        .flat_map(|s| [1, 4].map(|c| (s.to_string(), c)))
+        .collect();
+    assert_eq!(keys, expected);
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 6, "{csv}");
+    let svg = std::fs::read_to_string(out.join("throughput.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("selector") && svg.contains("peer"));
+    assert!(
+        stdout.contains("only 1 of 4 connections served"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(out);
+}
+
+/// compare's list arguments reject bad input cleanly.
+#[test]
+fn compare_rejects_bad_lists() {
+    for (args, words) in [
+        (
+            &["compare", "--modes", "selector,nope"][..],
+            "unknown model 'nope'",
+        ),
+        (&["compare", "-c", "1,,10"], "is not a count"),
+        (&["compare", "-c", "0"], "at least 1"),
+        (&["compare", "--also", "tokio"], "NAME=COMMAND"),
+        (&["compare", "--also", "x=cmd without port"], "{port}"),
+        (&["bench", "--size", "4"], "at least 12"),
+    ] {
+        let (status, _, stderr) = run_binary(args);
+        assert!(status == Some(2) || status == Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(words), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
