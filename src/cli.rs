@@ -178,8 +178,28 @@ pub fn parse_modes(text: &str) -> Result<ModeList, String> {
         .map(ModeList)
 }
 
+/// What bounds a server's memory, shown after `serve --help`.
+const SERVE_LIMITS: &str = "\
+Limits (every bound on memory, per model):
+  --max-connections   clients held at once, every model; more are accepted
+                      and closed at once. (sequential never holds more than
+                      1, threadpool more than workers + queue + 1: beyond
+                      that, clients wait in the kernel's backlog.)
+  read buffer         16 KiB per read: one per thread (sequential,
+                      threadpool), one shared by all clients (selector);
+                      4 KiB inside each client task (statemachine, async).
+  unsent bytes        selector: at most 64 KiB per client, then it stops
+                      reading that client until it drains. statemachine and
+                      async never read while they hold unsent bytes, so their
+                      4 KiB buffer is the bound. Blocking models write
+                      before reading again.
+  --queue             threadpool: accepted clients waiting for a worker.
+  --idle-timeout      off by default; a slow client is bounded by the
+                      buffers above, not by time.";
+
 /// `echo-lab serve`.
 #[derive(Debug, Args)]
+#[command(after_long_help = SERVE_LIMITS)]
 pub struct ServeArgs {
     /// The concurrency model.
     #[arg(long, value_enum, default_value_t = Mode::Selector)]
@@ -210,6 +230,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub idle_timeout: Option<Duration>,
 
+    /// Clients served at once; more are accepted and closed at once.
+    #[arg(long, value_name = "N", default_value_t = serve::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: NonZeroUsize,
+
     /// Do not log each connection and disconnection on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -238,12 +262,17 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         queue: args.queue,
         backlog: args.backlog,
         idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
         quiet: args.quiet,
     };
     let listener = serve::bind(args.mode, &args.addr, &config)?;
     let ctx = Context::new(config);
     trigger_on_signals(&ctx.shutdown)?;
-    announce(&format!("listening on {}", listener.local_addr()?));
+    let local = listener.local_addr()?;
+    announce(&format!("listening on {local}"));
+    if let Some(notice) = exposure_notice(local) {
+        eprintln!("{notice}");
+    }
     serve::run(args.mode, listener, &ctx)?;
     eprintln!("{}", ctx.stats.summary());
     Ok(ExitCode::SUCCESS)
@@ -366,9 +395,58 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// A one-line notice when the server listens beyond this machine: a
+/// wildcard (`0.0.0.0`, `[::]`) or any address that is not loopback.
+pub fn exposure_notice(local: std::net::SocketAddr) -> Option<String> {
+    (!local.ip().is_loopback()).then(|| {
+        format!("notice: listening on {local} exposes this echo service to every machine that can reach it")
+    })
+}
+
 /// Prints a line that scripts wait for, and flushes it at once. A closed
 /// stdout is not a reason to stop serving.
 fn announce(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn wildcard_and_public_addresses_get_a_notice() {
+        for exposed in [
+            "0.0.0.0:7000",
+            "[::]:7000",
+            "192.168.1.10:7000",
+            "[2001:db8::1]:7000",
+        ] {
+            assert!(
+                exposure_notice(exposed.parse().unwrap()).is_some(),
+                "{exposed}"
+            );
+        }
+        for local in ["127.0.0.1:7000", "127.8.9.10:7000", "[::1]:7000"] {
+            assert_eq!(exposure_notice(local.parse().unwrap()), None, "{local}");
+        }
+    }
+
+    #[test]
+    fn mode_lists() {
+        assert_eq!(parse_modes("all").unwrap().0.len(), 5);
+        assert_eq!(
+            parse_modes("selector,generator").unwrap().0,
+            [Mode::Selector, Mode::Statemachine]
+        );
+        for bad in ["", "selector,", "Selector", "select", "all,async", "☃"] {
+            assert!(parse_modes(bad).is_err(), "{bad:?}");
+        }
+    }
 }

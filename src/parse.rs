@@ -271,4 +271,42 @@ mod tests {
             assert!(parse_rate(bad).is_err(), "{bad:?} should be rejected");
         }
     }
+
+    /// Random strings from an alphabet of troublemakers (digits, signs,
+    /// separators, units, exponents, non-ASCII digits and letters, spaces)
+    /// through every parser: each may refuse, none may panic.
+    #[test]
+    fn random_input_never_panics() {
+        const ALPHABET: &[char] = &[
+            '0', '1', '9', '.', ',', ':', '[', ']', '-', '+', 'e', 'E', 's', 'm', 'h', 'K', 'i',
+            'B', 'M', 'G', ' ', '\u{0}', '٣', '½', 'é', '∞',
+        ];
+        let mut x: u64 = 0x243F_6A88_85A3_08D3;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let text: String = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            let _ = parse_duration(&text);
+            let _ = parse_positive_duration(&text);
+            let _ = parse_size(&text);
+            let _ = parse_counts(&text);
+            let _ = parse_rate(&text);
+            // Host names go to the resolver: keep those few.
+            if i % 40 == 0 {
+                let _ = parse_addr(&text);
+            }
+        }
+        let huge = "9".repeat(100_000);
+        assert!(parse_duration(&format!("{huge}s")).is_err());
+        assert!(parse_size(&huge).is_err());
+        assert!(parse_counts(&huge).is_err());
+        assert!(parse_addr(&format!("127.0.0.1:{huge}")).is_err());
+    }
 }

@@ -41,6 +41,9 @@ impl Ending {
 #[derive(Debug)]
 pub struct Stats {
     quiet: bool,
+    max_connections: u64,
+    rejected: AtomicU64,
+    reject_burst: AtomicU64,
     started: Instant,
     served: AtomicU64,
     active: AtomicU64,
@@ -53,10 +56,14 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Fresh counters; `quiet` silences the per-connection log lines.
-    pub fn new(quiet: bool) -> Self {
+    /// Fresh counters; `quiet` silences the per-connection log lines;
+    /// clients beyond `max_connections` at once are turned away.
+    pub fn new(quiet: bool, max_connections: usize) -> Self {
         Stats {
             quiet,
+            max_connections: max_connections as u64,
+            rejected: AtomicU64::new(0),
+            reject_burst: AtomicU64::new(0),
             started: Instant::now(),
             served: AtomicU64::new(0),
             active: AtomicU64::new(0),
@@ -69,19 +76,38 @@ impl Stats {
         }
     }
 
-    /// A client was accepted. Ends a burst of accept failures, if one was
-    /// going on, with one line saying so.
-    pub fn connected(&self, peer: SocketAddr) {
+    /// A client was accepted: counts it and returns whether it may stay.
+    /// Over the connection limit it is counted as rejected (logged once per
+    /// burst) and the caller closes it at once. An accepted client ends a
+    /// burst of accept failures, if one was going on, with one line.
+    #[must_use = "a client that is not admitted must be closed"]
+    pub fn admit(&self, peer: SocketAddr) -> bool {
         let failures = self.accept_burst.swap(0, Relaxed);
         if failures > 0 {
             eprintln!("accepting again after {failures} failed attempts");
         }
-        self.served.fetch_add(1, Relaxed);
         let active = self.active.fetch_add(1, Relaxed) + 1;
+        if active > self.max_connections {
+            self.active.fetch_sub(1, Relaxed);
+            self.rejected.fetch_add(1, Relaxed);
+            if self.reject_burst.fetch_add(1, Relaxed) == 0 {
+                eprintln!(
+                    "connection limit of {} reached: closing new clients at once until some leave",
+                    self.max_connections
+                );
+            }
+            return false;
+        }
+        let rejected = self.reject_burst.swap(0, Relaxed);
+        if rejected > 0 {
+            eprintln!("admitting clients again after turning {rejected} away");
+        }
+        self.served.fetch_add(1, Relaxed);
         self.peak.fetch_max(active, Relaxed);
         if !self.quiet {
             eprintln!("connection from {peer}");
         }
+        true
     }
 
     /// A client is gone after `bytes` were echoed to it. Logged once.
@@ -142,6 +168,11 @@ impl Stats {
         self.bytes.load(Relaxed)
     }
 
+    /// Clients turned away over the connection limit.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Relaxed)
+    }
+
     /// The most clients connected at once.
     pub fn peak(&self) -> u64 {
         self.peak.load(Relaxed)
@@ -157,7 +188,7 @@ impl Stats {
         format!(
             "shutting down after {:.1}s: served {} connections, echoed {} bytes, \
              peak {} simultaneous clients; {} closed for idleness, {} failed, \
-             {} accept errors",
+             {} accept errors, {} turned away over the connection limit",
             self.uptime().as_secs_f64(),
             self.served(),
             self.bytes(),
@@ -165,6 +196,7 @@ impl Stats {
             self.idle_closed.load(Relaxed),
             self.failed.load(Relaxed),
             self.accept_errors.load(Relaxed),
+            self.rejected(),
         )
     }
 }

@@ -62,8 +62,10 @@ impl Iterator for Clients<'_> {
         while !self.ctx.shutdown.is_triggered() {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
-                    self.ctx.stats.connected(peer);
-                    return Some((stream, peer));
+                    if self.ctx.stats.admit(peer) {
+                        return Some((stream, peer));
+                    }
+                    // Over the connection limit: dropping closes it.
                 }
                 // The listener was shut down to wake us: not a failure.
                 Err(_) if self.ctx.shutdown.is_triggered() => break,

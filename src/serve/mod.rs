@@ -92,12 +92,19 @@ pub struct Config {
     pub backlog: u32,
     /// Disconnect a client that sent nothing (or took nothing) for this long.
     pub idle_timeout: Option<Duration>,
+    /// Clients served at once; more are accepted and closed at once.
+    pub max_connections: NonZeroUsize,
     /// Silence the per-connection log lines.
     pub quiet: bool,
 }
 
 /// The notes' thread pool size: `ThreadPoolExecutor(max_workers=20)`.
 pub const DEFAULT_WORKERS: NonZeroUsize = NonZeroUsize::new(20).unwrap();
+
+/// Clients a server holds at once by default. Each costs a descriptor and
+/// buffers (see each model's limits); 10,000 stays within a 20,000-descriptor
+/// limit and a few hundred MiB in the worst case.
+pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
 
 /// How many accepted clients may wait for a worker by default. Each holds a
 /// descriptor and a little kernel memory; beyond it, the kernel's backlog
@@ -111,6 +118,7 @@ impl Default for Config {
             queue: DEFAULT_QUEUE,
             backlog: DEFAULT_BACKLOG,
             idle_timeout: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             quiet: false,
         }
     }
@@ -129,7 +137,7 @@ pub struct Context {
 impl Context {
     /// A context with a fresh shutdown handle and fresh counters.
     pub fn new(config: Config) -> Self {
-        let stats = Stats::new(config.quiet);
+        let stats = Stats::new(config.quiet, config.max_connections.get());
         Context {
             config,
             shutdown: Shutdown::new(),

@@ -192,7 +192,9 @@ impl Selector<'_> {
 
     /// Adds a new client to the table and to the poller, interested in reading.
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
-        self.ctx.stats.connected(peer);
+        if !self.ctx.stats.admit(peer) {
+            return; // Over the connection limit: dropping closes it.
+        }
         if let Err(e) = prepare_stream(&stream, Blocking::No) {
             self.ctx.stats.disconnected(peer, 0, Ending::Failed(e));
             return;

@@ -326,13 +326,12 @@ impl<'a> Coroutine<'a> for Acceptor<'a> {
     fn resume(&mut self, _how: Resume, spawn: &mut Vec<Box<dyn Coroutine<'a> + 'a>>) -> Wait {
         loop {
             match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    self.ctx.stats.connected(peer);
-                    match prepare_stream(&stream, Blocking::No) {
-                        Ok(()) => spawn.push(Box::new(Echo::new(stream, peer, self.ctx))),
-                        Err(e) => self.ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
-                    }
-                }
+                // Over the connection limit, the stream is dropped: closed.
+                Ok((stream, peer)) if !self.ctx.stats.admit(peer) => drop(stream),
+                Ok((stream, peer)) => match prepare_stream(&stream, Blocking::No) {
+                    Ok(()) => spawn.push(Box::new(Echo::new(stream, peer, self.ctx))),
+                    Err(e) => self.ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
+                },
                 Err(e) if would_block(&e) => return Wait::Read { until: None },
                 Err(e) => match self.ctx.stats.accept_failed(&e) {
                     AcceptFailure::Transient => {}

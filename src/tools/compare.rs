@@ -11,7 +11,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt as _;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -197,6 +197,8 @@ enum Launch {
 struct ServerProcess {
     child: Child,
     addr: SocketAddr,
+    /// Ours must exit 0 on SIGTERM; a peer may simply die of it.
+    ours: bool,
 }
 
 impl Launch {
@@ -244,6 +246,7 @@ impl Launch {
         let mut server = ServerProcess {
             child: command.spawn().context("spawning the server")?,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ours: peer_port.is_none(),
         };
         // On failure, dropping `server` kills the child.
         server.addr = match peer_port {
@@ -304,7 +307,8 @@ impl ServerProcess {
         let deadline = Instant::now() + SERVER_PATIENCE;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
-                return if status.success() {
+                let died_of_it = !self.ours && status.signal() == Some(libc::SIGTERM);
+                return if status.success() || died_of_it {
                     Ok(())
                 } else {
                     bail!("exited with {status} after SIGTERM")

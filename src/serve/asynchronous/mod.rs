@@ -83,13 +83,12 @@ async fn accept_clients<'a>(
             Either::Right(()) => return Ok(()),
         };
         match accepted {
-            Ok((stream, peer)) => {
-                ctx.stats.connected(peer);
-                match register(stream, reactor) {
-                    Ok(stream) => spawner.spawn(handle_client(stream, peer, ctx, reactor.clone())),
-                    Err(e) => ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
-                }
-            }
+            // Over the connection limit, the stream is dropped: closed.
+            Ok((stream, peer)) if !ctx.stats.admit(peer) => drop(stream),
+            Ok((stream, peer)) => match register(stream, reactor) {
+                Ok(stream) => spawner.spawn(handle_client(stream, peer, ctx, reactor.clone())),
+                Err(e) => ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
+            },
             Err(e) => match ctx.stats.accept_failed(&e) {
                 AcceptFailure::Transient => {}
                 // Out of descriptors: an awaited pause, not a spin.
