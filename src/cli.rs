@@ -136,8 +136,23 @@ pub struct CompareArgs {
     #[arg(long, value_name = "NAME=COMMAND", value_parser = parse_peer)]
     pub also: Vec<Peer>,
     /// Run each server on CPU 0 and the client on CPU 1 (needs 2 CPUs).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "shared_core")]
     pub pin: bool,
+    /// Run each server and the client both on CPU 0: their total CPU cost
+    /// decides the rate.
+    #[arg(long)]
+    pub shared_core: bool,
+    /// Run the whole sweep this many times, interleaved (every server, then
+    /// again), and print the median of each cell.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub repeat: u16,
+    /// `--threads` for the one-thread models: event loops per server.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub server_threads: usize,
+    /// Servers to compare the others with, e.g. `tokio`: adds ratio columns
+    /// to the table of medians.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub baseline: Vec<String>,
     /// Where to write results.json, results.csv and throughput.svg.
     #[arg(long, value_name = "DIR", default_value = "echo-lab-results")]
     pub out: PathBuf,
@@ -234,6 +249,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = serve::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: NonZeroUsize,
 
+    /// Independent event loops for selector, statemachine and async, each on
+    /// its own thread with its own listener on the same port (SO_REUSEPORT):
+    /// the kernel spreads new clients over them. 0 = one per CPU.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
+
     /// Do not log each connection and disconnection on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -263,17 +284,18 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         backlog: args.backlog,
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
+        threads: args.threads,
         quiet: args.quiet,
     };
-    let listener = serve::bind(args.mode, &args.addr, &config)?;
+    let listeners = serve::bind(args.mode, &args.addr, &config)?;
     let ctx = Context::new(config);
     trigger_on_signals(&ctx.shutdown)?;
-    let local = listener.local_addr()?;
+    let local = listeners.local_addr()?;
     announce(&format!("listening on {local}"));
     if let Some(notice) = exposure_notice(local) {
         eprintln!("{notice}");
     }
-    serve::run(args.mode, listener, &ctx)?;
+    serve::run(args.mode, listeners, &ctx)?;
     eprintln!("{}", ctx.stats.summary());
     Ok(ExitCode::SUCCESS)
 }
@@ -360,12 +382,15 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         warmup: args.warmup,
         pin: args.pin,
+        shared_core: args.shared_core,
+        repeat: usize::from(args.repeat),
+        server_threads: args.server_threads,
         out: args.out,
     };
     if config.size < bench::MIN_MESSAGE_SIZE {
         anyhow::bail!("--size must be at least {} bytes", bench::MIN_MESSAGE_SIZE);
     }
-    let runs = (config.modes.len() + config.also.len()) * config.connections.len();
+    let runs = (config.modes.len() + config.also.len()) * config.connections.len() * config.repeat;
     eprintln!(
         "compare: {runs} runs of {:.1}s (+{:.1}s warm-up) each",
         config.duration.as_secs_f64(),
@@ -378,6 +403,14 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
     })?;
     for unclean in &comparison.unclean_exits {
         println!("did not stop cleanly: {unclean}");
+    }
+    if config.repeat > 1 || !args.baseline.is_empty() {
+        let medians = compare::medians(&comparison, &args.baseline);
+        println!(
+            "\nmedians of {} runs ({}):\n",
+            config.repeat, comparison.placement
+        );
+        print!("{}", compare::render_medians(&medians, &args.baseline));
     }
     println!(
         "\nwrote results.json, results.csv and throughput.svg to {}",

@@ -38,7 +38,9 @@ pub enum Blocking {
 ///
 /// SO_REUSEADDR lets a restarted server bind while old connections of a
 /// previous run linger in TIME_WAIT; it does not let two servers share a
-/// port.
+/// port. `reuse_port` (SO_REUSEPORT) does: several listeners of one process
+/// bind the same port and the kernel spreads new connections over them,
+/// which is how `--threads` gives each event loop its own listener.
 ///
 /// # Errors
 /// One line naming the address: already in use, permission denied, or not
@@ -47,10 +49,11 @@ pub fn bind_listener(
     addr: &HostPort,
     backlog: u32,
     blocking: Blocking,
+    reuse_port: bool,
 ) -> anyhow::Result<TcpListener> {
     let mut last_error = None;
     for &candidate in &addr.addrs {
-        match bind_one(candidate, backlog, blocking) {
+        match bind_one(candidate, backlog, blocking, reuse_port) {
             Ok(listener) => return Ok(listener),
             Err(e) => last_error = Some((candidate, e)),
         }
@@ -64,9 +67,15 @@ pub fn bind_listener(
     }
 }
 
-fn bind_one(addr: SocketAddr, backlog: u32, blocking: Blocking) -> io::Result<TcpListener> {
+fn bind_one(
+    addr: SocketAddr,
+    backlog: u32,
+    blocking: Blocking,
+    reuse_port: bool,
+) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(reuse_port)?;
     if addr.is_ipv6() {
         // `[::]:7000` means IPv6 only, as the user wrote it.
         socket.set_only_v6(true)?;

@@ -59,6 +59,20 @@ fn malformed_arguments_exit_2() {
         "possible values: sequential, threadpool",
     );
     assert_fails(&["frobnicate"], 2, "unrecognized subcommand");
+    assert_fails(
+        &[
+            "serve",
+            "--mode",
+            "threadpool",
+            "--threads",
+            "2",
+            "--addr",
+            "127.0.0.1:0",
+        ],
+        1,
+        "--workers",
+    );
+    assert_fails(&["serve", "--max-connections", "0"], 2, "--max-connections");
 }
 
 /// Help lists every model with its one-line description; version prints.

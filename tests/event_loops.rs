@@ -134,3 +134,27 @@ fn an_idle_server_uses_no_cpu() {
         );
     }
 }
+
+/// `--threads 2`: two loops share the port (SO_REUSEPORT); every client is
+/// echoed whichever loop the kernel gives it to, and SIGTERM stops both.
+#[test]
+fn several_loops_share_one_port() {
+    for mode in EVENT_DRIVEN {
+        let server =
+            BinaryServer::start(&[], &["--mode", mode.name(), "--quiet", "--threads", "2"]);
+        let mut clients: Vec<_> = (0..50).map(|_| connect(server.addr)).collect();
+        for (i, client) in clients.iter_mut().enumerate() {
+            assert_echo(client, format!("client {i:02}").as_bytes());
+        }
+        let threads = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+            .unwrap()
+            .count();
+        assert!(
+            threads >= 3,
+            "{mode}: main, signals and 2 loops expected, found {threads} threads"
+        );
+        let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(2));
+        assert_eq!(status.code(), Some(0), "{mode}: {stderr}");
+        assert!(stderr.contains("served 50 connections"), "{mode}: {stderr}");
+    }
+}

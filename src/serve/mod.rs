@@ -94,6 +94,9 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Clients served at once; more are accepted and closed at once.
     pub max_connections: NonZeroUsize,
+    /// Independent event loops (one-thread models only), each on its own
+    /// thread with its own listener; 0 means one per CPU.
+    pub threads: usize,
     /// Silence the per-connection log lines.
     pub quiet: bool,
 }
@@ -119,6 +122,7 @@ impl Default for Config {
             backlog: DEFAULT_BACKLOG,
             idle_timeout: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            threads: 1,
             quiet: false,
         }
     }
@@ -146,20 +150,104 @@ impl Context {
     }
 }
 
-/// Binds the listener `mode` needs on `addr`.
-///
-/// # Errors
-/// The address cannot be bound.
-pub fn bind(mode: Mode, addr: &HostPort, config: &Config) -> anyhow::Result<TcpListener> {
-    bind_listener(addr, config.backlog, mode.blocking())
+impl Config {
+    /// How many loops `mode` runs: `threads` (0: one per CPU) for the
+    /// one-thread models, always 1 for the blocking ones.
+    ///
+    /// # Errors
+    /// `threads` other than 1 for a blocking model.
+    pub fn loops(&self, mode: Mode) -> anyhow::Result<usize> {
+        match (mode.blocking(), self.threads) {
+            (Blocking::Yes, 1) => Ok(1),
+            (Blocking::Yes, _) => {
+                bail!(
+                    "--threads applies to selector, statemachine and async; threadpool has --workers"
+                )
+            }
+            (Blocking::No, 0) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            (Blocking::No, n) => Ok(n),
+        }
+    }
 }
 
-/// Serves on `listener` with `mode` until `ctx.shutdown` is triggered.
+/// The listening sockets of a server: one, or one per loop with
+/// `--threads`, all on the same port (SO_REUSEPORT).
+pub struct Listeners(Vec<TcpListener>);
+
+impl Listeners {
+    /// The address all of them listen on, with its real port.
+    ///
+    /// # Errors
+    /// As `getsockname(2)`.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0[0].local_addr()
+    }
+}
+
+/// Binds the listeners `mode` needs on `addr`.
+///
+/// # Errors
+/// The address cannot be bound, or `--threads` does not apply to `mode`.
+pub fn bind(mode: Mode, addr: &HostPort, config: &Config) -> anyhow::Result<Listeners> {
+    let loops = config.loops(mode)?;
+    let shared = loops > 1;
+    let first = bind_listener(addr, config.backlog, mode.blocking(), shared)?;
+    // Port 0 was resolved by the first bind: the others take the same port.
+    let port: HostPort = first.local_addr()?.into();
+    let mut listeners = vec![first];
+    for _ in 1..loops {
+        listeners.push(bind_listener(
+            &port,
+            config.backlog,
+            mode.blocking(),
+            shared,
+        )?);
+    }
+    Ok(Listeners(listeners))
+}
+
+/// Serves with `mode` until `ctx.shutdown` is triggered: one loop per
+/// listener, each on its own thread when there are several (shared
+/// nothing but the counters and the shutdown handle, as nginx workers).
 ///
 /// # Errors
 /// Only failures of the server as a whole (the listener broke, a thread
 /// could not be started); a failing connection is logged and closed.
-pub fn run(mode: Mode, listener: TcpListener, ctx: &Context) -> anyhow::Result<()> {
+pub fn run(mode: Mode, listeners: Listeners, ctx: &Context) -> anyhow::Result<()> {
+    let mut listeners = listeners.0;
+    if listeners.len() == 1 {
+        return run_one(mode, listeners.remove(0), ctx);
+    }
+    std::thread::scope(|scope| {
+        let loops: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                std::thread::Builder::new()
+                    .name(format!("{mode}-{i}"))
+                    .spawn_scoped(scope, move || {
+                        let served = run_one(mode, listener, ctx);
+                        // One loop failing stops the others.
+                        if served.is_err() {
+                            ctx.shutdown.trigger();
+                        }
+                        served
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .inspect_err(|_| ctx.shutdown.trigger())?;
+        let mut result = Ok(());
+        for handle in loops {
+            let served = handle
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a {mode} loop panicked")));
+            result = result.and(served);
+        }
+        result
+    })
+}
+
+fn run_one(mode: Mode, listener: TcpListener, ctx: &Context) -> anyhow::Result<()> {
     let served = match mode {
         Mode::Sequential => sequential::run(listener, ctx),
         Mode::Threadpool => threadpool::run(listener, ctx),
@@ -184,13 +272,13 @@ impl Server {
     /// # Errors
     /// As [`bind`].
     pub fn start(mode: Mode, addr: &HostPort, config: Config) -> anyhow::Result<Server> {
-        let listener = bind(mode, addr, &config)?;
-        let addr = listener.local_addr()?;
+        let listeners = bind(mode, addr, &config)?;
+        let addr = listeners.local_addr()?;
         let ctx = Arc::new(Context::new(config));
         let thread_ctx = ctx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{mode}-server"))
-            .spawn(move || run(mode, listener, &thread_ctx))?;
+            .spawn(move || run(mode, listeners, &thread_ctx))?;
         Ok(Server {
             addr,
             ctx,

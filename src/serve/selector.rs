@@ -5,8 +5,8 @@
 //!
 //! Every socket is non-blocking and registered with one `polling::Poller`
 //! (epoll on Linux). The key of each registration indexes a table of
-//! handlers, the Rust shape of the notes' callback-as-data: [`Handler::Accept`]
-//! for the listener, [`Handler::Echo`] for a client. The loop waits until the
+//! handlers, the Rust shape of the notes' callback-as-data: `Handler::Accept`
+//! for the listener, `Handler::Echo` for a client. The loop waits until the
 //! kernel reports sockets ready, runs each one's handler, and repeats; no call
 //! ever blocks, so one thread serves thousands of clients.
 //!
@@ -25,6 +25,8 @@
 //! wakes, sees the flag, deletes and closes every socket.
 //!
 //! Next: [`super::statemachine`], the same loop driving generator-like tasks.
+//!
+//! Tutorial: `docs/tutorial/3-readiness-and-epoll.md`.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

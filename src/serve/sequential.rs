@@ -10,6 +10,8 @@
 //! `read()` by shutting the socket down.
 //!
 //! Next: [`super::threadpool`], which serves several clients at once.
+//!
+//! Tutorial: `docs/tutorial/1-one-client-at-a-time.md`.
 
 use std::io;
 use std::net::TcpListener;

@@ -43,6 +43,8 @@
 //! drops every task, deleting each socket from the poller first.
 //!
 //! Next: `async`, where the compiler writes these state machines for us.
+//!
+//! Tutorial: `docs/tutorial/4-generators-are-state-machines.md`.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
@@ -400,8 +402,18 @@ impl<'a> Echo<'a> {
         }
     }
 
-    fn until(&self) -> Option<Instant> {
-        self.idle_timeout.map(|t| Instant::now() + t)
+    /// `yield 'WAIT_READ', sock`, with the idle deadline if there is one.
+    fn wait_read(&self) -> Wait {
+        Wait::Read {
+            until: self.idle_timeout.map(|t| Instant::now() + t),
+        }
+    }
+
+    /// `yield 'WAIT_WRITE', sock`, with the idle deadline if there is one.
+    fn wait_write(&self) -> Wait {
+        Wait::Write {
+            until: self.idle_timeout.map(|t| Instant::now() + t),
+        }
     }
 
     fn finish(&mut self, ending: Ending) -> Wait {
@@ -419,9 +431,7 @@ impl<'a> Coroutine<'a> for Echo<'a> {
             match self.state {
                 EchoState::Start => {
                     self.state = EchoState::WaitRead;
-                    return Wait::Read {
-                        until: self.until(),
-                    };
+                    return self.wait_read();
                 }
                 // Resumed after `yield 'WAIT_READ'`: `data = sock.recv(4096)`.
                 EchoState::WaitRead => match self.sock.read(&mut self.buffer[..]) {
@@ -430,11 +440,7 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                     // On to `yield 'WAIT_WRITE'`, but try the write first.
                     Ok(len) => self.state = EchoState::WaitWrite { sent: 0, len },
                     // Woken, but not readable after all: wait again.
-                    Err(e) if would_block(&e) => {
-                        return Wait::Read {
-                            until: self.until(),
-                        };
-                    }
+                    Err(e) if would_block(&e) => return self.wait_read(),
                     Err(e) if interrupted(&e) => {}
                     Err(e) => return self.finish(Ending::Failed(e)),
                 },
@@ -446,20 +452,14 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                             if sent + n == len {
                                 // Back to the top of `while True`.
                                 self.state = EchoState::WaitRead;
-                                return Wait::Read {
-                                    until: self.until(),
-                                };
+                                return self.wait_read();
                             }
                             self.state = EchoState::WaitWrite {
                                 sent: sent + n,
                                 len,
                             };
                         }
-                        Err(e) if would_block(&e) => {
-                            return Wait::Write {
-                                until: self.until(),
-                            };
-                        }
+                        Err(e) if would_block(&e) => return self.wait_write(),
                         Err(e) if interrupted(&e) => {}
                         Err(e) => return self.finish(Ending::Failed(e)),
                     }

@@ -17,6 +17,8 @@
 //! queue's sender, and joins every worker.
 //!
 //! Next: `selector`, which serves every client from one thread.
+//!
+//! Tutorial: `docs/tutorial/2-a-pool-of-threads.md`.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

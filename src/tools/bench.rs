@@ -43,6 +43,11 @@ pub const CONNECT_PHASE_LIMIT: Duration = Duration::from_secs(10);
 /// skipped and counted instead of piling up in memory.
 pub const MAX_UNECHOED_BYTES: usize = 8 << 20;
 
+/// After the measured window, how long bench waits for the echoes still in
+/// flight before closing, so that it closes cleanly (FIN) instead of
+/// resetting connections with unread data in them.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
 /// How many error descriptions are kept for the report.
 const ERROR_SAMPLES: usize = 5;
 
@@ -482,6 +487,8 @@ struct Worker<'a> {
     schedule: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Open loop: time between two messages of one connection.
     period: Option<Duration>,
+    /// Past the window: no new messages, only collecting echoes.
+    draining: bool,
     result: WorkerResult,
 }
 
@@ -509,6 +516,7 @@ impl<'a> Worker<'a> {
             connections: Vec::with_capacity(share.len()),
             schedule: BinaryHeap::new(),
             period,
+            draining: false,
             result: WorkerResult::new(),
         };
         for (key, (id, stream)) in share.into_iter().enumerate() {
@@ -563,19 +571,11 @@ impl<'a> Worker<'a> {
                 .map_or(self.window.end, |Reverse((at, _))| {
                     (*at).min(self.window.end)
                 });
-            events.clear();
-            self.poller
-                .wait(&mut events, Some(next.saturating_duration_since(now)))?;
-            let mut echoed = 0;
-            for event in events.iter() {
-                if event.writable {
-                    self.after_io(event.key, |conn| conn.flush());
-                }
-                if event.readable {
-                    echoed += self.receive(event.key, &mut buffer);
-                }
-            }
-            self.echoed.fetch_add(echoed, Relaxed);
+            self.wait_and_receive(
+                &mut events,
+                &mut buffer,
+                next.saturating_duration_since(now),
+            )?;
         }
         for conn in self.connections.iter().flatten() {
             let waited_throughout = conn
@@ -585,7 +585,41 @@ impl<'a> Worker<'a> {
             self.result.starved += waited_throughout.count() as u64;
             self.result.served += u64::from(conn.echoes > 0);
         }
+        // Collect what served connections still have in flight, then close:
+        // closing a socket with unread data would reset it.
+        self.draining = true;
+        let drain_until = Instant::now() + DRAIN_LIMIT;
+        let in_flight = |c: &Connection| c.echoes > 0 && !c.started.is_empty();
+        while self.connections.iter().flatten().any(in_flight) {
+            let now = Instant::now();
+            if now >= drain_until {
+                break;
+            }
+            self.wait_and_receive(&mut events, &mut buffer, drain_until - now)?;
+        }
         Ok(std::mem::replace(&mut self.result, WorkerResult::new()))
+    }
+
+    /// One wait for readiness, and the reads and writes it allows.
+    fn wait_and_receive(
+        &mut self,
+        events: &mut Events,
+        buffer: &mut [u8],
+        timeout: Duration,
+    ) -> io::Result<()> {
+        events.clear();
+        self.poller.wait(events, Some(timeout))?;
+        let mut echoed = 0;
+        for event in events.iter() {
+            if event.writable {
+                self.after_io(event.key, |conn| conn.flush());
+            }
+            if event.readable {
+                echoed += self.receive(event.key, buffer);
+            }
+        }
+        self.echoed.fetch_add(echoed, Relaxed);
+        Ok(())
     }
 
     /// Open loop: queues every message that is due by `now`.
@@ -617,7 +651,7 @@ impl<'a> Worker<'a> {
     /// latencies, and (closed loop) sends the next messages.
     fn receive(&mut self, key: usize, buffer: &mut [u8]) -> u64 {
         let size = self.config.size;
-        let closed_loop = self.period.is_none();
+        let closed_loop = self.period.is_none() && !self.draining;
         let Some(conn) = self.connections[key].as_mut() else {
             return 0;
         };
@@ -691,7 +725,10 @@ impl<'a> Worker<'a> {
     fn close(&mut self, key: usize, error: Option<String>) {
         if let Some(conn) = self.connections[key].take() {
             let _ = self.poller.delete(&conn.stream);
-            self.result.served += u64::from(conn.echoes > 0);
+            // Connections still open when the window ended were counted then.
+            if !self.draining {
+                self.result.served += u64::from(conn.echoes > 0);
+            }
         }
         if let Some(what) = error {
             self.result.error(what);

@@ -19,19 +19,29 @@ type Series = Vec<(f64, f64, bool)>;
 pub fn draw(comparison: &Comparison, path: &Path) -> anyhow::Result<()> {
     let mut throughput: BTreeMap<&str, Series> = BTreeMap::new();
     let mut p99: BTreeMap<&str, Series> = BTreeMap::new();
-    for row in &comparison.rows {
-        let x = row.connections as f64;
-        let r = &row.results;
-        if r.messages > 0 {
-            let all_served = r.served_connections as usize >= row.connections;
-            throughput
-                .entry(&row.server)
-                .or_default()
-                .push((x, r.messages_per_sec, all_served));
-            p99.entry(&row.server)
-                .or_default()
-                .push((x, r.latency_us.p99 / 1000.0, all_served));
+    // With repeats, each point is the median of its runs.
+    for median in super::compare::medians(comparison, &[]) {
+        let runs = comparison
+            .rows
+            .iter()
+            .filter(|r| r.server == median.server && r.connections == median.connections);
+        let all_served = runs
+            .clone()
+            .all(|r| r.results.served_connections as usize >= r.connections);
+        if runs.map(|r| r.results.messages).sum::<u64>() == 0 {
+            continue;
         }
+        let Some(row) = comparison.rows.iter().find(|r| r.server == median.server) else {
+            continue;
+        };
+        let (name, x) = (row.server.as_str(), median.connections as f64);
+        throughput
+            .entry(name)
+            .or_default()
+            .push((x, median.messages_per_sec, all_served));
+        p99.entry(name)
+            .or_default()
+            .push((x, median.p99_us / 1000.0, all_served));
     }
     let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;

@@ -3,7 +3,7 @@
 //!
 //! Each server runs as a child process (`echo-lab serve --mode M --addr
 //! 127.0.0.1:0 --quiet`, or any command given with `--also`), is loaded by
-//! [`super::bench`] at each connection count, then stopped with SIGTERM and
+//! [`bench`](mod@super::bench) at each connection count, then stopped with SIGTERM and
 //! checked to exit cleanly. A model that cannot serve every connection
 //! (sequential beyond 1, the thread pool beyond its workers) runs for the
 //! same bounded time and is shown for what it does: how many connections
@@ -74,6 +74,12 @@ pub struct CompareConfig {
     pub warmup: Duration,
     /// Server on CPU 0, client on CPU 1.
     pub pin: bool,
+    /// Server and client both on CPU 0 (total CPU cost decides).
+    pub shared_core: bool,
+    /// Runs of the whole sweep, interleaved: server after server, then again.
+    pub repeat: usize,
+    /// `--threads` for our one-thread models (event loops per server).
+    pub server_threads: usize,
     /// Where the files go.
     pub out: PathBuf,
 }
@@ -85,6 +91,8 @@ pub struct Row {
     pub server: String,
     /// Connections of this run.
     pub connections: usize,
+    /// Which repeat of the sweep (from 1).
+    pub repeat: usize,
     /// What bench measured.
     pub results: BenchResults,
     /// What the table should say about this row, if anything.
@@ -100,8 +108,9 @@ pub struct Comparison {
     pub duration: f64,
     /// Warm-up seconds per run.
     pub warmup: f64,
-    /// Whether server and client were pinned apart.
-    pub pinned: bool,
+    /// Where server and client ran: `unpinned`, `apart` (CPU 0 and 1) or
+    /// `shared` (both on CPU 0).
+    pub placement: &'static str,
     /// One row per server and connection count.
     pub rows: Vec<Row>,
     /// Servers that did not stop cleanly, with what happened.
@@ -115,7 +124,14 @@ pub struct Comparison {
 /// # Errors
 /// A server that cannot be started, or files that cannot be written.
 pub fn run(config: &CompareConfig, mut on_row: impl FnMut(&Row)) -> anyhow::Result<Comparison> {
-    let pin = config.pin && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let (server_cpu, client_cpu, placement) = if config.shared_core {
+        (Some(0), Some(0), "shared")
+    } else if config.pin && two_cpus {
+        (Some(0), Some(1), "apart")
+    } else {
+        (None, None, "unpinned")
+    };
     let mut servers: Vec<(String, Launch)> = config
         .modes
         .iter()
@@ -131,40 +147,43 @@ pub fn run(config: &CompareConfig, mut on_row: impl FnMut(&Row)) -> anyhow::Resu
         size: config.size,
         duration: config.duration.as_secs_f64(),
         warmup: config.warmup.as_secs_f64(),
-        pinned: pin,
+        placement,
         rows: Vec::new(),
         unclean_exits: Vec::new(),
         environment: Environment::current(),
     };
-    for (name, launch) in servers {
-        let mut server = launch
-            .start(pin)
-            .with_context(|| format!("starting {name}"))?;
-        for &connections in &config.connections {
-            let bench_config = BenchConfig {
-                addr: HostPort::from(server.addr),
-                connections,
-                duration: config.duration,
-                warmup: config.warmup,
-                size: config.size,
-                depth: 1,
-                rate: None,
-                threads: 1,
-                pin_cpu: pin.then_some(1),
-            };
-            let results = bench::run(&bench_config, |_, _| {})?;
-            let note = note_for(&results, connections);
-            let row = Row {
-                server: name.clone(),
-                connections,
-                results,
-                note,
-            };
-            on_row(&row);
-            comparison.rows.push(row);
-        }
-        if let Err(e) = server.stop() {
-            comparison.unclean_exits.push(format!("{name}: {e:#}"));
+    for repeat in 1..=config.repeat.max(1) {
+        for (name, launch) in &servers {
+            let mut server = launch
+                .start(server_cpu, config.server_threads)
+                .with_context(|| format!("starting {name}"))?;
+            for &connections in &config.connections {
+                let bench_config = BenchConfig {
+                    addr: HostPort::from(server.addr),
+                    connections,
+                    duration: config.duration,
+                    warmup: config.warmup,
+                    size: config.size,
+                    depth: 1,
+                    rate: None,
+                    threads: 1,
+                    pin_cpu: client_cpu,
+                };
+                let results = bench::run(&bench_config, |_, _| {})?;
+                let note = note_for(&results, connections);
+                let row = Row {
+                    server: name.clone(),
+                    connections,
+                    repeat,
+                    results,
+                    note,
+                };
+                on_row(&row);
+                comparison.rows.push(row);
+            }
+            if let Err(e) = server.stop() {
+                comparison.unclean_exits.push(format!("{name}: {e:#}"));
+            }
         }
     }
     write_files(&comparison, &config.out)?;
@@ -202,7 +221,7 @@ struct ServerProcess {
 }
 
 impl Launch {
-    fn start(&self, pin: bool) -> anyhow::Result<ServerProcess> {
+    fn start(&self, cpu: Option<usize>, threads: usize) -> anyhow::Result<ServerProcess> {
         let (mut command, peer_port) = match self {
             Launch::Model(mode) => {
                 let mut c =
@@ -215,6 +234,9 @@ impl Launch {
                     "127.0.0.1:0",
                     "--quiet",
                 ]);
+                if mode.blocking() == crate::net::Blocking::No {
+                    c.args(["--threads", &threads.to_string()]);
+                }
                 (c, None)
             }
             Launch::Peer(template) => {
@@ -233,12 +255,12 @@ impl Launch {
             .stderr(Stdio::null());
         // Its own process group, so that SIGTERM reaches whatever it starts.
         command.process_group(0);
-        if pin {
+        if let Some(cpu) = cpu {
             // SAFETY: between fork and exec only async-signal-safe calls are
             // allowed; sched_setaffinity is a plain system call.
             unsafe {
-                command.pre_exec(|| {
-                    crate::net::pin_current_thread(0);
+                command.pre_exec(move || {
+                    crate::net::pin_current_thread(cpu);
                     Ok(())
                 });
             }
@@ -333,6 +355,100 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The median of each server at each connection count over the repeats,
+/// and its ratio to each baseline server at the same count.
+#[derive(Clone, Debug, Serialize)]
+pub struct Median {
+    /// The model or peer name.
+    pub server: String,
+    /// Connections.
+    pub connections: usize,
+    /// Median messages per second.
+    pub messages_per_sec: f64,
+    /// Median p99 latency, in microseconds.
+    pub p99_us: f64,
+    /// (baseline, msg/s ratio, p99 ratio) for each baseline measured.
+    pub ratios: Vec<(String, f64, f64)>,
+}
+
+/// Medians over the repeats, in the order servers and counts were run.
+pub fn medians(comparison: &Comparison, baselines: &[String]) -> Vec<Median> {
+    let mut keys: Vec<(String, usize)> = Vec::new();
+    for row in &comparison.rows {
+        let key = (row.server.clone(), row.connections);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    let median_of = |server: &str, connections: usize| -> Option<(f64, f64)> {
+        let runs: Vec<&Row> = comparison
+            .rows
+            .iter()
+            .filter(|r| r.server == server && r.connections == connections)
+            .collect();
+        let pick = |f: &dyn Fn(&Row) -> f64| {
+            let mut values: Vec<f64> = runs.iter().map(|r| f(r)).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        (!runs.is_empty()).then(|| {
+            (
+                pick(&|r| r.results.messages_per_sec),
+                pick(&|r| r.results.latency_us.p99),
+            )
+        })
+    };
+    keys.into_iter()
+        .filter_map(|(server, connections)| {
+            let (rate, p99) = median_of(&server, connections)?;
+            let ratios = baselines
+                .iter()
+                .filter_map(|b| {
+                    let (b_rate, b_p99) = median_of(b, connections)?;
+                    Some((b.clone(), rate / b_rate, p99 / b_p99))
+                })
+                .collect();
+            Some(Median {
+                server,
+                connections,
+                messages_per_sec: rate,
+                p99_us: p99,
+                ratios,
+            })
+        })
+        .collect()
+}
+
+/// The medians as a markdown table, with a ratio column per baseline.
+pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
+    let mut out = String::from("| server | conns | msg/s (median) | p99 (median) |");
+    let mut rule = String::from("| --- | ---: | ---: | ---: |");
+    for b in baselines {
+        out += &format!(" msg/s vs {b} | p99 vs {b} |");
+        rule += " ---: | ---: |";
+    }
+    out += "\n";
+    out += &rule;
+    out += "\n";
+    for m in medians {
+        out += &format!(
+            "| {} | {} | {:.0} | {:.3}ms |",
+            m.server,
+            m.connections,
+            m.messages_per_sec,
+            m.p99_us / 1000.0
+        );
+        for b in baselines {
+            match m.ratios.iter().find(|(name, _, _)| name == b) {
+                Some((_, rate, p99)) => out += &format!(" {rate:.3} | {p99:.3} |"),
+                None => out += " - | - |",
+            }
+        }
+        out += "\n";
+    }
+    out
+}
+
 /// The table printed at the end.
 pub fn render(comparison: &Comparison) -> String {
     let mut out = header();
@@ -348,8 +464,8 @@ pub fn render(comparison: &Comparison) -> String {
 /// The table's header line.
 pub fn header() -> String {
     format!(
-        "{:<14} {:>6} {:>12} {:>10} {:>10} {:>7}  {}\n",
-        "server", "conns", "msg/s", "p50", "p99", "errors", "note"
+        "{:<14} {:>6} {:>4} {:>12} {:>10} {:>10} {:>7}  {}\n",
+        "server", "conns", "run", "msg/s", "p50", "p99", "errors", "note"
     )
 }
 
@@ -357,9 +473,10 @@ pub fn header() -> String {
 pub fn render_row(row: &Row) -> String {
     let r = &row.results;
     format!(
-        "{:<14} {:>6} {:>12.0} {:>8.3}ms {:>8.3}ms {:>7}  {}\n",
+        "{:<14} {:>6} {:>4} {:>12.0} {:>8.3}ms {:>8.3}ms {:>7}  {}\n",
         row.server,
         row.connections,
+        row.repeat,
         r.messages_per_sec,
         r.latency_us.p50 / 1000.0,
         r.latency_us.p99 / 1000.0,

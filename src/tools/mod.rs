@@ -2,7 +2,7 @@
 //!
 //! - [`client`]: type and see the echo, or pipe a file through.
 //! - [`probe`]: a timeline of who waits for whom.
-//! - [`bench`]: a load generator that verifies every byte.
+//! - [`bench`](mod@bench): a load generator that verifies every byte.
 //! - [`compare`]: every model under the same load, in one table and chart.
 
 pub mod bench;

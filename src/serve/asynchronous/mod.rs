@@ -11,7 +11,7 @@
 //!     sock.close()
 //! ```
 //!
-//! [`handle_client`] below is that function. The compiler turns it into a
+//! `handle_client` below is that function. The compiler turns it into a
 //! state machine like the one we wrote by hand in the statemachine model:
 //! each `.await` is a point where it can suspend, and the locals that live
 //! across one (the buffer, the byte count) become fields of the future.
@@ -31,6 +31,8 @@
 //! dropping the executor drops every client task, which closes its socket.
 //!
 //! Next: the tools that measure the five models side by side.
+//!
+//! Tutorial: `docs/tutorial/5-async-await-from-the-ground-up.md`.
 
 pub mod executor;
 pub mod reactor;

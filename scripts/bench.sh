@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# scripts/bench.sh — how fast are echo-lab's models, against references?
+#
+# What it measures, all with echo-lab's own `bench` client (512-byte
+# closed-loop ping-pong, every byte verified):
+#   1. The one-thread models (selector, statemachine, async) against tokio's
+#      current-thread runtime (examples/tokio_echo.rs) and a minimal raw-epoll
+#      loop (examples/reference_servers.rs) at 10, 100 and 1,000 connections,
+#      pinned apart (server CPU 0, client CPU 1) and on one shared core.
+#   2. sequential and threadpool at 1 connection against a minimal blocking
+#      thread-per-connection server.
+#   3. Syscalls per echoed message at 100 connections, server side and the
+#      bench client's side, counted with `strace -c -f` (when strace exists).
+#   4. --threads scaling of the one-thread models (unpinned).
+#
+# How rigorous: each cell is the median of $REPEATS interleaved runs (every
+# server once, then again), so a slow moment hurts every server alike;
+# ratios are computed from medians measured in the same script run. Runs are
+# short (DURATION, default 2s, after 0.5s of warm-up), the machine is a
+# shared VM, and differences under ~5% are noise. Under strace the servers
+# run far slower; only the counts per message are meaningful there.
+#
+# Usage: scripts/bench.sh            (about 7 minutes on 2 cores)
+#        DURATION=5s REPEATS=5 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-2s}
+REPEATS=${REPEATS:-3}
+OUT=${OUT:-echo-lab-results/bench}
+
+cargo build --release --quiet --bin echo-lab --example tokio_echo --example reference_servers
+LAB=target/release/echo-lab
+TOKIO="tokio=target/release/examples/tokio_echo {port}"
+RAW="raw-epoll=target/release/examples/reference_servers raw-epoll {port}"
+BLOCKING="blocking=target/release/examples/reference_servers blocking {port}"
+COMMON=(--duration "$DURATION" --warmup 500ms --repeat "$REPEATS")
+
+echo "# echo-lab benchmark, $(date -u +%F), $(nproc) CPUs, kernel $(uname -r)"
+echo
+echo "## 1a. One-thread models vs tokio and raw epoll, pinned apart"
+"$LAB" compare --modes selector,statemachine,async --also "$TOKIO" --also "$RAW" \
+    -c 10,100,1000 "${COMMON[@]}" --pin --baseline tokio,raw-epoll --out "$OUT/apart" \
+    | sed -n '/^medians/,$p'
+echo
+echo "## 1b. The same on one shared core"
+"$LAB" compare --modes selector,statemachine,async --also "$TOKIO" --also "$RAW" \
+    -c 10,100,1000 "${COMMON[@]}" --shared-core --baseline tokio,raw-epoll --out "$OUT/shared" \
+    | sed -n '/^medians/,$p'
+echo
+echo "## 2. Blocking models at 1 connection vs a blocking thread-per-connection server, pinned apart"
+"$LAB" compare --modes sequential,threadpool --also "$BLOCKING" \
+    -c 1 "${COMMON[@]}" --pin --baseline blocking --out "$OUT/blocking" \
+    | sed -n '/^medians/,$p'
+echo
+
+# Prints "calls/message" for one traced process: total syscalls in an
+# `strace -c` summary file divided by the messages bench counted.
+per_message() {
+    local summary=$1 messages=$2
+    awk -v m="$messages" '/^100\.00|total/ { calls=$4 } END { if (m > 0) printf "%.2f", calls / m; else print "n/a" }' "$summary"
+}
+
+# Starts "$@" under strace (every server here accepts port 0 and prints
+# `listening on HOST:PORT`); sets $tracer and $addr.
+start_traced() {
+    : > "$tmp/listening"
+    strace -f -c -o "$tmp/server.txt" "$@" > "$tmp/listening" 2>/dev/null &
+    tracer=$!
+    until grep -q listening "$tmp/listening"; do sleep 0.05; done
+    addr=$(sed -n 's/^listening on //p' "$tmp/listening")
+}
+
+stop_traced() {
+    kill -TERM "$(pgrep -P "$tracer" | head -1)" 2>/dev/null || true
+    wait "$tracer" 2>/dev/null || true
+}
+
+if command -v strace >/dev/null; then
+    echo "## 3. Syscalls per echoed message at 100 connections (strace -c -f)"
+    echo
+    echo "| server | server syscalls/msg | bench client syscalls/msg |"
+    echo "| --- | ---: | ---: |"
+    tmp=$(mktemp -d)
+    for server in selector statemachine async tokio raw-epoll; do
+        case $server in
+            tokio) start_traced target/release/examples/tokio_echo 0 ;;
+            raw-epoll) start_traced target/release/examples/reference_servers raw-epoll 0 ;;
+            *) start_traced "$LAB" serve --mode "$server" --addr 127.0.0.1:0 --quiet ;;
+        esac
+        strace -f -c -o "$tmp/client.txt" "$LAB" bench --addr "$addr" -c 100 \
+            --duration 2s --warmup 0s --json > "$tmp/bench.json"
+        messages=$(grep -o '"messages": [0-9]*' "$tmp/bench.json" | head -1 | grep -o '[0-9]*$')
+        stop_traced
+        echo "| $server | $(per_message "$tmp/server.txt" "$messages") | $(per_message "$tmp/client.txt" "$messages") |"
+    done
+    echo
+    echo "Where the selector server's syscalls go:"
+    start_traced "$LAB" serve --mode selector --addr 127.0.0.1:0 --quiet
+    "$LAB" bench --addr "$addr" -c 100 --duration 2s --warmup 0s > /dev/null
+    stop_traced
+    sed -n '1,12p' "$tmp/server.txt" | sed 's/^/    /'
+    rm -rf "$tmp"
+    echo
+else
+    echo "## 3. Syscalls: skipped (no strace on this machine)"
+fi
+
+echo "## 4. --threads scaling (unpinned; the client shares the same 2 CPUs)"
+for threads in 1 2; do
+    "$LAB" compare --modes selector,async -c 100,1000 --duration "$DURATION" --warmup 500ms \
+        --server-threads "$threads" --out "$OUT/threads-$threads" 2>/dev/null | grep -E '^(selector|async) ' \
+        | sed "s/^/threads=$threads  /" || true
+done

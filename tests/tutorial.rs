@@ -1,0 +1,402 @@
+//! Keeps the tutorial true: every shell command in `docs/tutorial/` runs,
+//! every promised outcome is checked, and every quoted excerpt of source
+//! still stands in the file it names.
+//!
+//! How a chapter is run:
+//! - Its ```` ```sh ```` blocks run in order in one bash session, in a
+//!   scratch directory, with the `echo-lab` under test first on `PATH`.
+//! - The notes' port 55555 becomes a free port, and `echo-lab serve`,
+//!   `client`, `probe` and `bench` without `--addr` are pointed at it.
+//!   `target/release/` becomes the directory of the binaries under test
+//!   (`cargo test` builds the examples there too).
+//! - A server started with `&` is waited for until it accepts connections;
+//!   `kill %N` of a server also checks that it exited 0 (clean shutdown).
+//! - `cargo` lines are not run (the test is already inside a build); each
+//!   must be one of the commands README.md and the tutorial promise.
+//! - An `<!-- expect: ... -->` comment before a block states its outcome:
+//!   `contains "TEXT"`, `exit N` (of the block's last command; otherwise
+//!   every command must exit 0), `staircase`, `all-at-once`, `third-waits`.
+//! - An `<!-- excerpt: PATH -->` comment before a ```` ```rust ```` block
+//!   makes the block a quotation: its lines (trimmed) must appear in PATH in
+//!   order and contiguously, except where a `// ...` line marks a gap.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::binary;
+
+const ALLOWED_CARGO: [&str; 3] = [
+    "cargo build --release",
+    "cargo build --release --example tokio_echo",
+    "cargo test",
+];
+
+#[derive(Debug)]
+enum Expect {
+    Contains(String),
+    Exit(i32),
+    Staircase,
+    AllAtOnce,
+    ThirdWaits,
+}
+
+#[derive(Debug)]
+struct Block {
+    line: usize,
+    expects: Vec<Expect>,
+    commands: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Excerpt {
+    line: usize,
+    file: String,
+    code: Vec<String>,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn parse_expect(text: &str) -> Expect {
+    let text = text.trim();
+    if let Some(quoted) = text.strip_prefix("contains ") {
+        return Expect::Contains(quoted.trim().trim_matches('"').to_owned());
+    }
+    if let Some(code) = text.strip_prefix("exit ") {
+        return Expect::Exit(code.trim().parse().expect("exit code"));
+    }
+    match text {
+        "staircase" => Expect::Staircase,
+        "all-at-once" => Expect::AllAtOnce,
+        "third-waits" => Expect::ThirdWaits,
+        other => panic!("unknown expectation {other:?}"),
+    }
+}
+
+fn parse_chapter(text: &str) -> (Vec<Block>, Vec<Excerpt>) {
+    let (mut blocks, mut excerpts) = (Vec::new(), Vec::new());
+    let (mut expects, mut excerpt_file) = (Vec::new(), None);
+    let mut lines = text.lines().enumerate();
+    while let Some((number, line)) = lines.next() {
+        let trimmed = line.trim();
+        if let Some(rest) = trimmed.strip_prefix("<!-- expect:") {
+            expects.push(parse_expect(rest.trim_end_matches("-->")));
+        } else if let Some(rest) = trimmed.strip_prefix("<!-- excerpt:") {
+            excerpt_file = Some(rest.trim_end_matches("-->").trim().to_owned());
+        } else if let Some(info) = trimmed.strip_prefix("```") {
+            let body: Vec<String> = lines
+                .by_ref()
+                .map(|(_, l)| l)
+                .take_while(|l| l.trim() != "```")
+                .map(str::to_owned)
+                .collect();
+            match (info, excerpt_file.take()) {
+                ("sh", None) => blocks.push(Block {
+                    line: number + 1,
+                    expects: std::mem::take(&mut expects),
+                    commands: body.into_iter().filter(|l| !l.trim().is_empty()).collect(),
+                }),
+                ("rust", Some(file)) => excerpts.push(Excerpt {
+                    line: number + 1,
+                    file,
+                    code: body,
+                }),
+                (info, Some(file)) => panic!(
+                    "line {}: excerpt of {file} in a ```{info} block",
+                    number + 1
+                ),
+                _ => assert!(
+                    expects.is_empty(),
+                    "line {}: expectation before a non-sh block",
+                    number + 1
+                ),
+            }
+        }
+    }
+    (blocks, excerpts)
+}
+
+/// Checks that the quoted lines stand in the named file, in order.
+fn check_excerpt(chapter: &str, excerpt: &Excerpt) {
+    let source = std::fs::read_to_string(root().join(&excerpt.file)).unwrap_or_else(|e| {
+        panic!(
+            "{chapter}:{}: cannot read {}: {e}",
+            excerpt.line, excerpt.file
+        )
+    });
+    let file: Vec<&str> = source.lines().map(str::trim).collect();
+    let mut from = 0;
+    for segment in excerpt.code.split(|l| l.trim() == "// ...") {
+        let segment: Vec<&str> = segment.iter().map(|l| l.trim()).collect();
+        if segment.is_empty() {
+            continue;
+        }
+        let found = (from..=file.len().saturating_sub(segment.len()))
+            .find(|&at| file[at..at + segment.len()] == segment[..]);
+        let at = found.unwrap_or_else(|| {
+            panic!(
+                "{chapter}:{}: this excerpt no longer matches {}:\n{}",
+                excerpt.line,
+                excerpt.file,
+                segment.join("\n")
+            )
+        });
+        from = at + segment.len();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The command as the test runs it: on our port and our binaries.
+fn rewrite(command: &str, port: u16, bin_dir: &Path) -> String {
+    let bin = bin_dir.display().to_string();
+    let mut line = command
+        .replace("$PWD/target/release", &bin)
+        .replace("target/release/", &format!("{bin}/"))
+        .replace("55555", &port.to_string());
+    for sub in ["serve", "client", "probe", "bench"] {
+        let call = format!("echo-lab {sub}");
+        if line.contains(&call) && !line.contains("--addr") {
+            line = line.replacen(&call, &format!("{call} --addr 127.0.0.1:{port}"), 1);
+        }
+    }
+    line
+}
+
+/// One probe table row: (connected, echoed, closed).
+fn probe_rows(output: &str) -> Vec<(f64, f64, f64)> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() != 4 || fields[0].parse::<u32>().is_err() {
+                return None;
+            }
+            let t = |f: &str| f.strip_suffix('s')?.parse::<f64>().ok();
+            Some((t(fields[1])?, t(fields[2])?, t(fields[3])?))
+        })
+        .collect()
+}
+
+fn check_expect(place: &str, expect: &Expect, output: &str, statuses: &[i32]) {
+    let rows = probe_rows(output);
+    let shown = format!("{place}: expected {expect:?}; output:\n{output}");
+    match expect {
+        Expect::Contains(text) => assert!(output.contains(text.as_str()), "{shown}"),
+        Expect::Exit(code) => assert_eq!(statuses.last(), Some(code), "{shown}"),
+        Expect::Staircase => {
+            let mut rows = rows;
+            assert!(rows.len() >= 2, "{shown}");
+            rows.sort_by(|a, b| a.1.total_cmp(&b.1));
+            for pair in rows.windows(2) {
+                assert!(pair[1].1 >= pair[0].2, "{shown}");
+            }
+        }
+        Expect::AllAtOnce => {
+            assert!(rows.len() >= 2, "{shown}");
+            let last_echo = rows.iter().map(|r| r.1).fold(0.0, f64::max);
+            let first_close = rows.iter().map(|r| r.2).fold(f64::MAX, f64::min);
+            assert!(last_echo < first_close, "{shown}");
+        }
+        Expect::ThirdWaits => {
+            let mut rows = rows;
+            assert_eq!(rows.len(), 3, "{shown}");
+            rows.sort_by(|a, b| a.1.total_cmp(&b.1));
+            assert!(
+                rows[1].1 < rows[0].2,
+                "two clients are served at once: {shown}"
+            );
+            assert!(rows[2].1 >= rows[0].2.min(rows[1].2), "{shown}");
+        }
+    }
+}
+
+fn run_chapter(name: &str) {
+    let path = root().join("docs/tutorial").join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (blocks, excerpts) = parse_chapter(&text);
+    for excerpt in &excerpts {
+        check_excerpt(name, excerpt);
+    }
+    let port = free_port();
+    let bin_dir = Path::new(binary()).parent().unwrap().to_path_buf();
+    let scratch =
+        std::env::temp_dir().join(format!("echo-lab-tutorial-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut script = format!(
+        "export PATH=\"{}:$PATH\"\nwait_port() {{ for _ in $(seq 400); do (exec 9<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }}\n",
+        bin_dir.display()
+    );
+    // Which background jobs are servers, as bash numbers them.
+    let mut jobs: Vec<(usize, bool)> = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        script += &format!("echo '@@block {i}@@'\n");
+        for command in &block.commands {
+            let command = command.trim();
+            if command.starts_with("cargo ") {
+                assert!(
+                    ALLOWED_CARGO.contains(&command),
+                    "{name}:{}: unexpected `{command}`",
+                    block.line
+                );
+                continue;
+            }
+            let line = rewrite(command, port, &bin_dir);
+            if let Some(job) = command.strip_prefix("kill %") {
+                let job: usize = job.parse().expect("kill %N");
+                let server = jobs.iter().find(|j| j.0 == job).is_some_and(|j| j.1);
+                jobs.retain(|j| j.0 != job);
+                script += &format!(
+                    "kill %{job}; wait %{job}; echo \"@@job {} $?@@\"\n",
+                    u8::from(server)
+                );
+            } else if command.ends_with('&') {
+                let number = jobs.iter().map(|j| j.0).max().unwrap_or(0) + 1;
+                let server = command.contains("echo-lab serve");
+                jobs.push((number, server));
+                script += &format!("{line}\n");
+                if server {
+                    script += &format!("wait_port {port}\n");
+                }
+            } else {
+                script += &format!("{line}\necho \"@@status $?@@\"\n");
+            }
+        }
+    }
+    script += "kill $(jobs -p) 2>/dev/null; wait\n";
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&scratch)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{name}: the chapter's commands did not finish in 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let segments: Vec<&str> = output.split("@@block ").skip(1).collect();
+    assert_eq!(segments.len(), blocks.len(), "{name}: output:\n{output}");
+    for (block, segment) in blocks.iter().zip(segments) {
+        let place = format!("{name}:{}", block.line);
+        let mut statuses = Vec::new();
+        for line in segment.lines() {
+            if let Some(status) = line
+                .strip_prefix("@@status ")
+                .and_then(|s| s.strip_suffix("@@"))
+            {
+                statuses.push(status.parse::<i32>().unwrap());
+            }
+            if let Some(job) = line
+                .strip_prefix("@@job 1 ")
+                .and_then(|s| s.strip_suffix("@@"))
+            {
+                assert_eq!(
+                    job, "0",
+                    "{place}: a server did not exit cleanly:\n{segment}"
+                );
+            }
+        }
+        let expected_exit = block.expects.iter().any(|e| matches!(e, Expect::Exit(_)));
+        let must_succeed = if expected_exit {
+            &statuses[..statuses.len().saturating_sub(1)]
+        } else {
+            &statuses[..]
+        };
+        assert!(
+            must_succeed.iter().all(|&s| s == 0),
+            "{place}: a command failed:\n{segment}"
+        );
+        for expect in &block.expects {
+            check_expect(&place, expect, segment, &statuses);
+        }
+    }
+}
+
+macro_rules! chapters {
+    ($($test:ident => $file:expr),* $(,)?) => {$(
+        /// Runs this chapter's commands and checks its excerpts.
+        #[test]
+        fn $test() {
+            run_chapter($file)
+        }
+    )*};
+}
+
+chapters! {
+    chapter_0 => "0-concurrency-is-not-parallelism.md",
+    chapter_1 => "1-one-client-at-a-time.md",
+    chapter_2 => "2-a-pool-of-threads.md",
+    chapter_3 => "3-readiness-and-epoll.md",
+    chapter_4 => "4-generators-are-state-machines.md",
+    chapter_5 => "5-async-await-from-the-ground-up.md",
+    chapter_6 => "6-measure-compare-conclude.md",
+}
+
+/// The index lists every chapter, each chapter links the next, and every
+/// model's source links its chapter.
+#[test]
+fn chapters_and_modules_link_each_other() {
+    let dir = root().join("docs/tutorial");
+    let index = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    let mut chapters: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "README.md")
+        .collect();
+    chapters.sort();
+    assert_eq!(chapters.len(), 7);
+    for (i, chapter) in chapters.iter().enumerate() {
+        assert!(
+            index.contains(&format!("({chapter})")),
+            "the index does not link {chapter}"
+        );
+        let text = std::fs::read_to_string(dir.join(chapter)).unwrap();
+        if let Some(next) = chapters.get(i + 1) {
+            assert!(
+                text.contains(&format!("({next})")),
+                "{chapter} does not link {next}"
+            );
+        }
+    }
+    for (module, chapter) in [
+        ("src/serve/sequential.rs", "1-one-client-at-a-time.md"),
+        ("src/serve/threadpool.rs", "2-a-pool-of-threads.md"),
+        ("src/serve/selector.rs", "3-readiness-and-epoll.md"),
+        (
+            "src/serve/statemachine.rs",
+            "4-generators-are-state-machines.md",
+        ),
+        (
+            "src/serve/asynchronous/mod.rs",
+            "5-async-await-from-the-ground-up.md",
+        ),
+    ] {
+        let source = std::fs::read_to_string(root().join(module)).unwrap();
+        assert!(
+            source.contains(&format!("docs/tutorial/{chapter}")),
+            "{module} does not name its chapter"
+        );
+        let text = std::fs::read_to_string(dir.join(chapter)).unwrap();
+        assert!(text.contains(module), "{chapter} does not name {module}");
+    }
+}
