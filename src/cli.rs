@@ -177,12 +177,12 @@ fn counts(text: &str) -> Result<Counts, String> {
 /// An unknown model name.
 pub fn parse_modes(text: &str) -> Result<ModeList, String> {
     if text == "all" {
-        return Ok(ModeList(Mode::value_variants().to_vec()));
+        return Ok(ModeList(Mode::ALL.to_vec()));
     }
     text.split(',')
         .map(|name| {
             Mode::from_str(name.trim(), false).map_err(|_| {
-                let names: Vec<&str> = Mode::value_variants().iter().map(|m| m.name()).collect();
+                let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
                 format!(
                     "unknown model '{name}'; expected `all` or some of {}",
                     names.join(",")

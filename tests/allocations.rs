@@ -42,13 +42,7 @@ static GLOBAL: Counting = Counting;
 /// parallel would allocate into the same counter.
 #[test]
 fn no_allocation_per_echoed_message() {
-    for mode in [
-        Mode::Sequential,
-        Mode::Threadpool,
-        Mode::Selector,
-        Mode::Statemachine,
-        Mode::Async,
-    ] {
+    for mode in Mode::ALL {
         let server = start(mode);
         let mut client = connect(server.addr());
         let message = [0x42; 512];

@@ -92,7 +92,7 @@ fn threadpool_stops_accepting_when_the_queue_is_full() {
 /// echoed before any of them leaves.
 #[test]
 fn event_loops_serve_every_client_at_once() {
-    for mode in [Mode::Selector, Mode::Statemachine, Mode::Async] {
+    for mode in Mode::ONE_THREAD {
         let server = start(mode);
         let mut clients: Vec<_> = (0..3).map(|_| connect(server.addr())).collect();
         for (i, client) in clients.iter_mut().enumerate() {

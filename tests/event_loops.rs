@@ -11,21 +11,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use echo_lab::serve::Mode;
 
-const EVENT_DRIVEN: [Mode; 3] = [Mode::Selector, Mode::Statemachine, Mode::Async];
-
-/// Resident memory of process `pid`, from /proc.
-fn resident_memory(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 /// 1,000 clients connected at once, each echoed while all are connected,
 /// by a server on one thread.
 #[test]
 fn one_thread_serves_1000_simultaneous_clients() {
-    for mode in EVENT_DRIVEN {
+    for mode in Mode::ONE_THREAD {
         let server = start(mode);
         let mut clients: Vec<_> = (0..1000).map(|_| connect(server.addr())).collect();
         for (i, client) in clients.iter_mut().enumerate() {
@@ -121,7 +111,7 @@ fn a_client_that_never_reads_costs_bounded_memory() {
 /// An idle server sleeps in the kernel: next to no CPU.
 #[test]
 fn an_idle_server_uses_no_cpu() {
-    for mode in EVENT_DRIVEN {
+    for mode in Mode::ONE_THREAD {
         let server = BinaryServer::start(&[], &["--mode", mode.name(), "--quiet"]);
         let mut client = connect(server.addr);
         assert_echo(&mut client, b"wake up, then idle");
@@ -139,7 +129,7 @@ fn an_idle_server_uses_no_cpu() {
 /// echoed whichever loop the kernel gives it to, and SIGTERM stops both.
 #[test]
 fn several_loops_share_one_port() {
-    for mode in EVENT_DRIVEN {
+    for mode in Mode::ONE_THREAD {
         let server =
             BinaryServer::start(&[], &["--mode", mode.name(), "--quiet", "--threads", "2"]);
         let mut clients: Vec<_> = (0..50).map(|_| connect(server.addr)).collect();

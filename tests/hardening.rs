@@ -65,19 +65,6 @@ impl Random {
     }
 }
 
-fn open_descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-fn resident_memory(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
-
 /// The resident memory the chaos test allows a server: the crowd below
 /// holds at most ~40 connections, each bounded by its model's buffers
 /// (`serve --help`, Limits), plus the binary and thread stacks.

@@ -32,13 +32,7 @@ fn short_bench(addr: HostPort, connections: usize) -> BenchConfig {
 /// bench against every model: echoes counted, every byte verified, no errors.
 #[test]
 fn bench_verifies_every_model() {
-    for mode in [
-        Mode::Sequential,
-        Mode::Threadpool,
-        Mode::Selector,
-        Mode::Statemachine,
-        Mode::Async,
-    ] {
+    for mode in Mode::ALL {
         let server = start(mode);
         let connections = if mode == Mode::Sequential { 1 } else { 8 };
         let results =

@@ -53,6 +53,18 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every model, in the order of the notes.
+    pub const ALL: [Mode; 5] = [
+        Mode::Sequential,
+        Mode::Threadpool,
+        Mode::Selector,
+        Mode::Statemachine,
+        Mode::Async,
+    ];
+
+    /// The models that serve every client from one readiness loop.
+    pub const ONE_THREAD: [Mode; 3] = [Mode::Selector, Mode::Statemachine, Mode::Async];
+
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
         match self {
