@@ -12,6 +12,9 @@
 #   3. Syscalls per echoed message at 100 connections, server side and the
 #      bench client's side, counted with `strace -c -f` (when strace exists).
 #   4. --threads scaling of the one-thread models (unpinned).
+#   5. bench itself against a minimal raw-epoll client
+#      (examples/reference_client.rs) on the same server: bench must reach
+#      at least 0.95x its rate while verifying every byte.
 #
 # How rigorous: each cell is the median of $REPEATS interleaved runs (every
 # server once, then again), so a slow moment hurts every server alike;
@@ -29,7 +32,8 @@ DURATION=${DURATION:-2s}
 REPEATS=${REPEATS:-3}
 OUT=${OUT:-echo-lab-results/bench}
 
-cargo build --release --quiet --bin echo-lab --example tokio_echo --example reference_servers
+cargo build --release --quiet --bin echo-lab --example tokio_echo --example reference_servers \
+    --example reference_client
 LAB=target/release/echo-lab
 TOKIO="tokio=target/release/examples/tokio_echo {port}"
 RAW="raw-epoll=target/release/examples/reference_servers raw-epoll {port}"
@@ -112,3 +116,25 @@ for threads in 1 2; do
         --server-threads "$threads" --out "$OUT/threads-$threads" 2>/dev/null | grep -E '^(selector|async) ' \
         | sed "s/^/threads=$threads  /" || true
 done
+
+echo
+echo "## 5. bench vs a minimal raw-epoll client, 100 connections, server on CPU 0, client on CPU 1"
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+taskset -c 0 "$LAB" serve --mode selector --addr 127.0.0.1:0 --quiet > "$OUT.listening" &
+server=$!
+until grep -q listening "$OUT.listening" 2>/dev/null; do sleep 0.05; done
+addr=$(sed -n 's/^listening on //p' "$OUT.listening")
+secs=${DURATION%s}
+for _ in $(seq "$REPEATS"); do
+    taskset -c 1 target/release/examples/reference_client "$addr" 100 "$secs" | awk '{ print $1 }' >> "$OUT.reference"
+    taskset -c 1 "$LAB" bench --addr "$addr" -c 100 --duration "$DURATION" --warmup 500ms --json \
+        | grep -o '"messages_per_sec": [0-9.]*' | grep -o '[0-9.]*$' >> "$OUT.bench"
+done
+kill -TERM "$server"; wait "$server" || true
+reference=$(median < "$OUT.reference"); ours=$(median < "$OUT.bench")
+rm -f "$OUT.reference" "$OUT.bench" "$OUT.listening"
+echo
+echo "| client | msg/s (median of $REPEATS) | ratio |"
+echo "| --- | ---: | ---: |"
+echo "| reference_client | $reference | 1.000 |"
+awk -v o="$ours" -v r="$reference" 'BEGIN { printf "| echo-lab bench | %.0f | %.3f |\n", o, o / r }'

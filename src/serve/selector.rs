@@ -140,9 +140,7 @@ impl Selector<'_> {
                 match self.handlers.get_mut(event.key) {
                     Some(Handler::Accept) => self.accept_clients()?,
                     Some(Handler::Echo(conn)) => {
-                        if let Some(ending) =
-                            conn.on_ready(self.poller, &mut self.buffer, event.key)
-                        {
+                        if let Some(ending) = conn.on_ready(event, self.poller, &mut self.buffer) {
                             self.close(event.key, ending);
                         }
                     }
@@ -284,11 +282,14 @@ impl Connection {
     ///
     /// Error and hang-up conditions are reported as both readable and
     /// writable, so whatever call we make next returns the error.
-    fn on_ready(&mut self, poller: &Poller, buffer: &mut [u8], key: usize) -> Option<Ending> {
-        if let Err(e) = self.flush() {
-            return Some(Ending::Failed(e));
+    fn on_ready(&mut self, event: Event, poller: &Poller, buffer: &mut [u8]) -> Option<Ending> {
+        let key = event.key;
+        if event.writable {
+            if let Err(e) = self.flush() {
+                return Some(Ending::Failed(e));
+            }
         }
-        if self.interest.read {
+        if event.readable && self.interest.read {
             match self.read_and_echo(buffer) {
                 Ok(()) => {}
                 Err(e) => return Some(Ending::Failed(e)),
