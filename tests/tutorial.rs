@@ -400,3 +400,45 @@ fn chapters_and_modules_link_each_other() {
         assert!(text.contains(module), "{chapter} does not name {module}");
     }
 }
+
+/// Commands written inline in the tutorial and the docs (exercises, prose)
+/// are not run, but each must still parse with the real command line, so
+/// that a renamed flag breaks the build rather than a reader's afternoon.
+#[test]
+fn inline_commands_still_parse() {
+    use clap::Parser;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("docs/tutorial"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.extend([
+        root().join("README.md"),
+        root().join("docs/architecture.md"),
+        root().join("docs/performance.md"),
+    ]);
+    let mut checked = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for span in text.split('`').skip(1).step_by(2) {
+            let Some(args) = span.strip_prefix("echo-lab ") else {
+                continue;
+            };
+            let argv: Vec<&str> = std::iter::once("echo-lab")
+                .chain(args.split_whitespace())
+                .collect();
+            match echo_lab::cli::Cli::try_parse_from(&argv) {
+                Ok(_) => {}
+                // `--help` and `--version` "fail" by printing, which is fine.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        clap::error::ErrorKind::DisplayHelp
+                            | clap::error::ErrorKind::DisplayVersion
+                    ) => {}
+                Err(e) => panic!("{}: `{span}` no longer parses:\n{e}", file.display()),
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "found only {checked} inline commands");
+}

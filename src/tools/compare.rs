@@ -449,18 +449,6 @@ pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
     out
 }
 
-/// The table printed at the end.
-pub fn render(comparison: &Comparison) -> String {
-    let mut out = header();
-    for row in &comparison.rows {
-        out += &render_row(row);
-    }
-    for unclean in &comparison.unclean_exits {
-        out += &format!("did not stop cleanly: {unclean}\n");
-    }
-    out
-}
-
 /// The table's header line.
 pub fn header() -> String {
     format!(
