@@ -121,7 +121,7 @@ fn panel(
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerLeft)
+        .position(SeriesLabelPosition::UpperLeft)
         .draw()
         .map_err(plot_error)?;
     Ok(())
@@ -138,6 +138,7 @@ where
     chart
         .configure_mesh()
         .light_line_style(WHITE)
+        .y_labels(12)
         .bold_line_style(BLACK.mix(0.12))
         .x_desc("connections")
         .y_desc(y_label)
