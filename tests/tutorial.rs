@@ -419,12 +419,42 @@ fn inline_commands_still_parse() {
     let mut checked = 0;
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        for span in text.split('`').skip(1).step_by(2) {
+        // Inline spans, and the lines of code blocks (where the tutorial's
+        // blocks are also run, README's are only parsed), without what the
+        // shell adds around them (`&`, pipes, redirections, comments).
+        let spans = text.split('`').skip(1).step_by(2);
+        // A synopsis continues on indented lines that start with `[`.
+        let mut joined = String::new();
+        for line in text.lines() {
+            if line.starts_with(' ') && line.trim_start().starts_with('[') {
+                joined.push(' ');
+                joined.push_str(line.trim());
+            } else {
+                joined.push('\n');
+                joined.push_str(line);
+            }
+        }
+        let mut in_fence = false;
+        let lines = joined.lines().filter_map(move |l| {
+            if l.trim_start().starts_with("```") {
+                in_fence = !in_fence;
+                return None;
+            }
+            let command = l.split([';', '|', '>', '#']).next().unwrap_or(l);
+            in_fence.then(|| command.trim().trim_end_matches('&').trim())
+        });
+        for span in spans.chain(lines) {
             let Some(args) = span.strip_prefix("echo-lab ") else {
                 continue;
             };
-            let argv: Vec<&str> = std::iter::once("echo-lab")
-                .chain(args.split_whitespace())
+            if args.contains('[') {
+                // A usage synopsis: every flag it names must exist.
+                check_synopsis(&file, args);
+                checked += 1;
+                continue;
+            }
+            let argv: Vec<String> = std::iter::once("echo-lab".to_owned())
+                .chain(shell_words(args))
                 .collect();
             match echo_lab::cli::Cli::try_parse_from(&argv) {
                 Ok(_) => {}
@@ -441,4 +471,55 @@ fn inline_commands_still_parse() {
         }
     }
     assert!(checked >= 10, "found only {checked} inline commands");
+}
+
+/// Splits a command line as the shell would for the simple cases the docs
+/// use: whitespace separates words; single or double quotes group them.
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quote, mut in_word) = (Vec::new(), String::new(), None, false);
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+/// Checks that every `--flag` in a synopsis like
+/// `serve [--mode MODE] [--addr HOST:PORT]` is a flag of that subcommand.
+fn check_synopsis(file: &Path, synopsis: &str) {
+    use clap::CommandFactory;
+    let command = echo_lab::cli::Cli::command();
+    let name = synopsis.split_whitespace().next().unwrap_or_default();
+    let sub = command
+        .find_subcommand(name)
+        .unwrap_or_else(|| panic!("{}: no subcommand `{name}`", file.display()));
+    for flag in synopsis.split(|c: char| c.is_whitespace() || c == '[' || c == ']') {
+        let Some(long) = flag.strip_prefix("--") else {
+            continue;
+        };
+        assert!(
+            sub.get_arguments().any(|a| a.get_long() == Some(long)),
+            "{}: `echo-lab {name}` has no --{long}",
+            file.display()
+        );
+    }
 }
