@@ -9,8 +9,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::num::NonZeroUsize;
+
 use common::*;
-use echo_lab::serve::Mode;
+use echo_lab::serve::{Config, Mode};
 
 struct Counting;
 
@@ -43,7 +45,16 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn no_allocation_per_echoed_message() {
     for mode in Mode::ALL {
-        let server = start(mode);
+        // One worker for the thread pool: idle workers still starting up
+        // (thread-locals, a channel's first blocking recv) would allocate
+        // during the window, and that is not per-message work.
+        let server = start_with(
+            mode,
+            Config {
+                workers: NonZeroUsize::new(1).unwrap(),
+                ..quiet()
+            },
+        );
         let mut client = connect(server.addr());
         let message = [0x42; 512];
         let mut echo = [0; 512];
