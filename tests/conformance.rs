@@ -144,7 +144,7 @@ fn idle_timeout_disconnects_silent_clients(mode: Mode) {
 /// one silent) stops the real binary within 2 seconds, with exit code 0 and
 /// the summary on stderr.
 fn sigterm_with_clients_exits_cleanly(mode: Mode) {
-    let server = BinaryServer::start(&[], &["--mode", mode.name()]);
+    let server = BinaryServer::start(&["--mode", mode.name()]);
     let mut talking = connect(server.addr);
     assert_echo(&mut talking, b"before the signal");
     talking.write_all(&payload(1 << 20, 1)).unwrap();
@@ -158,7 +158,7 @@ fn sigterm_with_clients_exits_cleanly(mode: Mode) {
 
 /// SIGINT (Ctrl-C) does the same as SIGTERM.
 fn sigint_exits_cleanly(mode: Mode) {
-    let server = BinaryServer::start(&[], &["--mode", mode.name(), "--quiet"]);
+    let server = BinaryServer::start(&["--mode", mode.name(), "--quiet"]);
     let _client = connect(server.addr);
     let (status, _, stderr) = server.signal_and_wait(libc::SIGINT, Duration::from_secs(2));
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
@@ -171,9 +171,9 @@ fn sigint_exits_cleanly(mode: Mode) {
 /// holds one client at a time and never runs out; it must not spin either.)
 fn out_of_descriptors_backs_off_and_recovers(mode: Mode) {
     // A deep queue makes the thread pool accept past its 20 workers.
-    let server = BinaryServer::start(
-        &["prlimit", "--nofile=48:48", "--"],
+    let server = BinaryServer::start_with_fd_limit(
         &["--mode", mode.name(), "--quiet", "--queue", "200"],
+        Some(48),
     );
     let mut crowd: Vec<_> = (0..150)
         .map(|_| {

@@ -47,7 +47,7 @@ fn a_client_that_never_reads_costs_bounded_memory() {
         Mode::Async,
         Mode::Threadpool,
     ] {
-        let server = BinaryServer::start(&[], &["--mode", mode.name(), "--quiet"]);
+        let server = BinaryServer::start(&["--mode", mode.name(), "--quiet"]);
         let pid = server.child.id();
         let hog = connect(server.addr);
         hog.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
@@ -112,7 +112,7 @@ fn a_client_that_never_reads_costs_bounded_memory() {
 #[test]
 fn an_idle_server_uses_no_cpu() {
     for mode in Mode::ONE_THREAD {
-        let server = BinaryServer::start(&[], &["--mode", mode.name(), "--quiet"]);
+        let server = BinaryServer::start(&["--mode", mode.name(), "--quiet"]);
         let mut client = connect(server.addr);
         assert_echo(&mut client, b"wake up, then idle");
         let before = server.cpu_time();
@@ -130,8 +130,7 @@ fn an_idle_server_uses_no_cpu() {
 #[test]
 fn several_loops_share_one_port() {
     for mode in Mode::ONE_THREAD {
-        let server =
-            BinaryServer::start(&[], &["--mode", mode.name(), "--quiet", "--threads", "2"]);
+        let server = BinaryServer::start(&["--mode", mode.name(), "--quiet", "--threads", "2"]);
         let mut clients: Vec<_> = (0..50).map(|_| connect(server.addr)).collect();
         for (i, client) in clients.iter_mut().enumerate() {
             assert_echo(client, format!("client {i:02}").as_bytes());

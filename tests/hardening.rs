@@ -148,10 +148,7 @@ fn churn(addr: SocketAddr) {
 
 fn chaos(mode: Mode) {
     let seed = 0x5eed_0000 + mode as u64;
-    let server = BinaryServer::start(
-        &[],
-        &["--mode", mode.name(), "--quiet", "--idle-timeout", "2s"],
-    );
+    let server = BinaryServer::start(&["--mode", mode.name(), "--quiet", "--idle-timeout", "2s"]);
     let (addr, pid) = (server.addr, server.child.id());
     // The loop's own descriptors (epoll and friends) may be created after
     // the `listening on` line; once a client has been echoed they exist,

@@ -121,18 +121,40 @@ pub struct BinaryServer {
 
 impl BinaryServer {
     /// Runs `echo-lab serve --addr 127.0.0.1:0 <args>` and waits for its
-    /// `listening on` line. `wrap` may prefix a command such as `prlimit`.
-    pub fn start(wrap: &[&str], args: &[&str]) -> BinaryServer {
-        let mut argv: Vec<&str> = wrap.to_vec();
-        argv.extend([binary(), "serve", "--addr", "127.0.0.1:0"]);
-        argv.extend(args);
-        let mut child = Command::new(argv[0])
-            .args(&argv[1..])
+    /// `listening on` line.
+    pub fn start(args: &[&str]) -> BinaryServer {
+        Self::start_with_fd_limit(args, None)
+    }
+
+    /// As [`BinaryServer::start`], with the server's descriptor limit (soft
+    /// and hard) set to `fd_limit`, as `prlimit --nofile=N:N` would.
+    pub fn start_with_fd_limit(args: &[&str], fd_limit: Option<u64>) -> BinaryServer {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(binary());
+        command
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start echo-lab");
+            .stderr(Stdio::piped());
+        if let Some(limit) = fd_limit {
+            // SAFETY: setrlimit is async-signal-safe, as the code between
+            // fork and exec must be.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("start echo-lab");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let stderr = thread::spawn(move || {
