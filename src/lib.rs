@@ -13,8 +13,14 @@
 //!    [`serve::selector`], [`serve::statemachine`], [`serve::asynchronous`]
 //!    (with its [executor](serve::asynchronous::executor) and
 //!    [reactor](serve::asynchronous::reactor)).
-//! 4. [`cli`]: the command line that starts them; [`parse`], the parsers of
-//!    every value a user types.
+//! 4. [`tools`]: the instruments that talk to any echo server:
+//!    [`tools::client`], [`tools::probe`], [`tools::bench`] (a load generator
+//!    that verifies every byte) and [`tools::compare`].
+//! 5. [`cli`]: the command line that starts them all; [`parse`], the parsers
+//!    of every value a user types.
+//!
+//! The walkthrough for a new reader is `docs/tutorial/README.md`; how the
+//! pieces fit is `docs/architecture.md`.
 //!
 //! It is not a production echo server: it is a lab for seeing how each model
 //! behaves, built to the standard of one.
