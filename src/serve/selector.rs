@@ -19,6 +19,15 @@
 //!   reading that client (back-pressure) until it drains; its bytes wait in
 //!   the kernel's socket buffers, then in the client's own.
 //!
+//! The poll mode is chosen for the syscall count: level-triggered. In
+//! `polling`'s default oneshot mode every event disarms the socket, and
+//! re-arming it costs an `epoll_ctl` per message; edge-triggered mode never
+//! reports a socket again until new data arrives, so each handler would have
+//! to read until `WouldBlock`, one wasted `read` per message. Level-triggered,
+//! a socket stays registered with the interest it needs, the handler reads
+//! once, and whatever it leaves is reported again by the next wait. A steady
+//! exchange costs one `read`, one `write` and a share of one `epoll_wait`.
+//!
 //! Its limit: handlers run one at a time on one thread, so a handler that
 //! computes for a long time stalls every other client; and one core is all
 //! it uses. Shutdown: the signal side calls `Poller::notify()`, the loop
