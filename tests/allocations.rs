@@ -9,10 +9,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use std::num::NonZeroUsize;
-
 use common::*;
-use echo_lab::serve::{Config, Mode};
+use echo_lab::serve::Mode;
 
 struct Counting;
 
@@ -48,13 +46,7 @@ fn no_allocation_per_echoed_message() {
         // One worker for the thread pool: idle workers still starting up
         // (thread-locals, a channel's first blocking recv) would allocate
         // during the window, and that is not per-message work.
-        let server = start_with(
-            mode,
-            Config {
-                workers: NonZeroUsize::new(1).unwrap(),
-                ..quiet()
-            },
-        );
+        let server = start_with(mode, pool_of(1));
         let mut client = connect(server.addr());
         let message = [0x42; 512];
         let mut echo = [0; 512];

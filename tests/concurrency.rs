@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::Write;
-use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use common::*;
@@ -36,13 +35,7 @@ fn sequential_serves_the_second_client_after_the_first_leaves() {
 /// waits until one of them leaves.
 #[test]
 fn threadpool_of_two_serves_two_and_the_third_waits() {
-    let server = start_with(
-        Mode::Threadpool,
-        Config {
-            workers: NonZeroUsize::new(2).unwrap(),
-            ..quiet()
-        },
-    );
+    let server = start_with(Mode::Threadpool, pool_of(2));
     let mut first = connect(server.addr());
     assert_echo(&mut first, b"first");
     let mut second = connect(server.addr());
@@ -66,9 +59,8 @@ fn threadpool_stops_accepting_when_the_queue_is_full() {
     let server = start_with(
         Mode::Threadpool,
         Config {
-            workers: NonZeroUsize::new(1).unwrap(),
             queue: 1,
-            ..quiet()
+            ..pool_of(1)
         },
     );
     let mut busy = connect(server.addr());

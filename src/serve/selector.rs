@@ -145,11 +145,16 @@ impl Selector<'_> {
             // One epoll_wait for a whole batch of ready sockets. polling
             // retries EINTR itself.
             self.poller.wait(&mut events, self.timeout())?;
+            // One clock reading per batch, not per message: it only dates
+            // activity for the idle sweep, which is coarser anyway.
+            let now = Instant::now();
             for event in events.iter() {
                 match self.handlers.get_mut(event.key) {
                     Some(Handler::Accept) => self.accept_clients()?,
                     Some(Handler::Echo(conn)) => {
-                        if let Some(ending) = conn.on_ready(event, self.poller, &mut self.buffer) {
+                        if let Some(ending) =
+                            conn.on_ready(event, now, self.poller, &mut self.buffer)
+                        {
                             self.close(event.key, ending);
                         }
                     }
@@ -157,7 +162,7 @@ impl Selector<'_> {
                     None => {}
                 }
             }
-            self.run_timers(Instant::now())?;
+            self.run_timers(now)?;
         }
         Ok(())
     }
@@ -291,15 +296,21 @@ impl Connection {
     ///
     /// Error and hang-up conditions are reported as both readable and
     /// writable, so whatever call we make next returns the error.
-    fn on_ready(&mut self, event: Event, poller: &Poller, buffer: &mut [u8]) -> Option<Ending> {
+    fn on_ready(
+        &mut self,
+        event: Event,
+        now: Instant,
+        poller: &Poller,
+        buffer: &mut [u8],
+    ) -> Option<Ending> {
         let key = event.key;
         if event.writable {
-            if let Err(e) = self.flush() {
+            if let Err(e) = self.flush(now) {
                 return Some(Ending::Failed(e));
             }
         }
         if event.readable && self.interest.read {
-            match self.read_and_echo(buffer) {
+            match self.read_and_echo(buffer, now) {
                 Ok(()) => {}
                 Err(e) => return Some(Ending::Failed(e)),
             }
@@ -326,7 +337,7 @@ impl Connection {
 
     /// One `read()`, then echo what it brought: written at once if nothing
     /// is queued before it (the common case: no copy), queued otherwise.
-    fn read_and_echo(&mut self, buffer: &mut [u8]) -> io::Result<()> {
+    fn read_and_echo(&mut self, buffer: &mut [u8], now: Instant) -> io::Result<()> {
         let room = buffer.len().min(MAX_UNSENT - self.unsent.len());
         let n = match self.stream.read(&mut buffer[..room]) {
             Ok(0) => {
@@ -338,7 +349,7 @@ impl Connection {
             Err(e) if would_block(&e) || interrupted(&e) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.last_active = Instant::now();
+        self.last_active = now;
         let data = &buffer[..n];
         if self.unsent.is_empty() {
             let written = write_some(&mut self.stream, data)?;
@@ -346,13 +357,13 @@ impl Connection {
             self.unsent.extend_from_slice(&data[written..]);
         } else {
             self.unsent.extend_from_slice(data);
-            self.flush()?;
+            self.flush(now)?;
         }
         Ok(())
     }
 
     /// Writes as much of `unsent` as the socket takes now.
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&mut self, now: Instant) -> io::Result<()> {
         if self.unsent.is_empty() {
             return Ok(());
         }
@@ -360,7 +371,7 @@ impl Connection {
         self.unsent.drain(..written);
         self.bytes += written as u64;
         if written > 0 {
-            self.last_active = Instant::now();
+            self.last_active = now;
         }
         Ok(())
     }

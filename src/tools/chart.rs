@@ -17,8 +17,8 @@ type Series = Vec<(f64, f64, bool)>;
 /// # Errors
 /// If the file cannot be written.
 pub fn draw(comparison: &Comparison, path: &Path) -> anyhow::Result<()> {
-    let mut throughput: BTreeMap<&str, Series> = BTreeMap::new();
-    let mut p99: BTreeMap<&str, Series> = BTreeMap::new();
+    let mut throughput: BTreeMap<String, Series> = BTreeMap::new();
+    let mut p99: BTreeMap<String, Series> = BTreeMap::new();
     // With repeats, each point is the median of its runs.
     for median in super::compare::medians(comparison, &[]) {
         let runs = comparison
@@ -31,15 +31,13 @@ pub fn draw(comparison: &Comparison, path: &Path) -> anyhow::Result<()> {
         if runs.map(|r| r.results.messages).sum::<u64>() == 0 {
             continue;
         }
-        let Some(row) = comparison.rows.iter().find(|r| r.server == median.server) else {
-            continue;
-        };
-        let (name, x) = (row.server.as_str(), median.connections as f64);
-        throughput
-            .entry(name)
-            .or_default()
-            .push((x, median.messages_per_sec, all_served));
-        p99.entry(name)
+        let x = median.connections as f64;
+        throughput.entry(median.server.clone()).or_default().push((
+            x,
+            median.messages_per_sec,
+            all_served,
+        ));
+        p99.entry(median.server)
             .or_default()
             .push((x, median.p99_us / 1000.0, all_served));
     }
@@ -74,7 +72,7 @@ fn panel(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     title: &str,
     y_label: &str,
-    series: &BTreeMap<&str, Series>,
+    series: &BTreeMap<String, Series>,
 ) -> anyhow::Result<()> {
     let points = series.values().flatten();
     let (mut x_max, mut y_min, mut y_max) = (1.0_f64, f64::MAX, 0.0_f64);
@@ -104,7 +102,7 @@ fn panel(
                 color.stroke_width(2),
             ))
             .map_err(plot_error)?
-            .label(*name)
+            .label(name.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
         chart
             .draw_series(points.iter().map(|&(x, y, all_served)| {

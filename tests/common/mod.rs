@@ -24,6 +24,14 @@ pub fn quiet() -> Config {
     }
 }
 
+/// A quiet configuration with a thread pool of `workers` threads.
+pub fn pool_of(workers: usize) -> Config {
+    Config {
+        workers: std::num::NonZeroUsize::new(workers).expect("at least one worker"),
+        ..quiet()
+    }
+}
+
 /// Starts `mode` on 127.0.0.1 with a free port; stopped when dropped.
 pub fn start(mode: Mode) -> Server {
     start_with(mode, quiet())
