@@ -6,7 +6,8 @@
 //! this order:
 //!
 //! 1. [`net`]: the one socket setup every model shares, and the kernel's
-//!    answers every model must handle (WouldBlock, EINTR, EMFILE).
+//!    answers every model must handle (WouldBlock, EINTR, EMFILE);
+//!    [`epoll`], the readiness wait every event loop is built on.
 //! 2. [`shutdown`] and [`stats`]: how a server is stopped, and what it counts.
 //! 3. [`serve`]: the models, each in its own file, in the order of the
 //!    notes: [`serve::sequential`], [`serve::threadpool`],
@@ -26,6 +27,7 @@
 //! behaves, built to the standard of one.
 
 pub mod cli;
+pub mod epoll;
 pub mod net;
 pub mod parse;
 pub mod serve;

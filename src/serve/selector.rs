@@ -3,8 +3,8 @@
 //! EVENT_READ, callback)` then `for key, _ in sel.select(): key.data(...)`),
 //! with both of the flaws the notes admit fixed.
 //!
-//! Every socket is non-blocking and registered with one `polling::Poller`
-//! (epoll on Linux). The key of each registration indexes a table of
+//! Every socket is non-blocking and registered with one epoll
+//! [`Poller`]. The key of each registration indexes a table of
 //! handlers, the Rust shape of the notes' callback-as-data: `Handler::Accept`
 //! for the listener, `Handler::Echo` for a client. The loop waits until the
 //! kernel reports sockets ready, runs each one's handler, and repeats; no call
@@ -20,13 +20,13 @@
 //!   the kernel's socket buffers, then in the client's own.
 //!
 //! The poll mode is chosen for the syscall count: level-triggered. In
-//! `polling`'s default oneshot mode every event disarms the socket, and
-//! re-arming it costs an `epoll_ctl` per message; edge-triggered mode never
-//! reports a socket again until new data arrives, so each handler would have
-//! to read until `WouldBlock`, one wasted `read` per message. Level-triggered,
-//! a socket stays registered with the interest it needs, the handler reads
-//! once, and whatever it leaves is reported again by the next wait. A steady
-//! exchange costs one `read`, one `write` and a share of one `epoll_wait`.
+//! oneshot mode every event disarms the socket, and re-arming it costs an
+//! `epoll_ctl` per message; edge-triggered mode never reports a socket again
+//! until new data arrives, so each handler would have to read until
+//! `WouldBlock`, one wasted `read` per message. Level-triggered, a socket
+//! stays registered with the interest it needs, the handler reads once, and
+//! whatever it leaves is reported again by the next wait. A steady exchange
+//! costs one `read`, one `write` and a share of one wait.
 //!
 //! Its limit: handlers run one at a time on one thread, so a handler that
 //! computes for a long time stalls every other client; and one core is all
@@ -42,10 +42,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use polling::{Event, Events, PollMode, Poller};
 use slab::Slab;
 
 use super::{Context, READ_BUFFER_SIZE};
+use crate::epoll::{Event, Events, Interest, Poller};
 use crate::net::{
     ACCEPT_BACKOFF, AcceptFailure, Blocking, interrupted, prepare_stream, would_block,
 };
@@ -63,13 +63,6 @@ enum Handler {
     Accept,
     /// A client is readable or writable: echo what can be echoed.
     Echo(Connection),
-}
-
-/// Which readiness a socket is registered for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Interest {
-    read: bool,
-    write: bool,
 }
 
 /// One client and the bytes it is owed.
@@ -97,10 +90,9 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     });
     let mut handlers = Slab::new();
     let listener_key = handlers.insert(Handler::Accept);
-    // SAFETY (for every `add` in this file): a source must be deleted from
-    // the poller before it is closed. The listener is deleted at the end of
-    // this function; every client in `close`, before its stream drops.
-    unsafe { poller.add_with_mode(&listener, Event::readable(listener_key), PollMode::Level)? };
+    // A source is deleted from the poller before it closes: the listener at
+    // the end of this function, every client in `close`.
+    poller.add(&listener, listener_key, Interest::READ)?;
 
     let mut selector = Selector {
         poller: &poller,
@@ -141,9 +133,7 @@ impl Selector<'_> {
     fn serve(&mut self) -> io::Result<()> {
         let mut events = Events::new();
         while !self.ctx.shutdown.is_triggered() {
-            events.clear();
-            // One epoll_wait for a whole batch of ready sockets. polling
-            // retries EINTR itself.
+            // One epoll_wait for a whole batch of ready sockets.
             self.poller.wait(&mut events, self.timeout())?;
             // One clock reading per batch, not per message: it only dates
             // activity for the idle sweep, which is coarser anyway.
@@ -190,11 +180,7 @@ impl Selector<'_> {
                         // listener stays readable: keep watching it and the
                         // loop would spin. Stop watching it for a while.
                         let key = self.listener_key;
-                        self.poller.modify_with_mode(
-                            self.listener,
-                            Event::none(key),
-                            PollMode::Level,
-                        )?;
+                        self.poller.modify(self.listener, key, Interest::NONE)?;
                         self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         return Ok(());
                     }
@@ -215,11 +201,7 @@ impl Selector<'_> {
         }
         let entry = self.handlers.vacant_entry();
         let key = entry.key();
-        // SAFETY: see `run`; `close` deletes the source before dropping it.
-        if let Err(e) = unsafe {
-            self.poller
-                .add_with_mode(&stream, Event::readable(key), PollMode::Level)
-        } {
+        if let Err(e) = self.poller.add(&stream, key, Interest::READ) {
             self.ctx.stats.disconnected(peer, 0, Ending::Failed(e));
             return;
         }
@@ -228,10 +210,7 @@ impl Selector<'_> {
             peer,
             unsent: Vec::new(),
             read_closed: false,
-            interest: Interest {
-                read: true,
-                write: false,
-            },
+            interest: Interest::READ,
             bytes: 0,
             last_active: Instant::now(),
         }));
@@ -242,8 +221,7 @@ impl Selector<'_> {
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
             let key = self.listener_key;
-            self.poller
-                .modify_with_mode(self.listener, Event::readable(key), PollMode::Level)?;
+            self.poller.modify(self.listener, key, Interest::READ)?;
         }
         if let (Some(sweep), Some(idle)) = (self.next_idle_sweep, self.ctx.config.idle_timeout) {
             if sweep <= now {
@@ -326,8 +304,7 @@ impl Connection {
             write: !self.unsent.is_empty(),
         };
         if wanted != self.interest {
-            let event = Event::new(key, wanted.read, wanted.write);
-            if let Err(e) = poller.modify_with_mode(&self.stream, event, PollMode::Level) {
+            if let Err(e) = poller.modify(&self.stream, key, wanted) {
                 return Some(Ending::Failed(e));
             }
             self.interest = wanted;

@@ -49,14 +49,14 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use polling::{Event, Events, PollMode, Poller};
 use slab::Slab;
 
 use super::Context;
+use crate::epoll::{Events, Interest, Poller};
 use crate::net::{
     ACCEPT_BACKOFF, AcceptFailure, Blocking, interrupted, prepare_stream, would_block,
 };
@@ -90,9 +90,9 @@ pub enum Wait {
 impl Wait {
     fn interest(self) -> Interest {
         match self {
-            Wait::Read { .. } => Interest::Read,
-            Wait::Write { .. } => Interest::Write,
-            Wait::Sleep(_) | Wait::Done => Interest::None,
+            Wait::Read { .. } => Interest::READ,
+            Wait::Write { .. } => Interest::WRITE,
+            Wait::Sleep(_) | Wait::Done => Interest::NONE,
         }
     }
 
@@ -135,14 +135,6 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let result = event_loop.run();
     event_loop.drop_every_task();
     result
-}
-
-/// Which readiness a suspended task is registered for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Interest {
-    None,
-    Read,
-    Write,
 }
 
 /// A task in the loop's table, and what it is suspended on.
@@ -202,7 +194,6 @@ impl<'a> EventLoop<'a> {
             while let Some((key, how)) = self.run_queue.pop_front() {
                 self.step(key, how)?;
             }
-            events.clear();
             self.poller.wait(&mut events, self.timeout())?;
             for event in events.iter() {
                 let Some(slot) = self.tasks.get_mut(event.key) else {
@@ -247,20 +238,12 @@ impl<'a> EventLoop<'a> {
         // Sockets stay registered while a task lives (level-triggered), so
         // the common resume-and-wait-for-read again costs no syscall.
         if slot.registered != Some(interest) {
-            let event = match interest {
-                Interest::None => Event::none(key),
-                Interest::Read => Event::readable(key),
-                Interest::Write => Event::writable(key),
-            };
             let source = slot.task.source();
+            // `remove` deletes the source before the task (and the socket
+            // it owns) is dropped.
             let registered = match slot.registered {
-                // SAFETY: `remove` deletes the source before the task (and
-                // the socket it owns) is dropped.
-                None => unsafe {
-                    self.poller
-                        .add_with_mode(source.as_raw_fd(), event, PollMode::Level)
-                },
-                Some(_) => self.poller.modify_with_mode(source, event, PollMode::Level),
+                None => self.poller.add(&source, key, interest),
+                Some(_) => self.poller.modify(&source, key, interest),
             };
             if let Err(e) = registered {
                 // epoll_ctl fails only when the kernel is out of memory or
@@ -280,7 +263,7 @@ impl<'a> EventLoop<'a> {
     fn remove(&mut self, key: usize) {
         let slot = self.tasks.remove(key);
         if slot.registered.is_some() {
-            let _ = self.poller.delete(slot.task.source());
+            let _ = self.poller.delete(&slot.task.source());
         }
         if let Some(at) = slot.waiting.and_then(Wait::deadline) {
             self.timers.remove(&(at, key));

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
-use polling::{Event, Events, PollMode, Poller};
 use serde::Serialize;
 
+use crate::epoll::{Events, Interest, Poller};
 use crate::net::{connect, interrupted, would_block};
 use crate::parse::HostPort;
 
@@ -536,13 +536,9 @@ impl<'a> Worker<'a> {
                 echoes: 0,
                 due: window.start + phase,
             };
-            // SAFETY: `close` and `Drop for Worker` delete every source
-            // before its stream is dropped.
-            unsafe {
-                worker
-                    .poller
-                    .add_with_mode(&conn.stream, Event::readable(key), PollMode::Level)?
-            };
+            // `close` and `Drop for Worker` delete every source before its
+            // stream is dropped.
+            worker.poller.add(&conn.stream, key, Interest::READ)?;
             if period.is_some() {
                 worker.schedule.push(Reverse((conn.due, key)));
             } else {
@@ -607,7 +603,6 @@ impl<'a> Worker<'a> {
         buffer: &mut [u8],
         timeout: Duration,
     ) -> io::Result<()> {
-        events.clear();
         self.poller.wait(events, Some(timeout))?;
         let mut echoed = 0;
         for event in events.iter() {
@@ -711,12 +706,11 @@ impl<'a> Worker<'a> {
         }
         let want_write = !conn.out.is_empty();
         if want_write != conn.watching_write {
-            let event = Event::new(key, true, want_write);
-            if self
-                .poller
-                .modify_with_mode(&conn.stream, event, PollMode::Level)
-                .is_ok()
-            {
+            let interest = Interest {
+                read: true,
+                write: want_write,
+            };
+            if self.poller.modify(&conn.stream, key, interest).is_ok() {
                 conn.watching_write = want_write;
             }
         }

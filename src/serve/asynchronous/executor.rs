@@ -79,7 +79,7 @@ struct ReadyQueue {
     /// Set while the executor blocks in the reactor: only then must a wake
     /// interrupt it.
     sleeping: AtomicBool,
-    reactor_poller: Arc<polling::Poller>,
+    reactor_poller: Arc<crate::epoll::Poller>,
 }
 
 impl ReadyQueue {

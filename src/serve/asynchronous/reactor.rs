@@ -33,9 +33,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use polling::{Event, Events, PollMode, Poller};
 use slab::Slab;
 
+use crate::epoll::{Events, Interest, Poller};
 use crate::net::{interrupted, would_block};
 
 /// The kernel side of the runtime: one poller, the registered sockets, the
@@ -55,8 +55,8 @@ struct Source {
     /// The socket's descriptor. Valid while the source is in the table:
     /// `Drop for Async` removes it before the socket closes.
     fd: RawFd,
-    /// What the poller is asked to report: (read, write).
-    interest: Cell<(bool, bool)>,
+    /// What the poller is asked to report.
+    interest: Cell<Interest>,
     readable: Cell<bool>,
     writable: Cell<bool>,
     reader: RefCell<Option<Waker>>,
@@ -96,21 +96,17 @@ impl Source {
     /// Asks the poller to report `direction` (or not), if that changes
     /// anything.
     fn watch(&self, poller: &Poller, direction: Direction, on: bool) -> io::Result<()> {
-        let (read, write) = self.interest.get();
-        let wanted = match direction {
-            Direction::Read => (on, write),
-            Direction::Write => (read, on),
-        };
-        if wanted == (read, write) {
+        let mut wanted = self.interest.get();
+        match direction {
+            Direction::Read => wanted.read = on,
+            Direction::Write => wanted.write = on,
+        }
+        if wanted == self.interest.get() {
             return Ok(());
         }
         // SAFETY: see `fd`; the descriptor is open while we are registered.
         let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        poller.modify_with_mode(
-            fd,
-            Event::new(self.key, wanted.0, wanted.1),
-            PollMode::Level,
-        )?;
+        poller.modify(&fd, self.key, wanted)?;
         self.interest.set(wanted);
         Ok(())
     }
@@ -147,7 +143,7 @@ impl Reactor {
     /// next to wake the tasks concerned.
     ///
     /// # Errors
-    /// If `epoll_wait` fails (EINTR is retried by polling itself).
+    /// If `epoll_wait` fails.
     pub fn wait(&self, timeout: Option<Duration>) -> io::Result<()> {
         let until_timer = self
             .timers
@@ -158,9 +154,7 @@ impl Reactor {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let mut events = self.events.borrow_mut();
-        events.clear();
-        self.poller.wait(&mut events, timeout)?;
+        self.poller.wait(&mut self.events.borrow_mut(), timeout)?;
         Ok(())
     }
 
@@ -230,20 +224,14 @@ impl<T: AsFd> Async<T> {
             fd: io.as_fd().as_raw_fd(),
             // A new socket is watched for reading (a client speaks first)
             // and assumed writable until a write says otherwise.
-            interest: Cell::new((true, false)),
+            interest: Cell::new(Interest::READ),
             readable: Cell::new(false),
             writable: Cell::new(true),
             reader: RefCell::new(None),
             writer: RefCell::new(None),
         });
-        // SAFETY: `Drop for Async` deletes the source before `io` closes.
-        unsafe {
-            reactor.poller.add_with_mode(
-                source.fd,
-                Event::readable(source.key),
-                PollMode::Level,
-            )?;
-        }
+        // `Drop for Async` deletes the source before `io` closes.
+        reactor.poller.add(&io, source.key, Interest::READ)?;
         entry.insert(source.clone());
         Ok(Async {
             io,
@@ -289,7 +277,7 @@ impl<T: AsFd> Async<T> {
 
 impl<T: AsFd> Drop for Async<T> {
     fn drop(&mut self) {
-        let _ = self.reactor.poller.delete(self.io.as_fd());
+        let _ = self.reactor.poller.delete(&self.io);
         self.reactor
             .sources
             .borrow_mut()
