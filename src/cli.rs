@@ -142,8 +142,10 @@ pub struct CompareArgs {
     /// decides the rate.
     #[arg(long)]
     pub shared_core: bool,
-    /// Run the whole sweep this many times, interleaved (every server, then
-    /// again), and print the median of each cell.
+    /// Run the whole sweep this many times and print the median of each
+    /// cell. Servers run side by side for each connection count, in an
+    /// order rotated each repeat; ratios to a --baseline are medians of
+    /// per-repeat ratios.
     #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=100))]
     pub repeat: u16,
     /// `--threads` for the one-thread models: event loops per server.

@@ -285,7 +285,7 @@ fn client_refused_is_one_line() {
 }
 
 /// compare on two models (and a peer given with --also) writes the three
-/// files, with one row per server and connection count.
+/// files, with one row per server and connection count, in the order run.
 #[test]
 fn compare_writes_json_csv_and_chart() {
     let out = std::env::temp_dir().join(format!("echo-lab-compare-{}", std::process::id()));
@@ -321,9 +321,10 @@ fn compare_writes_json_csv_and_chart() {
             )
         })
         .collect();
-    let expected: Vec<(String, u64)> = ["sequential", "selector", "peer"]
+    // The servers run side by side for each connection count.
+    let expected: Vec<(String, u64)> = [1, 4]
         .iter()
-        .flat_map(|s| [1, 4].map(|c| (s.to_string(), c)))
+        .flat_map(|&c| ["sequential", "selector", "peer"].map(|s| (s.to_string(), c)))
         .collect();
     assert_eq!(keys, expected);
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();

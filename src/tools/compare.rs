@@ -1,10 +1,11 @@
 //! `echo-lab compare`: every model under the same load, in one table, one
 //! JSON and CSV file, and one chart.
 //!
-//! Each server runs as a child process (`echo-lab serve --mode M --addr
-//! 127.0.0.1:0 --quiet`, or any command given with `--also`), is loaded by
-//! [`bench`](mod@super::bench) at each connection count, then stopped with SIGTERM and
-//! checked to exit cleanly. A model that cannot serve every connection
+//! Each run starts a server as a child process (`echo-lab serve --mode M
+//! --addr 127.0.0.1:0 --quiet`, or any command given with `--also`), loads
+//! it with [`bench`](mod@super::bench) at one connection count, then stops
+//! it with SIGTERM and checks that it exits cleanly. Servers run side by
+//! side for each count, so that the runs compared are close in time. A model that cannot serve every connection
 //! (sequential beyond 1, the thread pool beyond its workers) runs for the
 //! same bounded time and is shown for what it does: how many connections
 //! it served.
@@ -76,7 +77,8 @@ pub struct CompareConfig {
     pub pin: bool,
     /// Server and client both on CPU 0 (total CPU cost decides).
     pub shared_core: bool,
-    /// Runs of the whole sweep, interleaved: server after server, then again.
+    /// Runs of the whole sweep; the servers run side by side for each
+    /// connection count, in an order rotated each repeat.
     pub repeat: usize,
     /// `--threads` for our one-thread models (event loops per server).
     pub server_threads: usize,
@@ -152,42 +154,62 @@ pub fn run(config: &CompareConfig, mut on_row: impl FnMut(&Row)) -> anyhow::Resu
         unclean_exits: Vec::new(),
         environment: Environment::current(),
     };
-    for repeat in 1..=config.repeat.max(1) {
-        for (name, launch) in &servers {
-            let mut server = launch
-                .start(server_cpu, config.server_threads)
-                .with_context(|| format!("starting {name}"))?;
-            for &connections in &config.connections {
-                let bench_config = BenchConfig {
-                    addr: HostPort::from(server.addr),
-                    connections,
-                    duration: config.duration,
-                    warmup: config.warmup,
-                    size: config.size,
-                    depth: 1,
-                    rate: None,
-                    threads: 1,
-                    pin_cpu: client_cpu,
-                };
-                let results = bench::run(&bench_config, |_, _| {})?;
-                let note = note_for(&results, connections);
-                let row = Row {
-                    server: name.clone(),
-                    connections,
-                    repeat,
-                    results,
-                    note,
-                };
-                on_row(&row);
-                comparison.rows.push(row);
-            }
-            if let Err(e) = server.stop() {
-                comparison.unclean_exits.push(format!("{name}: {e:#}"));
-            }
+    for (repeat, connections, index) in schedule(servers.len(), &config.connections, config.repeat)
+    {
+        let (name, launch) = &servers[index];
+        let mut server = launch
+            .start(server_cpu, config.server_threads)
+            .with_context(|| format!("starting {name}"))?;
+        let bench_config = BenchConfig {
+            addr: HostPort::from(server.addr),
+            connections,
+            duration: config.duration,
+            warmup: config.warmup,
+            size: config.size,
+            depth: 1,
+            rate: None,
+            threads: 1,
+            pin_cpu: client_cpu,
+        };
+        let results = bench::run(&bench_config, |_, _| {})?;
+        if let Err(e) = server.stop() {
+            comparison
+                .unclean_exits
+                .push(format!("{name} after {connections} connections: {e:#}"));
         }
+        let note = note_for(&results, connections);
+        let row = Row {
+            server: name.clone(),
+            connections,
+            repeat,
+            results,
+            note,
+        };
+        on_row(&row);
+        comparison.rows.push(row);
     }
     write_files(&comparison, &config.out)?;
     Ok(comparison)
+}
+
+/// The order of the runs: `(repeat, connections, server index)`.
+///
+/// Every run gets a fresh server, and the servers run side by side for each
+/// connection count, so that the runs compared with each other are seconds
+/// apart, not minutes: a machine that slows down for a while (a noisy
+/// neighbour on a shared VM) slows all of them alike. Each repeat rotates
+/// the order by one, so that no server is always first after a change of
+/// connection count.
+fn schedule(servers: usize, counts: &[usize], repeats: usize) -> Vec<(usize, usize, usize)> {
+    let mut runs = Vec::new();
+    for repeat in 1..=repeats.max(1) {
+        for &connections in counts {
+            for i in 0..servers {
+                runs.push((repeat, connections, (i + repeat - 1) % servers));
+            }
+        }
+    }
+    runs
 }
 
 fn note_for(results: &BenchResults, connections: usize) -> Option<String> {
@@ -371,52 +393,84 @@ pub struct Median {
     pub ratios: Vec<(String, f64, f64)>,
 }
 
-/// Medians over the repeats, in the order servers and counts were run.
+/// Medians over the repeats, server by server in the order they were
+/// given.
+///
+/// A ratio to a baseline is the median of the per-repeat ratios: each
+/// repeat's run divided by the baseline's run of the same repeat, which ran
+/// seconds before or after it. Pairing runs this way cancels the slow drift
+/// of a shared machine that a ratio of two medians would keep.
 pub fn medians(comparison: &Comparison, baselines: &[String]) -> Vec<Median> {
-    let mut keys: Vec<(String, usize)> = Vec::new();
+    let mut servers: Vec<&str> = Vec::new();
+    let mut counts: Vec<usize> = Vec::new();
     for row in &comparison.rows {
-        let key = (row.server.clone(), row.connections);
-        if !keys.contains(&key) {
-            keys.push(key);
+        if !servers.contains(&row.server.as_str()) {
+            servers.push(&row.server);
+        }
+        if !counts.contains(&row.connections) {
+            counts.push(row.connections);
         }
     }
-    let median_of = |server: &str, connections: usize| -> Option<(f64, f64)> {
-        let runs: Vec<&Row> = comparison
+    let runs_of = |server: &str, connections: usize| -> Vec<&Row> {
+        comparison
             .rows
             .iter()
             .filter(|r| r.server == server && r.connections == connections)
-            .collect();
-        let pick = |f: &dyn Fn(&Row) -> f64| {
-            let mut values: Vec<f64> = runs.iter().map(|r| f(r)).collect();
-            values.sort_by(f64::total_cmp);
-            values[values.len() / 2]
-        };
-        (!runs.is_empty()).then(|| {
-            (
-                pick(&|r| r.results.messages_per_sec),
-                pick(&|r| r.results.latency_us.p99),
-            )
-        })
+            .collect()
     };
-    keys.into_iter()
-        .filter_map(|(server, connections)| {
-            let (rate, p99) = median_of(&server, connections)?;
+    let rate = |r: &Row| r.results.messages_per_sec;
+    let p99 = |r: &Row| r.results.latency_us.p99;
+    let mut medians = Vec::new();
+    for server in servers {
+        for &connections in &counts {
+            let runs = runs_of(server, connections);
+            if runs.is_empty() {
+                continue;
+            }
             let ratios = baselines
                 .iter()
                 .filter_map(|b| {
-                    let (b_rate, b_p99) = median_of(b, connections)?;
-                    Some((b.clone(), rate / b_rate, p99 / b_p99))
+                    let pairs: Vec<(&Row, &Row)> = runs
+                        .iter()
+                        .filter_map(|run| {
+                            let base = runs_of(b, connections)
+                                .into_iter()
+                                .find(|base| base.repeat == run.repeat)?;
+                            Some((*run, base))
+                        })
+                        .collect();
+                    (!pairs.is_empty()).then(|| {
+                        (
+                            b.clone(),
+                            median(pairs.iter().map(|(r, base)| rate(r) / rate(base))),
+                            median(pairs.iter().map(|(r, base)| p99(r) / p99(base))),
+                        )
+                    })
                 })
                 .collect();
-            Some(Median {
-                server,
+            medians.push(Median {
+                server: server.to_owned(),
                 connections,
-                messages_per_sec: rate,
-                p99_us: p99,
+                messages_per_sec: median(runs.iter().map(|r| rate(r))),
+                p99_us: median(runs.iter().map(|r| p99(r))),
                 ratios,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    medians
+}
+
+/// The median of some values (the mean of the middle two for an even
+/// count); NaN for none.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// The medians as a markdown table, with a ratio column per baseline.
@@ -502,4 +556,88 @@ fn write_files(comparison: &Comparison, dir: &Path) -> anyhow::Result<()> {
     super::chart::draw(comparison, &dir.join("throughput.svg"))
         .context("drawing throughput.svg")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_run_side_by_side_and_rotate_each_repeat() {
+        let runs = schedule(3, &[1, 10], 2);
+        let expected = [
+            (1, 1, 0),
+            (1, 1, 1),
+            (1, 1, 2),
+            (1, 10, 0),
+            (1, 10, 1),
+            (1, 10, 2),
+            (2, 1, 1),
+            (2, 1, 2),
+            (2, 1, 0),
+            (2, 10, 1),
+            (2, 10, 2),
+            (2, 10, 0),
+        ];
+        assert_eq!(runs, expected);
+    }
+
+    fn row(server: &str, repeat: usize, rate: f64, p99: f64) -> Row {
+        let mut results = BenchResults {
+            messages_per_sec: rate,
+            ..BenchResults::default()
+        };
+        results.latency_us.p99 = p99;
+        Row {
+            server: server.to_owned(),
+            connections: 10,
+            repeat,
+            results,
+            note: None,
+        }
+    }
+
+    /// `ours` beats `base` by 10% in two repeats of three and loses in the
+    /// other, while the machine drifts. The ratio of the medians (110 / 120)
+    /// would call ours slower; the median of the paired ratios says 1.1.
+    #[test]
+    fn ratios_pair_runs_of_the_same_repeat() {
+        let rows = vec![
+            row("ours", 1, 110.0, 9.0),
+            row("base", 1, 100.0, 10.0),
+            row("base", 2, 120.0, 20.0),
+            row("ours", 2, 105.0, 30.0),
+            row("ours", 3, 143.0, 4.5),
+            row("base", 3, 130.0, 5.0),
+        ];
+        let comparison = Comparison {
+            size: 512,
+            duration: 1.0,
+            warmup: 0.0,
+            placement: "apart",
+            rows,
+            unclean_exits: Vec::new(),
+            environment: Environment::current(),
+        };
+        let medians = medians(&comparison, &["base".to_owned()]);
+        assert_eq!(medians.len(), 2);
+        let ours = &medians[0];
+        assert_eq!(
+            (ours.server.as_str(), ours.messages_per_sec),
+            ("ours", 110.0)
+        );
+        let (name, rate, p99) = &ours.ratios[0];
+        assert_eq!(name, "base");
+        assert!((rate - 1.1).abs() < 1e-9, "{rate}");
+        assert!((p99 - 0.9).abs() < 1e-9, "{p99}");
+        let base = &medians[1];
+        assert_eq!(base.ratios[0].1, 1.0);
+    }
+
+    #[test]
+    fn median_of_odd_even_and_no_values() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+        assert!(median(std::iter::empty()).is_nan());
+    }
 }
