@@ -389,8 +389,22 @@ pub struct Median {
     pub messages_per_sec: f64,
     /// Median p99 latency, in microseconds.
     pub p99_us: f64,
-    /// (baseline, msg/s ratio, p99 ratio) for each baseline measured.
-    pub ratios: Vec<(String, f64, f64)>,
+    /// The ratio to each baseline measured.
+    pub ratios: Vec<Ratio>,
+}
+
+/// One server against one baseline at one connection count.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ratio {
+    /// The baseline's name.
+    pub baseline: String,
+    /// The median of the per-repeat msg/s ratios.
+    pub rate: f64,
+    /// The lowest and highest per-repeat msg/s ratio: how far one repeat
+    /// can be trusted.
+    pub rate_range: (f64, f64),
+    /// The median of the per-repeat p99 ratios.
+    pub p99: f64,
 }
 
 /// Medians over the repeats, server by server in the order they were
@@ -439,12 +453,15 @@ pub fn medians(comparison: &Comparison, baselines: &[String]) -> Vec<Median> {
                             Some((*run, base))
                         })
                         .collect();
-                    (!pairs.is_empty()).then(|| {
-                        (
-                            b.clone(),
-                            median(pairs.iter().map(|(r, base)| rate(r) / rate(base))),
-                            median(pairs.iter().map(|(r, base)| p99(r) / p99(base))),
-                        )
+                    let rates = || pairs.iter().map(|(r, base)| rate(r) / rate(base));
+                    (!pairs.is_empty()).then(|| Ratio {
+                        baseline: b.clone(),
+                        rate: median(rates()),
+                        rate_range: (
+                            rates().fold(f64::INFINITY, f64::min),
+                            rates().fold(f64::NEG_INFINITY, f64::max),
+                        ),
+                        p99: median(pairs.iter().map(|(r, base)| p99(r) / p99(base))),
                     })
                 })
                 .collect();
@@ -478,7 +495,7 @@ pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
     let mut out = String::from("| server | conns | msg/s (median) | p99 (median) |");
     let mut rule = String::from("| --- | ---: | ---: | ---: |");
     for b in baselines {
-        out += &format!(" msg/s vs {b} | p99 vs {b} |");
+        out += &format!(" msg/s vs {b} (range over repeats) | p99 vs {b} |");
         rule += " ---: | ---: |";
     }
     out += "\n";
@@ -493,8 +510,12 @@ pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
             m.p99_us / 1000.0
         );
         for b in baselines {
-            match m.ratios.iter().find(|(name, _, _)| name == b) {
-                Some((_, rate, p99)) => out += &format!(" {rate:.3} | {p99:.3} |"),
+            match m.ratios.iter().find(|r| &r.baseline == b) {
+                Some(r) if r.rate_range.0 < r.rate_range.1 => {
+                    let (low, high) = r.rate_range;
+                    out += &format!(" {:.3} ({low:.2}–{high:.2}) | {:.3} |", r.rate, r.p99);
+                }
+                Some(r) => out += &format!(" {:.3} | {:.3} |", r.rate, r.p99),
                 None => out += " - | - |",
             }
         }
@@ -626,12 +647,24 @@ mod tests {
             (ours.server.as_str(), ours.messages_per_sec),
             ("ours", 110.0)
         );
-        let (name, rate, p99) = &ours.ratios[0];
-        assert_eq!(name, "base");
-        assert!((rate - 1.1).abs() < 1e-9, "{rate}");
-        assert!((p99 - 0.9).abs() < 1e-9, "{p99}");
+        let ratio = &ours.ratios[0];
+        assert_eq!(ratio.baseline, "base");
+        assert!((ratio.rate - 1.1).abs() < 1e-9, "{ratio:?}");
+        assert!((ratio.rate_range.0 - 0.875).abs() < 1e-9, "{ratio:?}");
+        assert!((ratio.rate_range.1 - 1.1).abs() < 1e-9, "{ratio:?}");
+        assert!((ratio.p99 - 0.9).abs() < 1e-9, "{ratio:?}");
         let base = &medians[1];
-        assert_eq!(base.ratios[0].1, 1.0);
+        assert_eq!(base.ratios[0].rate, 1.0);
+        assert_eq!(base.ratios[0].rate_range, (1.0, 1.0));
+        let table = render_medians(&medians, &["base".to_owned()]);
+        assert!(
+            table.contains("| ours | 10 | 110 | 0.009ms | 1.100 (0.88–1.10) | 0.900 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| base | 10 | 120 | 0.010ms | 1.000 | 1.000 |"),
+            "{table}"
+        );
     }
 
     #[test]
