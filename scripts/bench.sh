@@ -16,20 +16,26 @@
 #      (examples/reference_client.rs) on the same server: bench must reach
 #      at least 0.95x its rate while verifying every byte.
 #
-# How rigorous: each cell is the median of $REPEATS interleaved runs (every
-# server once, then again), so a slow moment hurts every server alike;
-# ratios are computed from medians measured in the same script run. Runs are
-# short (DURATION, default 2s, after 0.5s of warm-up), the machine is a
-# shared VM, and differences under ~5% are noise. Under strace the servers
-# run far slower; only the counts per message are meaningful there.
+# How rigorous: every run gets a fresh server; for each connection count the
+# servers run side by side, seconds apart, in an order rotated each repeat.
+# Each cell is the median of $REPEATS such repeats, and each ratio is the
+# median of the per-repeat ratios (a run against its baseline's run of the
+# same repeat), printed with its lowest-highest range so that the noise
+# shows next to the number. Runs are short (DURATION, default 1.5s, after
+# 0.5s of warm-up) and the machine is a shared VM: pinned apart, the one
+# client thread saturates its core and every one-thread server is within a
+# few percent of the others; on one shared core, how often the scheduler
+# switches between client and server moves a run by up to 15%. Read ratios
+# whose range spans 1.0 as "the same". Under strace the servers run far
+# slower; only the counts per message are meaningful there.
 #
-# Usage: scripts/bench.sh            (about 7 minutes on 2 cores)
-#        DURATION=5s REPEATS=5 scripts/bench.sh
+# Usage: scripts/bench.sh            (about 8 minutes on 2 cores)
+#        DURATION=3s REPEATS=9 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-2s}
-REPEATS=${REPEATS:-3}
+DURATION=${DURATION:-1.5s}
+REPEATS=${REPEATS:-5}
 OUT=${OUT:-echo-lab-results/bench}
 
 cargo build --release --quiet --bin echo-lab --example tokio_echo --example reference_servers \
