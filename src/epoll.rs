@@ -93,7 +93,7 @@ pub struct Poller {
     epoll: OwnedFd,
     wake: OwnedFd,
     /// `epoll_pwait2` exists (Linux 5.11 and later): timeouts in
-    /// nanoseconds. Cleared the first time the kernel says ENOSYS.
+    /// nanoseconds. Cleared the first time the call is refused as unknown.
     precise_timeouts: AtomicBool,
 }
 
@@ -274,7 +274,14 @@ impl Poller {
                     0usize,
                 )
             };
-            if ready >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+            // ENOSYS: a kernel before 5.11. EPERM: a seccomp filter older
+            // than the call (container runtimes of 2020 and before).
+            let unknown = ready < 0
+                && matches!(
+                    io::Error::last_os_error().raw_os_error(),
+                    Some(libc::ENOSYS | libc::EPERM)
+                );
+            if !unknown {
                 return ready;
             }
             self.precise_timeouts.store(false, Relaxed);
