@@ -133,16 +133,6 @@ impl Events {
             }
         })
     }
-
-    /// How many events the last wait reported.
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    /// Whether the last wait reported nothing.
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
 }
 
 impl Poller {

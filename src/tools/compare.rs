@@ -444,13 +444,12 @@ pub fn medians(comparison: &Comparison, baselines: &[String]) -> Vec<Median> {
             let ratios = baselines
                 .iter()
                 .filter_map(|b| {
+                    let base_runs = runs_of(b, connections);
                     let pairs: Vec<(&Row, &Row)> = runs
                         .iter()
                         .filter_map(|run| {
-                            let base = runs_of(b, connections)
-                                .into_iter()
-                                .find(|base| base.repeat == run.repeat)?;
-                            Some((*run, base))
+                            let base = base_runs.iter().find(|base| base.repeat == run.repeat)?;
+                            Some((*run, *base))
                         })
                         .collect();
                     let rates = || pairs.iter().map(|(r, base)| rate(r) / rate(base));

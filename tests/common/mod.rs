@@ -220,6 +220,14 @@ impl BinaryServer {
     pub fn cpu_time(&self) -> Duration {
         cpu_time(self.child.id())
     }
+
+    /// CPU time the server burns while the test waits `wait`: what an idle
+    /// or backing-off server must keep near zero.
+    pub fn cpu_burned_during(&self, wait: Duration) -> Duration {
+        let before = self.cpu_time();
+        thread::sleep(wait);
+        self.cpu_time() - before
+    }
 }
 
 impl Drop for BinaryServer {
