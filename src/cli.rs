@@ -204,7 +204,9 @@ Limits (every bound on memory, per model):
                       that, clients wait in the kernel's backlog.)
   read buffer         16 KiB per read: one per thread (sequential,
                       threadpool), one shared by all clients (selector);
-                      4 KiB inside each client task (statemachine, async).
+                      4 KiB lent to a client task (statemachine, async)
+                      from its loop's pool while it holds data; a client
+                      waiting to speak holds none.
   unsent bytes        selector: at most 64 KiB per client, then it stops
                       reading that client until it drains. statemachine and
                       async never read while they hold unsent bytes, so their

@@ -108,6 +108,32 @@ fn a_client_that_never_reads_costs_bounded_memory() {
     }
 }
 
+/// A client between messages holds no read buffer: 1,000 clients, each
+/// echoed once and then silent, grow the server's resident memory by far
+/// less than the 4 MiB that a 4 KiB buffer per client would take.
+#[test]
+fn clients_between_messages_hold_no_read_buffer() {
+    for mode in Mode::ONE_THREAD {
+        let server = BinaryServer::start(&["--mode", mode.name(), "--quiet"]);
+        let pid = server.child.id();
+        // The first echo makes what every later client shares: the loop's
+        // buffers, the allocator's arena.
+        assert_echo(&mut connect(server.addr), &[7; 512]);
+        let before = resident_memory(pid);
+        let mut clients: Vec<_> = (0..1000).map(|_| connect(server.addr)).collect();
+        for client in &mut clients {
+            assert_echo(client, &[7; 512]);
+        }
+        let grown = resident_memory(pid).saturating_sub(before);
+        assert!(
+            grown < 2 << 20,
+            "{mode}: 1,000 silent clients grew resident memory by {} KiB",
+            grown >> 10
+        );
+        eprintln!("{mode}: 1,000 silent clients, +{} KiB", grown >> 10);
+    }
+}
+
 /// An idle server sleeps in the kernel: next to no CPU.
 #[test]
 fn an_idle_server_uses_no_cpu() {

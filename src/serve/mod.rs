@@ -11,6 +11,9 @@
 //! 3. [`selector`]: one thread, a readiness loop, a handler per socket.
 //! 4. [`statemachine`]: the same loop driving hand-written generators.
 //! 5. [`asynchronous`]: async/await on an executor and reactor of our own.
+//!
+//! [`buffers`] is what the last two share: read buffers a loop lends to its
+//! tasks only while they hold data.
 
 use std::net::{SocketAddr, TcpListener};
 use std::num::NonZeroUsize;
@@ -27,6 +30,7 @@ use crate::stats::Stats;
 
 pub mod asynchronous;
 mod blocking;
+pub mod buffers;
 pub mod selector;
 pub mod sequential;
 pub mod statemachine;

@@ -20,8 +20,11 @@
 //! becomes a variant of an enum ([`EchoState`]), the locals that live across
 //! a `yield` become its fields, and `next()` becomes [`Coroutine::resume`],
 //! which runs until the task must wait and returns a [`Wait`]: the yielded
-//! `('WAIT_READ', sock)`. A suspended task is nothing but that enum and its
-//! buffer: no stack, no thread.
+//! `('WAIT_READ', sock)`. A suspended task is nothing but that enum: no
+//! stack, no thread. The generator's `data` lives only from `recv` to the
+//! end of `sendall`, and so does our buffer: a task borrows one from the
+//! loop's [`BufferPool`] when its socket is readable and gives it back once
+//! everything is written. A client waiting to speak holds no buffer.
 //!
 //! The [`EventLoop`] is the notes' `EventLoop`: a run queue of tasks ready to
 //! resume, and a table of suspended tasks keyed by the socket they wait on.
@@ -56,15 +59,12 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::Context;
+use super::buffers::{BufferPool, Lease};
 use crate::epoll::{Events, Interest, Poller};
 use crate::net::{
     ACCEPT_BACKOFF, AcceptFailure, Blocking, interrupted, prepare_stream, would_block,
 };
 use crate::stats::{Ending, Stats};
-
-/// Bytes a client task reads at once, as the notes' `sock.recv(4096)`. Each
-/// suspended client task holds one such buffer: 10,000 clients, 40 MiB.
-pub const TASK_BUFFER_SIZE: usize = 4096;
 
 /// What a task yields when it cannot go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,10 +127,12 @@ pub trait Coroutine<'a> {
 /// # Errors
 /// If the poller fails or the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    let buffers = BufferPool::new();
     let mut event_loop = EventLoop::new(ctx)?;
     event_loop.create_task(Box::new(Acceptor {
         listener: &listener,
         ctx,
+        buffers: &buffers,
     }));
     let result = event_loop.run();
     event_loop.drop_every_task();
@@ -305,6 +307,8 @@ impl<'a> EventLoop<'a> {
 struct Acceptor<'a> {
     listener: &'a TcpListener,
     ctx: &'a Context,
+    /// Lent to client tasks while they hold data.
+    buffers: &'a BufferPool,
 }
 
 impl<'a> Coroutine<'a> for Acceptor<'a> {
@@ -314,7 +318,7 @@ impl<'a> Coroutine<'a> for Acceptor<'a> {
                 // Over the connection limit, the stream is dropped: closed.
                 Ok((stream, peer)) if !self.ctx.stats.admit(peer) => drop(stream),
                 Ok((stream, peer)) => match prepare_stream(&stream, Blocking::No) {
-                    Ok(()) => spawn.push(Box::new(Echo::new(stream, peer, self.ctx))),
+                    Ok(()) => spawn.push(Box::new(Echo::new(stream, peer, self.ctx, self.buffers))),
                     Err(e) => self.ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
                 },
                 Err(e) if would_block(&e) => return Wait::Read { until: None },
@@ -341,27 +345,27 @@ impl<'a> Coroutine<'a> for Acceptor<'a> {
 }
 
 /// Where a client task is suspended: the points of the generator above.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EchoState {
+#[derive(Debug)]
+pub enum EchoState<'a> {
     /// Created, not yet run: the generator before its first `next()`.
     Start,
     /// At `yield 'WAIT_READ', sock`.
     WaitRead,
-    /// At `yield 'WAIT_WRITE', sock`, with `buffer[sent..len]` still to send
-    /// (the generator's local `data`).
+    /// At `yield 'WAIT_WRITE', sock`, with the generator's local `data`,
+    /// of which `data[sent..]` is still to send.
     WaitWrite {
-        /// Bytes of the buffer already written.
+        /// The bytes received, in a buffer borrowed from the loop.
+        data: Lease<'a>,
+        /// Bytes of `data` already written.
         sent: usize,
-        /// Bytes of the buffer to write in all.
-        len: usize,
     },
 }
 
 /// The notes' `handle_client` generator, as a state machine.
 struct Echo<'a> {
-    state: EchoState,
+    state: EchoState<'a>,
     sock: TcpStream,
-    buffer: Box<[u8; TASK_BUFFER_SIZE]>,
+    buffers: &'a BufferPool,
     peer: SocketAddr,
     bytes: u64,
     idle_timeout: Option<Duration>,
@@ -372,11 +376,11 @@ struct Echo<'a> {
 }
 
 impl<'a> Echo<'a> {
-    fn new(sock: TcpStream, peer: SocketAddr, ctx: &'a Context) -> Self {
+    fn new(sock: TcpStream, peer: SocketAddr, ctx: &'a Context, buffers: &'a BufferPool) -> Self {
         Echo {
             state: EchoState::Start,
             sock,
-            buffer: Box::new([0; TASK_BUFFER_SIZE]),
+            buffers,
             peer,
             bytes: 0,
             idle_timeout: ctx.config.idle_timeout,
@@ -411,42 +415,44 @@ impl<'a> Coroutine<'a> for Echo<'a> {
             return self.finish(Ending::IdleTimeout);
         }
         loop {
-            match self.state {
+            match &mut self.state {
                 EchoState::Start => {
                     self.state = EchoState::WaitRead;
                     return self.wait_read();
                 }
                 // Resumed after `yield 'WAIT_READ'`: `data = sock.recv(4096)`.
-                EchoState::WaitRead => match self.sock.read(&mut self.buffer[..]) {
-                    // `if not data: break`
-                    Ok(0) => return self.finish(Ending::Closed),
-                    // On to `yield 'WAIT_WRITE'`, but try the write first.
-                    Ok(len) => self.state = EchoState::WaitWrite { sent: 0, len },
-                    // Woken, but not readable after all: wait again.
-                    Err(e) if would_block(&e) => return self.wait_read(),
-                    Err(e) if interrupted(&e) => {}
-                    Err(e) => return self.finish(Ending::Failed(e)),
-                },
-                // `sock.sendall(data)`, one write at a time.
-                EchoState::WaitWrite { sent, len } => {
-                    match self.sock.write(&self.buffer[sent..len]) {
-                        Ok(n) => {
-                            self.bytes += n as u64;
-                            if sent + n == len {
-                                // Back to the top of `while True`.
-                                self.state = EchoState::WaitRead;
-                                return self.wait_read();
-                            }
-                            self.state = EchoState::WaitWrite {
-                                sent: sent + n,
-                                len,
-                            };
+                EchoState::WaitRead => {
+                    let mut data = self.buffers.lend();
+                    match self.sock.read(&mut data) {
+                        // `if not data: break`
+                        Ok(0) => return self.finish(Ending::Closed),
+                        // On to `yield 'WAIT_WRITE'`, but try the write first.
+                        Ok(len) => {
+                            data.truncate(len);
+                            self.state = EchoState::WaitWrite { data, sent: 0 };
                         }
-                        Err(e) if would_block(&e) => return self.wait_write(),
+                        // Woken, but not readable after all: wait again.
+                        Err(e) if would_block(&e) => return self.wait_read(),
                         Err(e) if interrupted(&e) => {}
                         Err(e) => return self.finish(Ending::Failed(e)),
                     }
                 }
+                // `sock.sendall(data)`, one write at a time.
+                EchoState::WaitWrite { data, sent } => match self.sock.write(&data[*sent..]) {
+                    Ok(n) => {
+                        self.bytes += n as u64;
+                        *sent += n;
+                        if *sent == data.len() {
+                            // Back to the top of `while True`; dropping
+                            // `data` gives its buffer back to the loop.
+                            self.state = EchoState::WaitRead;
+                            return self.wait_read();
+                        }
+                    }
+                    Err(e) if would_block(&e) => return self.wait_write(),
+                    Err(e) if interrupted(&e) => {}
+                    Err(e) => return self.finish(Ending::Failed(e)),
+                },
             }
         }
     }

@@ -425,10 +425,12 @@ mod tests {
         let got = Rc::new(Cell::new(None));
         let result = got.clone();
         executor.spawn(async move {
-            let mut buf = [0; 16];
             let mut total = 0;
-            while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                total += n;
+            while let Ok(data) = stream.recv().await {
+                if data.is_empty() {
+                    break;
+                }
+                total += data.len();
             }
             result.set(Some(total));
         });

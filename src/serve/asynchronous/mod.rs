@@ -52,10 +52,6 @@ use crate::net::{ACCEPT_BACKOFF, AcceptFailure, Blocking, prepare_stream};
 use crate::shutdown::{HookGuard, Shutdown};
 use crate::stats::{Ending, Stats};
 
-/// Bytes a client task reads at once, as the notes' `sock_recv(sock, 4096)`.
-/// The buffer lives inside each task's future.
-pub const TASK_BUFFER_SIZE: usize = 4096;
-
 /// Serves every client from this thread until shutdown.
 ///
 /// # Errors
@@ -126,16 +122,15 @@ async fn handle_client(
         bytes: 0,
         ending: None,
     };
-    let mut buffer = [0; TASK_BUFFER_SIZE];
     let ending = loop {
-        let n = match limit(idle, &reactor, stream.read(&mut buffer)).await {
-            Ok(Ok(0)) => break Ending::Closed,
-            Ok(Ok(n)) => n,
+        let data = match limit(idle, &reactor, stream.recv()).await {
+            Ok(Ok(data)) if data.is_empty() => break Ending::Closed,
+            Ok(Ok(data)) => data,
             Ok(Err(e)) => break Ending::Failed(e),
             Err(TimedOut) => break Ending::IdleTimeout,
         };
-        match limit(idle, &reactor, stream.write_all(&buffer[..n])).await {
-            Ok(Ok(())) => log.bytes += n as u64,
+        match limit(idle, &reactor, stream.write_all(&data)).await {
+            Ok(Ok(())) => log.bytes += data.len() as u64,
             Ok(Err(e)) => break Ending::Failed(e),
             Err(TimedOut) => break Ending::IdleTimeout,
         }

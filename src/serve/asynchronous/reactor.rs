@@ -37,15 +37,17 @@ use slab::Slab;
 
 use crate::epoll::{Events, Interest, Poller};
 use crate::net::{interrupted, would_block};
+use crate::serve::buffers::{BufferPool, Lease, TASK_BUFFER_SIZE};
 
 /// The kernel side of the runtime: one poller, the registered sockets, the
-/// pending timers.
+/// pending timers, and the read buffers lent to tasks that hold data.
 pub struct Reactor {
     poller: Arc<Poller>,
     sources: RefCell<Slab<Rc<Source>>>,
     timers: RefCell<BTreeMap<(Instant, u64), Waker>>,
     next_timer_id: Cell<u64>,
     events: RefCell<Events>,
+    buffers: BufferPool,
 }
 
 /// One registered socket: what is known of its readiness, who waits, and
@@ -124,6 +126,7 @@ impl Reactor {
             timers: RefCell::new(BTreeMap::new()),
             next_timer_id: Cell::new(0),
             events: RefCell::new(Events::new()),
+            buffers: BufferPool::new(),
         }))
     }
 
@@ -296,20 +299,29 @@ impl Async<TcpListener> {
 }
 
 impl Async<TcpStream> {
-    /// Reads what has arrived, at most `buf.len()` bytes: the notes'
-    /// `loop.sock_recv(sock, n)`. 0 means the peer closed its side.
+    /// Waits for data and returns what has arrived, at most
+    /// [`TASK_BUFFER_SIZE`] bytes: the notes' `loop.sock_recv(sock, 4096)`.
+    /// Empty means the peer closed its side. Like Python's `bytes`, the
+    /// data exists only once it has arrived: the buffer is borrowed from
+    /// the reactor when the socket is readable, not held while waiting,
+    /// and goes back when the returned [`Lease`] is dropped.
     ///
     /// # Errors
     /// As `read(2)` (a reset, for instance), never `WouldBlock`.
-    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    pub async fn recv(&self) -> io::Result<Lease<'_>> {
         poll_fn(|cx| {
-            let result = self.poll_io(cx, Direction::Read, |mut s| s.read(buf));
+            let result = self.poll_io(cx, Direction::Read, |mut s| {
+                let mut data = self.reactor.buffers.lend();
+                let n = s.read(&mut data)?;
+                data.truncate(n);
+                Ok(data)
+            });
             // A read that did not fill the buffer emptied the socket: the
             // next read would say WouldBlock, so skip it and wait for the
             // poller. Saves one syscall per message; safe because the
             // poller is level-triggered and reports any data or EOF left.
-            if let Poll::Ready(Ok(n)) = result {
-                if n > 0 && n < buf.len() {
+            if let Poll::Ready(Ok(data)) = &result {
+                if !data.is_empty() && data.len() < TASK_BUFFER_SIZE {
                     self.source.readable.set(false);
                 }
             }
