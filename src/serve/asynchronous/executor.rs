@@ -54,9 +54,12 @@ pub struct Executor<'a> {
 
 /// A task and its waker.
 struct Slot<'a> {
-    /// `None` while the task is being polled.
-    future: Option<Task<'a>>,
-    waker: Arc<TaskWaker>,
+    /// The future and the waker it is polled with; `None` while it is
+    /// being polled. The waker is made once, so that polling a task costs
+    /// no reference count.
+    running: Option<(Task<'a>, Waker)>,
+    /// The same waker's state, to mark the task as no longer queued.
+    state: Arc<TaskWaker>,
 }
 
 /// A handle that spawns tasks onto an [`Executor`] from inside its tasks.
@@ -224,15 +227,15 @@ impl<'a> Executor<'a> {
         let mut tasks = self.tasks.borrow_mut();
         for future in new_tasks.drain(..) {
             let entry = tasks.vacant_entry();
-            let waker = Arc::new(TaskWaker {
+            let state = Arc::new(TaskWaker {
                 id: entry.key(),
                 queued: AtomicBool::new(true),
                 ready: self.ready.clone(),
             });
             self.ready.push(entry.key());
             entry.insert(Slot {
-                future: Some(future),
-                waker,
+                running: Some((future, Waker::from(state.clone()))),
+                state,
             });
         }
     }
@@ -245,11 +248,11 @@ impl<'a> Executor<'a> {
             let Some(slot) = tasks.get_mut(id) else {
                 return;
             };
-            let Some(future) = slot.future.take() else {
+            let Some(running) = slot.running.take() else {
                 return;
             };
-            slot.waker.queued.store(false, Ordering::Release);
-            (future, Waker::from(slot.waker.clone()))
+            slot.state.queued.store(false, Ordering::Release);
+            running
         };
         // No borrow is held while the task runs: it may spawn, or drop
         // sockets that deregister from the reactor.
@@ -258,7 +261,7 @@ impl<'a> Executor<'a> {
                 self.tasks.borrow_mut().remove(id);
                 drop(future);
             }
-            Poll::Pending => self.tasks.borrow_mut()[id].future = Some(future),
+            Poll::Pending => self.tasks.borrow_mut()[id].running = Some((future, waker)),
         }
     }
 }

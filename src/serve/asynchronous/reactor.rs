@@ -61,8 +61,42 @@ struct Source {
     interest: Cell<Interest>,
     readable: Cell<bool>,
     writable: Cell<bool>,
-    reader: RefCell<Option<Waker>>,
-    writer: RefCell<Option<Waker>>,
+    reader: Waiter,
+    writer: Waiter,
+}
+
+/// Who waits for one direction of a socket. The waker is kept after it is
+/// used: a task that waits again (every message, in an echo) finds its own
+/// waker already there, and waking it costs no reference count.
+#[derive(Default)]
+struct Waiter {
+    waker: RefCell<Option<Waker>>,
+    /// Whether the task behind `waker` is waiting right now.
+    waiting: Cell<bool>,
+}
+
+impl Waiter {
+    /// Leaves `waker` to be woken at the next readiness.
+    fn wait(&self, waker: &Waker) {
+        self.waiting.set(true);
+        let mut kept = self.waker.borrow_mut();
+        if !kept.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *kept = Some(waker.clone());
+        }
+    }
+
+    /// Wakes the waiting task, if any; returns whether there was one.
+    fn wake(&self) -> bool {
+        if !self.waiting.replace(false) {
+            return false;
+        }
+        // Our wakers only queue the task: nothing runs while this borrow
+        // is held.
+        if let Some(waker) = self.waker.borrow().as_ref() {
+            waker.wake_by_ref();
+        }
+        true
+    }
 }
 
 /// Which half of a socket an operation needs.
@@ -80,7 +114,7 @@ impl Source {
         }
     }
 
-    fn waiter(&self, direction: Direction) -> &RefCell<Option<Waker>> {
+    fn waiter(&self, direction: Direction) -> &Waiter {
         match direction {
             Direction::Read => &self.reader,
             Direction::Write => &self.writer,
@@ -91,8 +125,7 @@ impl Source {
     /// whether anybody did.
     fn wake(&self, direction: Direction) -> bool {
         self.ready(direction).set(true);
-        let waiter = self.waiter(direction).borrow_mut().take();
-        waiter.map(Waker::wake).is_some()
+        self.waiter(direction).wake()
     }
 
     /// Asks the poller to report `direction` (or not), if that changes
@@ -230,8 +263,8 @@ impl<T: AsFd> Async<T> {
             interest: Cell::new(Interest::READ),
             readable: Cell::new(false),
             writable: Cell::new(true),
-            reader: RefCell::new(None),
-            writer: RefCell::new(None),
+            reader: Waiter::default(),
+            writer: Waiter::default(),
         });
         // `Drop for Async` deletes the source before `io` closes.
         reactor.poller.add(&io, source.key, Interest::READ)?;
@@ -261,12 +294,7 @@ impl<T: AsFd> Async<T> {
                 if let Err(e) = self.source.watch(&self.reactor.poller, direction, true) {
                     return Poll::Ready(Err(e));
                 }
-                let mut waiter = self.source.waiter(direction).borrow_mut();
-                // Cloning a waker is a reference count, not an allocation;
-                // skip even that when the same task waits again.
-                if !waiter.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *waiter = Some(cx.waker().clone());
-                }
+                self.source.waiter(direction).wait(cx.waker());
                 return Poll::Pending;
             }
             match op(&self.io) {
