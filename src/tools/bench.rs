@@ -111,9 +111,13 @@ pub struct Latency {
 /// What a run measured.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct BenchResults {
-    /// Messages echoed inside the measured window.
+    /// Messages whose echo arrived inside the measured window, each judged
+    /// by a clock reading taken as it arrived.
     pub messages: u64,
-    /// The measured window, in seconds, as the clock measured it.
+    /// The length of that window, in seconds: the span between two
+    /// instants of the monotonic clock. A message counts only if the clock
+    /// says it arrived between them, so a run that stalls or overshoots its
+    /// end counts what really arrived in that wall time, nothing more.
     pub seconds: f64,
     /// `messages / seconds`.
     pub messages_per_sec: f64,
