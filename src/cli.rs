@@ -206,7 +206,8 @@ Limits (every bound on memory, per model):
                       threadpool), one shared by all clients (selector);
                       4 KiB lent to a client task (statemachine, async)
                       from its loop's pool while it holds data; a client
-                      waiting to speak holds none.
+                      waiting to speak holds none, and the pool keeps at
+                      most 256 idle buffers (1 MiB).
   unsent bytes        selector: at most 64 KiB per client, then it stops
                       reading that client until it drains. statemachine and
                       async never read while they hold unsent bytes, so their

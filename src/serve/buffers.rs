@@ -12,15 +12,21 @@
 //! tasks each holding 4 KiB touch a thousand pages in turn; lending makes
 //! the idle ones cost a few dozen bytes and keeps the one buffer in use
 //! hot in cache (docs/performance.md has the numbers). The bound is the
-//! same as before: a task holds at most one buffer, so a pool never holds
-//! more than one buffer per client. The pool keeps what comes back, so
-//! that a steady exchange allocates nothing.
+//! same as before: a task holds at most one buffer, so a loop never has
+//! more buffers lent than it has clients. The pool keeps what comes back,
+//! so that a steady exchange allocates nothing, but at most
+//! [`MAX_IDLE_BUFFERS`] of them: after a burst of stalled clients, memory
+//! goes back to the allocator.
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
 /// Bytes a client task reads at once, as the notes' `sock.recv(4096)`.
 pub const TASK_BUFFER_SIZE: usize = 4096;
+
+/// Buffers a pool keeps for reuse (1 MiB). Only more clients than this
+/// holding unsent data at once make a loop allocate.
+pub const MAX_IDLE_BUFFERS: usize = 256;
 
 /// The buffers of one event loop that no task holds right now.
 #[derive(Default)]
@@ -95,9 +101,11 @@ impl DerefMut for Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        // An empty boxed slice takes the buffer's place: no allocation.
-        let bytes = std::mem::take(&mut self.bytes);
-        self.pool.free.borrow_mut().push(bytes);
+        let mut free = self.pool.free.borrow_mut();
+        if free.len() < MAX_IDLE_BUFFERS {
+            // An empty boxed slice takes the buffer's place: no allocation.
+            free.push(std::mem::take(&mut self.bytes));
+        }
     }
 }
 
@@ -128,6 +136,14 @@ mod tests {
         assert_eq!((a[0], b[0]), (1, 2));
         drop((a, b));
         assert_eq!(pool.idle(), 2);
+    }
+
+    #[test]
+    fn the_pool_keeps_at_most_max_idle_buffers() {
+        let pool = BufferPool::new();
+        let burst: Vec<_> = (0..MAX_IDLE_BUFFERS + 10).map(|_| pool.lend()).collect();
+        drop(burst);
+        assert_eq!(pool.idle(), MAX_IDLE_BUFFERS);
     }
 
     #[test]
