@@ -452,3 +452,61 @@ pub async fn timeout<F: Future>(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    /// A waker that counts its wakes.
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counter() -> (Arc<Counter>, Waker) {
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        (counter, waker)
+    }
+
+    /// A readiness wakes a waiting task once; with nobody waiting, it
+    /// reports so (and the reactor stops watching that direction).
+    #[test]
+    fn a_waiter_is_woken_once_per_wait() {
+        let waiter = Waiter::default();
+        let (count, waker) = counter();
+        assert!(!waiter.wake(), "nobody waits yet");
+        waiter.wait(&waker);
+        assert!(waiter.wake());
+        assert!(!waiter.wake(), "woken already, not waiting again");
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+    }
+
+    /// The same task waiting again costs no clone of its waker; another
+    /// task's waker replaces it.
+    #[test]
+    fn a_waiter_keeps_its_waker_between_waits() {
+        let waiter = Waiter::default();
+        let (first, waker) = counter();
+        waiter.wait(&waker);
+        waiter.wake();
+        let references = Arc::strong_count(&first);
+        waiter.wait(&waker);
+        assert_eq!(Arc::strong_count(&first), references);
+        let (second, other) = counter();
+        waiter.wait(&other);
+        assert_eq!(Arc::strong_count(&first), references - 1);
+        waiter.wake();
+        assert_eq!(first.0.load(Ordering::Relaxed), 1);
+        assert_eq!(second.0.load(Ordering::Relaxed), 1);
+    }
+}
