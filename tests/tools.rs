@@ -266,22 +266,31 @@ fn client_in_a_pipe_echoes_and_exits() {
     assert!(output.stdout == expected, "the piped echo differs");
 }
 
-/// A refused connection is one clear line and exit code 1.
+/// A refused connection is one clear line and exit code 1, for the client
+/// and for bench (which says so at once instead of measuring nothing for
+/// its whole duration).
 #[test]
-fn client_refused_is_one_line() {
+fn refused_connections_are_one_line() {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let (status, stdout, stderr) = run_binary(&["client", "--addr", &format!("127.0.0.1:{port}")]);
-    assert_eq!(status, Some(1));
-    assert_eq!(stdout, "");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("cannot connect to") && stderr.contains("refused"),
-        "{stderr}"
-    );
+    let addr = format!("127.0.0.1:{port}");
+    for args in [
+        vec!["client", "--addr", &addr],
+        // run_binary gives up long before 60 s.
+        vec!["bench", "--addr", &addr, "-c", "3", "-d", "60s"],
+    ] {
+        let (status, stdout, stderr) = run_binary(&args);
+        assert_eq!(status, Some(1), "{args:?}: {stderr}");
+        assert_eq!(stdout, "", "{args:?}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot connect to") && stderr.contains("refused"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 /// compare on two models (and a peer given with --also) writes the three

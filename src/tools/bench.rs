@@ -233,7 +233,15 @@ pub fn run(
 ) -> anyhow::Result<BenchResults> {
     validate(config)?;
     crate::net::raise_fd_limit();
-    let (streams, connect_failures) = connect_all(config);
+    let Connected {
+        streams,
+        failures: connect_failures,
+        first_failure,
+    } = connect_all(config);
+    // Nothing to measure: say why now rather than after the whole run.
+    if streams.is_empty() {
+        return Err(first_failure.unwrap_or_else(|| anyhow::anyhow!("no connection opened")));
+    }
     let echoed = AtomicU64::new(0);
     let start = Instant::now();
     let window = Window {
@@ -283,6 +291,11 @@ pub fn run(
         Ok(total.into_results(config, seconds, cpu.as_secs_f64() / seconds))
     })?;
     results.connect_failures = connect_failures;
+    if let Some(e) = first_failure {
+        let what = format!("{connect_failures} connect(s) failed, the first with: {e:#}");
+        results.error_samples.insert(0, what);
+        results.error_samples.truncate(ERROR_SAMPLES);
+    }
     on_progress(1.0, echoed.load(Relaxed));
     Ok(results)
 }
@@ -294,11 +307,19 @@ struct Window {
     end: Instant,
 }
 
+/// The connections a run opened, and what went wrong with the others.
+struct Connected {
+    streams: Vec<(u32, TcpStream)>,
+    failures: u64,
+    /// Why the first failed connect failed.
+    first_failure: Option<anyhow::Error>,
+}
+
 /// Opens every connection, within [`CONNECT_PHASE_LIMIT`] in all.
-fn connect_all(config: &BenchConfig) -> (Vec<(u32, TcpStream)>, u64) {
+fn connect_all(config: &BenchConfig) -> Connected {
     let deadline = Instant::now() + CONNECT_PHASE_LIMIT;
     let mut streams = Vec::with_capacity(config.connections);
-    let mut failures = 0;
+    let (mut failures, mut first_failure) = (0, None);
     for i in 0..config.connections {
         let left = deadline.saturating_duration_since(Instant::now());
         let connected = if left.is_zero() {
@@ -309,10 +330,17 @@ fn connect_all(config: &BenchConfig) -> (Vec<(u32, TcpStream)>, u64) {
         };
         match connected {
             Ok(stream) => streams.push((i as u32, stream)),
-            Err(_) => failures += 1,
+            Err(e) => {
+                failures += 1;
+                first_failure.get_or_insert(e);
+            }
         }
     }
-    (streams, failures)
+    Connected {
+        streams,
+        failures,
+        first_failure,
+    }
 }
 
 /// One connection of the load.
