@@ -347,7 +347,7 @@ fn compare_writes_json_csv_and_chart() {
     let _ = std::fs::remove_dir_all(out);
 }
 
-/// compare's list arguments reject bad input cleanly.
+/// compare's arguments reject bad input cleanly, before any run.
 #[test]
 fn compare_rejects_bad_lists() {
     for (args, words) in [
@@ -360,6 +360,12 @@ fn compare_rejects_bad_lists() {
         (&["compare", "--also", "tokio"], "NAME=COMMAND"),
         (&["compare", "--also", "x=cmd without port"], "{port}"),
         (&["bench", "--size", "4"], "at least 12"),
+        // Refused before any run: a 30-minute compare would outlast the
+        // test's patience.
+        (
+            &["compare", "--out", "Cargo.toml/results", "-d", "30s"],
+            "creating Cargo.toml/results",
+        ),
     ] {
         let (status, _, stderr) = run_binary(args);
         assert!(status == Some(2) || status == Some(1), "{args:?}: {stderr}");

@@ -126,6 +126,9 @@ pub struct Comparison {
 /// # Errors
 /// A server that cannot be started, or files that cannot be written.
 pub fn run(config: &CompareConfig, mut on_row: impl FnMut(&Row)) -> anyhow::Result<Comparison> {
+    // Before minutes of runs, not after them.
+    std::fs::create_dir_all(&config.out)
+        .with_context(|| format!("creating {}", config.out.display()))?;
     let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
     let (server_cpu, client_cpu, placement) = if config.shared_core {
         (Some(0), Some(0), "shared")
@@ -548,7 +551,6 @@ pub fn render_row(row: &Row) -> String {
 }
 
 fn write_files(comparison: &Comparison, dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = serde_json::to_string_pretty(comparison)?;
     std::fs::write(dir.join("results.json"), json + "\n").context("writing results.json")?;
     let mut csv = String::from(
