@@ -10,8 +10,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::net::Blocking;
 use crate::parse::{
     HostPort, parse_addr, parse_counts, parse_duration, parse_positive_duration, parse_rate,
     parse_size,
@@ -293,8 +295,9 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         quiet: args.quiet,
     };
     let listeners = serve::bind(args.mode, &args.addr, &config)?;
-    let ctx = Context::new(config);
-    trigger_on_signals(&ctx.shutdown)?;
+    let ctx = Context::new(config).context("preparing the shutdown")?;
+    // A blocking model has no event loop to hear the signal bell.
+    trigger_on_signals(&ctx.shutdown, args.mode.blocking() == Blocking::Yes)?;
     let local = listeners.local_addr()?;
     announce(&format!("listening on {local}"));
     if let Some(notice) = exposure_notice(local) {

@@ -1,32 +1,48 @@
-//! The shutdown handle every model receives, and the signal thread that
-//! pulls it.
+//! The shutdown handle every model receives, and how signals reach it.
 //!
-//! Triggering is a flag plus wake-ups: each model registers what must happen
-//! to wake it from whatever it is blocked in. A readiness loop registers
-//! `Poller::notify`; a blocking model registers `shutdown(2)` of its sockets,
-//! which makes a thread blocked in `accept()`, `read()` or `write()` return
-//! at once.
+//! Triggering sets a flag, rings a bell and runs wake-up hooks. The bell is
+//! the self-pipe trick: one end of a socket pair that becomes readable when
+//! the shutdown is asked for and stays readable, because nobody reads it.
+//! An event loop watches it like any other socket; a signal handler can
+//! ring it (writing a byte is one of the few things a handler may do), and
+//! the loop that hears it calls [`Shutdown::trigger`] from ordinary code.
+//! That is how asyncio's `add_signal_handler` wakes its loop too, and it
+//! keeps a server of one event loop one thread, as tokio's current-thread
+//! runtime is.
+//!
+//! A blocking model has no loop to watch the bell with. It registers hooks
+//! instead: `shutdown(2)` of its sockets, which makes a thread blocked in
+//! `accept()`, `read()` or `write()` return at once; and when signals are
+//! in play, one thread waits for the bell on its behalf.
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::epoll::{Events, Interest, Poller};
+
 type Hook = Box<dyn FnOnce() + Send>;
 
 /// A cloneable handle that stops a server.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Shutdown {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     triggered: AtomicBool,
     state: Mutex<State>,
     changed: Condvar,
+    /// The end of the bell that pollers watch (through duplicates).
+    bell: UnixStream,
+    /// The end that rings it: one byte, written by `trigger` or a signal
+    /// handler.
+    ringer: UnixStream,
 }
 
 #[derive(Default)]
@@ -48,12 +64,40 @@ pub struct HookGuard {
 
 impl Shutdown {
     /// A handle that has not been triggered.
-    pub fn new() -> Self {
-        Self::default()
+    ///
+    /// # Errors
+    /// If the bell's socket pair cannot be made (out of descriptors).
+    pub fn new() -> io::Result<Self> {
+        let (bell, ringer) = UnixStream::pair()?;
+        bell.set_nonblocking(true)?;
+        // A full bell is already ringing: a write must never block.
+        ringer.set_nonblocking(true)?;
+        Ok(Shutdown {
+            inner: Arc::new(Inner {
+                triggered: AtomicBool::new(false),
+                state: Mutex::default(),
+                changed: Condvar::new(),
+                bell,
+                ringer,
+            }),
+        })
     }
 
-    /// Stops the server: sets the flag, runs every registered hook once, and
-    /// wakes every [`Shutdown::sleep`]. Later calls do nothing.
+    /// A descriptor for a poller to watch: readable from the moment the
+    /// shutdown is triggered or a signal asks for it, and from then on.
+    /// Never read from it (the byte in it is every watcher's), and delete it
+    /// from the poller before dropping it: epoll forgets a descriptor only
+    /// when every duplicate of it is closed.
+    ///
+    /// # Errors
+    /// If the descriptor cannot be duplicated.
+    pub fn bell(&self) -> io::Result<UnixStream> {
+        self.inner.bell.try_clone()
+    }
+
+    /// Stops the server: sets the flag, rings the bell, runs every
+    /// registered hook once, and wakes every [`Shutdown::sleep`]. Later
+    /// calls do nothing.
     pub fn trigger(&self) {
         let hooks = {
             let mut state = self.inner.lock();
@@ -62,6 +106,9 @@ impl Shutdown {
             }
             std::mem::take(&mut state.hooks)
         };
+        // After the flag: a loop that hears the bell sees the flag set. A
+        // failed write means the bell is full, so already ringing.
+        let _ = (&self.inner.ringer).write(&[1]);
         self.inner.changed.notify_all();
         for hook in hooks.into_values() {
             hook();
@@ -122,29 +169,50 @@ impl Drop for HookGuard {
     }
 }
 
-/// Triggers `shutdown` on the first SIGINT or SIGTERM, from a thread of its
-/// own (the signal handler itself only writes to a pipe). A second signal
-/// ends the process at once, for a user who does not want to wait.
+/// Rings `shutdown`'s bell on SIGINT and SIGTERM; a second signal ends the
+/// process at once, for a user who does not want to wait.
+///
+/// The handler only writes a byte. Event loops hear the bell themselves and
+/// call [`Shutdown::trigger`]. The blocking models cannot: pass
+/// `watcher: true` for them, and a thread of its own waits for the bell and
+/// triggers the shutdown.
 ///
 /// # Errors
-/// If the signal handlers cannot be installed.
-pub fn trigger_on_signals(shutdown: &Shutdown) -> anyhow::Result<()> {
+/// If the handlers cannot be installed or the thread cannot start.
+pub fn trigger_on_signals(shutdown: &Shutdown, watcher: bool) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .context("installing signal handlers")?;
-    let shutdown = shutdown.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut signals = signals.forever();
-            if signals.next().is_some() {
-                shutdown.trigger();
-            }
-            if let Some(signal) = signals.next() {
-                std::process::exit(128 + signal);
-            }
-        })
-        .context("starting the signal thread")?;
+    use signal_hook::{flag, low_level::pipe};
+    let signalled = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // Registered before the flag is: the first signal finds it unset.
+        flag::register_conditional_shutdown(signal, 128 + signal, signalled.clone())
+            .and_then(|_| flag::register(signal, signalled.clone()))
+            .and_then(|_| pipe::register(signal, shutdown.inner.ringer.try_clone()?))
+            .context("installing signal handlers")?;
+    }
+    if watcher {
+        let bell = shutdown.bell().context("starting the signal watcher")?;
+        let poller = Poller::new().context("starting the signal watcher")?;
+        poller
+            .add(&bell, 0, Interest::READ)
+            .context("starting the signal watcher")?;
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut events = Events::new();
+                loop {
+                    match poller.wait(&mut events, None) {
+                        // Interrupted (by a signal, which rings the bell).
+                        Ok(0) => {}
+                        Ok(_) => break shutdown.trigger(),
+                        Err(e) => break eprintln!("echo-lab: the signal watcher failed: {e}"),
+                    }
+                }
+                let _ = poller.delete(&bell);
+            })
+            .context("starting the signal watcher")?;
+    }
     Ok(())
 }
 
@@ -153,9 +221,35 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
+    /// Events a fresh poller reports for `bell` without waiting.
+    fn rings(bell: &UnixStream) -> usize {
+        let poller = Poller::new().unwrap();
+        poller.add(bell, 0, Interest::READ).unwrap();
+        let mut events = Events::new();
+        let ready = poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
+        poller.delete(bell).unwrap();
+        ready
+    }
+
+    /// The bell is silent until the trigger, then readable for every
+    /// watcher, however many look and however often.
+    #[test]
+    fn the_bell_rings_on_trigger_and_keeps_ringing() {
+        let shutdown = Shutdown::new().unwrap();
+        let (first, second) = (shutdown.bell().unwrap(), shutdown.bell().unwrap());
+        assert_eq!(rings(&first), 0);
+        shutdown.trigger();
+        shutdown.trigger();
+        for _ in 0..2 {
+            assert_eq!(rings(&first), 1);
+            assert_eq!(rings(&second), 1);
+        }
+        assert!(shutdown.is_triggered());
+    }
+
     #[test]
     fn hooks_run_once_and_late_hooks_run_at_once() {
-        let shutdown = Shutdown::new();
+        let shutdown = Shutdown::new().unwrap();
         let runs = Arc::new(AtomicUsize::new(0));
         let counter = runs.clone();
         let _guard = shutdown.on_trigger(move || {
@@ -173,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_dropped_guard_removes_its_hook() {
-        let shutdown = Shutdown::new();
+        let shutdown = Shutdown::new().unwrap();
         let runs = Arc::new(AtomicUsize::new(0));
         let counter = runs.clone();
         drop(shutdown.on_trigger(move || {
@@ -185,7 +279,7 @@ mod tests {
 
     #[test]
     fn sleep_ends_early_when_triggered() {
-        let shutdown = Shutdown::new();
+        let shutdown = Shutdown::new().unwrap();
         let trigger = shutdown.clone();
         let thread = std::thread::spawn(move || trigger.trigger());
         assert!(shutdown.sleep(Duration::from_secs(60)));

@@ -165,6 +165,26 @@ fn sigint_exits_cleanly(mode: Mode) {
     assert!(stderr.contains("shutting down after"), "stderr: {stderr}");
 }
 
+/// A second signal ends the process at once, without the orderly shutdown
+/// the first one began. Both arrive while the server is stopped, so the
+/// second lands before any code of ours has run since the first.
+fn a_second_signal_exits_at_once(mode: Mode) {
+    let server = BinaryServer::start(&["--mode", mode.name(), "--quiet"]);
+    let pid = server.child.id() as i32;
+    for signal in [libc::SIGSTOP, libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: kill(2) with the pid of our own child; no memory involved.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGCONT, Duration::from_secs(2));
+    // 128 + the signal number, whichever of the two the kernel delivered
+    // second.
+    assert!(
+        [Some(128 + libc::SIGTERM), Some(128 + libc::SIGINT)].contains(&status.code()),
+        "{status:?}, stderr: {stderr}"
+    );
+    assert!(!stderr.contains("shutting down after"), "stderr: {stderr}");
+}
+
 /// Under a limit of 48 descriptors with 150 clients knocking, accept fails
 /// with EMFILE: the server must neither crash nor spin, must say so once per
 /// burst, and must serve again once the clients leave. (The sequential model
@@ -214,6 +234,7 @@ macro_rules! conformance {
             #[test] fn idle_timeout_disconnects_silent_clients() { super::idle_timeout_disconnects_silent_clients($value) }
             #[test] fn sigterm_with_clients_exits_cleanly() { super::sigterm_with_clients_exits_cleanly($value) }
             #[test] fn sigint_exits_cleanly() { super::sigint_exits_cleanly($value) }
+            #[test] fn a_second_signal_exits_at_once() { super::a_second_signal_exits_at_once($value) }
             #[test] fn out_of_descriptors_backs_off_and_recovers() { super::out_of_descriptors_backs_off_and_recovers($value) }
         }
     )*};

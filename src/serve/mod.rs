@@ -15,6 +15,7 @@
 //! [`buffers`] is what the last two share: read buffers a loop lends to its
 //! tasks only while they hold data.
 
+use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -156,13 +157,16 @@ pub struct Context {
 
 impl Context {
     /// A context with a fresh shutdown handle and fresh counters.
-    pub fn new(config: Config) -> Self {
+    ///
+    /// # Errors
+    /// If the shutdown's bell cannot be made (out of descriptors).
+    pub fn new(config: Config) -> io::Result<Self> {
         let stats = Stats::new(config.quiet, config.max_connections.get());
-        Context {
+        Ok(Context {
             config,
-            shutdown: Shutdown::new(),
+            shutdown: Shutdown::new()?,
             stats,
-        }
+        })
     }
 }
 
@@ -290,7 +294,7 @@ impl Server {
     pub fn start(mode: Mode, addr: &HostPort, config: Config) -> anyhow::Result<Server> {
         let listeners = bind(mode, addr, &config)?;
         let addr = listeners.local_addr()?;
-        let ctx = Arc::new(Context::new(config));
+        let ctx = Arc::new(Context::new(config)?);
         let thread_ctx = ctx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{mode}-server"))

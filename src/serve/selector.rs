@@ -30,8 +30,9 @@
 //!
 //! Its limit: handlers run one at a time on one thread, so a handler that
 //! computes for a long time stalls every other client; and one core is all
-//! it uses. Shutdown: the signal side calls `Poller::notify()`, the loop
-//! wakes, sees the flag, deletes and closes every socket.
+//! it uses. Shutdown: the loop watches the shutdown's bell like a socket
+//! (a signal rings it); its handler triggers the shutdown, and the loop
+//! deletes and closes every socket.
 //!
 //! Next: [`super::statemachine`], the same loop driving generator-like tasks.
 //!
@@ -39,7 +40,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -61,6 +61,8 @@ pub const MAX_UNSENT: usize = 64 * 1024;
 enum Handler {
     /// The listener is readable: accept the waiting clients.
     Accept,
+    /// The shutdown bell rang (a signal, or `Shutdown::trigger`): stop.
+    Stop,
     /// A client is readable or writable: echo what can be echoed.
     Echo(Connection),
 }
@@ -83,16 +85,15 @@ struct Connection {
 /// # Errors
 /// If the poller fails or the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
-    let poller = Arc::new(Poller::new()?);
-    let waker = poller.clone();
-    let _wake = ctx.shutdown.on_trigger(move || {
-        let _ = waker.notify();
-    });
+    let poller = Poller::new()?;
+    let bell = ctx.shutdown.bell()?;
     let mut handlers = Slab::new();
     let listener_key = handlers.insert(Handler::Accept);
-    // A source is deleted from the poller before it closes: the listener at
-    // the end of this function, every client in `close`.
+    let bell_key = handlers.insert(Handler::Stop);
+    // A source is deleted from the poller before it closes: the listener
+    // and the bell at the end of this function, every client in `close`.
     poller.add(&listener, listener_key, Interest::READ)?;
+    poller.add(&bell, bell_key, Interest::READ)?;
 
     let mut selector = Selector {
         poller: &poller,
@@ -109,6 +110,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     };
     let served = selector.serve();
     selector.close_all();
+    poller.delete(&bell)?;
     poller.delete(&listener)?;
     served
 }
@@ -141,6 +143,7 @@ impl Selector<'_> {
             for event in events.iter() {
                 match self.handlers.get_mut(event.key) {
                     Some(Handler::Accept) => self.accept_clients()?,
+                    Some(Handler::Stop) => self.ctx.shutdown.trigger(),
                     Some(Handler::Echo(conn)) => {
                         if let Some(ending) =
                             conn.on_ready(event, now, self.poller, &mut self.buffer)

@@ -41,8 +41,9 @@
 //! it passes first.
 //!
 //! Its limit is the selector's: one thread, so a task that computes for a
-//! long time between two yields stalls every other task. Shutdown: the
-//! signal side calls `Poller::notify()`, the loop wakes, sees the flag, and
+//! long time between two yields stalls every other task. Shutdown: one
+//! more task, [`Stopper`], waits to read the shutdown's bell (which a
+//! signal rings) and triggers the shutdown; the loop sees the flag and
 //! drops every task, deleting each socket from the poller first.
 //!
 //! Next: `async`, where the compiler writes these state machines for us.
@@ -53,7 +54,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -64,6 +65,7 @@ use crate::epoll::{Events, Interest, Poller};
 use crate::net::{
     ACCEPT_BACKOFF, AcceptFailure, Blocking, interrupted, prepare_stream, would_block,
 };
+use crate::shutdown::Shutdown;
 use crate::stats::{Ending, Stats};
 
 /// What a task yields when it cannot go on.
@@ -129,6 +131,11 @@ pub trait Coroutine<'a> {
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let buffers = BufferPool::new();
     let mut event_loop = EventLoop::new(ctx)?;
+    event_loop.create_task(Box::new(Stopper {
+        bell: ctx.shutdown.bell()?,
+        shutdown: &ctx.shutdown,
+        listening: false,
+    }));
     event_loop.create_task(Box::new(Acceptor {
         listener: &listener,
         ctx,
@@ -151,7 +158,7 @@ struct Slot<'a> {
 /// The notes' `EventLoop`: a run queue, a table of suspended tasks, and the
 /// poller that says which of them may resume.
 pub struct EventLoop<'a> {
-    poller: Arc<Poller>,
+    poller: Poller,
     tasks: Slab<Slot<'a>>,
     /// Tasks ready to resume, and why (the notes' `tasks_to_run`).
     run_queue: VecDeque<(usize, Resume)>,
@@ -164,9 +171,8 @@ pub struct EventLoop<'a> {
 
 impl<'a> EventLoop<'a> {
     fn new(ctx: &'a Context) -> io::Result<Self> {
-        let poller = Arc::new(Poller::new()?);
         Ok(EventLoop {
-            poller,
+            poller: Poller::new()?,
             tasks: Slab::new(),
             run_queue: VecDeque::new(),
             timers: BTreeSet::new(),
@@ -187,14 +193,15 @@ impl<'a> EventLoop<'a> {
 
     /// Resume ready tasks, wait for the kernel, mark tasks ready, repeat.
     fn run(&mut self) -> io::Result<()> {
-        let waker = self.poller.clone();
-        let _wake = self.ctx.shutdown.on_trigger(move || {
-            let _ = waker.notify();
-        });
         let mut events = Events::new();
-        while !self.ctx.shutdown.is_triggered() {
+        loop {
             while let Some((key, how)) = self.run_queue.pop_front() {
                 self.step(key, how)?;
+            }
+            // Checked after the tasks ran: one of them (the Stopper) may
+            // have triggered the shutdown, and nothing would wake the wait.
+            if self.ctx.shutdown.is_triggered() {
+                return Ok(());
             }
             self.poller.wait(&mut events, self.timeout())?;
             for event in events.iter() {
@@ -218,7 +225,6 @@ impl<'a> EventLoop<'a> {
             }
             self.expire_timers(Instant::now());
         }
-        Ok(())
     }
 
     /// Resumes one task and files it under what it yields.
@@ -300,6 +306,30 @@ impl<'a> EventLoop<'a> {
         for key in keys {
             self.remove(key);
         }
+    }
+}
+
+/// Hears the shutdown's bell: `yield 'WAIT_READ', bell`, then trigger the
+/// shutdown. A signal only rings the bell; this task, run by the loop like
+/// any other, turns that into a stop, and the loop needs no second thread.
+struct Stopper<'a> {
+    bell: UnixStream,
+    shutdown: &'a Shutdown,
+    /// Has yielded already: being resumed now means the bell rang.
+    listening: bool,
+}
+
+impl<'a> Coroutine<'a> for Stopper<'a> {
+    fn resume(&mut self, _how: Resume, _spawn: &mut Vec<Box<dyn Coroutine<'a> + 'a>>) -> Wait {
+        if std::mem::replace(&mut self.listening, true) {
+            self.shutdown.trigger();
+            return Wait::Done;
+        }
+        Wait::Read { until: None }
+    }
+
+    fn source(&self) -> BorrowedFd<'_> {
+        self.bell.as_fd()
     }
 }
 

@@ -25,10 +25,10 @@
 //! - [`executor`]: tasks, wakers and the ready queue, and `block_on`.
 //!
 //! Its limit is every single-threaded loop's: a task that computes for a
-//! long time without awaiting stalls all the others. Shutdown: the signal
-//! side wakes the accept loop's waker (from another thread, so the executor
-//! is interrupted with `Poller::notify()`); the accept loop returns, and
-//! dropping the executor drops every client task, which closes its socket.
+//! long time without awaiting stalls all the others. Shutdown: the accept
+//! loop awaits the shutdown's bell (which a signal rings) beside the next
+//! client, triggers the shutdown when it hears it and returns; dropping the
+//! executor drops every client task, which closes its socket.
 //!
 //! Next: the tools that measure the five models side by side.
 //!
@@ -37,11 +37,11 @@
 pub mod executor;
 pub mod reactor;
 
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::pin::pin;
 use std::rc::Rc;
-use std::task::Poll;
 use std::time::Duration;
 
 use executor::{Either, Executor, Spawner, select};
@@ -49,7 +49,6 @@ use reactor::{Async, Reactor, TimedOut, sleep, timeout};
 
 use super::Context;
 use crate::net::{ACCEPT_BACKOFF, AcceptFailure, Blocking, prepare_stream};
-use crate::shutdown::{HookGuard, Shutdown};
 use crate::stats::{Ending, Stats};
 
 /// Serves every client from this thread until shutdown.
@@ -74,11 +73,16 @@ async fn accept_clients<'a>(
     reactor: &Rc<Reactor>,
     spawner: Spawner<'a>,
 ) -> io::Result<()> {
-    let mut stopped = triggered(&ctx.shutdown);
+    // A signal rings the bell; whoever hears it stops the server.
+    let bell = Async::new(ctx.shutdown.bell()?, reactor)?;
+    let mut rung = pin!(bell.readable());
     loop {
-        let accepted = match select(listener.accept(), &mut stopped).await {
+        let accepted = match select(listener.accept(), rung.as_mut()).await {
             Either::Left(accepted) => accepted,
-            Either::Right(()) => return Ok(()),
+            Either::Right(heard) => {
+                ctx.shutdown.trigger();
+                return heard;
+            }
         };
         match accepted {
             // Over the connection limit, the stream is dropped: closed.
@@ -91,10 +95,11 @@ async fn accept_clients<'a>(
                 AcceptFailure::Transient => {}
                 // Out of descriptors: an awaited pause, not a spin.
                 AcceptFailure::Exhausted => {
-                    if let Either::Right(()) =
-                        select(sleep(reactor, ACCEPT_BACKOFF), &mut stopped).await
+                    if let Either::Right(heard) =
+                        select(sleep(reactor, ACCEPT_BACKOFF), rung.as_mut()).await
                     {
-                        return Ok(());
+                        ctx.shutdown.trigger();
+                        return heard;
                     }
                 }
                 AcceptFailure::Fatal => return Err(e),
@@ -164,20 +169,4 @@ impl Drop for ConnectionLog<'_> {
         let ending = self.ending.take().unwrap_or(Ending::Shutdown);
         self.stats.disconnected(self.peer, self.bytes, ending);
     }
-}
-
-/// A future that completes when `shutdown` is triggered. The hook it leaves
-/// wakes the awaiting task from the signal thread.
-fn triggered(shutdown: &Shutdown) -> impl Future<Output = ()> + Unpin + '_ {
-    let mut hook: Option<HookGuard> = None;
-    poll_fn(move |cx| {
-        if shutdown.is_triggered() {
-            return Poll::Ready(());
-        }
-        if hook.is_none() {
-            let waker = cx.waker().clone();
-            hook = Some(shutdown.on_trigger(move || waker.wake()));
-        }
-        Poll::Pending
-    })
 }

@@ -281,6 +281,16 @@ impl<T: AsFd> Async<T> {
         &self.io
     }
 
+    /// Waits until the poller reports the socket readable, reading nothing:
+    /// asyncio's `add_reader`, as a future. Completes at once if a read
+    /// found it readable before and no read since said `WouldBlock`.
+    ///
+    /// # Errors
+    /// If the poller refuses to watch the socket.
+    pub async fn readable(&self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_io(cx, Direction::Read, |_| Ok(()))).await
+    }
+
     /// Runs `op` while the socket is known to be ready in `direction`;
     /// on `WouldBlock`, forgets that readiness and waits for the poller to report it again.
     fn poll_io<R>(
