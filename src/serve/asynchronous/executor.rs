@@ -172,8 +172,8 @@ impl<'a> Executor<'a> {
         });
         let waker = Waker::from(main_waker.clone());
         self.ready.push(MAIN);
+        self.admit_new_tasks();
         loop {
-            self.admit_new_tasks();
             // One tick: poll every task that was ready when it began. Tasks
             // woken during the tick run in the next one, after the reactor
             // has been asked (without blocking) what else is ready.
@@ -203,9 +203,11 @@ impl<'a> Executor<'a> {
                 } else {
                     self.poll_task(id);
                 }
-                self.admit_new_tasks();
             }
             drop(tick);
+            // Tasks spawned during the tick are queued before the wait
+            // below, which then only checks for readiness: they run next.
+            self.admit_new_tasks();
             self.ready.sleeping.store(true, Ordering::SeqCst);
             // Checked after announcing the sleep, so that a wake from
             // another thread either is seen here or notifies the poller.
