@@ -145,9 +145,9 @@ pub struct CompareArgs {
     #[arg(long)]
     pub shared_core: bool,
     /// Run the whole sweep this many times and print the median of each
-    /// cell. Servers run side by side for each connection count, in an
-    /// order rotated each repeat; ratios to a --baseline are medians of
-    /// per-repeat ratios.
+    /// cell: msg/s, p99, and the server's CPU time per message. Servers run
+    /// side by side for each connection count, in an order rotated each
+    /// repeat; ratios to a --baseline are medians of per-repeat ratios.
     #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=100))]
     pub repeat: u16,
     /// `--threads` for the one-thread models: event loops per server.
@@ -342,6 +342,7 @@ fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
         rate: args.rate,
         threads: usize::from(args.threads),
         pin_cpu: None,
+        server_pid: None,
     };
     bench::validate(&config)?;
     let bar = progress_bar();

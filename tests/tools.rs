@@ -26,6 +26,7 @@ fn short_bench(addr: HostPort, connections: usize) -> BenchConfig {
         rate: None,
         threads: 2,
         pin_cpu: None,
+        server_pid: None,
     }
 }
 
@@ -294,7 +295,8 @@ fn refused_connections_are_one_line() {
 }
 
 /// compare on two models (and a peer given with --also) writes the three
-/// files, with one row per server and connection count, in the order run.
+/// files, with one row per server and connection count, in the order run,
+/// each with the server's CPU use.
 #[test]
 fn compare_writes_json_csv_and_chart() {
     let out = std::env::temp_dir().join(format!("echo-lab-compare-{}", std::process::id()));
@@ -336,8 +338,17 @@ fn compare_writes_json_csv_and_chart() {
         .flat_map(|&c| ["sequential", "selector", "peer"].map(|s| (s.to_string(), c)))
         .collect();
     assert_eq!(keys, expected);
+    // compare started every server, so it measured their CPU use too.
+    for row in rows {
+        let cpu = row["results"]["server_cpu"].as_f64();
+        assert!(cpu.is_some_and(|cpu| cpu > 0.0), "{row}");
+    }
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 6, "{csv}");
+    assert!(
+        csv.lines().next().unwrap().ends_with(",server_cpu"),
+        "{csv}"
+    );
     let svg = std::fs::read_to_string(out.join("throughput.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("selector") && svg.contains("peer"));
     assert!(

@@ -81,6 +81,9 @@ pub struct BenchConfig {
     pub threads: usize,
     /// Run the client threads on this CPU.
     pub pin_cpu: Option<usize>,
+    /// A server process on this machine whose CPU use to measure over the
+    /// same window (`compare` sets it for the servers it starts).
+    pub server_pid: Option<u32>,
 }
 
 fn display<S: serde::Serializer>(value: &HostPort, s: S) -> Result<S::Ok, S::Error> {
@@ -142,6 +145,9 @@ pub struct BenchResults {
     pub skipped_sends: u64,
     /// The client's own CPU use over the measured window, in cores.
     pub client_cpu: f64,
+    /// The server's CPU use over the same window, in cores, when its
+    /// process was given (`server_pid`) and could be read.
+    pub server_cpu: Option<f64>,
 }
 
 impl BenchResults {
@@ -262,12 +268,14 @@ pub fn run(
                 scope.spawn(move || Worker::new(config, share, window, echoed)?.run())
             })
             .collect();
-        // Sample our CPU use at the edges of the measured window.
+        // Sample CPU use, ours and the server's, at the edges of the
+        // measured window: sleep no further than the next edge.
+        let sample = || (cpu_time(), config.server_pid.and_then(process_cpu_time));
         let mut cpu_from = None;
         loop {
             let now = Instant::now();
             if cpu_from.is_none() && now >= window.measure_from {
-                cpu_from = Some(cpu_time());
+                cpu_from = Some(sample());
             }
             if now >= window.end {
                 break;
@@ -277,9 +285,18 @@ pub fn run(
                 (now - window.start).as_secs_f64() / total,
                 echoed.load(Relaxed),
             );
-            std::thread::sleep(Duration::from_millis(100).min(window.end - now));
+            let edge = match cpu_from {
+                None => window.measure_from,
+                Some(_) => window.end,
+            };
+            std::thread::sleep(Duration::from_millis(100).min(edge.saturating_duration_since(now)));
         }
-        let cpu = cpu_time() - cpu_from.unwrap_or_else(cpu_time);
+        let (client_to, server_to) = sample();
+        let (client_from, server_from) = cpu_from.unwrap_or((client_to, server_to));
+        let cpu = client_to - client_from;
+        let server_cpu = server_from
+            .zip(server_to)
+            .map(|(from, to)| to.saturating_sub(from));
         let mut total = WorkerResult::new();
         for worker in workers {
             match worker.join() {
@@ -288,7 +305,9 @@ pub fn run(
             }
         }
         let seconds = (window.end - window.measure_from).as_secs_f64();
-        Ok(total.into_results(config, seconds, cpu.as_secs_f64() / seconds))
+        let mut results = total.into_results(config, seconds, cpu.as_secs_f64() / seconds);
+        results.server_cpu = server_cpu.map(|cpu| cpu.as_secs_f64() / seconds);
+        Ok(results)
     })?;
     results.connect_failures = connect_failures;
     if let Some(e) = first_failure {
@@ -510,6 +529,7 @@ impl WorkerResult {
             starved: self.starved,
             skipped_sends: self.skipped,
             client_cpu,
+            server_cpu: None,
         }
     }
 }
@@ -777,6 +797,18 @@ impl Drop for Worker<'_> {
 }
 
 /// User plus system CPU time of this process so far.
+/// CPU time that process `pid` has used so far, its threads' summed from
+/// `/proc/PID/task/*/schedstat` (nanoseconds, unlike the clock ticks of
+/// `/proc/PID/stat`). `None` if the process is gone or not ours to read.
+fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let mut nanos = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let schedstat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        nanos += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(nanos))
+}
+
 fn cpu_time() -> Duration {
     // SAFETY: getrusage writes into the struct we pass and nothing else.
     let usage = unsafe {

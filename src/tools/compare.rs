@@ -173,6 +173,7 @@ pub fn run(config: &CompareConfig, mut on_row: impl FnMut(&Row)) -> anyhow::Resu
             rate: None,
             threads: 1,
             pin_cpu: client_cpu,
+            server_pid: Some(server.child.id()),
         };
         let results = bench::run(&bench_config, |_, _| {})?;
         if let Err(e) = server.stop() {
@@ -392,6 +393,10 @@ pub struct Median {
     pub messages_per_sec: f64,
     /// Median p99 latency, in microseconds.
     pub p99_us: f64,
+    /// Median CPU time the server spent per echoed message, in
+    /// microseconds: what the message costs it, however busy the client
+    /// kept it. `None` when its CPU use could not be read.
+    pub server_us_per_msg: Option<f64>,
     /// The ratio to each baseline measured.
     pub ratios: Vec<Ratio>,
 }
@@ -437,6 +442,13 @@ pub fn medians(comparison: &Comparison, baselines: &[String]) -> Vec<Median> {
     };
     let rate = |r: &Row| r.results.messages_per_sec;
     let p99 = |r: &Row| r.results.latency_us.p99;
+    let server_us = |r: &Row| {
+        let results = &r.results;
+        let cpu = results
+            .server_cpu
+            .filter(|_| results.messages_per_sec > 0.0)?;
+        Some(cpu / results.messages_per_sec * 1e6)
+    };
     let mut medians = Vec::new();
     for server in servers {
         for &connections in &counts {
@@ -472,6 +484,8 @@ pub fn medians(comparison: &Comparison, baselines: &[String]) -> Vec<Median> {
                 connections,
                 messages_per_sec: median(runs.iter().map(|r| rate(r))),
                 p99_us: median(runs.iter().map(|r| p99(r))),
+                server_us_per_msg: Some(median(runs.iter().filter_map(|r| server_us(r))))
+                    .filter(|us| !us.is_nan()),
                 ratios,
             });
         }
@@ -494,8 +508,10 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 
 /// The medians as a markdown table, with a ratio column per baseline.
 pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
-    let mut out = String::from("| server | conns | msg/s (median) | p99 (median) |");
-    let mut rule = String::from("| --- | ---: | ---: | ---: |");
+    let mut out = String::from(
+        "| server | conns | msg/s (median) | p99 (median) | server CPU/msg (median) |",
+    );
+    let mut rule = String::from("| --- | ---: | ---: | ---: | ---: |");
     for b in baselines {
         out += &format!(" msg/s vs {b} (range over repeats) | p99 vs {b} |");
         rule += " ---: | ---: |";
@@ -504,8 +520,11 @@ pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
     out += &rule;
     out += "\n";
     for m in medians {
+        let server_cpu = m
+            .server_us_per_msg
+            .map_or_else(|| "-".to_owned(), |us| format!("{us:.2}µs"));
         out += &format!(
-            "| {} | {} | {:.0} | {:.3}ms |",
+            "| {} | {} | {:.0} | {:.3}ms | {server_cpu} |",
             m.server,
             m.connections,
             m.messages_per_sec,
@@ -554,12 +573,12 @@ fn write_files(comparison: &Comparison, dir: &Path) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(comparison)?;
     std::fs::write(dir.join("results.json"), json + "\n").context("writing results.json")?;
     let mut csv = String::from(
-        "server,connections,messages_per_sec,p50_us,p90_us,p99_us,p999_us,max_us,errors,connect_failures,served_connections,client_cpu\n",
+        "server,connections,messages_per_sec,p50_us,p90_us,p99_us,p999_us,max_us,errors,connect_failures,served_connections,client_cpu,server_cpu\n",
     );
     for row in &comparison.rows {
         let (r, l) = (&row.results, &row.results.latency_us);
         csv += &format!(
-            "{},{},{:.1},{},{},{},{},{},{},{},{},{:.3}\n",
+            "{},{},{:.1},{},{},{},{},{},{},{},{},{:.3},{}\n",
             row.server,
             row.connections,
             r.messages_per_sec,
@@ -571,7 +590,9 @@ fn write_files(comparison: &Comparison, dir: &Path) -> anyhow::Result<()> {
             r.errors,
             r.connect_failures,
             r.served_connections,
-            r.client_cpu
+            r.client_cpu,
+            r.server_cpu
+                .map_or_else(String::new, |cpu| format!("{cpu:.3}"))
         );
     }
     std::fs::write(dir.join("results.csv"), csv).context("writing results.csv")?;
@@ -607,6 +628,8 @@ mod tests {
     fn row(server: &str, repeat: usize, rate: f64, p99: f64) -> Row {
         let mut results = BenchResults {
             messages_per_sec: rate,
+            // Half a core: 5,000 µs per message at 100 msg/s.
+            server_cpu: Some(0.5),
             ..BenchResults::default()
         };
         results.latency_us.p99 = p99;
@@ -659,11 +682,11 @@ mod tests {
         assert_eq!(base.ratios[0].rate_range, (1.0, 1.0));
         let table = render_medians(&medians, &["base".to_owned()]);
         assert!(
-            table.contains("| ours | 10 | 110 | 0.009ms | 1.100 (0.88–1.10) | 0.900 |"),
+            table.contains("| ours | 10 | 110 | 0.009ms | 4545.45µs | 1.100 (0.88–1.10) | 0.900 |"),
             "{table}"
         );
         assert!(
-            table.contains("| base | 10 | 120 | 0.010ms | 1.000 | 1.000 |"),
+            table.contains("| base | 10 | 120 | 0.010ms | 4166.67µs | 1.000 | 1.000 |"),
             "{table}"
         );
     }
