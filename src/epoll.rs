@@ -3,11 +3,14 @@
 //! is on Linux: register a socket under a key with the directions of
 //! interest, then wait for a batch of `(key, readable, writable)`.
 //!
-//! Every registration is level-triggered: epoll reports a socket for as
+//! [`Poller::add`] registers level-triggered: epoll reports a socket for as
 //! long as it is ready, so a handler may read once per event and trust the
-//! next wait to report whatever it left. (Oneshot would cost an `epoll_ctl`
-//! to re-arm after every event; edge-triggered would force a read until
-//! `WouldBlock` after every message. Either is one more syscall per message.)
+//! next wait to report whatever it left. That is what the selector and the
+//! statemachine loop use. (Oneshot would cost an `epoll_ctl` to re-arm after
+//! every event, one more syscall per message.) [`Poller::add_edge_triggered`]
+//! reports changes only: cheaper for the kernel, but the caller must
+//! remember what is ready until a call says `WouldBlock`; the async
+//! reactor, like mio, does that bookkeeping.
 //!
 //! Why not the `polling` crate, which we began with: it is portable, and to
 //! be so it arms a timerfd and re-arms its wake-up eventfd around every
@@ -78,13 +81,18 @@ pub struct Event {
     pub readable: bool,
     /// A write will not block.
     pub writable: bool,
+    /// The peer shut its side down, or the socket failed: from now on a
+    /// read returns at once (end of stream or the error), however much was
+    /// read since. Edge-triggered registrations need this (see
+    /// [`Poller::add_edge_triggered`]).
+    pub read_closed: bool,
 }
 
 /// The key of the poller's own wake-up descriptor; never reported.
 const WAKE_KEY: u64 = u64::MAX;
 
 /// The most events one wait returns. More ready sockets than this wait for
-/// the next call, which is at once (level-triggered, they are still ready).
+/// the next call, which is at once (they are still queued in the kernel).
 const EVENTS_PER_WAIT: usize = 1024;
 
 /// An epoll instance and the eventfd that [`Poller::notify`] writes.
@@ -130,6 +138,7 @@ impl Events {
                 key: event.u64 as usize,
                 readable: failed || flags & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0,
                 writable: failed || flags & libc::EPOLLOUT != 0,
+                read_closed: failed || flags & libc::EPOLLRDHUP != 0,
             }
         })
     }
@@ -170,6 +179,29 @@ impl Poller {
     pub fn add(&self, source: &impl AsFd, key: usize, interest: Interest) -> io::Result<()> {
         let fd = source.as_fd().as_raw_fd();
         self.control(libc::EPOLL_CTL_ADD, fd, checked_key(key)?, interest.flags())
+    }
+
+    /// Watches `source` for reading and writing, edge-triggered, reporting
+    /// it under `key`: a wait reports each *change* to readable or writable
+    /// once, instead of reporting the socket for as long as it is ready.
+    /// This is mio's (and so tokio's) registration. The kernel no longer
+    /// re-polls every socket it reported at the next wait, and the
+    /// interest never needs an `epoll_ctl` again; in exchange the caller
+    /// must remember readiness until a call says `WouldBlock`, and must
+    /// remember [`Event::read_closed`]: a hang-up that arrived with the last
+    /// data raises no edge of its own once that data is read.
+    ///
+    /// # Errors
+    /// As [`Poller::add`].
+    pub fn add_edge_triggered(&self, source: &impl AsFd, key: usize) -> io::Result<()> {
+        let fd = source.as_fd().as_raw_fd();
+        let flags = Interest {
+            read: true,
+            write: true,
+        }
+        .flags()
+            | libc::EPOLLET as u32;
+        self.control(libc::EPOLL_CTL_ADD, fd, checked_key(key)?, flags)
     }
 
     /// Changes what a registered `source` is watched for.
@@ -380,10 +412,43 @@ mod tests {
             key: 7,
             readable: true,
             writable: false,
+            read_closed: false,
         };
         assert_eq!(wait_for(&poller, Duration::from_secs(10)), [ready]);
         // Level-triggered: still there, because nobody read it.
         assert_eq!(wait_for(&poller, Duration::ZERO), [ready]);
+    }
+
+    /// Edge-triggered: each change is reported once, and a hang-up is
+    /// reported as `read_closed`, however much data is unread.
+    #[test]
+    fn edge_triggered_reports_changes_once_and_a_hang_up_with_its_data() {
+        let poller = Poller::new().unwrap();
+        let (mut client, server) = pair();
+        poller.add_edge_triggered(&server, 5).unwrap();
+        // Registering reports what is ready already: room to write.
+        let events = wait_for(&poller, Duration::from_secs(10));
+        assert_eq!(events.len(), 1);
+        assert!(events[0].writable && !events[0].readable);
+        assert!(wait_for(&poller, Duration::ZERO).is_empty());
+
+        client.write_all(b"x").unwrap();
+        let events = wait_for(&poller, Duration::from_secs(10));
+        assert!(events[0].readable && !events[0].read_closed);
+        // Nobody read it, yet it is not reported again: no new edge.
+        assert!(wait_for(&poller, Duration::ZERO).is_empty());
+
+        client.write_all(b"y").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        // The data and the FIN raise one edge or two; the last says both.
+        let last = loop {
+            let events = wait_for(&poller, Duration::from_secs(10));
+            assert_eq!(events.len(), 1, "one socket, one report per wait");
+            if events[0].read_closed {
+                break events[0];
+            }
+        };
+        assert!(last.readable);
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //! oneshot mode every event disarms the socket, and re-arming it costs an
 //! `epoll_ctl` per message; edge-triggered mode never reports a socket again
 //! until new data arrives, so each handler would have to read until
-//! `WouldBlock`, one wasted `read` per message. Level-triggered, a socket
+//! `WouldBlock` (one wasted `read` per message) or remember what it left
+//! unread (the async reactor's bookkeeping). Level-triggered, a socket
 //! stays registered with the interest it needs, the handler reads once, and
 //! whatever it leaves is reported again by the next wait. A steady exchange
 //! costs one `read`, one `write` and a share of one wait.

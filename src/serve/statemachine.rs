@@ -42,7 +42,7 @@
 //!
 //! Its limit is the selector's: one thread, so a task that computes for a
 //! long time between two yields stalls every other task. Shutdown: one
-//! more task, [`Stopper`], waits to read the shutdown's bell (which a
+//! more task, `Stopper`, waits to read the shutdown's bell (which a
 //! signal rings) and triggers the shutdown; the loop sees the flag and
 //! drops every task, deleting each socket from the poller first.
 //!

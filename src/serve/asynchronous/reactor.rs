@@ -7,16 +7,19 @@
 //! future clears the flag, leaves its waker with the socket, and returns
 //! `Pending`. The next readiness event sets the flag and wakes that waker.
 //!
-//! Registrations are level-triggered with lazy interest. Oneshot mode would
-//! cost an `epoll_ctl` to re-arm after every event; edge-triggered mode
-//! would force a read until `WouldBlock` after every message (an extra
-//! syscall each), because a FIN that arrives with the last data raises no
-//! edge of its own. Level-triggered, a socket is reported for as long as it
-//! has data or EOF pending, so a read that returns less than asked can
-//! safely forget readiness. Interest in a direction stays on while tasks
-//! keep waiting on it (no `epoll_ctl` in a steady exchange); an event for a
-//! direction nobody waits on turns it off, so a socket whose task is busy
-//! elsewhere cannot make the loop spin; a task that must wait turns it on.
+//! Registrations are edge-triggered, as mio's are: a socket is added once
+//! for both directions and never touched again, and a wait reports only
+//! what changed. The selector and the statemachine loop use the
+//! level-triggered kind, which reports a socket for as long as it is ready;
+//! that costs the kernel a second look at every socket it reported, at the
+//! next wait, once per message (docs/performance.md measures it). Edges ask
+//! more of us instead: readiness is remembered here until a call says
+//! `WouldBlock`, nothing spins when nobody waits (an edge comes once), and
+//! a hang-up is remembered for good. That last one matters because of the
+//! short-read shortcut in [`Async::recv`]: a read that returns less than
+//! asked forgets readiness without the read that would say `WouldBlock`,
+//! and a FIN that arrived with the last data raises no edge of its own; the
+//! event that reported the data already said `read_closed`.
 //!
 //! In asyncio's terms this is the selector half of the event loop
 //! (`add_reader`/`add_writer`) plus `call_later`'s timer heap.
@@ -26,7 +29,7 @@ use std::collections::BTreeMap;
 use std::future::{Future, poll_fn};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::AsFd;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -35,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::epoll::{Events, Interest, Poller};
+use crate::epoll::{Events, Poller};
 use crate::net::{interrupted, would_block};
 use crate::serve::buffers::{BufferPool, Lease, TASK_BUFFER_SIZE};
 
@@ -50,17 +53,13 @@ pub struct Reactor {
     buffers: BufferPool,
 }
 
-/// One registered socket: what is known of its readiness, who waits, and
-/// what the poller watches for.
+/// One registered socket: what is known of its readiness, and who waits.
 struct Source {
     key: usize,
-    /// The socket's descriptor. Valid while the source is in the table:
-    /// `Drop for Async` removes it before the socket closes.
-    fd: RawFd,
-    /// What the poller is asked to report.
-    interest: Cell<Interest>,
     readable: Cell<bool>,
     writable: Cell<bool>,
+    /// The peer hung up (or the socket failed): reads never block again.
+    read_closed: Cell<bool>,
     reader: Waiter,
     writer: Waiter,
 }
@@ -127,24 +126,6 @@ impl Source {
         self.ready(direction).set(true);
         self.waiter(direction).wake()
     }
-
-    /// Asks the poller to report `direction` (or not), if that changes
-    /// anything.
-    fn watch(&self, poller: &Poller, direction: Direction, on: bool) -> io::Result<()> {
-        let mut wanted = self.interest.get();
-        match direction {
-            Direction::Read => wanted.read = on,
-            Direction::Write => wanted.write = on,
-        }
-        if wanted == self.interest.get() {
-            return Ok(());
-        }
-        // SAFETY: see `fd`; the descriptor is open while we are registered.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        poller.modify(&fd, self.key, wanted)?;
-        self.interest.set(wanted);
-        Ok(())
-    }
 }
 
 impl Reactor {
@@ -202,14 +183,14 @@ impl Reactor {
             let Some(source) = self.sources.borrow().get(event.key).cloned() else {
                 continue;
             };
-            for (ready, direction) in [
-                (event.readable, Direction::Read),
-                (event.writable, Direction::Write),
-            ] {
-                // Ready, but nobody waits: stop watching until somebody does.
-                if ready && !source.wake(direction) {
-                    let _ = source.watch(&self.poller, direction, false);
-                }
+            if event.read_closed {
+                source.read_closed.set(true);
+            }
+            if event.readable {
+                source.wake(Direction::Read);
+            }
+            if event.writable {
+                source.wake(Direction::Write);
             }
         }
         self.fire_timers(Instant::now());
@@ -257,17 +238,15 @@ impl<T: AsFd> Async<T> {
         let entry = sources.vacant_entry();
         let source = Rc::new(Source {
             key: entry.key(),
-            fd: io.as_fd().as_raw_fd(),
-            // A new socket is watched for reading (a client speaks first)
-            // and assumed writable until a write says otherwise.
-            interest: Cell::new(Interest::READ),
+            // Registering reports whatever is ready already.
             readable: Cell::new(false),
-            writable: Cell::new(true),
+            writable: Cell::new(false),
+            read_closed: Cell::new(false),
             reader: Waiter::default(),
             writer: Waiter::default(),
         });
         // `Drop for Async` deletes the source before `io` closes.
-        reactor.poller.add(&io, source.key, Interest::READ)?;
+        reactor.poller.add_edge_triggered(&io, source.key)?;
         entry.insert(source.clone());
         Ok(Async {
             io,
@@ -301,9 +280,6 @@ impl<T: AsFd> Async<T> {
     ) -> Poll<io::Result<R>> {
         loop {
             if !self.source.ready(direction).get() {
-                if let Err(e) = self.source.watch(&self.reactor.poller, direction, true) {
-                    return Poll::Ready(Err(e));
-                }
                 self.source.waiter(direction).wait(cx.waker());
                 return Poll::Pending;
             }
@@ -356,10 +332,14 @@ impl Async<TcpStream> {
             });
             // A read that did not fill the buffer emptied the socket: the
             // next read would say WouldBlock, so skip it and wait for the
-            // poller. Saves one syscall per message; safe because the
-            // poller is level-triggered and reports any data or EOF left.
+            // poller. Saves one syscall per message. Safe because data that
+            // arrives after this read raises a new edge, and an end of
+            // stream that arrived before it was reported with the data.
             if let Poll::Ready(Ok(data)) = &result {
-                if !data.is_empty() && data.len() < TASK_BUFFER_SIZE {
+                if !data.is_empty()
+                    && data.len() < TASK_BUFFER_SIZE
+                    && !self.source.read_closed.get()
+                {
                     self.source.readable.set(false);
                 }
             }
@@ -489,7 +469,7 @@ mod tests {
     }
 
     /// A readiness wakes a waiting task once; with nobody waiting, it
-    /// reports so (and the reactor stops watching that direction).
+    /// reports so.
     #[test]
     fn a_waiter_is_woken_once_per_wait() {
         let waiter = Waiter::default();
