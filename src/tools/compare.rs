@@ -533,7 +533,10 @@ pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
         for b in baselines {
             match m.ratios.iter().find(|r| &r.baseline == b) {
                 Some(r) if r.rate_range.0 < r.rate_range.1 => {
-                    let (low, high) = r.rate_range;
+                    // Rounded outward, so that the range printed contains
+                    // the median printed beside it.
+                    let low = (r.rate_range.0 * 100.0 + 1e-9).floor() / 100.0;
+                    let high = (r.rate_range.1 * 100.0 - 1e-9).ceil() / 100.0;
                     out += &format!(" {:.3} ({low:.2}–{high:.2}) | {:.3} |", r.rate, r.p99);
                 }
                 Some(r) => out += &format!(" {:.3} | {:.3} |", r.rate, r.p99),
@@ -682,7 +685,7 @@ mod tests {
         assert_eq!(base.ratios[0].rate_range, (1.0, 1.0));
         let table = render_medians(&medians, &["base".to_owned()]);
         assert!(
-            table.contains("| ours | 10 | 110 | 0.009ms | 4545.45µs | 1.100 (0.88–1.10) | 0.900 |"),
+            table.contains("| ours | 10 | 110 | 0.009ms | 4545.45µs | 1.100 (0.87–1.10) | 0.900 |"),
             "{table}"
         );
         assert!(
