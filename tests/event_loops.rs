@@ -159,9 +159,7 @@ fn one_loop_is_one_thread() {
         let server = BinaryServer::start(&["--mode", mode.name(), "--quiet"]);
         let mut client = connect(server.addr);
         assert_echo(&mut client, b"one thread");
-        let threads = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
-            .unwrap()
-            .count();
+        let threads = server.threads();
         assert_eq!(threads, 1, "{mode}");
         let (status, _, stderr) = server.signal_and_wait(libc::SIGINT, Duration::from_secs(2));
         assert_eq!(status.code(), Some(0), "{mode}: {stderr}");
@@ -179,9 +177,7 @@ fn several_loops_share_one_port() {
         for (i, client) in clients.iter_mut().enumerate() {
             assert_echo(client, format!("client {i:02}").as_bytes());
         }
-        let threads = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
-            .unwrap()
-            .count();
+        let threads = server.threads();
         assert!(
             threads >= 3,
             "{mode}: main and 2 loops expected, found {threads} threads"

@@ -216,6 +216,12 @@ impl BinaryServer {
         }
     }
 
+    /// Threads the process runs right now.
+    pub fn threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .map_or(0, |tasks| tasks.count())
+    }
+
     /// CPU time (user + system) the process has used so far.
     pub fn cpu_time(&self) -> Duration {
         cpu_time(self.child.id())

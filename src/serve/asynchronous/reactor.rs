@@ -120,11 +120,10 @@ impl Source {
         }
     }
 
-    /// Marks `direction` ready and wakes whoever waits for it. Returns
-    /// whether anybody did.
-    fn wake(&self, direction: Direction) -> bool {
+    /// Marks `direction` ready and wakes whoever waits for it.
+    fn wake(&self, direction: Direction) {
         self.ready(direction).set(true);
-        self.waiter(direction).wake()
+        self.waiter(direction).wake();
     }
 }
 
