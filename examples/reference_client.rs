@@ -38,6 +38,7 @@ fn main() -> std::io::Result<()> {
             events: libc::EPOLLIN as u32,
             u64: i as u64,
         };
+        // SAFETY: epoll_ctl reads the event we pass; the stream is open.
         unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, stream.as_raw_fd(), &mut event) };
         streams.push(stream);
     }
@@ -52,6 +53,8 @@ fn main() -> std::io::Result<()> {
         if now >= end {
             break;
         }
+        // SAFETY: epoll_wait writes at most 1024 events into `events`,
+        // which holds 1024.
         let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 1024, 100) };
         for event in &events[..n.max(0) as usize] {
             let i = event.u64 as usize;

@@ -150,9 +150,10 @@ impl Poller {
     /// # Errors
     /// If the kernel refuses either descriptor (out of descriptors, say).
     pub fn new() -> io::Result<Poller> {
-        // SAFETY: plain system calls; each result is checked before it is
+        // SAFETY: a plain system call; its result is checked before it is
         // owned, and owned exactly once.
         let epoll = unsafe { owned(libc::epoll_create1(libc::EPOLL_CLOEXEC))? };
+        // SAFETY: as above.
         let wake = unsafe { owned(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))? };
         let poller = Poller {
             epoll,

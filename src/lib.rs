@@ -8,7 +8,9 @@
 //! 1. [`net`]: the one socket setup every model shares, and the kernel's
 //!    answers every model must handle (WouldBlock, EINTR, EMFILE);
 //!    [`epoll`], the readiness wait every event loop is built on.
-//! 2. [`shutdown`] and [`stats`]: how a server is stopped, and what it counts.
+//! 2. [`shutdown`] and [`stats`]: how a server is stopped, and what it counts;
+//!    [`sys`], the few system calls outside the poller (limits, CPU time,
+//!    placement, signals).
 //! 3. [`serve`]: the models, each in its own file, in the order of the
 //!    notes: [`serve::sequential`], [`serve::threadpool`],
 //!    [`serve::selector`], [`serve::statemachine`], [`serve::asynchronous`]
@@ -33,4 +35,5 @@ pub mod parse;
 pub mod serve;
 pub mod shutdown;
 pub mod stats;
+pub mod sys;
 pub mod tools;

@@ -176,39 +176,3 @@ pub fn connect(addr: &HostPort, timeout: Duration) -> anyhow::Result<TcpStream> 
         None => bail!("'{addr}' resolved to no address"),
     }
 }
-
-/// The soft limit on open descriptors.
-pub fn fd_limit() -> u64 {
-    // SAFETY: getrlimit writes into the struct we pass.
-    unsafe {
-        let mut limit = std::mem::zeroed::<libc::rlimit>();
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur
-    }
-}
-
-/// Raises the soft descriptor limit to the hard one, so that a client can
-/// open thousands of connections. Failing to is not fatal: connects then
-/// fail and are counted.
-pub fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
-    unsafe {
-        let mut limit = std::mem::zeroed::<libc::rlimit>();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
-/// Runs the calling thread on CPU `cpu` only (best effort).
-pub fn pin_current_thread(cpu: usize) {
-    // SAFETY: CPU_SET writes inside the set we own; sched_setaffinity with
-    // pid 0 affects only the calling thread.
-    unsafe {
-        let mut set = std::mem::zeroed::<libc::cpu_set_t>();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}

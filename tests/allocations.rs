@@ -3,6 +3,11 @@
 //! process, server threads included; the client side below allocates
 //! nothing while it measures, so any count is the server's.
 
+// This test counts every allocation of its process, so it is a binary of its
+// own, apart from the other tests (`tests/tests.rs`), and borrows only a few
+// of their helpers.
+#[path = "common.rs"]
+#[allow(dead_code, unused_macros)]
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -21,15 +26,18 @@ static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: our caller's contract for `alloc` is System's.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from System (every allocation goes there).
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `dealloc`; the rest is the caller's contract.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }

@@ -1,11 +1,9 @@
 //! The command line fails well: every bad input is one clear line on stderr
 //! and a non-zero exit, never a panic; help and version read well.
 
-mod common;
-
 use std::net::TcpListener;
 
-use common::run_binary;
+use crate::common::run_binary;
 
 /// Asserts a clean failure: the expected exit code, the expected words on
 /// stderr, and no panic or backtrace.

@@ -2,12 +2,10 @@
 //! whom waits. Asserted on order (who got an echo before whom left), never on
 //! how fast.
 
-mod common;
-
 use std::io::Write;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use echo_lab::serve::{Config, Mode};
 
 /// Long enough that a server which would answer does answer; only used to
@@ -82,14 +80,13 @@ fn threadpool_stops_accepting_when_the_queue_is_full() {
 
 /// The readiness-loop models: three clients connected at once are all
 /// echoed before any of them leaves.
-#[test]
-fn event_loops_serve_every_client_at_once() {
-    for mode in Mode::ONE_THREAD {
-        let server = start(mode);
-        let mut clients: Vec<_> = (0..3).map(|_| connect(server.addr())).collect();
-        for (i, client) in clients.iter_mut().enumerate() {
-            assert_echo(client, format!("client {i}").as_bytes());
-        }
-        assert_eq!(server.stats().active(), 3, "{mode}");
+fn event_loops_serve_every_client_at_once(mode: Mode) {
+    let server = start(mode);
+    let mut clients: Vec<_> = (0..3).map(|_| connect(server.addr())).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_echo(client, format!("client {i}").as_bytes());
     }
+    assert_eq!(server.stats().active(), 3, "{mode}");
 }
+
+every_model!(one_thread: event_loops_serve_every_client_at_once);

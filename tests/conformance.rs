@@ -1,15 +1,13 @@
 //! The echo contract (RFC 862 over TCP) that every model keeps, run against
 //! every model: each test body below runs once per mode, through
-//! `conformance!` at the bottom. A new model joins with one line there.
-
-mod common;
+//! `every_model!` at the bottom.
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use echo_lab::serve::{Config, Mode};
 use socket2::SockRef;
 
@@ -170,10 +168,8 @@ fn sigint_exits_cleanly(mode: Mode) {
 /// second lands before any code of ours has run since the first.
 fn a_second_signal_exits_at_once(mode: Mode) {
     let server = BinaryServer::start(&["--mode", mode.name(), "--quiet"]);
-    let pid = server.child.id() as i32;
     for signal in [libc::SIGSTOP, libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: kill(2) with the pid of our own child; no memory involved.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        echo_lab::sys::signal(server.child.id(), signal).unwrap();
     }
     let (status, _, stderr) = server.signal_and_wait(libc::SIGCONT, Duration::from_secs(2));
     // 128 + the signal number, whichever of the two the kernel delivered
@@ -220,30 +216,39 @@ fn out_of_descriptors_backs_off_and_recovers(mode: Mode) {
     }
 }
 
-macro_rules! conformance {
-    ($($mode:ident => $value:expr),* $(,)?) => {$(
-        mod $mode {
-            use super::*;
-            #[test] fn echoes_a_short_message() { super::echoes_a_short_message($value) }
-            #[test] fn echoes_every_byte_value() { super::echoes_every_byte_value($value) }
-            #[test] fn echoes_16_mib_full_duplex() { super::echoes_16_mib_full_duplex($value) }
-            #[test] fn echoes_byte_at_a_time() { super::echoes_byte_at_a_time($value) }
-            #[test] fn half_close_gets_the_rest_then_eof() { super::half_close_gets_the_rest_then_eof($value) }
-            #[test] fn resets_cost_nothing() { super::resets_cost_nothing($value) }
-            #[test] fn survives_500_quick_connections() { super::survives_500_quick_connections($value) }
-            #[test] fn idle_timeout_disconnects_silent_clients() { super::idle_timeout_disconnects_silent_clients($value) }
-            #[test] fn sigterm_with_clients_exits_cleanly() { super::sigterm_with_clients_exits_cleanly($value) }
-            #[test] fn sigint_exits_cleanly() { super::sigint_exits_cleanly($value) }
-            #[test] fn a_second_signal_exits_at_once() { super::a_second_signal_exits_at_once($value) }
-            #[test] fn out_of_descriptors_backs_off_and_recovers() { super::out_of_descriptors_backs_off_and_recovers($value) }
-        }
-    )*};
+/// A listener that breaks under a running server (here: shut down behind
+/// its back, so `accept()` fails with EINVAL) stops the server with an
+/// error, in every model, so that `serve` exits non-zero instead of
+/// pretending it shut down cleanly; the clients it held are let go.
+fn a_broken_listener_stops_the_server_with_an_error(mode: Mode) {
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let listeners = echo_lab::serve::bind(mode, &addr.into(), &quiet()).unwrap();
+    let listener = listeners.sockets()[0].try_clone().unwrap();
+    let server = echo_lab::serve::Server::start_on(mode, listeners, quiet()).unwrap();
+    let mut client = connect(server.addr());
+    assert_echo(&mut client, b"before");
+    if mode == Mode::Sequential {
+        // It is not accepting while it serves: the client leaves first.
+        drop(client);
+    }
+    SockRef::from(&listener).shutdown(Shutdown::Read).unwrap();
+    wait_until("the server stops by itself", || server.is_finished());
+    let ended = server.stop();
+    assert!(ended.is_err(), "{mode} ended with {ended:?}");
 }
 
-conformance! {
-    sequential => Mode::Sequential,
-    threadpool => Mode::Threadpool,
-    selector => Mode::Selector,
-    statemachine => Mode::Statemachine,
-    asynchronous => Mode::Async,
-}
+every_model!(
+    echoes_a_short_message,
+    echoes_every_byte_value,
+    echoes_16_mib_full_duplex,
+    echoes_byte_at_a_time,
+    half_close_gets_the_rest_then_eof,
+    resets_cost_nothing,
+    survives_500_quick_connections,
+    idle_timeout_disconnects_silent_clients,
+    sigterm_with_clients_exits_cleanly,
+    sigint_exits_cleanly,
+    a_second_signal_exits_at_once,
+    out_of_descriptors_backs_off_and_recovers,
+    a_broken_listener_stops_the_server_with_an_error,
+);

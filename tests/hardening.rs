@@ -3,8 +3,6 @@
 //! client got exactly its bytes, the server still serves, no descriptor
 //! leaked and memory stayed bounded.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::num::NonZeroUsize;
@@ -12,40 +10,32 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use echo_lab::serve::{Config, Mode};
 use socket2::SockRef;
 
 /// Clients over `--max-connections` are accepted and closed at once, and
 /// counted; once a client leaves, a new one is admitted.
-#[test]
-fn clients_over_the_limit_are_closed_at_once() {
-    for mode in [
-        Mode::Threadpool,
-        Mode::Selector,
-        Mode::Statemachine,
-        Mode::Async,
-    ] {
-        let server = start_with(
-            mode,
-            Config {
-                max_connections: NonZeroUsize::new(2).unwrap(),
-                ..quiet()
-            },
-        );
-        let mut first = connect(server.addr());
-        assert_echo(&mut first, b"one");
-        let mut second = connect(server.addr());
-        assert_echo(&mut second, b"two");
-        let mut third = connect(server.addr());
-        assert_closed_by_server(&mut third);
-        assert_eq!(server.stats().rejected(), 1, "{mode}");
-        drop(first);
-        wait_until("the first client is gone", || server.stats().active() == 1);
-        let mut fourth = connect(server.addr());
-        assert_echo(&mut fourth, b"four");
-        assert_echo(&mut second, b"two, still");
-    }
+fn clients_over_the_limit_are_closed_at_once(mode: Mode) {
+    let server = start_with(
+        mode,
+        Config {
+            max_connections: NonZeroUsize::new(2).unwrap(),
+            ..quiet()
+        },
+    );
+    let mut first = connect(server.addr());
+    assert_echo(&mut first, b"one");
+    let mut second = connect(server.addr());
+    assert_echo(&mut second, b"two");
+    let mut third = connect(server.addr());
+    assert_closed_by_server(&mut third);
+    assert_eq!(server.stats().rejected(), 1, "{mode}");
+    drop(first);
+    wait_until("the first client is gone", || server.stats().active() == 1);
+    let mut fourth = connect(server.addr());
+    assert_echo(&mut fourth, b"four");
+    assert_echo(&mut second, b"two, still");
 }
 
 /// A small deterministic random source (xorshift), so that a failure can be
@@ -231,20 +221,6 @@ fn chaos(mode: Mode) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-macro_rules! chaos_for_every_model {
-    ($($name:ident => $mode:expr),* $(,)?) => {$(
-        /// The chaos test, against this model.
-        #[test]
-        fn $name() {
-            chaos($mode)
-        }
-    )*};
-}
+every_model!(chaos);
 
-chaos_for_every_model! {
-    chaos_sequential => Mode::Sequential,
-    chaos_threadpool => Mode::Threadpool,
-    chaos_selector => Mode::Selector,
-    chaos_statemachine => Mode::Statemachine,
-    chaos_async => Mode::Async,
-}
+every_model!(concurrent: clients_over_the_limit_are_closed_at_once);

@@ -1,15 +1,13 @@
 //! The instruments: `client`, `probe`, `bench` and `compare`, run against
 //! real servers (ours, and deliberately wrong ones) over loopback.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use echo_lab::parse::HostPort;
 use echo_lab::serve::Mode;
 use echo_lab::tools::bench::{self, BenchConfig};
@@ -31,18 +29,14 @@ fn short_bench(addr: HostPort, connections: usize) -> BenchConfig {
 }
 
 /// bench against every model: echoes counted, every byte verified, no errors.
-#[test]
-fn bench_verifies_every_model() {
-    for mode in Mode::ALL {
-        let server = start(mode);
-        let connections = if mode == Mode::Sequential { 1 } else { 8 };
-        let results =
-            bench::run(&short_bench(server.addr().into(), connections), |_, _| {}).unwrap();
-        assert!(results.messages > 0, "{mode}: {results:?}");
-        assert_eq!(results.errors, 0, "{mode}: {results:?}");
-        assert_eq!(results.served_connections, connections as u64, "{mode}");
-        assert!(!results.failed(), "{mode}");
-    }
+fn bench_verifies_every_model(mode: Mode) {
+    let server = start(mode);
+    let connections = if mode == Mode::Sequential { 1 } else { 8 };
+    let results = bench::run(&short_bench(server.addr().into(), connections), |_, _| {}).unwrap();
+    assert!(results.messages > 0, "{mode}: {results:?}");
+    assert_eq!(results.errors, 0, "{mode}: {results:?}");
+    assert_eq!(results.served_connections, connections as u64, "{mode}");
+    assert!(!results.failed(), "{mode}");
 }
 
 /// bench's open loop keeps its schedule and verifies just the same.
@@ -384,3 +378,5 @@ fn compare_rejects_bad_lists() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+every_model!(bench_verifies_every_model);

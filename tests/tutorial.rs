@@ -20,14 +20,12 @@
 //!   makes the block a quotation: its lines (trimmed) must appear in PATH in
 //!   order and contiguously, except where a `// ...` line marks a gap.
 
-mod common;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::binary;
+use crate::common::binary;
 
 const ALLOWED_CARGO: [&str; 3] = [
     "cargo build --release",

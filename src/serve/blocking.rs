@@ -12,17 +12,18 @@ use std::sync::Arc;
 
 use socket2::SockRef;
 
+use super::accept::{Accepted, accept};
 use super::{Context, READ_BUFFER_SIZE};
-use crate::net::{ACCEPT_BACKOFF, AcceptFailure, Blocking, interrupted, prepare_stream};
+use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted};
 use crate::shutdown::HookGuard;
 use crate::stats::Ending;
 
 /// The clients a listener accepts, one after another, until shutdown.
 ///
-/// Accept failures are handled here, in one place: a failure that belongs to
-/// one vanished client is skipped, running out of descriptors backs off for
-/// [`ACCEPT_BACKOFF`], and a broken listener ends the iteration (see
-/// [`Clients::finish`]).
+/// Each client comes through the one accept step ([`super::accept`]); what
+/// is left here is the blocking way of waiting: running out of descriptors
+/// sleeps for [`ACCEPT_BACKOFF`], and a broken listener ends the iteration
+/// (see [`Clients::finish`]).
 pub struct Clients<'a> {
     listener: Arc<TcpListener>,
     ctx: &'a Context,
@@ -60,25 +61,22 @@ impl Iterator for Clients<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.ctx.shutdown.is_triggered() {
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    if self.ctx.stats.admit(peer) {
-                        return Some((stream, peer));
-                    }
-                    // Over the connection limit: dropping closes it.
-                }
+            match accept(&self.listener, &self.ctx.stats, Blocking::Yes) {
+                Accepted::Client(stream, peer) => return Some((stream, peer)),
                 // The listener was shut down to wake us: not a failure.
-                Err(_) if self.ctx.shutdown.is_triggered() => break,
-                Err(e) => match self.ctx.stats.accept_failed(&e) {
-                    AcceptFailure::Transient => {}
-                    AcceptFailure::Exhausted => {
-                        self.ctx.shutdown.sleep(ACCEPT_BACKOFF);
-                    }
-                    AcceptFailure::Fatal => {
-                        self.fatal = Some(e);
-                        break;
-                    }
-                },
+                Accepted::Fatal(_) if self.ctx.shutdown.is_triggered() => break,
+                // The listener is broken: stop the whole server, waking
+                // every thread blocked on a client, and report the error.
+                Accepted::Fatal(e) => {
+                    self.fatal = Some(e);
+                    self.ctx.shutdown.trigger();
+                    break;
+                }
+                Accepted::BackOff => {
+                    self.ctx.shutdown.sleep(ACCEPT_BACKOFF);
+                }
+                // A blocking listener waits instead of saying "empty".
+                Accepted::Empty => {}
             }
         }
         None
@@ -110,7 +108,6 @@ pub fn handle_client(stream: TcpStream, peer: SocketAddr, ctx: &Context) {
 /// Half-close needs no special case: everything read has been written back
 /// by the time `read()` reports the end of the stream with 0.
 fn echo(mut stream: &TcpStream, ctx: &Context, bytes: &mut u64) -> io::Result<()> {
-    prepare_stream(stream, Blocking::Yes)?;
     // With an idle timeout, a read (or a write to a client that stopped
     // reading) that waits longer fails with WouldBlock: we disconnect.
     stream.set_read_timeout(ctx.config.idle_timeout)?;

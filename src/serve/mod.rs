@@ -12,8 +12,9 @@
 //! 4. [`statemachine`]: the same loop driving hand-written generators.
 //! 5. [`asynchronous`]: async/await on an executor and reactor of our own.
 //!
-//! [`buffers`] is what the last two share: read buffers a loop lends to its
-//! tasks only while they hold data.
+//! [`accept`] is what all five share: the one accept step (admit, prepare,
+//! sort the failures). [`buffers`] is what the last two share: read buffers
+//! a loop lends to its tasks only while they hold data.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -29,6 +30,7 @@ use crate::parse::HostPort;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 
+pub mod accept;
 pub mod asynchronous;
 mod blocking;
 pub mod buffers;
@@ -202,6 +204,11 @@ impl Listeners {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.0[0].local_addr()
     }
+
+    /// The sockets, one per loop.
+    pub fn sockets(&self) -> &[TcpListener] {
+        &self.0
+    }
 }
 
 /// Binds the listeners `mode` needs on `addr`.
@@ -293,6 +300,14 @@ impl Server {
     /// As [`bind`].
     pub fn start(mode: Mode, addr: &HostPort, config: Config) -> anyhow::Result<Server> {
         let listeners = bind(mode, addr, &config)?;
+        Self::start_on(mode, listeners, config)
+    }
+
+    /// Starts `mode` on listeners already bound by [`bind`].
+    ///
+    /// # Errors
+    /// The shutdown's bell or the thread cannot be made.
+    pub fn start_on(mode: Mode, listeners: Listeners, config: Config) -> anyhow::Result<Server> {
         let addr = listeners.local_addr()?;
         let ctx = Arc::new(Context::new(config)?);
         let thread_ctx = ctx.clone();
@@ -314,6 +329,11 @@ impl Server {
     /// The server's counters.
     pub fn stats(&self) -> &Stats {
         &self.ctx.stats
+    }
+
+    /// Whether the server has stopped by itself (it failed).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Shuts the server down and returns how its run ended.

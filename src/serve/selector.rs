@@ -45,11 +45,10 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use super::accept::{Accepted, accept};
 use super::{Context, READ_BUFFER_SIZE};
 use crate::epoll::{Event, Events, Interest, Poller};
-use crate::net::{
-    ACCEPT_BACKOFF, AcceptFailure, Blocking, interrupted, prepare_stream, would_block,
-};
+use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted, would_block};
 use crate::stats::Ending;
 
 /// The most echoed bytes one client may leave unsent before we stop reading
@@ -173,36 +172,27 @@ impl Selector<'_> {
     /// Accepts every client waiting in the backlog (the notes' `accept`).
     fn accept_clients(&mut self) -> io::Result<()> {
         loop {
-            match self.listener.accept() {
-                Ok((stream, peer)) => self.register(stream, peer),
+            match accept(self.listener, &self.ctx.stats, Blocking::No) {
+                Accepted::Client(stream, peer) => self.register(stream, peer),
                 // The backlog is empty: wait for the next readiness event.
-                Err(e) if would_block(&e) => return Ok(()),
-                Err(e) => match self.ctx.stats.accept_failed(&e) {
-                    AcceptFailure::Transient => {}
-                    AcceptFailure::Exhausted => {
-                        // The pending client stays in the backlog, so the
-                        // listener stays readable: keep watching it and the
-                        // loop would spin. Stop watching it for a while.
-                        let key = self.listener_key;
-                        self.poller.modify(self.listener, key, Interest::NONE)?;
-                        self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
-                        return Ok(());
-                    }
-                    AcceptFailure::Fatal => return Err(e),
-                },
+                Accepted::Empty => return Ok(()),
+                Accepted::BackOff => {
+                    // The pending client stays in the backlog, so the
+                    // listener stays readable: keep watching it and the
+                    // loop would spin. Stop watching it for a while.
+                    let key = self.listener_key;
+                    self.poller.modify(self.listener, key, Interest::NONE)?;
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return Ok(());
+                }
+                Accepted::Fatal(e) => return Err(e),
             }
         }
     }
 
-    /// Adds a new client to the table and to the poller, interested in reading.
+    /// Adds an admitted client to the table and to the poller, interested
+    /// in reading.
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
-        if !self.ctx.stats.admit(peer) {
-            return; // Over the connection limit: dropping closes it.
-        }
-        if let Err(e) = prepare_stream(&stream, Blocking::No) {
-            self.ctx.stats.disconnected(peer, 0, Ending::Failed(e));
-            return;
-        }
         let entry = self.handlers.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poller.add(&stream, key, Interest::READ) {

@@ -50,6 +50,7 @@
 //!
 //! Tutorial: `docs/tutorial/4-generators-are-state-machines.md`.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -60,11 +61,10 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::Context;
+use super::accept::{Accepted, accept};
 use super::buffers::{BufferPool, Lease};
 use crate::epoll::{Events, Interest, Poller};
-use crate::net::{
-    ACCEPT_BACKOFF, AcceptFailure, Blocking, interrupted, prepare_stream, would_block,
-};
+use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted, would_block};
 use crate::shutdown::Shutdown;
 use crate::stats::{Ending, Stats};
 
@@ -130,6 +130,7 @@ pub trait Coroutine<'a> {
 /// If the poller fails or the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let buffers = BufferPool::new();
+    let fatal = Cell::new(None);
     let mut event_loop = EventLoop::new(ctx)?;
     event_loop.create_task(Box::new(Stopper {
         bell: ctx.shutdown.bell()?,
@@ -140,10 +141,14 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         listener: &listener,
         ctx,
         buffers: &buffers,
+        fatal: &fatal,
     }));
     let result = event_loop.run();
     event_loop.drop_every_task();
-    result
+    match fatal.take() {
+        Some(e) => Err(e),
+        None => result,
+    }
 }
 
 /// A task in the loop's table, and what it is suspended on.
@@ -339,32 +344,28 @@ struct Acceptor<'a> {
     ctx: &'a Context,
     /// Lent to client tasks while they hold data.
     buffers: &'a BufferPool,
+    /// Where the acceptor leaves the error of a broken listener for `run`.
+    fatal: &'a Cell<Option<io::Error>>,
 }
 
 impl<'a> Coroutine<'a> for Acceptor<'a> {
     fn resume(&mut self, _how: Resume, spawn: &mut Vec<Box<dyn Coroutine<'a> + 'a>>) -> Wait {
         loop {
-            match self.listener.accept() {
-                // Over the connection limit, the stream is dropped: closed.
-                Ok((stream, peer)) if !self.ctx.stats.admit(peer) => drop(stream),
-                Ok((stream, peer)) => match prepare_stream(&stream, Blocking::No) {
-                    Ok(()) => spawn.push(Box::new(Echo::new(stream, peer, self.ctx, self.buffers))),
-                    Err(e) => self.ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
-                },
-                Err(e) if would_block(&e) => return Wait::Read { until: None },
-                Err(e) => match self.ctx.stats.accept_failed(&e) {
-                    AcceptFailure::Transient => {}
-                    // Out of descriptors: sleep instead of spinning on a
-                    // listener that stays readable.
-                    AcceptFailure::Exhausted => {
-                        return Wait::Sleep(Instant::now() + ACCEPT_BACKOFF);
-                    }
-                    AcceptFailure::Fatal => {
-                        eprintln!("accept failed: {e}; stopping the server");
-                        self.ctx.shutdown.trigger();
-                        return Wait::Done;
-                    }
-                },
+            match accept(self.listener, &self.ctx.stats, Blocking::No) {
+                Accepted::Client(stream, peer) => {
+                    spawn.push(Box::new(Echo::new(stream, peer, self.ctx, self.buffers)));
+                }
+                Accepted::Empty => return Wait::Read { until: None },
+                // Out of descriptors: sleep instead of spinning on a
+                // listener that stays readable.
+                Accepted::BackOff => return Wait::Sleep(Instant::now() + ACCEPT_BACKOFF),
+                // The listener is broken: hand the error to `run`, which
+                // returns it once the shutdown has emptied the loop.
+                Accepted::Fatal(e) => {
+                    self.fatal.set(Some(e));
+                    self.ctx.shutdown.trigger();
+                    return Wait::Done;
+                }
             }
         }
     }

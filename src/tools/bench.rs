@@ -36,6 +36,7 @@ use serde::Serialize;
 use crate::epoll::{Events, Interest, Poller};
 use crate::net::{connect, interrupted, would_block};
 use crate::parse::HostPort;
+use crate::sys;
 
 /// The smallest message: 4 bytes of connection id and 8 of sequence number.
 pub const MIN_MESSAGE_SIZE: usize = 12;
@@ -186,7 +187,7 @@ impl Environment {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned()),
-            fd_limit: crate::net::fd_limit(),
+            fd_limit: sys::fd_limits().map_or(0, |(soft, _)| soft),
         }
     }
 }
@@ -238,7 +239,8 @@ pub fn run(
     mut on_progress: impl FnMut(f64, u64),
 ) -> anyhow::Result<BenchResults> {
     validate(config)?;
-    crate::net::raise_fd_limit();
+    // Best effort: past the limit, connects fail and are counted.
+    let _ = sys::raise_fd_limit();
     let Connected {
         streams,
         failures: connect_failures,
@@ -270,7 +272,12 @@ pub fn run(
             .collect();
         // Sample CPU use, ours and the server's, at the edges of the
         // measured window: sleep no further than the next edge.
-        let sample = || (cpu_time(), config.server_pid.and_then(process_cpu_time));
+        let sample = || {
+            (
+                sys::own_cpu_time(),
+                config.server_pid.and_then(sys::process_cpu_time),
+            )
+        };
         let mut cpu_from = None;
         loop {
             let now = Instant::now();
@@ -558,7 +565,7 @@ impl<'a> Worker<'a> {
         echoed: &'a AtomicU64,
     ) -> anyhow::Result<Self> {
         if let Some(cpu) = config.pin_cpu {
-            crate::net::pin_current_thread(cpu);
+            sys::pin_current_thread(cpu).with_context(|| format!("running on CPU {cpu}"))?;
         }
         let poller = Poller::new()?;
         // Each connection sends at rate / connections; their first messages
@@ -794,30 +801,6 @@ impl Drop for Worker<'_> {
             let _ = self.poller.delete(&conn.stream);
         }
     }
-}
-
-/// User plus system CPU time of this process so far.
-/// CPU time that process `pid` has used so far, its threads' summed from
-/// `/proc/PID/task/*/schedstat` (nanoseconds, unlike the clock ticks of
-/// `/proc/PID/stat`). `None` if the process is gone or not ours to read.
-fn process_cpu_time(pid: u32) -> Option<Duration> {
-    let mut nanos = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let schedstat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        nanos += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(Duration::from_nanos(nanos))
-}
-
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage writes into the struct we pass and nothing else.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// The text report.

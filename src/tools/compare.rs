@@ -24,6 +24,7 @@ use serde::Serialize;
 use super::bench::{self, BenchConfig, BenchResults, Environment};
 use crate::parse::HostPort;
 use crate::serve::Mode;
+use crate::sys;
 
 /// How long a server may take to start listening, and to stop after SIGTERM.
 pub const SERVER_PATIENCE: Duration = Duration::from_secs(10);
@@ -282,14 +283,7 @@ impl Launch {
         // Its own process group, so that SIGTERM reaches whatever it starts.
         command.process_group(0);
         if let Some(cpu) = cpu {
-            // SAFETY: between fork and exec only async-signal-safe calls are
-            // allowed; sched_setaffinity is a plain system call.
-            unsafe {
-                command.pre_exec(move || {
-                    crate::net::pin_current_thread(cpu);
-                    Ok(())
-                });
-            }
+            sys::pin_command(&mut command, cpu);
         }
         let mut server = ServerProcess {
             child: command.spawn().context("spawning the server")?,
@@ -349,9 +343,9 @@ impl ServerProcess {
     /// SIGTERM, then wait; a server that does not exit cleanly in time is
     /// killed and reported.
     fn stop(&mut self) -> anyhow::Result<()> {
-        let group = -(self.child.id() as i32);
-        // SAFETY: kill(2) on our child's process group.
-        unsafe { libc::kill(group, libc::SIGTERM) };
+        let leader = self.child.id();
+        // It may have exited already: the status below says how.
+        let _ = sys::signal_group(leader, libc::SIGTERM);
         let deadline = Instant::now() + SERVER_PATIENCE;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
@@ -364,8 +358,7 @@ impl ServerProcess {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        // SAFETY: as above.
-        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = sys::signal_group(leader, libc::SIGKILL);
         let _ = self.child.wait();
         bail!("still running {SERVER_PATIENCE:?} after SIGTERM; killed")
     }
@@ -374,8 +367,7 @@ impl ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: kill(2) on our child's process group.
-            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+            let _ = sys::signal_group(self.child.id(), libc::SIGKILL);
             let _ = self.child.wait();
         }
     }

@@ -48,7 +48,8 @@ use executor::{Either, Executor, Spawner, select};
 use reactor::{Async, Reactor, TimedOut, sleep, timeout};
 
 use super::Context;
-use crate::net::{ACCEPT_BACKOFF, AcceptFailure, Blocking, prepare_stream};
+use super::accept::{Accepted, sort};
+use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::stats::{Ending, Stats};
 
 /// Serves every client from this thread until shutdown.
@@ -84,33 +85,26 @@ async fn accept_clients<'a>(
                 return heard;
             }
         };
-        match accepted {
-            // Over the connection limit, the stream is dropped: closed.
-            Ok((stream, peer)) if !ctx.stats.admit(peer) => drop(stream),
-            Ok((stream, peer)) => match register(stream, reactor) {
+        match sort(accepted, &ctx.stats, Blocking::No) {
+            Some(Accepted::Client(stream, peer)) => match Async::new(stream, reactor) {
                 Ok(stream) => spawner.spawn(handle_client(stream, peer, ctx, reactor.clone())),
                 Err(e) => ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
             },
-            Err(e) => match ctx.stats.accept_failed(&e) {
-                AcceptFailure::Transient => {}
-                // Out of descriptors: an awaited pause, not a spin.
-                AcceptFailure::Exhausted => {
-                    if let Either::Right(heard) =
-                        select(sleep(reactor, ACCEPT_BACKOFF), rung.as_mut()).await
-                    {
-                        ctx.shutdown.trigger();
-                        return heard;
-                    }
+            // `Async::accept` waits out an empty backlog itself; a client
+            // that vanished or was turned away leaves nothing to do.
+            Some(Accepted::Empty) | None => {}
+            // Out of descriptors: an awaited pause, not a spin.
+            Some(Accepted::BackOff) => {
+                if let Either::Right(heard) =
+                    select(sleep(reactor, ACCEPT_BACKOFF), rung.as_mut()).await
+                {
+                    ctx.shutdown.trigger();
+                    return heard;
                 }
-                AcceptFailure::Fatal => return Err(e),
-            },
+            }
+            Some(Accepted::Fatal(e)) => return Err(e),
         }
     }
-}
-
-fn register(stream: TcpStream, reactor: &Rc<Reactor>) -> io::Result<Async<TcpStream>> {
-    prepare_stream(&stream, Blocking::No)?;
-    Async::new(stream, reactor)
 }
 
 /// The notes' `handle_client`: echo until the client leaves.

@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: start a server on port 0, talk
 //! to it with timeouts on every blocking call, run the real binary.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -137,7 +136,6 @@ impl BinaryServer {
     /// As [`BinaryServer::start`], with the server's descriptor limit (soft
     /// and hard) set to `fd_limit`, as `prlimit --nofile=N:N` would.
     pub fn start_with_fd_limit(args: &[&str], fd_limit: Option<u64>) -> BinaryServer {
-        use std::os::unix::process::CommandExt;
         let mut command = Command::new(binary());
         command
             .args(["serve", "--addr", "127.0.0.1:0"])
@@ -146,21 +144,7 @@ impl BinaryServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(limit) = fd_limit {
-            // SAFETY: setrlimit is async-signal-safe, as the code between
-            // fork and exec must be.
-            unsafe {
-                command.pre_exec(move || {
-                    let rlimit = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
+            echo_lab::sys::limit_descriptors(&mut command, limit);
         }
         let mut child = command.spawn().expect("start echo-lab");
         let stdout = child.stdout.take().unwrap();
@@ -198,9 +182,7 @@ impl BinaryServer {
         signal: i32,
         deadline: Duration,
     ) -> (std::process::ExitStatus, Duration, String) {
-        let pid = self.child.id() as i32;
-        // SAFETY: kill(2) with the pid of our own child; no memory involved.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        echo_lab::sys::signal(self.child.id(), signal).expect("signal the server");
         let sent = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -224,7 +206,7 @@ impl BinaryServer {
 
     /// CPU time (user + system) the process has used so far.
     pub fn cpu_time(&self) -> Duration {
-        cpu_time(self.child.id())
+        echo_lab::sys::process_cpu_time(self.child.id()).expect("the server's CPU time")
     }
 
     /// CPU time the server burns while the test waits `wait`: what an idle
@@ -258,19 +240,6 @@ pub fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// CPU time (user + system) used so far by process `pid`, from /proc.
-pub fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name, which is in parentheses and may hold
-    // spaces: state is field 3, utime 14 and stime 15.
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_millis(ticks * 1000 / per_second)
-}
-
 /// Runs the real binary with `args` to completion (bounded by [`PATIENCE`])
 /// and returns its exit code, stdout and stderr.
 pub fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
@@ -295,4 +264,48 @@ pub fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Makes a test of each function named, once per model: `every_model!(f)`
+/// turns `fn f(mode: Mode)` into a module `f` with a `#[test]` per model
+/// (`f::selector`, `f::asynchronous`, ...), so that a failing model never
+/// hides the others and each can be run alone. `every_model!(one_thread:
+/// f)` runs `f` on the one-thread models only, `every_model!(concurrent:
+/// f)` on every model that serves more than one client at once. A new model (or, later, a
+/// backend or a protocol) joins by one line here.
+macro_rules! every_model {
+    (concurrent: $($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [
+            threadpool => Threadpool,
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+        ]);)+
+    };
+    (one_thread: $($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+        ]);)+
+    };
+    ($($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [
+            sequential => Sequential,
+            threadpool => Threadpool,
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+        ]);)+
+    };
+    (@each $test:ident [$($name:ident => $mode:ident),+ $(,)?]) => {
+        mod $test {
+            $(
+                #[test]
+                fn $name() {
+                    super::$test(echo_lab::serve::Mode::$mode)
+                }
+            )+
+        }
+    };
 }

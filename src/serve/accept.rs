@@ -1,0 +1,149 @@
+//! The one accept step every model takes: turn what `accept()` returned into
+//! what the model should do next.
+//!
+//! Accepting is the same in all five models: admit the client against
+//! `--max-connections` (and close it at once if it is one too many), prepare
+//! its socket ([`prepare_stream`]), and sort a failure into "that client is
+//! gone, accept the next", "out of descriptors, back off" or "the listener is
+//! broken, stop". Only how a model *waits* differs: a blocking thread sleeps,
+//! the selector stops watching the listener, the statemachine yields a
+//! deadline, the async acceptor awaits a timer. That difference is the lesson
+//! of each model, so it stays in each model's file; the sorting lives here.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use crate::net::{AcceptFailure, Blocking, prepare_stream, would_block};
+use crate::stats::{Ending, Stats};
+
+/// What an accept step leaves the model to do.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A client that was admitted and is prepared for the model: serve it.
+    Client(TcpStream, SocketAddr),
+    /// No client is waiting (`WouldBlock`): wait for the listener's
+    /// readiness. Only a non-blocking listener says this.
+    Empty,
+    /// The process is out of descriptors or memory: stop accepting for
+    /// [`crate::net::ACCEPT_BACKOFF`], then try again. Retrying at once would
+    /// fail again, and a readiness loop would spin on a listener that stays
+    /// readable.
+    BackOff,
+    /// The listener itself is broken: stop serving, and exit non-zero.
+    Fatal(io::Error),
+}
+
+/// Accepts from `listener` until there is something for the model to do:
+/// clients turned away over the limit, and failures that belonged to one
+/// vanished client, are handled here and the next is accepted.
+pub fn accept(listener: &TcpListener, stats: &Stats, blocking: Blocking) -> Accepted {
+    loop {
+        if let Some(next) = sort(listener.accept(), stats, blocking) {
+            return next;
+        }
+    }
+}
+
+/// Sorts one `accept()` result. `None` means nothing is left to do with it
+/// (a client over the limit, closed; a client that reset before we took it;
+/// a socket the kernel would not prepare): accept the next.
+///
+/// Every admitted client is logged and counted in `stats`, and so is every
+/// failure, so each model's loop is left with only its own way of waiting.
+pub fn sort(
+    accepted: io::Result<(TcpStream, SocketAddr)>,
+    stats: &Stats,
+    blocking: Blocking,
+) -> Option<Accepted> {
+    match accepted {
+        Ok((stream, peer)) => {
+            if !stats.admit(peer) {
+                return None; // Over the connection limit: dropping closes it.
+            }
+            match prepare_stream(&stream, blocking) {
+                Ok(()) => Some(Accepted::Client(stream, peer)),
+                Err(e) => {
+                    stats.disconnected(peer, 0, Ending::Failed(e));
+                    None
+                }
+            }
+        }
+        // The backlog is empty: the kernel says "not now", not "failed".
+        Err(e) if would_block(&e) => Some(Accepted::Empty),
+        Err(e) => match stats.accept_failed(&e) {
+            AcceptFailure::Transient => None,
+            AcceptFailure::Exhausted => Some(Accepted::BackOff),
+            AcceptFailure::Fatal => Some(Accepted::Fatal(e)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> Stats {
+        Stats::new(true, 1)
+    }
+
+    fn os_error(code: i32) -> io::Result<(TcpStream, SocketAddr)> {
+        Err(io::Error::from_raw_os_error(code))
+    }
+
+    /// A client that reset before we took it, or a signal during the call,
+    /// leaves nothing to do: the next client is accepted at once.
+    #[test]
+    fn a_vanished_client_is_skipped() {
+        let stats = stats();
+        for code in [libc::ECONNABORTED, libc::EPROTO, libc::EINTR] {
+            assert!(
+                sort(os_error(code), &stats, Blocking::No).is_none(),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_backlog_means_wait_for_readiness() {
+        let got = sort(os_error(libc::EAGAIN), &stats(), Blocking::No);
+        assert!(matches!(got, Some(Accepted::Empty)), "{got:?}");
+    }
+
+    #[test]
+    fn running_out_of_descriptors_backs_off() {
+        let stats = stats();
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            let got = sort(os_error(code), &stats, Blocking::No);
+            assert!(matches!(got, Some(Accepted::BackOff)), "{code}: {got:?}");
+        }
+    }
+
+    /// EINVAL (the listener was shut down) and EBADF cannot be retried.
+    #[test]
+    fn a_broken_listener_is_fatal() {
+        for code in [libc::EINVAL, libc::EBADF, libc::ENOTSOCK] {
+            match sort(os_error(code), &stats(), Blocking::No) {
+                Some(Accepted::Fatal(e)) => assert_eq!(e.raw_os_error(), Some(code)),
+                got => panic!("{code}: {got:?}"),
+            }
+        }
+    }
+
+    /// A client is admitted and prepared; one past `--max-connections` is
+    /// closed and the step goes on to the next.
+    #[test]
+    fn clients_are_admitted_up_to_the_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _first = TcpStream::connect(addr).unwrap();
+        let _second = TcpStream::connect(addr).unwrap();
+        let stats = stats();
+        let first = sort(listener.accept(), &stats, Blocking::No);
+        let Some(Accepted::Client(stream, _)) = first else {
+            panic!("{first:?}");
+        };
+        assert!(stream.nodelay().unwrap());
+        assert!(sort(listener.accept(), &stats, Blocking::No).is_none());
+        assert_eq!((stats.served(), stats.rejected()), (1, 1));
+    }
+}

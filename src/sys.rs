@@ -1,0 +1,177 @@
+//! The system calls echo-lab makes outside its poller, in one place: the
+//! descriptor limit, CPU placement, CPU time, and signals to other
+//! processes. Each `unsafe` block is a single call whose contract is stated
+//! beside it, and each result is checked; the rest of the crate calls these
+//! safe functions.
+//!
+//! The poller's own calls (`epoll_*`, the eventfd) live with it in
+//! [`crate::epoll`], because they are its lesson.
+
+use std::io;
+use std::os::unix::process::CommandExt as _;
+use std::process::Command;
+use std::time::Duration;
+
+/// Turns the `-1`-means-failure convention of libc into an `io::Result`.
+fn check(result: libc::c_int) -> io::Result<()> {
+    if result == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The soft and hard limits on open descriptors of this process.
+///
+/// # Errors
+/// As `getrlimit(2)`, which cannot fail for this resource in practice.
+pub fn fd_limits() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into the struct we pass, which
+    // lives across the call.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+/// Raises the soft descriptor limit to the hard one, so that a client can
+/// open thousands of connections.
+///
+/// # Errors
+/// As `setrlimit(2)`. Not fatal to a caller: connects then fail, and are
+/// counted.
+pub fn raise_fd_limit() -> io::Result<()> {
+    let (soft, hard) = fd_limits()?;
+    if soft >= hard {
+        return Ok(());
+    }
+    let raised = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the struct we pass, which lives across the call.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) })
+}
+
+/// Makes `command`'s process start with at most `limit` descriptors (soft
+/// and hard), as `prlimit --nofile=N:N` would.
+pub fn limit_descriptors(command: &mut Command, limit: u64) {
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: the closure runs between fork and exec, where only
+    // async-signal-safe calls are allowed; setrlimit is a plain system call
+    // and the closure allocates nothing.
+    unsafe {
+        command.pre_exec(move || check(libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit)));
+    }
+}
+
+/// Runs the calling thread on CPU `cpu` only.
+///
+/// # Errors
+/// As `sched_setaffinity(2)`: no such CPU, or not allowed to use it.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed.
+    let mut set = unsafe { std::mem::zeroed::<libc::cpu_set_t>() };
+    // SAFETY: CPU_SET sets one bit inside the set we own; `cpu` was checked
+    // to be within it.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; the kernel reads `size_of` bytes
+    // of the set we own.
+    check(unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) })
+}
+
+/// Makes `command`'s process run on CPU `cpu` only.
+pub fn pin_command(command: &mut Command, cpu: usize) {
+    // SAFETY: between fork and exec only async-signal-safe calls are
+    // allowed; `pin_current_thread` makes one system call and allocates
+    // nothing on success (an error is an OS code, not a heap value).
+    unsafe {
+        command.pre_exec(move || pin_current_thread(cpu));
+    }
+}
+
+/// User plus system CPU time this process has used so far, all threads.
+pub fn own_cpu_time() -> Duration {
+    // SAFETY: rusage is plain integers, valid when zeroed.
+    let mut usage = unsafe { std::mem::zeroed::<libc::rusage>() };
+    // SAFETY: getrusage writes into the struct we pass; RUSAGE_SELF cannot
+    // fail, and a failure would leave zeros, which is harmless here.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// CPU time that process `pid` has used so far, its threads' summed from
+/// `/proc/PID/task/*/schedstat` (nanoseconds, where `/proc/PID/stat` counts
+/// in clock ticks of 10 ms). `None` if the process is gone or not ours to
+/// read.
+pub fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let mut nanos = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let schedstat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        nanos += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(nanos))
+}
+
+/// Sends `signal` to process `pid`.
+///
+/// # Errors
+/// As `kill(2)`: no such process (it has exited), or not ours.
+pub fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: kill(2) touches no memory of ours.
+    check(unsafe { libc::kill(pid, signal) })
+}
+
+/// Sends `signal` to every process of the group led by `leader` (a child
+/// started with `process_group(0)`).
+///
+/// # Errors
+/// As `kill(2)`: the group is gone, or not ours.
+pub fn signal_group(leader: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(leader).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: kill(2) with a negative pid signals that process group; it
+    // touches no memory of ours.
+    check(unsafe { libc::kill(-pid, signal) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_limits_read_back() {
+        let (soft, hard) = fd_limits().unwrap();
+        assert!(soft > 0 && soft <= hard, "{soft} {hard}");
+        raise_fd_limit().unwrap();
+        assert_eq!(fd_limits().unwrap().0, hard);
+    }
+
+    #[test]
+    fn our_cpu_time_is_readable_both_ways() {
+        let spent = own_cpu_time();
+        let pid = std::process::id();
+        assert!(process_cpu_time(pid).unwrap() > Duration::ZERO);
+        assert!(spent <= own_cpu_time());
+    }
+
+    #[test]
+    fn signalling_a_process_that_is_gone_fails() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(
+            signal(pid, 0).unwrap_err().raw_os_error(),
+            Some(libc::ESRCH)
+        );
+    }
+}

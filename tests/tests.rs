@@ -1,0 +1,14 @@
+//! The integration tests, in one binary (one build, shared helpers): each
+//! module is a behaviour, and says in its first line what it proves.
+//! `tests/allocations.rs` is apart because it replaces the allocator.
+
+#[macro_use]
+mod common;
+
+mod cli;
+mod concurrency;
+mod conformance;
+mod event_loops;
+mod hardening;
+mod tools;
+mod tutorial;
