@@ -69,14 +69,20 @@ enum Handler {
 
 /// One client and the bytes it is owed.
 struct Connection {
+    /// Registered in the poller until `Selector::close` deletes it.
     stream: TcpStream,
+    /// Who it is, for the log.
     peer: SocketAddr,
     /// Echoed bytes the socket has not taken yet, oldest first.
     unsent: Vec<u8>,
     /// The client shut down its write side (read returned 0).
     read_closed: bool,
+    /// What the poller watches for it now: read while it may read and
+    /// `unsent` is under the cap, write while `unsent` is not empty.
     interest: Interest,
+    /// Bytes echoed to it so far, for the log.
     bytes: u64,
+    /// When it last sent or took bytes, for the idle sweep.
     last_active: Instant,
 }
 
@@ -117,15 +123,25 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
 
 /// The loop and everything it owns.
 struct Selector<'a> {
+    /// Every socket in `handlers` is registered here, level-triggered,
+    /// under its slab key, with the interest its handler needs now; a
+    /// client is deleted from it in `close`, before its socket is dropped.
     poller: &'a Poller,
     listener: &'a TcpListener,
+    /// The listener's key: registered for reading, or for nothing while
+    /// `accept_paused_until` is set.
     listener_key: usize,
+    /// The handler of each registered socket, by key: the listener, the
+    /// shutdown's bell, and one `Echo` per client. A key is vacant once its
+    /// client is closed, so an event for it later in the same batch is
+    /// recognised as stale.
     handlers: Slab<Handler>,
     /// One read buffer for every client: a read is echoed (or moved to the
     /// client's `unsent`) before the next read, so nothing stays in it.
     buffer: Box<[u8]>,
     /// Set while accepting is paused after running out of descriptors.
     accept_paused_until: Option<Instant>,
+    /// When to look for idle clients next; `None` without `--idle-timeout`.
     next_idle_sweep: Option<Instant>,
     ctx: &'a Context,
 }

@@ -6,7 +6,6 @@
 //! - [`compare`]: every model under the same load, in one table and chart.
 
 pub mod bench;
-mod chart;
 pub mod client;
 pub mod compare;
 pub mod probe;

@@ -45,22 +45,42 @@ use crate::serve::buffers::{BufferPool, Lease, TASK_BUFFER_SIZE};
 /// The kernel side of the runtime: one poller, the registered sockets, the
 /// pending timers, and the read buffers lent to tasks that hold data.
 pub struct Reactor {
+    /// Every socket in `sources` is registered here, edge-triggered, under
+    /// its slab key; it is deleted (by `Drop for Async`) before the socket
+    /// closes. Shared with the executor's wakers only to `notify` it.
     poller: Arc<Poller>,
+    /// The registered sockets by key. An entry lives exactly as long as
+    /// its `Async`; an event whose key is vacant is stale and ignored.
     sources: RefCell<Slab<Rc<Source>>>,
+    /// Pending timers by deadline, earliest first; the id makes equal
+    /// deadlines distinct. A `Sleep` that is dropped removes its own entry,
+    /// so every waker here belongs to a future still alive.
     timers: RefCell<BTreeMap<(Instant, u64), Waker>>,
+    /// The id of the next timer; never reused.
     next_timer_id: Cell<u64>,
+    /// The buffer `wait` fills; borrowed only inside `wait`, never across
+    /// a wake-up, so no task can see it mid-dispatch.
     events: RefCell<Events>,
+    /// Read buffers lent to tasks while they hold data (see
+    /// [`BufferPool`]).
     buffers: BufferPool,
 }
 
 /// One registered socket: what is known of its readiness, and who waits.
 struct Source {
+    /// Its key in the reactor's slab and in the poller.
     key: usize,
+    /// Edge-triggered readiness, remembered: set by an event, cleared only
+    /// when an operation hits `WouldBlock`. While it is set the operation
+    /// is tried without waiting; while it is clear, a task waits.
     readable: Cell<bool>,
+    /// As `readable`, for writing.
     writable: Cell<bool>,
     /// The peer hung up (or the socket failed): reads never block again.
     read_closed: Cell<bool>,
+    /// The task waiting to read (one at a time).
     reader: Waiter,
+    /// The task waiting to write (one at a time).
     writer: Waiter,
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
-use super::compare::Comparison;
+use super::results::{Comparison, medians};
 
 /// Points of one server: (connections, value, every connection served).
 type Series = Vec<(f64, f64, bool)>;
@@ -20,7 +20,7 @@ pub fn draw(comparison: &Comparison, path: &Path) -> anyhow::Result<()> {
     let mut throughput: BTreeMap<String, Series> = BTreeMap::new();
     let mut p99: BTreeMap<String, Series> = BTreeMap::new();
     // With repeats, each point is the median of its runs.
-    for median in super::compare::medians(comparison, &[]) {
+    for median in medians(comparison, &[]) {
         let runs = comparison
             .rows
             .iter()

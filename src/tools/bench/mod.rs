@@ -1,0 +1,276 @@
+//! `echo-lab bench`: a load generator whose numbers can be trusted.
+//!
+//! - Every byte is checked. Each message starts with its connection id and
+//!   sequence number, and every byte that comes back is compared with the
+//!   byte sent at that position of the stream, so a lost, duplicated,
+//!   reordered or corrupted byte is an error, never a silent success.
+//! - Closed loop by default: each connection keeps `--depth` messages in
+//!   flight and sends the next when one is back. `--rate` switches to an
+//!   open loop, where messages are due at fixed instants whether or not the
+//!   server keeps up, and latency counts from the instant a message was due:
+//!   a server that stalls cannot hide its stall by slowing the client down
+//!   (coordinated omission).
+//! - Warm-up is excluded: only messages echoed inside the measured window
+//!   count, and rates divide by that window as the clock measured it.
+//! - The client is itself a readiness loop, one per `--threads` thread, so
+//!   one process can drive 10,000 connections, and it reports its own CPU
+//!   use so that a reader can tell whether it was the bottleneck.
+//! - It costs what a server costs: per echoed message one `read` (once per
+//!   readiness event; registrations are level-triggered, so what it leaves
+//!   is reported again), one `write` of the next message, and a share of
+//!   one epoll wait for the whole batch of ready connections. `epoll_ctl`
+//!   runs only when a connection starts or stops waiting for room to write;
+//!   the clock is read once per read through the vDSO, not a syscall.
+//!
+//! The files, in reading order:
+//! - this one: the parameters ([`BenchConfig`], [`validate`]) and [`run`],
+//!   which opens the connections, splits them over the client threads,
+//!   samples CPU time at the edges of the measured window and merges what
+//!   the threads measured;
+//! - `worker`: one client thread's readiness loop, and a connection of the
+//!   load (its messages, its writes, its reads);
+//! - `verify`: the check of every echoed byte against the bytes sent;
+//! - `report`: what a run measured ([`BenchResults`], [`Latency`]), where
+//!   ([`Environment`]), and the text report ([`render`]).
+
+mod report;
+mod verify;
+mod worker;
+
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use report::WorkerResult;
+pub use report::{BenchReport, BenchResults, Environment, Latency, render};
+use worker::Worker;
+
+use crate::net::connect;
+use crate::parse::HostPort;
+use crate::sys;
+
+/// The smallest message: 4 bytes of connection id and 8 of sequence number.
+pub const MIN_MESSAGE_SIZE: usize = 12;
+
+/// How long connecting every connection may take in all. A server that
+/// accepts nothing (a full backlog) cannot hold the benchmark up for longer.
+pub const CONNECT_PHASE_LIMIT: Duration = Duration::from_secs(10);
+
+/// In open-loop mode, the most bytes one connection may have sent and not
+/// had back. Past it the server is not keeping up: due messages are
+/// skipped and counted instead of piling up in memory.
+pub const MAX_UNECHOED_BYTES: usize = 8 << 20;
+
+/// After the measured window, how long bench waits for the echoes still in
+/// flight before closing, so that it closes cleanly (FIN) instead of
+/// resetting connections with unread data in them.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+/// How many error descriptions are kept for the report.
+const ERROR_SAMPLES: usize = 5;
+
+/// What to run.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchConfig {
+    /// The server.
+    #[serde(serialize_with = "display")]
+    pub addr: HostPort,
+    /// Connections opened before the run.
+    pub connections: usize,
+    /// The measured window.
+    #[serde(serialize_with = "seconds")]
+    pub duration: Duration,
+    /// Run before the measured window; not counted.
+    #[serde(serialize_with = "seconds")]
+    pub warmup: Duration,
+    /// Bytes per message.
+    pub size: usize,
+    /// Messages in flight per connection (closed loop).
+    pub depth: usize,
+    /// Messages per second in total (open loop), if set.
+    pub rate: Option<f64>,
+    /// Client threads, each with its own readiness loop.
+    pub threads: usize,
+    /// Run the client threads on this CPU.
+    pub pin_cpu: Option<usize>,
+    /// A server process on this machine whose CPU use to measure over the
+    /// same window (`compare` sets it for the servers it starts).
+    pub server_pid: Option<u32>,
+}
+
+fn display<S: serde::Serializer>(value: &HostPort, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn seconds<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(value.as_secs_f64())
+}
+
+/// Checks the parameters.
+///
+/// # Errors
+/// A message smaller than [`MIN_MESSAGE_SIZE`], zero connections, depth or
+/// threads, or a rate that is not a positive number.
+pub fn validate(config: &BenchConfig) -> anyhow::Result<()> {
+    if config.size < MIN_MESSAGE_SIZE {
+        bail!(
+            "--size must be at least {MIN_MESSAGE_SIZE} bytes: a message carries its connection id and sequence number"
+        );
+    }
+    if config.connections == 0 || config.depth == 0 || config.threads == 0 {
+        bail!("--connections, --depth and --threads must be at least 1");
+    }
+    if config.duration.is_zero() {
+        bail!("--duration must be longer than zero");
+    }
+    if let Some(rate) = config.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate must be a positive number of messages per second");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the benchmark. `on_progress` is called about ten times a second
+/// with the fraction of the run done and the messages echoed so far.
+///
+/// # Errors
+/// Invalid parameters, or a poller that cannot be created. Failures of the
+/// server are results, not errors.
+pub fn run(
+    config: &BenchConfig,
+    mut on_progress: impl FnMut(f64, u64),
+) -> anyhow::Result<BenchResults> {
+    validate(config)?;
+    // Best effort: past the limit, connects fail and are counted.
+    let _ = sys::raise_fd_limit();
+    let Connected {
+        streams,
+        failures: connect_failures,
+        first_failure,
+    } = connect_all(config);
+    // Nothing to measure: say why now rather than after the whole run.
+    if streams.is_empty() {
+        return Err(first_failure.unwrap_or_else(|| anyhow::anyhow!("no connection opened")));
+    }
+    let echoed = AtomicU64::new(0);
+    let start = Instant::now();
+    let window = Window {
+        start,
+        measure_from: start + config.warmup,
+        end: start + config.warmup + config.duration,
+    };
+    let mut shares: Vec<Vec<(u32, TcpStream)>> = (0..config.threads).map(|_| Vec::new()).collect();
+    for (i, stream) in streams {
+        shares[i as usize % config.threads].push((i, stream));
+    }
+    let mut results = std::thread::scope(|scope| -> anyhow::Result<BenchResults> {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                let echoed = &echoed;
+                let window = &window;
+                scope.spawn(move || Worker::new(config, share, window, echoed)?.run())
+            })
+            .collect();
+        // Sample CPU use, ours and the server's, at the edges of the
+        // measured window: sleep no further than the next edge.
+        let sample = || {
+            (
+                sys::own_cpu_time(),
+                config.server_pid.and_then(sys::process_cpu_time),
+            )
+        };
+        let mut cpu_from = None;
+        loop {
+            let now = Instant::now();
+            if cpu_from.is_none() && now >= window.measure_from {
+                cpu_from = Some(sample());
+            }
+            if now >= window.end {
+                break;
+            }
+            let total = (window.end - window.start).as_secs_f64();
+            on_progress(
+                (now - window.start).as_secs_f64() / total,
+                echoed.load(Relaxed),
+            );
+            let edge = match cpu_from {
+                None => window.measure_from,
+                Some(_) => window.end,
+            };
+            std::thread::sleep(Duration::from_millis(100).min(edge.saturating_duration_since(now)));
+        }
+        let (client_to, server_to) = sample();
+        let (client_from, server_from) = cpu_from.unwrap_or((client_to, server_to));
+        let cpu = client_to - client_from;
+        let server_cpu = server_from
+            .zip(server_to)
+            .map(|(from, to)| to.saturating_sub(from));
+        let mut total = WorkerResult::new();
+        for worker in workers {
+            match worker.join() {
+                Ok(result) => total.merge(result?),
+                Err(_) => bail!("a benchmark thread panicked"),
+            }
+        }
+        let seconds = (window.end - window.measure_from).as_secs_f64();
+        let mut results = total.into_results(config, seconds, cpu.as_secs_f64() / seconds);
+        results.server_cpu = server_cpu.map(|cpu| cpu.as_secs_f64() / seconds);
+        Ok(results)
+    })?;
+    results.connect_failures = connect_failures;
+    if let Some(e) = first_failure {
+        let what = format!("{connect_failures} connect(s) failed, the first with: {e:#}");
+        results.error_samples.insert(0, what);
+        results.error_samples.truncate(ERROR_SAMPLES);
+    }
+    on_progress(1.0, echoed.load(Relaxed));
+    Ok(results)
+}
+
+/// The instants that frame a run.
+struct Window {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+}
+
+/// The connections a run opened, and what went wrong with the others.
+struct Connected {
+    streams: Vec<(u32, TcpStream)>,
+    failures: u64,
+    /// Why the first failed connect failed.
+    first_failure: Option<anyhow::Error>,
+}
+
+/// Opens every connection, within [`CONNECT_PHASE_LIMIT`] in all.
+fn connect_all(config: &BenchConfig) -> Connected {
+    let deadline = Instant::now() + CONNECT_PHASE_LIMIT;
+    let mut streams = Vec::with_capacity(config.connections);
+    let (mut failures, mut first_failure) = (0, None);
+    for i in 0..config.connections {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let connected = if left.is_zero() {
+            Err(anyhow::anyhow!("connect phase over"))
+        } else {
+            connect(&config.addr, left.min(Duration::from_secs(2)))
+                .and_then(|s| s.set_nonblocking(true).map(|()| s).context("non-blocking"))
+        };
+        match connected {
+            Ok(stream) => streams.push((i as u32, stream)),
+            Err(e) => {
+                failures += 1;
+                first_failure.get_or_insert(e);
+            }
+        }
+    }
+    Connected {
+        streams,
+        failures,
+        first_failure,
+    }
+}

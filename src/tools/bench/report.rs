@@ -1,0 +1,252 @@
+//! What a run reports: latency percentiles, rates and counts, the
+//! environment it ran in, and the text a reader sees. Each client thread
+//! tallies into a [`WorkerResult`]; the tallies merge into one
+//! [`BenchResults`].
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::{BenchConfig, ERROR_SAMPLES};
+use crate::sys;
+
+/// Latency percentiles, in microseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// The slowest message.
+    pub max: f64,
+    /// The mean.
+    pub mean: f64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BenchResults {
+    /// Messages whose echo arrived inside the measured window, each judged
+    /// by a clock reading taken as it arrived.
+    pub messages: u64,
+    /// The length of that window, in seconds: the span between two
+    /// instants of the monotonic clock. A message counts only if the clock
+    /// says it arrived between them, so a run that stalls or overshoots its
+    /// end counts what really arrived in that wall time, nothing more.
+    pub seconds: f64,
+    /// `messages / seconds`.
+    pub messages_per_sec: f64,
+    /// Echoed bytes per second in each direction, in MiB.
+    pub mib_per_sec: f64,
+    /// Latency of the measured messages, in microseconds.
+    pub latency_us: Latency,
+    /// Connections that could not be established.
+    pub connect_failures: u64,
+    /// Connections that failed: wrong bytes, early close, reset.
+    pub errors: u64,
+    /// The first few errors, described.
+    pub error_samples: Vec<String>,
+    /// Connections that got at least one echo during the whole run.
+    pub served_connections: u64,
+    /// Messages sent before the measured window that were still without
+    /// their echo when it ended: they waited through all of it (a server
+    /// that serves some connections and starves others).
+    pub starved: u64,
+    /// Open loop only: due messages not sent because the server had not
+    /// returned the previous ones.
+    pub skipped_sends: u64,
+    /// The client's own CPU use over the measured window, in cores.
+    pub client_cpu: f64,
+    /// The server's CPU use over the same window, in cores, when its
+    /// process was given (`server_pid`) and could be read.
+    pub server_cpu: Option<f64>,
+}
+
+impl BenchResults {
+    /// Whether the run shows a failure: an error, a failed connect, or no
+    /// echo at all.
+    pub fn failed(&self) -> bool {
+        self.errors > 0 || self.connect_failures > 0 || self.messages == 0
+    }
+}
+
+/// The environment a run happened in, so a saved result explains itself.
+#[derive(Clone, Debug, Serialize)]
+pub struct Environment {
+    /// echo-lab's version.
+    pub version: &'static str,
+    /// `release` or `debug`.
+    pub profile: &'static str,
+    /// CPUs available to this process.
+    pub cpus: usize,
+    /// The kernel release.
+    pub kernel: String,
+    /// The descriptor limit (soft) during the run.
+    pub fd_limit: u64,
+}
+
+impl Environment {
+    /// Reads the environment of this process.
+    pub fn current() -> Self {
+        Environment {
+            version: env!("CARGO_PKG_VERSION"),
+            profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned()),
+            fd_limit: sys::fd_limits().map_or(0, |(soft, _)| soft),
+        }
+    }
+}
+
+/// The whole report: what was asked, what was measured, where.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// The parameters.
+    pub parameters: BenchConfig,
+    /// The results.
+    pub results: BenchResults,
+    /// The environment.
+    pub environment: Environment,
+}
+
+/// What one thread measured.
+pub(super) struct WorkerResult {
+    pub(super) histogram: Histogram<u64>,
+    pub(super) messages: u64,
+    pub(super) errors: u64,
+    pub(super) error_samples: Vec<String>,
+    pub(super) served: u64,
+    pub(super) starved: u64,
+    pub(super) skipped: u64,
+}
+
+impl WorkerResult {
+    pub(super) fn new() -> Self {
+        WorkerResult {
+            // 1 µs to 1 hour at 3 significant digits.
+            histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("valid histogram bounds"),
+            messages: 0,
+            errors: 0,
+            error_samples: Vec::new(),
+            served: 0,
+            starved: 0,
+            skipped: 0,
+        }
+    }
+
+    pub(super) fn merge(&mut self, other: WorkerResult) {
+        let _ = self.histogram.add(&other.histogram);
+        self.messages += other.messages;
+        self.errors += other.errors;
+        self.served += other.served;
+        self.starved += other.starved;
+        self.skipped += other.skipped;
+        for sample in other.error_samples {
+            if self.error_samples.len() < ERROR_SAMPLES {
+                self.error_samples.push(sample);
+            }
+        }
+    }
+
+    pub(super) fn error(&mut self, what: String) {
+        self.errors += 1;
+        if self.error_samples.len() < ERROR_SAMPLES {
+            self.error_samples.push(what);
+        }
+    }
+
+    pub(super) fn into_results(
+        self,
+        config: &BenchConfig,
+        seconds: f64,
+        client_cpu: f64,
+    ) -> BenchResults {
+        let h = &self.histogram;
+        let at = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64
+            }
+        };
+        BenchResults {
+            messages: self.messages,
+            seconds,
+            messages_per_sec: self.messages as f64 / seconds,
+            mib_per_sec: (self.messages * config.size as u64) as f64 / seconds / (1 << 20) as f64,
+            latency_us: Latency {
+                p50: at(0.5),
+                p90: at(0.9),
+                p99: at(0.99),
+                p999: at(0.999),
+                max: if h.is_empty() { 0.0 } else { h.max() as f64 },
+                mean: if h.is_empty() { 0.0 } else { h.mean() },
+            },
+            connect_failures: 0,
+            errors: self.errors,
+            error_samples: self.error_samples,
+            served_connections: self.served,
+            starved: self.starved,
+            skipped_sends: self.skipped,
+            client_cpu,
+            server_cpu: None,
+        }
+    }
+}
+
+/// The text report.
+pub fn render(report: &BenchReport) -> String {
+    let (p, r) = (&report.parameters, &report.results);
+    let shape = match p.rate {
+        Some(rate) => format!("open loop at {rate:.0} msg/s"),
+        None => format!("closed loop, depth {}", p.depth),
+    };
+    let l = &r.latency_us;
+    let ms = |us: f64| format!("{:.3}ms", us / 1000.0);
+    let mut out = format!(
+        "bench: {} connections to {}, {}-byte messages, {shape}, {:.1}s measured after {:.1}s warm-up, {} thread(s)\n",
+        p.connections,
+        p.addr,
+        p.size,
+        p.duration.as_secs_f64(),
+        p.warmup.as_secs_f64(),
+        p.threads
+    );
+    out += &format!(
+        "  messages     {} ({:.0}/s over {:.3}s)\n",
+        r.messages, r.messages_per_sec, r.seconds
+    );
+    out += &format!("  throughput   {:.2} MiB/s each way\n", r.mib_per_sec);
+    out += &format!(
+        "  latency      p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n",
+        ms(l.p50),
+        ms(l.p90),
+        ms(l.p99),
+        ms(l.p999),
+        ms(l.max)
+    );
+    out += &format!(
+        "  connections  {} of {} served, {} connect failures, {} errors\n",
+        r.served_connections, p.connections, r.connect_failures, r.errors
+    );
+    if r.starved > 0 || r.skipped_sends > 0 {
+        out += &format!(
+            "  starved      {} messages waited through the whole window, {} sends skipped\n",
+            r.starved, r.skipped_sends
+        );
+    }
+    out += &format!("  client CPU   {:.0}% of one core\n", r.client_cpu * 100.0);
+    for sample in &r.error_samples {
+        out += &format!("  error: {sample}\n");
+    }
+    out
+}

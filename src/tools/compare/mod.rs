@@ -1,0 +1,190 @@
+//! `echo-lab compare`: every model under the same load, in one table, one
+//! JSON and CSV file, and one chart.
+//!
+//! Each run starts a server as a child process (`echo-lab serve --mode M
+//! --addr 127.0.0.1:0 --quiet`, or any command given with `--also`), loads
+//! it with [`bench`](mod@super::bench) at one connection count, then stops
+//! it with SIGTERM and checks that it exits cleanly. Servers run side by
+//! side for each count, so that the runs compared are close in time. A model that cannot serve every connection
+//! (sequential beyond 1, the thread pool beyond its workers) runs for the
+//! same bounded time and is shown for what it does: how many connections
+//! it served.
+//!
+//! The files, in reading order:
+//! - this one: what to compare ([`CompareConfig`]), the order of the runs
+//!   and [`run`], the sweep;
+//! - `servers`: launching each server as a child process (on a chosen CPU),
+//!   waiting for it to listen, stopping it and judging how it exited; the
+//!   process handling's unsafe code is in [`crate::sys`];
+//! - `results`: the rows, the whole comparison as `results.json` holds it,
+//!   and the medians and ratios over repeats;
+//! - `output`: the table, the markdown medians, and the files written;
+//! - `chart`: `throughput.svg`.
+
+mod chart;
+mod output;
+mod results;
+mod servers;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+pub use output::{header, render_medians, render_row};
+pub use results::{Comparison, Median, Ratio, Row, medians};
+pub use servers::{Peer, SERVER_PATIENCE, parse_peer};
+
+use super::bench::{self, BenchConfig, Environment};
+use crate::parse::HostPort;
+use crate::serve::Mode;
+use results::note_for;
+use servers::Launch;
+
+/// What to compare.
+#[derive(Clone, Debug)]
+pub struct CompareConfig {
+    /// Our models to run.
+    pub modes: Vec<Mode>,
+    /// Other servers to run.
+    pub also: Vec<Peer>,
+    /// Connection counts, each a column of the sweep.
+    pub connections: Vec<usize>,
+    /// Bytes per message.
+    pub size: usize,
+    /// Measured time per run.
+    pub duration: Duration,
+    /// Warm-up per run.
+    pub warmup: Duration,
+    /// Server on CPU 0, client on CPU 1.
+    pub pin: bool,
+    /// Server and client both on CPU 0 (total CPU cost decides).
+    pub shared_core: bool,
+    /// Runs of the whole sweep; the servers run side by side for each
+    /// connection count, in an order rotated each repeat.
+    pub repeat: usize,
+    /// `--threads` for our one-thread models (event loops per server).
+    pub server_threads: usize,
+    /// Where the files go.
+    pub out: PathBuf,
+}
+
+/// Runs the sweep; `on_row` sees each row as it is measured.
+///
+/// # Errors
+/// A server that cannot be started, or files that cannot be written.
+pub fn run(config: &CompareConfig, mut on_row: impl FnMut(&Row)) -> anyhow::Result<Comparison> {
+    // Before minutes of runs, not after them.
+    std::fs::create_dir_all(&config.out)
+        .with_context(|| format!("creating {}", config.out.display()))?;
+    let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let (server_cpu, client_cpu, placement) = if config.shared_core {
+        (Some(0), Some(0), "shared")
+    } else if config.pin && two_cpus {
+        (Some(0), Some(1), "apart")
+    } else {
+        (None, None, "unpinned")
+    };
+    let mut servers: Vec<(String, Launch)> = config
+        .modes
+        .iter()
+        .map(|&m| (m.name().to_owned(), Launch::Model(m)))
+        .collect();
+    servers.extend(
+        config
+            .also
+            .iter()
+            .map(|p| (p.name.clone(), Launch::Peer(p.command.clone()))),
+    );
+    let mut comparison = Comparison {
+        size: config.size,
+        duration: config.duration.as_secs_f64(),
+        warmup: config.warmup.as_secs_f64(),
+        placement,
+        rows: Vec::new(),
+        unclean_exits: Vec::new(),
+        environment: Environment::current(),
+    };
+    for (repeat, connections, index) in schedule(servers.len(), &config.connections, config.repeat)
+    {
+        let (name, launch) = &servers[index];
+        let mut server = launch
+            .start(server_cpu, config.server_threads)
+            .with_context(|| format!("starting {name}"))?;
+        let bench_config = BenchConfig {
+            addr: HostPort::from(server.addr),
+            connections,
+            duration: config.duration,
+            warmup: config.warmup,
+            size: config.size,
+            depth: 1,
+            rate: None,
+            threads: 1,
+            pin_cpu: client_cpu,
+            server_pid: Some(server.child.id()),
+        };
+        let results = bench::run(&bench_config, |_, _| {})?;
+        if let Err(e) = server.stop() {
+            comparison
+                .unclean_exits
+                .push(format!("{name} after {connections} connections: {e:#}"));
+        }
+        let note = note_for(&results, connections);
+        let row = Row {
+            server: name.clone(),
+            connections,
+            repeat,
+            results,
+            note,
+        };
+        on_row(&row);
+        comparison.rows.push(row);
+    }
+    output::write_files(&comparison, &config.out)?;
+    Ok(comparison)
+}
+
+/// The order of the runs: `(repeat, connections, server index)`.
+///
+/// Every run gets a fresh server, and the servers run side by side for each
+/// connection count, so that the runs compared with each other are seconds
+/// apart, not minutes: a machine that slows down for a while (a noisy
+/// neighbour on a shared VM) slows all of them alike. Each repeat rotates
+/// the order by one, so that no server is always first after a change of
+/// connection count.
+fn schedule(servers: usize, counts: &[usize], repeats: usize) -> Vec<(usize, usize, usize)> {
+    let mut runs = Vec::new();
+    for repeat in 1..=repeats.max(1) {
+        for &connections in counts {
+            for i in 0..servers {
+                runs.push((repeat, connections, (i + repeat - 1) % servers));
+            }
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_run_side_by_side_and_rotate_each_repeat() {
+        let runs = schedule(3, &[1, 10], 2);
+        let expected = [
+            (1, 1, 0),
+            (1, 1, 1),
+            (1, 1, 2),
+            (1, 10, 0),
+            (1, 10, 1),
+            (1, 10, 2),
+            (2, 1, 1),
+            (2, 1, 2),
+            (2, 1, 0),
+            (2, 10, 1),
+            (2, 10, 2),
+            (2, 10, 0),
+        ];
+        assert_eq!(runs, expected);
+    }
+}

@@ -1,0 +1,107 @@
+//! What a reader sees of a comparison: the table as it runs, the medians
+//! in markdown, and the files (`results.json`, `results.csv`,
+//! `throughput.svg`).
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use super::results::{Comparison, Median, Row};
+
+/// The medians as a markdown table, with a ratio column per baseline.
+pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
+    let mut out = String::from(
+        "| server | conns | msg/s (median) | p99 (median) | server CPU/msg (median) |",
+    );
+    let mut rule = String::from("| --- | ---: | ---: | ---: | ---: |");
+    for b in baselines {
+        out += &format!(" msg/s vs {b} (range over repeats) | p99 vs {b} |");
+        rule += " ---: | ---: |";
+    }
+    out += "\n";
+    out += &rule;
+    out += "\n";
+    for m in medians {
+        let server_cpu = m
+            .server_us_per_msg
+            .map_or_else(|| "-".to_owned(), |us| format!("{us:.2}µs"));
+        out += &format!(
+            "| {} | {} | {:.0} | {:.3}ms | {server_cpu} |",
+            m.server,
+            m.connections,
+            m.messages_per_sec,
+            m.p99_us / 1000.0
+        );
+        for b in baselines {
+            match m.ratios.iter().find(|r| &r.baseline == b) {
+                Some(r) if r.rate_range.0 < r.rate_range.1 => {
+                    // Rounded outward, so that the range printed contains
+                    // the median printed beside it.
+                    let low = (r.rate_range.0 * 100.0 + 1e-9).floor() / 100.0;
+                    let high = (r.rate_range.1 * 100.0 - 1e-9).ceil() / 100.0;
+                    out += &format!(" {:.3} ({low:.2}–{high:.2}) | {:.3} |", r.rate, r.p99);
+                }
+                Some(r) => out += &format!(" {:.3} | {:.3} |", r.rate, r.p99),
+                None => out += " - | - |",
+            }
+        }
+        out += "\n";
+    }
+    out
+}
+
+/// The table's header line.
+pub fn header() -> String {
+    format!(
+        "{:<14} {:>6} {:>4} {:>12} {:>10} {:>10} {:>7}  {}\n",
+        "server", "conns", "run", "msg/s", "p50", "p99", "errors", "note"
+    )
+}
+
+/// One line of the table.
+pub fn render_row(row: &Row) -> String {
+    let r = &row.results;
+    format!(
+        "{:<14} {:>6} {:>4} {:>12.0} {:>8.3}ms {:>8.3}ms {:>7}  {}\n",
+        row.server,
+        row.connections,
+        row.repeat,
+        r.messages_per_sec,
+        r.latency_us.p50 / 1000.0,
+        r.latency_us.p99 / 1000.0,
+        r.errors,
+        row.note.as_deref().unwrap_or("")
+    )
+}
+
+pub(super) fn write_files(comparison: &Comparison, dir: &Path) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(comparison)?;
+    std::fs::write(dir.join("results.json"), json + "\n").context("writing results.json")?;
+    let mut csv = String::from(
+        "server,connections,messages_per_sec,p50_us,p90_us,p99_us,p999_us,max_us,errors,connect_failures,served_connections,client_cpu,server_cpu\n",
+    );
+    for row in &comparison.rows {
+        let (r, l) = (&row.results, &row.results.latency_us);
+        csv += &format!(
+            "{},{},{:.1},{},{},{},{},{},{},{},{},{:.3},{}\n",
+            row.server,
+            row.connections,
+            r.messages_per_sec,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            r.errors,
+            r.connect_failures,
+            r.served_connections,
+            r.client_cpu,
+            r.server_cpu
+                .map_or_else(String::new, |cpu| format!("{cpu:.3}"))
+        );
+    }
+    std::fs::write(dir.join("results.csv"), csv).context("writing results.csv")?;
+    super::chart::draw(comparison, &dir.join("throughput.svg"))
+        .context("drawing throughput.svg")?;
+    Ok(())
+}
