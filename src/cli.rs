@@ -15,8 +15,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::net::Blocking;
 use crate::parse::{
-    HostPort, parse_addr, parse_counts, parse_duration, parse_positive_duration, parse_rate,
-    parse_size,
+    HostPort, parse_addr, parse_counts, parse_duration, parse_positive_count,
+    parse_positive_duration, parse_rate, parse_size,
 };
 use crate::serve::{self, Config, Context, Mode};
 use crate::shutdown::trigger_on_signals;
@@ -98,7 +98,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
     /// Bytes per message (at least 12: id and sequence number).
-    #[arg(long, value_name = "BYTES", default_value = "512", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", default_value = "512", value_parser = parse_message_size)]
     pub size: usize,
     /// Messages in flight per connection (closed loop).
     #[arg(long, value_name = "K", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -125,7 +125,7 @@ pub struct CompareArgs {
     #[arg(long, short, value_name = "LIST", default_value = "1,10,100,1000", value_parser = counts)]
     pub connections: Counts,
     /// Bytes per message.
-    #[arg(long, value_name = "BYTES", default_value = "512", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", default_value = "512", value_parser = parse_message_size)]
     pub size: usize,
     /// Measured time per run.
     #[arg(long, short, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
@@ -170,6 +170,19 @@ pub struct ModeList(pub Vec<Mode>);
 /// A comma-separated list of counts given as one value.
 #[derive(Clone, Debug)]
 pub struct Counts(pub Vec<usize>);
+
+/// A message size for bench and compare: a size, and room for the id and
+/// sequence number each message carries.
+fn parse_message_size(text: &str) -> Result<usize, String> {
+    let size = parse_size(text)?;
+    if size < bench::MIN_MESSAGE_SIZE {
+        return Err(format!(
+            "must be at least {} bytes: a message carries its connection id and sequence number",
+            bench::MIN_MESSAGE_SIZE
+        ));
+    }
+    Ok(size)
+}
 
 fn counts(text: &str) -> Result<Counts, String> {
     parse_counts(text).map(Counts)
@@ -232,15 +245,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: HostPort,
 
-    /// Threads in the pool (threadpool mode).
-    #[arg(long, value_name = "N", default_value_t = serve::DEFAULT_WORKERS)]
-    pub workers: NonZeroUsize,
+    /// Threads in the pool (threadpool only; default 20, the notes' pool).
+    #[arg(long, value_name = "N", value_parser = parse_positive_count)]
+    pub workers: Option<NonZeroUsize>,
 
-    /// Accepted clients that may wait for a free worker (threadpool mode);
-    /// beyond that, clients wait in the kernel's backlog. 0 hands each
-    /// client straight to an idle worker.
-    #[arg(long, value_name = "N", default_value_t = serve::DEFAULT_QUEUE)]
-    pub queue: usize,
+    /// Accepted clients that may wait for a free worker (threadpool only;
+    /// default 16); beyond that, clients wait in the kernel's backlog. 0
+    /// hands each client straight to an idle worker.
+    #[arg(long, value_name = "N")]
+    pub queue: Option<usize>,
 
     /// The listen() backlog: connections the kernel completes and holds
     /// until the server accepts them (capped by net.core.somaxconn).
@@ -253,14 +266,15 @@ pub struct ServeArgs {
     pub idle_timeout: Option<Duration>,
 
     /// Clients served at once; more are accepted and closed at once.
-    #[arg(long, value_name = "N", default_value_t = serve::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, value_name = "N", default_value_t = serve::DEFAULT_MAX_CONNECTIONS, value_parser = parse_positive_count)]
     pub max_connections: NonZeroUsize,
 
-    /// Independent event loops for selector, statemachine and async, each on
-    /// its own thread with its own listener on the same port (SO_REUSEPORT):
-    /// the kernel spreads new clients over them. 0 = one per CPU.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub threads: usize,
+    /// Independent event loops (selector, statemachine and async only;
+    /// default 1), each on its own thread with its own listener on the same
+    /// port (SO_REUSEPORT): the kernel spreads new clients over them. 0 =
+    /// one per CPU.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 
     /// Do not log each connection and disconnection on stderr.
     #[arg(long, short)]
@@ -284,14 +298,42 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The flags that belong to some models only, and those models. Giving one
+/// to another model is an error, not a flag silently ignored.
+const MODEL_FLAGS: [(&str, &[Mode]); 3] = [
+    ("--workers", &[Mode::Threadpool]),
+    ("--queue", &[Mode::Threadpool]),
+    ("--threads", &Mode::ONE_THREAD),
+];
+
+/// Refuses a model-specific flag given to a model it does not apply to.
+fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
+    let given = [
+        args.workers.is_some(),
+        args.queue.is_some(),
+        args.threads.is_some(),
+    ];
+    for ((flag, models), given) in MODEL_FLAGS.into_iter().zip(given) {
+        if given && !models.contains(&args.mode) {
+            anyhow::bail!(
+                "{flag} applies to {} only, not to {}",
+                serve::list_of(models),
+                args.mode
+            );
+        }
+    }
+    Ok(())
+}
+
 fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    check_model_flags(&args)?;
     let config = Config {
-        workers: args.workers,
-        queue: args.queue,
+        workers: args.workers.unwrap_or(serve::DEFAULT_WORKERS),
+        queue: args.queue.unwrap_or(serve::DEFAULT_QUEUE),
         backlog: args.backlog,
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
-        threads: args.threads,
+        threads: args.threads.unwrap_or(1),
         quiet: args.quiet,
     };
     let listeners = serve::bind(args.mode, &args.addr, &config)?;
@@ -396,9 +438,6 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
         server_threads: args.server_threads,
         out: args.out,
     };
-    if config.size < bench::MIN_MESSAGE_SIZE {
-        anyhow::bail!("--size must be at least {} bytes", bench::MIN_MESSAGE_SIZE);
-    }
     let runs = (config.modes.len() + config.also.len()) * config.connections.len() * config.repeat;
     eprintln!(
         "compare: {runs} runs of {:.1}s (+{:.1}s warm-up) each",

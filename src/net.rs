@@ -38,9 +38,11 @@ pub enum Blocking {
 ///
 /// SO_REUSEADDR lets a restarted server bind while old connections of a
 /// previous run linger in TIME_WAIT; it does not let two servers share a
-/// port. `reuse_port` (SO_REUSEPORT) does: several listeners of one process
-/// bind the same port and the kernel spreads new connections over them,
-/// which is how `--threads` gives each event loop its own listener.
+/// port. `reuse_port` (SO_REUSEPORT) does: several listeners bind the same
+/// port and the kernel spreads new connections over them, which is how
+/// `--threads` gives each event loop its own listener. Any socket of the
+/// same user that sets it may join such a group, so a group is only ours
+/// if its port was [claimed](claim_port) first.
 ///
 /// # Errors
 /// One line naming the address: already in use, permission denied, or not
@@ -51,10 +53,56 @@ pub fn bind_listener(
     blocking: Blocking,
     reuse_port: bool,
 ) -> anyhow::Result<TcpListener> {
+    first_that_binds(addr, |candidate| {
+        let socket = new_socket(candidate)?;
+        socket.set_reuse_port(reuse_port)?;
+        socket.set_nonblocking(blocking == Blocking::No)?;
+        socket.bind(&candidate.into())?;
+        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        Ok(socket.into())
+    })
+}
+
+/// Checks that nothing holds the port of `addr`, and resolves port 0 to a
+/// free one: binds a socket *without* SO_REUSEPORT, which the kernel
+/// refuses if any socket holds the port, shared or not, and lets it go.
+/// A group of SO_REUSEPORT listeners bound right after it is ours alone:
+/// another server started later claims first too, and fails.
+///
+/// # Errors
+/// As [`bind_listener`]: already in use, permission denied, unavailable.
+pub fn claim_port(addr: &HostPort) -> anyhow::Result<SocketAddr> {
+    first_that_binds(addr, |candidate| {
+        let socket = new_socket(candidate)?;
+        socket.bind(&candidate.into())?;
+        socket
+            .local_addr()?
+            .as_socket()
+            .ok_or(io::ErrorKind::Unsupported.into())
+    })
+}
+
+/// A TCP socket for `addr` with SO_REUSEADDR, IPv6-only for an IPv6
+/// address (`[::]:7000` means IPv6 only, as the user wrote it).
+fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    Ok(socket)
+}
+
+/// Tries `bind` on each address of `addr` in turn; the first success wins,
+/// and the last failure is reported in one line.
+fn first_that_binds<T>(
+    addr: &HostPort,
+    mut bind: impl FnMut(SocketAddr) -> io::Result<T>,
+) -> anyhow::Result<T> {
     let mut last_error = None;
     for &candidate in &addr.addrs {
-        match bind_one(candidate, backlog, blocking, reuse_port) {
-            Ok(listener) => return Ok(listener),
+        match bind(candidate) {
+            Ok(bound) => return Ok(bound),
             Err(e) => last_error = Some((candidate, e)),
         }
     }
@@ -65,25 +113,6 @@ pub fn bind_listener(
         Some((candidate, e)) => Err(e).with_context(|| format!("cannot listen on {candidate}")),
         None => bail!("'{addr}' resolved to no address"),
     }
-}
-
-fn bind_one(
-    addr: SocketAddr,
-    backlog: u32,
-    blocking: Blocking,
-    reuse_port: bool,
-) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(reuse_port)?;
-    if addr.is_ipv6() {
-        // `[::]:7000` means IPv6 only, as the user wrote it.
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(blocking == Blocking::No)?;
-    socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    Ok(socket.into())
 }
 
 /// Prepares an accepted connection: TCP_NODELAY, because an echo server

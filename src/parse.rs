@@ -140,6 +140,17 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// Parses a count that must be at least 1 (workers, connections).
+///
+/// # Errors
+/// Not a whole number, or zero.
+pub fn parse_positive_count(text: &str) -> Result<std::num::NonZeroUsize, String> {
+    match text.parse::<usize>() {
+        Ok(n) => std::num::NonZeroUsize::new(n).ok_or_else(|| "must be at least 1".to_owned()),
+        Err(_) => Err(format!("'{text}' is not a whole number")),
+    }
+}
+
 /// Parses a comma-separated list of positive counts: `1,10,100,1000`.
 ///
 /// # Errors

@@ -1,9 +1,9 @@
 //! The command line fails well: every bad input is one clear line on stderr
 //! and a non-zero exit, never a panic; help and version read well.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 
-use crate::common::run_binary;
+use crate::common::{BinaryServer, run_binary};
 
 /// Asserts a clean failure: the expected exit code, the expected words on
 /// stderr, and no panic or backtrace.
@@ -18,19 +18,85 @@ fn assert_fails(args: &[&str], code: i32, words: &str) {
     );
 }
 
-/// A port in use: exit 1 and one line that names the address.
+/// A port in use: exit 1 and one line that names the address, for every
+/// model and every `--threads`, even when the holder shares its port with
+/// SO_REUSEPORT (which would let a second `--threads` group join it).
 #[test]
 fn port_in_use_names_the_address() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    for mode in ["sequential", "threadpool"] {
-        let (status, stdout, stderr) = run_binary(&["serve", "--mode", mode, "--addr", &addr]);
-        assert_eq!(status, Some(1), "{stderr}");
-        assert_eq!(stdout, "");
-        assert_eq!(
-            stderr,
-            format!("echo-lab: cannot listen on {addr}: address already in use\n")
-        );
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let shared = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    shared.set_reuse_port(true).unwrap();
+    shared
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    shared.listen(8).unwrap();
+    let shared_addr = shared.local_addr().unwrap().as_socket().unwrap();
+    for taken in [plain.local_addr().unwrap(), shared_addr] {
+        let addr = taken.to_string();
+        for args in [
+            &["--mode", "sequential"][..],
+            &["--mode", "threadpool"],
+            &["--mode", "selector"],
+            &["--mode", "selector", "--threads", "2"],
+            &["--mode", "async", "--threads", "0"],
+        ] {
+            let mut command = vec!["serve", "--addr", &addr];
+            command.extend_from_slice(args);
+            let (status, stdout, stderr) = run_binary(&command);
+            assert_eq!(status, Some(1), "{command:?}: {stderr}");
+            assert_eq!(stdout, "");
+            assert_eq!(
+                stderr,
+                format!("echo-lab: cannot listen on {addr}: address already in use\n")
+            );
+        }
+    }
+}
+
+/// A second `serve --threads 2` on the port of a running one is refused:
+/// the first server's group of listeners is its own.
+#[test]
+fn a_group_of_loops_cannot_be_joined() {
+    let first = BinaryServer::start(&["--mode", "selector", "--threads", "2", "--quiet"]);
+    let addr = first.addr.to_string();
+    let (status, _, stderr) = run_binary(&[
+        "serve",
+        "--mode",
+        "statemachine",
+        "--threads",
+        "2",
+        "--addr",
+        &addr,
+    ]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(stderr.contains("address already in use"), "{stderr}");
+}
+
+/// A flag that belongs to other models is refused, in one sentence shape,
+/// instead of being silently ignored.
+#[test]
+fn flags_of_other_models_are_refused() {
+    for (args, words) in [
+        (
+            &["--mode", "selector", "--workers", "4"][..],
+            "--workers applies to threadpool only, not to selector",
+        ),
+        (
+            &["--mode", "async", "--queue", "0"],
+            "--queue applies to threadpool only, not to async",
+        ),
+        (
+            &["--mode", "sequential", "--threads", "1"],
+            "--threads applies to selector, statemachine and async only, not to sequential",
+        ),
+        (
+            &["--mode", "threadpool", "--threads", "2"],
+            "--threads applies to selector, statemachine and async only, not to threadpool",
+        ),
+    ] {
+        let mut command = vec!["serve", "--addr", "127.0.0.1:0"];
+        command.extend_from_slice(args);
+        assert_fails(&command, 1, words);
     }
 }
 
@@ -58,19 +124,13 @@ fn malformed_arguments_exit_2() {
     );
     assert_fails(&["frobnicate"], 2, "unrecognized subcommand");
     assert_fails(
-        &[
-            "serve",
-            "--mode",
-            "threadpool",
-            "--threads",
-            "2",
-            "--addr",
-            "127.0.0.1:0",
-        ],
-        1,
-        "--workers",
+        &["serve", "--max-connections", "0"],
+        2,
+        "must be at least 1",
     );
-    assert_fails(&["serve", "--max-connections", "0"], 2, "--max-connections");
+    assert_fails(&["serve", "--workers", "0"], 2, "must be at least 1");
+    assert_fails(&["bench", "--size", "4"], 2, "at least 12 bytes");
+    assert_fails(&["compare", "--size", "11"], 2, "at least 12 bytes");
 }
 
 /// Help lists every model with its one-line description; version prints.

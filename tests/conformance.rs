@@ -187,10 +187,11 @@ fn a_second_signal_exits_at_once(mode: Mode) {
 /// holds one client at a time and never runs out; it must not spin either.)
 fn out_of_descriptors_backs_off_and_recovers(mode: Mode) {
     // A deep queue makes the thread pool accept past its 20 workers.
-    let server = BinaryServer::start_with_fd_limit(
-        &["--mode", mode.name(), "--quiet", "--queue", "200"],
-        Some(48),
-    );
+    let mut args = vec!["--mode", mode.name(), "--quiet"];
+    if mode == Mode::Threadpool {
+        args.extend(["--queue", "200"]);
+    }
+    let server = BinaryServer::start_with_fd_limit(&args, Some(48));
     let mut crowd: Vec<_> = (0..150)
         .map(|_| {
             let mut client = connect(server.addr);

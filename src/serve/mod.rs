@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::net::{Blocking, DEFAULT_BACKLOG, bind_listener};
+use crate::net::{Blocking, DEFAULT_BACKLOG, bind_listener, claim_port};
 use crate::parse::HostPort;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -89,6 +89,19 @@ impl Mode {
         match self {
             Mode::Sequential | Mode::Threadpool => Blocking::Yes,
             Mode::Selector | Mode::Statemachine | Mode::Async => Blocking::No,
+        }
+    }
+}
+
+/// Names models as a sentence does: `threadpool`, `selector and async`,
+/// `selector, statemachine and async`.
+pub fn list_of(modes: &[Mode]) -> String {
+    match modes {
+        [] => String::new(),
+        [one] => one.name().to_owned(),
+        [rest @ .., last] => {
+            let rest: Vec<&str> = rest.iter().map(|m| m.name()).collect();
+            format!("{} and {last}", rest.join(", "))
         }
     }
 }
@@ -183,7 +196,8 @@ impl Config {
             (Blocking::Yes, 1) => Ok(1),
             (Blocking::Yes, _) => {
                 bail!(
-                    "--threads applies to selector, statemachine and async; threadpool has --workers"
+                    "--threads applies to {} only, not to {mode}",
+                    list_of(&Mode::ONE_THREAD)
                 )
             }
             (Blocking::No, 0) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -217,19 +231,16 @@ impl Listeners {
 /// The address cannot be bound, or `--threads` does not apply to `mode`.
 pub fn bind(mode: Mode, addr: &HostPort, config: &Config) -> anyhow::Result<Listeners> {
     let loops = config.loops(mode)?;
-    let shared = loops > 1;
-    let first = bind_listener(addr, config.backlog, mode.blocking(), shared)?;
-    // Port 0 was resolved by the first bind: the others take the same port.
-    let port: HostPort = first.local_addr()?.into();
-    let mut listeners = vec![first];
-    for _ in 1..loops {
-        listeners.push(bind_listener(
-            &port,
-            config.backlog,
-            mode.blocking(),
-            shared,
-        )?);
+    if loops == 1 {
+        let listener = bind_listener(addr, config.backlog, mode.blocking(), false)?;
+        return Ok(Listeners(vec![listener]));
     }
+    // A port held by anyone else is "already in use", as with one loop;
+    // claiming it also resolves port 0 for every loop.
+    let port: HostPort = claim_port(addr)?.into();
+    let listeners = (0..loops)
+        .map(|_| bind_listener(&port, config.backlog, mode.blocking(), true))
+        .collect::<anyhow::Result<_>>()?;
     Ok(Listeners(listeners))
 }
 
