@@ -58,6 +58,11 @@ pub struct ClientArgs {
     /// The server, as HOST:PORT.
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: HostPort,
+    /// How long the server may stay silent while it owes an echo (or after
+    /// the input ended) before the client gives up with an error. Waiting
+    /// for you to type has no limit.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub timeout: Duration,
 }
 
 /// `echo-lab probe`.
@@ -289,7 +294,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve_command(args),
         Command::Client(args) => {
-            client::run(&args.addr)?;
+            client::run(&args.addr, args.timeout)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe(args) => probe_command(args),

@@ -190,18 +190,81 @@ pub fn classify_accept_error(e: &io::Error) -> AcceptFailure {
 /// # Errors
 /// One line naming the address and why: refused, unreachable, timed out.
 pub fn connect(addr: &HostPort, timeout: Duration) -> anyhow::Result<TcpStream> {
-    let mut last_error = None;
-    for candidate in &addr.addrs {
-        match TcpStream::connect_timeout(candidate, timeout) {
-            Ok(stream) => {
-                stream.set_nodelay(true)?;
-                return Ok(stream);
+    connect_once(addr, timeout).map_err(|failure| failure.into_error(addr))
+}
+
+/// How long the tools keep retrying a refused connection. A server started
+/// with `&` on the line before a client may not be listening yet; two
+/// seconds covers its start with a wide margin, and a server that is not
+/// there at all is reported soon enough.
+pub const STARTUP_PATIENCE: Duration = Duration::from_secs(2);
+
+/// As [`connect`], but a refused connection is retried for up to
+/// [`STARTUP_PATIENCE`], saying so once on stderr: what `client`, `probe`
+/// and `bench` do, so that `serve ... &` followed by a client always works.
+///
+/// # Errors
+/// As [`connect`], once the patience is spent or for any other failure.
+pub fn connect_patiently(addr: &HostPort, timeout: Duration) -> anyhow::Result<TcpStream> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let give_up = std::time::Instant::now() + STARTUP_PATIENCE;
+    loop {
+        match connect_once(addr, timeout) {
+            Err(failure)
+                if failure.error.kind() == io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < give_up =>
+            {
+                SAID.call_once(|| {
+                    eprintln!(
+                        "echo-lab: {addr} refused the connection; retrying for up to {}s in case the server is still starting",
+                        STARTUP_PATIENCE.as_secs()
+                    );
+                });
+                std::thread::sleep(Duration::from_millis(20));
             }
-            Err(e) => last_error = Some((candidate, e)),
+            result => return result.map_err(|failure| failure.into_error(addr)),
         }
     }
-    match last_error {
-        Some((candidate, e)) => Err(e).with_context(|| format!("cannot connect to {candidate}")),
-        None => bail!("'{addr}' resolved to no address"),
+}
+
+/// Why the last address of a connect failed.
+struct ConnectFailure {
+    candidate: Option<SocketAddr>,
+    error: io::Error,
+}
+
+impl ConnectFailure {
+    fn into_error(self, addr: &HostPort) -> anyhow::Error {
+        match self.candidate {
+            Some(candidate) => {
+                anyhow::Error::new(self.error).context(format!("cannot connect to {candidate}"))
+            }
+            None => anyhow::anyhow!("'{addr}' resolved to no address"),
+        }
     }
+}
+
+fn connect_once(addr: &HostPort, timeout: Duration) -> Result<TcpStream, ConnectFailure> {
+    let mut failure = ConnectFailure {
+        candidate: None,
+        error: io::ErrorKind::NotFound.into(),
+    };
+    for &candidate in &addr.addrs {
+        match TcpStream::connect_timeout(&candidate, timeout) {
+            Ok(stream) => {
+                stream.set_nodelay(true).map_err(|error| ConnectFailure {
+                    candidate: Some(candidate),
+                    error,
+                })?;
+                return Ok(stream);
+            }
+            Err(error) => {
+                failure = ConnectFailure {
+                    candidate: Some(candidate),
+                    error,
+                }
+            }
+        }
+    }
+    Err(failure)
 }

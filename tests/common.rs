@@ -240,25 +240,31 @@ pub fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// Waits for `child` to exit, for at most [`PATIENCE`], and collects its
+/// output; kills it and fails the test if it does not exit.
+pub fn wait_with_patience(mut child: Child) -> std::process::Output {
+    let deadline = Instant::now() + PATIENCE;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a child process did not finish within {PATIENCE:?}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Runs the real binary with `args` to completion (bounded by [`PATIENCE`])
 /// and returns its exit code, stdout and stderr.
 pub fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(binary())
+    let child = Command::new(binary())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start echo-lab");
-    let deadline = Instant::now() + PATIENCE;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("echo-lab {args:?} did not finish within {PATIENCE:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    let output = child.wait_with_output().unwrap();
+    let output = wait_with_patience(child);
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::net::connect;
+use crate::net::connect_patiently;
 use crate::parse::HostPort;
 
 /// What to probe, and how.
@@ -106,7 +106,7 @@ fn probe_one(config: &ProbeConfig, client: usize, origin: Instant) -> ClientTime
     };
     let message = format!("probe client {client}\n");
     let result = (|| -> anyhow::Result<()> {
-        let mut stream = connect(&config.addr, config.timeout)?;
+        let mut stream = connect_patiently(&config.addr, config.timeout)?;
         timeline.connected = Some(since());
         stream.set_read_timeout(Some(config.timeout))?;
         stream.set_write_timeout(Some(config.timeout))?;

@@ -48,7 +48,7 @@ use report::WorkerResult;
 pub use report::{BenchReport, BenchResults, Environment, Latency, render};
 use worker::Worker;
 
-use crate::net::connect;
+use crate::net::{connect, connect_patiently};
 use crate::parse::HostPort;
 use crate::sys;
 
@@ -257,8 +257,15 @@ fn connect_all(config: &BenchConfig) -> Connected {
         let connected = if left.is_zero() {
             Err(anyhow::anyhow!("connect phase over"))
         } else {
-            connect(&config.addr, left.min(Duration::from_secs(2)))
-                .and_then(|s| s.set_nonblocking(true).map(|()| s).context("non-blocking"))
+            // The first connect waits for a server still starting; the
+            // others find it listening, or fail at once.
+            let timeout = left.min(Duration::from_secs(2));
+            if i == 0 {
+                connect_patiently(&config.addr, timeout)
+            } else {
+                connect(&config.addr, timeout)
+            }
+            .and_then(|s| s.set_nonblocking(true).map(|()| s).context("non-blocking"))
         };
         match connected {
             Ok(stream) => streams.push((i as u32, stream)),
