@@ -20,8 +20,10 @@ use crate::parse::{
 };
 use crate::serve::{self, Config, Context, Mode};
 use crate::shutdown::trigger_on_signals;
+use crate::stats::counted;
 use crate::tools::bench::{self, BenchConfig, BenchReport, Environment};
 use crate::tools::compare::{self, CompareConfig, Peer, parse_peer};
+use crate::tools::interrupt::Interrupt;
 use crate::tools::{client, probe};
 
 /// The notes' address: where every server of the notes listens.
@@ -445,12 +447,17 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
     };
     let runs = (config.modes.len() + config.also.len()) * config.connections.len() * config.repeat;
     eprintln!(
-        "compare: {runs} runs of {:.1}s (+{:.1}s warm-up) each",
+        "compare: {} of {:.1}s (+{:.1}s warm-up) each",
+        counted(runs as u64, "run"),
         config.duration.as_secs_f64(),
         config.warmup.as_secs_f64()
     );
+    // Ctrl-C must not orphan the server under test (its own process
+    // group): caught, it ends the sweep, which stops it and writes what was
+    // measured.
+    let interrupt = Interrupt::catch()?;
     print!("{}", compare::header());
-    let comparison = compare::run(&config, |row| {
+    let comparison = compare::run(&config, interrupt.flag(), |row| {
         print!("{}", compare::render_row(row));
         let _ = std::io::stdout().flush();
     })?;
@@ -460,8 +467,9 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
     if config.repeat > 1 || !args.baseline.is_empty() {
         let medians = compare::medians(&comparison, &args.baseline);
         println!(
-            "\nmedians of {} runs ({}):\n",
-            config.repeat, comparison.placement
+            "\nmedians of {} ({}):\n",
+            counted(config.repeat as u64, "run"),
+            comparison.placement
         );
         print!("{}", compare::render_medians(&medians, &args.baseline));
     }
@@ -469,6 +477,13 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
         "\nwrote results.json, results.csv and throughput.svg to {}",
         config.out.display()
     );
+    if let Some(code) = interrupt.exit_code() {
+        eprintln!(
+            "compare: interrupted after {} runs; the files hold those (marked partial)",
+            comparison.rows.len()
+        );
+        return Ok(ExitCode::from(code));
+    }
     let failed = !comparison.unclean_exits.is_empty()
         || comparison
             .rows

@@ -50,6 +50,7 @@ pub struct Stats {
     peak: AtomicU64,
     bytes: AtomicU64,
     idle_closed: AtomicU64,
+    abandoned: AtomicU64,
     failed: AtomicU64,
     accept_errors: AtomicU64,
     accept_burst: AtomicU64,
@@ -70,6 +71,7 @@ impl Stats {
             peak: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             accept_burst: AtomicU64::new(0),
@@ -116,6 +118,7 @@ impl Stats {
         self.bytes.fetch_add(bytes, Relaxed);
         match &ending {
             Ending::IdleTimeout => self.idle_closed.fetch_add(1, Relaxed),
+            Ending::Failed(e) if abandoned(e) => self.abandoned.fetch_add(1, Relaxed),
             Ending::Failed(_) => self.failed.fetch_add(1, Relaxed),
             Ending::Closed | Ending::Shutdown => 0,
         };
@@ -129,6 +132,9 @@ impl Stats {
             }
             Ending::Shutdown => {
                 eprintln!("{peer} disconnected after {bytes} bytes (server shutdown)")
+            }
+            Ending::Failed(e) if abandoned(&e) => {
+                eprintln!("{peer} disconnected after {bytes} bytes (abandoned: {e})")
             }
             Ending::Failed(e) => eprintln!("{peer} disconnected after {bytes} bytes ({e})"),
         }
@@ -186,17 +192,37 @@ impl Stats {
     /// The one-paragraph summary printed on shutdown.
     pub fn summary(&self) -> String {
         format!(
-            "shutting down after {:.1}s: served {} connections, echoed {} bytes, \
-             peak {} simultaneous clients; {} closed for idleness, {} failed, \
-             {} accept errors, {} turned away over the connection limit",
+            "shutting down after {:.1}s: served {}, echoed {}, peak {} at once; \
+             {} closed for idleness, {} abandoned by their client, {} failed, \
+             {}, {} turned away over the connection limit",
             self.uptime().as_secs_f64(),
-            self.served(),
-            self.bytes(),
-            self.peak(),
+            counted(self.served(), "connection"),
+            counted(self.bytes(), "byte"),
+            counted(self.peak(), "client"),
             self.idle_closed.load(Relaxed),
+            self.abandoned.load(Relaxed),
             self.failed.load(Relaxed),
-            self.accept_errors.load(Relaxed),
+            counted(self.accept_errors.load(Relaxed), "accept error"),
             self.rejected(),
         )
+    }
+}
+
+/// A connection the client left (a reset, or a write to a client that has
+/// gone: EPIPE) before it took every echo: it abandoned the server, as
+/// `bench` reports a client that gave up waiting. Not the server's failure.
+fn abandoned(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// `1 connection`, `2 connections`: a count and its noun, agreeing.
+pub fn counted(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }

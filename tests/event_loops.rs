@@ -142,7 +142,7 @@ fn one_loop_is_one_thread(mode: Mode) {
     assert_eq!(threads, 1, "{mode}");
     let (status, _, stderr) = server.signal_and_wait(libc::SIGINT, Duration::from_secs(2));
     assert_eq!(status.code(), Some(0), "{mode}: {stderr}");
-    assert!(stderr.contains("served 1 connections"), "{mode}: {stderr}");
+    assert!(stderr.contains("served 1 connection,"), "{mode}: {stderr}");
 }
 
 /// `--threads 2`: two loops share the port (SO_REUSEPORT); every client is

@@ -231,6 +231,28 @@ fn probe_reports_a_missing_echo() {
     assert!(stdout.contains("no echo within"), "{stdout}");
 }
 
+/// bench against a server that accepts and never answers says so, in the
+/// words the server's summary uses for the same event, and exits 1.
+#[test]
+fn bench_says_why_nothing_was_served() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let (status, stdout, stderr) = run_binary(&[
+        "bench", "--addr", &addr, "-c", "2", "-d", "500ms", "--warmup", "0s",
+    ]);
+    assert_eq!(status, Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(
+            "no echo came back in 0.5s: the server accepted 2 connections and answered none"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("abandoned    2 connections: 2 messages waited"),
+        "{stdout}"
+    );
+}
+
 /// In a pipe, client sends stdin, prints the echo, and exits 0.
 #[test]
 fn client_in_a_pipe_echoes_and_exits() {
@@ -339,6 +361,89 @@ fn refused_connections_are_one_line() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// The processes whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The parent is the second field after the parenthesised name.
+        let parent = stat
+            .rfind(')')
+            .and_then(|end| stat[end + 2..].split(' ').nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// Whether process `pid` is still running (not gone, not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .is_some_and(|end| &stat[end + 2..end + 3] != "Z")
+    })
+}
+
+/// Ctrl-C in a terminal sends SIGINT to compare's process group, not to the
+/// servers it started in groups of their own: compare must stop them
+/// itself, write what it measured (marked partial) and exit 130.
+#[test]
+fn ctrl_c_on_compare_stops_its_servers_and_keeps_what_was_measured() {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    let out = std::env::temp_dir().join(format!("echo-lab-ctrl-c-{}", std::process::id()));
+    let mut compare = Command::new(binary())
+        .args(["compare", "--modes", "selector,async", "-c", "1"])
+        .args(["-d", "1s", "--warmup", "0s", "--repeat", "30", "--out"])
+        .arg(&out)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = compare.stdout.take().unwrap();
+    let (rows, lines) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = rows.send(line);
+        }
+    });
+    // A first row measured, then a server of the next run up.
+    loop {
+        let line = lines.recv_timeout(PATIENCE).expect("a first row");
+        if line.starts_with("selector") || line.starts_with("async") {
+            break;
+        }
+    }
+    let mut servers = Vec::new();
+    wait_until("compare runs a server", || {
+        servers = children_of(compare.id());
+        !servers.is_empty()
+    });
+    echo_lab::sys::signal_group(compare.id(), libc::SIGINT).unwrap();
+    let output = wait_with_patience(compare);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    for server in servers {
+        assert!(!running(server), "server {server} outlived compare");
+    }
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["partial"], true);
+    assert!(!json["rows"].as_array().unwrap().is_empty(), "{json}");
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// compare on two models (and a peer given with --also) writes the three

@@ -4,8 +4,10 @@
 //! - [`probe`]: a timeline of who waits for whom.
 //! - [`bench`](mod@bench): a load generator that verifies every byte.
 //! - [`compare`]: every model under the same load, in one table and chart.
+//! - [`interrupt`]: Ctrl-C for a tool with child processes: stop them first.
 
 pub mod bench;
 pub mod client;
 pub mod compare;
+pub mod interrupt;
 pub mod probe;

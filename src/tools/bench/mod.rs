@@ -38,7 +38,7 @@ mod verify;
 mod worker;
 
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -142,6 +142,21 @@ pub fn validate(config: &BenchConfig) -> anyhow::Result<()> {
 /// server are results, not errors.
 pub fn run(
     config: &BenchConfig,
+    on_progress: impl FnMut(f64, u64),
+) -> anyhow::Result<BenchResults> {
+    run_until(config, &AtomicBool::new(false), on_progress)
+}
+
+/// As [`run`], but ends early, within
+/// [`CHECK_INTERVAL`](crate::tools::interrupt::CHECK_INTERVAL), once `stop` is
+/// set (an [`Interrupt`](crate::tools::interrupt::Interrupt)); what it
+/// returns then covers only part of the window and is not to be reported.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_until(
+    config: &BenchConfig,
+    stop: &AtomicBool,
     mut on_progress: impl FnMut(f64, u64),
 ) -> anyhow::Result<BenchResults> {
     validate(config)?;
@@ -173,7 +188,7 @@ pub fn run(
             .map(|share| {
                 let echoed = &echoed;
                 let window = &window;
-                scope.spawn(move || Worker::new(config, share, window, echoed)?.run())
+                scope.spawn(move || Worker::new(config, share, window, echoed, stop)?.run())
             })
             .collect();
         // Sample CPU use, ours and the server's, at the edges of the
@@ -190,7 +205,7 @@ pub fn run(
             if cpu_from.is_none() && now >= window.measure_from {
                 cpu_from = Some(sample());
             }
-            if now >= window.end {
+            if now >= window.end || stop.load(Relaxed) {
                 break;
             }
             let total = (window.end - window.start).as_secs_f64();
@@ -223,6 +238,17 @@ pub fn run(
         Ok(results)
     })?;
     results.connect_failures = connect_failures;
+    if results.served_connections == 0 && results.errors == 0 && !stop.load(Relaxed) {
+        let opened = config.connections as u64 - connect_failures;
+        results.error_samples.insert(
+            0,
+            format!(
+                "no echo came back in {:.1}s: the server accepted {} and answered none",
+                (config.warmup + config.duration).as_secs_f64(),
+                crate::stats::counted(opened, "connection"),
+            ),
+        );
+    }
     if let Some(e) = first_failure {
         let what = format!("{connect_failures} connect(s) failed, the first with: {e:#}");
         results.error_samples.insert(0, what);

@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{BenchConfig, ERROR_SAMPLES};
+use crate::stats::counted;
 use crate::sys;
 
 /// Latency percentiles, in microseconds.
@@ -55,6 +56,10 @@ pub struct BenchResults {
     /// their echo when it ended: they waited through all of it (a server
     /// that serves some connections and starves others).
     pub starved: u64,
+    /// Connections that held such a message: bench gives up on them when
+    /// the window ends and closes them, which the server's summary counts
+    /// as "abandoned by their client": the same event, seen from each end.
+    pub abandoned_connections: u64,
     /// Open loop only: due messages not sent because the server had not
     /// returned the previous ones.
     pub skipped_sends: u64,
@@ -125,6 +130,7 @@ pub(super) struct WorkerResult {
     pub(super) error_samples: Vec<String>,
     pub(super) served: u64,
     pub(super) starved: u64,
+    pub(super) abandoned: u64,
     pub(super) skipped: u64,
 }
 
@@ -139,6 +145,7 @@ impl WorkerResult {
             error_samples: Vec::new(),
             served: 0,
             starved: 0,
+            abandoned: 0,
             skipped: 0,
         }
     }
@@ -149,6 +156,7 @@ impl WorkerResult {
         self.errors += other.errors;
         self.served += other.served;
         self.starved += other.starved;
+        self.abandoned += other.abandoned;
         self.skipped += other.skipped;
         for sample in other.error_samples {
             if self.error_samples.len() < ERROR_SAMPLES {
@@ -196,6 +204,7 @@ impl WorkerResult {
             error_samples: self.error_samples,
             served_connections: self.served,
             starved: self.starved,
+            abandoned_connections: self.abandoned,
             skipped_sends: self.skipped,
             client_cpu,
             server_cpu: None,
@@ -238,10 +247,17 @@ pub fn render(report: &BenchReport) -> String {
         "  connections  {} of {} served, {} connect failures, {} errors\n",
         r.served_connections, p.connections, r.connect_failures, r.errors
     );
-    if r.starved > 0 || r.skipped_sends > 0 {
+    if r.abandoned_connections > 0 {
         out += &format!(
-            "  starved      {} messages waited through the whole window, {} sends skipped\n",
-            r.starved, r.skipped_sends
+            "  abandoned    {}: {} waited through the whole window unanswered\n",
+            counted(r.abandoned_connections, "connection"),
+            counted(r.starved, "message"),
+        );
+    }
+    if r.skipped_sends > 0 {
+        out += &format!(
+            "  skipped      {} due sends: the server had not returned the previous ones\n",
+            r.skipped_sends
         );
     }
     out += &format!("  client CPU   {:.0}% of one core\n", r.client_cpu * 100.0);

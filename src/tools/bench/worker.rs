@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -22,6 +22,7 @@ use super::{BenchConfig, DRAIN_LIMIT, MAX_UNECHOED_BYTES, MIN_MESSAGE_SIZE, Wind
 use crate::epoll::{Events, Interest, Poller};
 use crate::net::{interrupted, would_block};
 use crate::sys;
+use crate::tools::interrupt::CHECK_INTERVAL;
 
 /// One connection of the load.
 struct Connection {
@@ -75,6 +76,8 @@ pub(super) struct Worker<'a> {
     config: &'a BenchConfig,
     window: &'a Window,
     echoed: &'a AtomicU64,
+    /// Set to end the run early (Ctrl-C in `compare`).
+    stop: &'a AtomicBool,
     poller: Poller,
     connections: Vec<Option<Connection>>,
     /// Open loop: connections by the instant their next message is due.
@@ -92,6 +95,7 @@ impl<'a> Worker<'a> {
         share: Vec<(u32, TcpStream)>,
         window: &'a Window,
         echoed: &'a AtomicU64,
+        stop: &'a AtomicBool,
     ) -> anyhow::Result<Self> {
         if let Some(cpu) = config.pin_cpu {
             sys::pin_current_thread(cpu).with_context(|| format!("running on CPU {cpu}"))?;
@@ -106,6 +110,7 @@ impl<'a> Worker<'a> {
             config,
             window,
             echoed,
+            stop,
             poller,
             connections: Vec::with_capacity(share.len()),
             schedule: BinaryHeap::new(),
@@ -148,7 +153,7 @@ impl<'a> Worker<'a> {
         let mut buffer = vec![0; 64 * 1024];
         loop {
             let now = Instant::now();
-            if now >= self.window.end {
+            if now >= self.window.end || self.stop.load(Relaxed) {
                 break;
             }
             self.send_due(now);
@@ -158,18 +163,20 @@ impl<'a> Worker<'a> {
                 .map_or(self.window.end, |Reverse((at, _))| {
                     (*at).min(self.window.end)
                 });
-            self.wait_and_receive(
-                &mut events,
-                &mut buffer,
-                next.saturating_duration_since(now),
-            )?;
+            // Woken at least every CHECK_INTERVAL to see `stop`.
+            let timeout = next.saturating_duration_since(now).min(CHECK_INTERVAL);
+            self.wait_and_receive(&mut events, &mut buffer, timeout)?;
         }
         for conn in self.connections.iter().flatten() {
+            // Sent before the window opened (or as it opened), and still
+            // unanswered as it closes: it waited through all of it.
             let waited_throughout = conn
                 .owed
                 .waiting_since()
-                .filter(|&t| t < self.window.measure_from);
-            self.result.starved += waited_throughout.count() as u64;
+                .filter(|&t| t <= self.window.measure_from)
+                .count() as u64;
+            self.result.starved += waited_throughout;
+            self.result.abandoned += u64::from(waited_throughout > 0);
             self.result.served += u64::from(conn.owed.completed() > 0);
         }
         // Collect what served connections still have in flight, then close:
@@ -177,7 +184,7 @@ impl<'a> Worker<'a> {
         self.draining = true;
         let drain_until = Instant::now() + DRAIN_LIMIT;
         let in_flight = |c: &Connection| c.owed.completed() > 0 && c.owed.unechoed_bytes() > 0;
-        while self.connections.iter().flatten().any(in_flight) {
+        while !self.stop.load(Relaxed) && self.connections.iter().flatten().any(in_flight) {
             let now = Instant::now();
             if now >= drain_until {
                 break;

@@ -27,6 +27,7 @@ mod results;
 mod servers;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -69,11 +70,17 @@ pub struct CompareConfig {
     pub out: PathBuf,
 }
 
-/// Runs the sweep; `on_row` sees each row as it is measured.
+/// Runs the sweep; `on_row` sees each row as it is measured. Once `stop` is
+/// set (Ctrl-C), the run under way is cut short and dropped, its server
+/// stopped, and the rows measured so far are written, marked partial.
 ///
 /// # Errors
 /// A server that cannot be started, or files that cannot be written.
-pub fn run(config: &CompareConfig, mut on_row: impl FnMut(&Row)) -> anyhow::Result<Comparison> {
+pub fn run(
+    config: &CompareConfig,
+    stop: &AtomicBool,
+    mut on_row: impl FnMut(&Row),
+) -> anyhow::Result<Comparison> {
     // Before minutes of runs, not after them.
     std::fs::create_dir_all(&config.out)
         .with_context(|| format!("creating {}", config.out.display()))?;
@@ -103,10 +110,15 @@ pub fn run(config: &CompareConfig, mut on_row: impl FnMut(&Row)) -> anyhow::Resu
         placement,
         rows: Vec::new(),
         unclean_exits: Vec::new(),
+        partial: false,
         environment: Environment::current(),
     };
     for (repeat, connections, index) in schedule(servers.len(), &config.connections, config.repeat)
     {
+        if stop.load(Relaxed) {
+            comparison.partial = true;
+            break;
+        }
         let (name, launch) = &servers[index];
         let mut server = launch
             .start(server_cpu, config.server_threads)
@@ -123,8 +135,14 @@ pub fn run(config: &CompareConfig, mut on_row: impl FnMut(&Row)) -> anyhow::Resu
             pin_cpu: client_cpu,
             server_pid: Some(server.child.id()),
         };
-        let results = bench::run(&bench_config, |_, _| {})?;
-        if let Err(e) = server.stop() {
+        let results = bench::run_until(&bench_config, stop, |_, _| {})?;
+        let stopped = server.stop();
+        if stop.load(Relaxed) {
+            // The run was cut short: its numbers cover part of a window.
+            comparison.partial = true;
+            break;
+        }
+        if let Err(e) = stopped {
             comparison
                 .unclean_exits
                 .push(format!("{name} after {connections} connections: {e:#}"));

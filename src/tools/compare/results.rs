@@ -37,6 +37,8 @@ pub struct Comparison {
     pub rows: Vec<Row>,
     /// Servers that did not stop cleanly, with what happened.
     pub unclean_exits: Vec<String>,
+    /// Interrupted (Ctrl-C): the rows are the runs finished before it.
+    pub partial: bool,
     /// Where it ran.
     pub environment: Environment,
 }
@@ -225,6 +227,7 @@ mod tests {
             placement: "apart",
             rows,
             unclean_exits: Vec::new(),
+            partial: false,
             environment: Environment::current(),
         };
         let medians = medians(&comparison, &["base".to_owned()]);
