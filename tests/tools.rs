@@ -253,6 +253,34 @@ fn bench_says_why_nothing_was_served() {
     );
 }
 
+/// A client that never connected is drawn as failed, with the reason, not
+/// as a row of waiting; the axis still spans every instant.
+#[test]
+fn probe_draws_a_client_that_never_connected_as_failed() {
+    let refused = free_port();
+    let (status, stdout, _) = run_binary(&[
+        "probe",
+        "--addr",
+        &refused,
+        "--clients",
+        "2",
+        "--hold",
+        "0s",
+    ]);
+    assert_eq!(status, Some(1), "{stdout}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("client ") && l.contains('|'))
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for row in rows {
+        assert!(row.contains("|  failed: cannot connect to"), "{row}");
+        let bar = row.split('|').nth(1).unwrap();
+        assert!(bar.contains('x') && !bar.contains('.'), "{row}");
+    }
+    assert!(!stdout.contains("0.00s"), "{stdout}");
+}
+
 /// In a pipe, client sends stdin, prints the echo, and exits 0.
 #[test]
 fn client_in_a_pipe_echoes_and_exits() {

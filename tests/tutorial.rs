@@ -172,13 +172,14 @@ fn rewrite(command: &str, port: u16, bin_dir: &Path) -> String {
     line
 }
 
-/// One probe table row: (connected, echoed, closed).
+/// One probe table row of a client that did not fail: (connected,
+/// echoed, closed).
 fn probe_rows(output: &str) -> Vec<(f64, f64, f64)> {
     output
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() != 4 || fields[0].parse::<u32>().is_err() {
+            if fields.len() != 5 || fields[0].parse::<u32>().is_err() || fields[4] != "-" {
                 return None;
             }
             let t = |f: &str| f.strip_suffix('s')?.parse::<f64>().ok();

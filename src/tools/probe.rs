@@ -38,6 +38,8 @@ pub struct ClientTimeline {
     pub echoed: Option<f64>,
     /// When the client closed.
     pub closed: Option<f64>,
+    /// When it failed, if it did.
+    pub failed: Option<f64>,
     /// What went wrong, if anything.
     pub error: Option<String>,
 }
@@ -83,6 +85,7 @@ pub fn run(config: &ProbeConfig) -> ProbeReport {
                     connected: None,
                     echoed: None,
                     closed: None,
+                    failed: Some(origin.elapsed().as_secs_f64()),
                     error: Some("the client thread panicked".into()),
                 })
             })
@@ -102,6 +105,7 @@ fn probe_one(config: &ProbeConfig, client: usize, origin: Instant) -> ClientTime
         connected: None,
         echoed: None,
         closed: None,
+        failed: None,
         error: None,
     };
     let message = format!("probe client {client}\n");
@@ -128,9 +132,42 @@ fn probe_one(config: &ProbeConfig, client: usize, origin: Instant) -> ClientTime
         Ok(())
     })();
     if let Err(e) = result {
+        timeline.failed = Some(since());
         timeline.error = Some(format!("{e:#}"));
     }
     timeline
+}
+
+/// One client's row of the chart: `.` while it waits for its echo, `#` when
+/// the echo arrives, `=` while it holds the connection, `x` where it failed.
+/// A client that never connected is an `x` at the instant it gave up.
+fn chart_row(c: &ClientTimeline, column: impl Fn(f64) -> usize, width: usize) -> String {
+    let mut row = vec![' '; width];
+    let failed = c.failed.map(&column);
+    let Some(from) = c.connected.map(&column) else {
+        if let Some(at) = failed {
+            row[at.min(width - 1)] = 'x';
+        }
+        return row.into_iter().collect();
+    };
+    let echo = c.echoed.map(&column);
+    let to = c
+        .closed
+        .or(c.failed)
+        .map_or(width - 1, &column)
+        .min(width - 1);
+    for (i, cell) in row.iter_mut().enumerate().take(to + 1).skip(from) {
+        *cell = match echo {
+            Some(e) if i < e => '.',
+            Some(e) if i == e => '#',
+            Some(_) => '=',
+            None => '.',
+        };
+    }
+    if let Some(at) = failed {
+        row[at.min(width - 1)] = 'x';
+    }
+    row.into_iter().collect()
 }
 
 /// The text report: a table of instants and a chart with one row per
@@ -144,57 +181,45 @@ pub fn render(report: &ProbeReport) -> String {
         "probe: {n} clients against {}, each holding {:.1}s after its echo\n",
         report.addr, report.hold
     );
-    let _ = writeln!(out, "client  connected    echoed    closed");
+    let _ = writeln!(out, "client  connected    echoed    closed    failed");
     let show = |t: Option<f64>| t.map_or_else(|| "-".to_owned(), |t| format!("{t:.3}s"));
     for c in &report.clients {
         let _ = writeln!(
             out,
-            "{:>6} {:>10} {:>9} {:>9}{}",
+            "{:>6} {:>10} {:>9} {:>9} {:>9}",
             c.client,
             show(c.connected),
             show(c.echoed),
             show(c.closed),
-            c.error
-                .as_ref()
-                .map_or(String::new(), |e| format!("  error: {e}"))
+            show(c.failed),
         );
     }
+    // Every instant of every client fits on the axis; a client that failed
+    // at once still gets a row.
     let end = report
         .clients
         .iter()
-        .filter_map(|c| c.closed.or(c.echoed).or(c.connected))
+        .filter_map(|c| c.closed.or(c.failed).or(c.echoed).or(c.connected))
         .fold(0.0_f64, f64::max)
         .max(1e-3);
     let column = |t: f64| ((t / end) * (WIDTH - 1) as f64).round() as usize;
-    let _ = writeln!(
-        out,
-        "\n          0s{:>width$}",
-        format!("{end:.2}s"),
-        width = WIDTH - 1
-    );
+    let end_label = if end < 0.1 {
+        format!("{:.1}ms", end * 1000.0)
+    } else {
+        format!("{end:.2}s")
+    };
+    let _ = writeln!(out, "\n          0s{end_label:>width$}", width = WIDTH - 1);
     for c in &report.clients {
-        let mut row = [' '; WIDTH];
-        let from = c.connected.map_or(0, column);
-        let echo = c.echoed.map(column);
-        let to = c.closed.map_or(WIDTH - 1, column);
-        for (i, cell) in row.iter_mut().enumerate().take(to + 1).skip(from) {
-            *cell = match echo {
-                Some(e) if i < e => '.',
-                Some(e) if i == e => '#',
-                Some(_) => '=',
-                None => '.',
-            };
-        }
-        let _ = writeln!(
-            out,
-            "client {:>2} |{}|",
-            c.client,
-            row.iter().collect::<String>()
-        );
+        let row = chart_row(c, column, WIDTH);
+        let reason = c
+            .error
+            .as_ref()
+            .map_or(String::new(), |e| format!("  failed: {e}"));
+        let _ = writeln!(out, "client {:>2} |{row}|{reason}", c.client);
     }
     let _ = writeln!(
         out,
-        "legend: . connected, waiting for the echo   # echo arrived   = holding"
+        "legend: . connected, waiting for the echo   # echo arrived   = holding   x failed"
     );
     let failed = report.clients.iter().filter(|c| c.error.is_some()).count();
     if failed == 0 {
