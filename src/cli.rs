@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::net::Blocking;
@@ -195,6 +196,29 @@ fn counts(text: &str) -> Result<Counts, String> {
     parse_counts(text).map(Counts)
 }
 
+/// The names `--mode` accepts, each with its one-line description:
+/// every model, and `generator`, the notes' name for the state machines.
+fn mode_names() -> Vec<PossibleValue> {
+    let mut names = Vec::new();
+    for mode in Mode::ALL {
+        names.extend(mode.to_possible_value());
+        if mode == Mode::Statemachine {
+            names.push(
+                PossibleValue::new("generator")
+                    .help("The same model as statemachine, by the notes' name"),
+            );
+        }
+    }
+    names
+}
+
+/// Parses `--mode`: one of [`mode_names`].
+fn mode_parser() -> impl clap::builder::TypedValueParser<Value = Mode> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(mode_names())
+        .try_map(|name| Mode::from_str(&name, false))
+}
+
 /// Parses `all` or a comma-separated list of models.
 ///
 /// # Errors
@@ -208,7 +232,7 @@ pub fn parse_modes(text: &str) -> Result<ModeList, String> {
             Mode::from_str(name.trim(), false).map_err(|_| {
                 let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
                 format!(
-                    "unknown model '{name}'; expected `all` or some of {}",
+                    "unknown model '{name}'; expected `all` or some of {} (generator is statemachine)",
                     names.join(",")
                 )
             })
@@ -244,7 +268,7 @@ Limits (every bound on memory, per model):
 #[command(after_long_help = SERVE_LIMITS)]
 pub struct ServeArgs {
     /// The concurrency model.
-    #[arg(long, value_enum, default_value_t = Mode::Selector)]
+    #[arg(long, default_value = "selector", value_parser = mode_parser())]
     pub mode: Mode,
 
     /// Where to listen, as HOST:PORT. Port 0 picks a free port; the real one

@@ -120,7 +120,7 @@ fn malformed_arguments_exit_2() {
     assert_fails(
         &["serve", "--mode", "nope"],
         2,
-        "possible values: sequential, threadpool",
+        "possible values: sequential, threadpool, selector, statemachine, generator, async",
     );
     assert_fails(&["frobnicate"], 2, "unrecognized subcommand");
     assert_fails(
@@ -143,6 +143,7 @@ fn help_and_version_read_well() {
         "threadpool:",
         "selector:",
         "statemachine:",
+        "generator:",
         "async:",
         "--idle-timeout <DURATION>",
         "[default: 127.0.0.1:55555]",

@@ -9,6 +9,8 @@
 //!   `client`, `probe` and `bench` without `--addr` are pointed at it.
 //!   `target/release/` becomes the directory of the binaries under test
 //!   (`cargo test` builds the examples there too).
+//! - Everything a command writes, servers' logs on stderr included, is the
+//!   block's output, as a reader sees it in a terminal.
 //! - A server started with `&` is waited for until it accepts connections;
 //!   `kill %N` of a server also checks that it exited 0 (clean shutdown).
 //! - `cargo` lines are not run (the test is already inside a build); each
@@ -233,8 +235,10 @@ fn run_chapter(name: &str) {
     let scratch =
         std::env::temp_dir().join(format!("echo-lab-tutorial-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
+    // The servers' logs (stderr) join the output, as in a reader's
+    // terminal, so that a block can expect a line a server writes.
     let mut script = format!(
-        "export PATH=\"{}:$PATH\"\nwait_port() {{ for _ in $(seq 400); do (exec 9<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }}\n",
+        "exec 2>&1\nexport PATH=\"{}:$PATH\"\nwait_port() {{ for _ in $(seq 400); do (exec 9<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }}\n",
         bin_dir.display()
     );
     // Which background jobs are servers, as bash numbers them.
