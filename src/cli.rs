@@ -19,6 +19,7 @@ use crate::parse::{
     HostPort, parse_addr, parse_counts, parse_duration, parse_positive_count,
     parse_positive_duration, parse_rate, parse_size,
 };
+use crate::serve::work::{Work, parse_work};
 use crate::serve::{self, Config, Context, Mode};
 use crate::shutdown::trigger_on_signals;
 use crate::stats::counted;
@@ -310,6 +311,34 @@ pub struct ServeArgs {
     /// Do not log each connection and disconnection on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+
+    /// Work done on each chunk read, before it is echoed: `cpu:2ms`
+    /// computes until the handling thread has used 2 ms of CPU time;
+    /// `sleep:2ms` blocks the thread in sleep (the notes' time.sleep);
+    /// `wait:2ms` waits the model's own non-blocking way (selector: a timer
+    /// the loop fires; statemachine: a yielded deadline; async: an awaited
+    /// timer, the notes' asyncio.sleep). In sequential and threadpool a
+    /// waiting thread is blocked anyway: there `wait` is `sleep`.
+    #[arg(long, value_name = "KIND:DURATION", value_parser = parse_work)]
+    pub work: Option<Work>,
+
+    /// Threads beside each loop that run its `cpu` and `sleep` work, so the
+    /// loop goes on serving others (selector, statemachine and async only):
+    /// the notes' run_in_executor, tokio's spawn_blocking.
+    #[arg(long, value_name = "N", value_parser = parse_positive_count)]
+    pub offload: Option<NonZeroUsize>,
+
+    /// Every worker holds one shared lock while it does `cpu` work, and
+    /// releases it to sleep (threadpool only): a stand-in for CPython's GIL.
+    #[arg(long)]
+    pub global_lock: bool,
+
+    /// Warn (on stderr, at most once a second, even with --quiet) when a
+    /// one-thread loop runs this long without waiting: every other client
+    /// waited as long. 0 turns the warning off. Default 100ms (selector,
+    /// statemachine and async only).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub slow_handler: Option<Duration>,
 }
 
 /// Runs the parsed command line.
@@ -331,10 +360,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The flags that belong to some models only, and those models. Giving one
 /// to another model is an error, not a flag silently ignored.
-const MODEL_FLAGS: [(&str, &[Mode]); 3] = [
+const MODEL_FLAGS: [(&str, &[Mode]); 6] = [
     ("--workers", &[Mode::Threadpool]),
     ("--queue", &[Mode::Threadpool]),
+    ("--global-lock", &[Mode::Threadpool]),
     ("--threads", &Mode::ONE_THREAD),
+    ("--offload", &Mode::ONE_THREAD),
+    ("--slow-handler", &Mode::ONE_THREAD),
 ];
 
 /// Refuses a model-specific flag given to a model it does not apply to.
@@ -342,7 +374,10 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
     let given = [
         args.workers.is_some(),
         args.queue.is_some(),
+        args.global_lock,
         args.threads.is_some(),
+        args.offload.is_some(),
+        args.slow_handler.is_some(),
     ];
     for ((flag, models), given) in MODEL_FLAGS.into_iter().zip(given) {
         if given && !models.contains(&args.mode) {
@@ -352,6 +387,15 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
                 args.mode
             );
         }
+    }
+    let blocking_work = args.work.is_some_and(Work::blocks);
+    if args.offload.is_some() && !blocking_work {
+        anyhow::bail!(
+            "--offload runs --work cpu:... or sleep:... on its threads; without such work it has nothing to do (wait never blocks the loop)"
+        );
+    }
+    if args.global_lock && args.work.is_none() {
+        anyhow::bail!("--global-lock is held while a worker does its --work; give --work too");
     }
     Ok(())
 }
@@ -366,6 +410,14 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections,
         threads: args.threads.unwrap_or(1),
         quiet: args.quiet,
+        work: args.work,
+        offload: args.offload.map_or(0, NonZeroUsize::get),
+        global_lock: args.global_lock,
+        slow_handler: match args.slow_handler {
+            None => Some(serve::DEFAULT_SLOW_HANDLER),
+            Some(Duration::ZERO) => None,
+            Some(threshold) => Some(threshold),
+        },
     };
     let listeners = serve::bind(args.mode, &args.addr, &config)?;
     let ctx = Context::new(config).context("preparing the shutdown")?;

@@ -54,6 +54,7 @@ pub struct Stats {
     failed: AtomicU64,
     accept_errors: AtomicU64,
     accept_burst: AtomicU64,
+    stalls: AtomicU64,
 }
 
 impl Stats {
@@ -75,6 +76,7 @@ impl Stats {
             failed: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             accept_burst: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
         }
     }
 
@@ -159,6 +161,16 @@ impl Stats {
         failure
     }
 
+    /// A one-thread loop ran past `--slow-handler` without waiting.
+    pub fn stalled(&self) {
+        self.stalls.fetch_add(1, Relaxed);
+    }
+
+    /// Times a one-thread loop stalled.
+    pub fn stalls(&self) -> u64 {
+        self.stalls.load(Relaxed)
+    }
+
     /// Clients connected right now.
     pub fn active(&self) -> u64 {
         self.active.load(Relaxed)
@@ -191,10 +203,14 @@ impl Stats {
 
     /// The one-paragraph summary printed on shutdown.
     pub fn summary(&self) -> String {
+        let stalls = match self.stalls() {
+            0 => String::new(),
+            n => format!("; the loop stalled {}", counted(n, "time")),
+        };
         format!(
             "shutting down after {:.1}s: served {}, echoed {}, peak {} at once; \
              {} closed for idleness, {} abandoned by their client, {} failed, \
-             {}, {} turned away over the connection limit",
+             {}, {} turned away over the connection limit{stalls}",
             self.uptime().as_secs_f64(),
             counted(self.served(), "connection"),
             counted(self.bytes(), "byte"),

@@ -120,6 +120,11 @@ fn echo(mut stream: &TcpStream, ctx: &Context, bytes: &mut u64) -> io::Result<()
             Err(e) if interrupted(&e) => continue,
             Err(e) => return Err(e),
         };
+        if let Some(work) = ctx.config.work {
+            // A thread that waits is blocked, whatever the kind: the
+            // thread pool's other workers go on; sequential's clients wait.
+            work.block(&buffer[..n], ctx.work_lock());
+        }
         stream.write_all(&buffer[..n])?;
         *bytes += n as u64;
     }

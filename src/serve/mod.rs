@@ -13,13 +13,15 @@
 //! 5. [`asynchronous`]: async/await on an executor and reactor of our own.
 //!
 //! [`accept`] is what all five share: the one accept step (admit, prepare,
-//! sort the failures). [`buffers`] is what the last two share: read buffers
+//! sort the failures). [`work`] is `--work`, what a handler does with each
+//! chunk before echoing it; [`offload`] the pool a one-thread loop hands
+//! blocking work to, and [`stall`] the warning when it did not. [`buffers`] is what the last two share: read buffers
 //! a loop lends to its tasks only while they hold data.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -29,15 +31,19 @@ use crate::net::{Blocking, DEFAULT_BACKLOG, bind_listener, claim_port};
 use crate::parse::HostPort;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
+use work::Work;
 
 pub mod accept;
 pub mod asynchronous;
 mod blocking;
 pub mod buffers;
+pub mod offload;
 pub mod selector;
 pub mod sequential;
+pub mod stall;
 pub mod statemachine;
 pub mod threadpool;
+pub mod work;
 
 /// How many bytes a model reads from a socket at once: one `read()` moves up
 /// to this much, so a 16 MiB payload takes about a thousand reads.
@@ -131,7 +137,21 @@ pub struct Config {
     pub threads: usize,
     /// Silence the per-connection log lines.
     pub quiet: bool,
+    /// What a handler does with each chunk before echoing it.
+    pub work: Option<Work>,
+    /// Threads beside each one-thread loop that run its blocking `work`
+    /// (0: none, the loop runs it itself).
+    pub offload: usize,
+    /// Thread pool: every worker holds one lock while it computes, a
+    /// stand-in for CPython's GIL.
+    pub global_lock: bool,
+    /// Warn when a one-thread loop runs longer than this without waiting.
+    pub slow_handler: Option<Duration>,
 }
+
+/// The default `--slow-handler`: asyncio's debug mode warns of a callback
+/// slower than 100 ms, and so do we.
+pub const DEFAULT_SLOW_HANDLER: Duration = Duration::from_millis(100);
 
 /// The notes' thread pool size: `ThreadPoolExecutor(max_workers=20)`.
 pub const DEFAULT_WORKERS: NonZeroUsize = NonZeroUsize::new(20).unwrap();
@@ -156,6 +176,10 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             threads: 1,
             quiet: false,
+            work: None,
+            offload: 0,
+            global_lock: false,
+            slow_handler: Some(DEFAULT_SLOW_HANDLER),
         }
     }
 }
@@ -168,6 +192,8 @@ pub struct Context {
     pub shutdown: Shutdown,
     /// Counters and the per-connection log.
     pub stats: Stats,
+    /// The thread pool's `--global-lock`: held while a worker computes.
+    pub global_lock: Mutex<()>,
 }
 
 impl Context {
@@ -181,7 +207,16 @@ impl Context {
             config,
             shutdown: Shutdown::new()?,
             stats,
+            global_lock: Mutex::new(()),
         })
+    }
+}
+
+impl Context {
+    /// The lock a blocking worker computes under: the global lock with
+    /// `--global-lock`, none otherwise.
+    pub fn work_lock(&self) -> Option<&Mutex<()>> {
+        self.config.global_lock.then_some(&self.global_lock)
     }
 }
 

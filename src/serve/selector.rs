@@ -39,13 +39,18 @@
 //!
 //! Tutorial: `docs/tutorial/3-readiness-and-epoll.md`.
 
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use super::accept::{Accepted, accept};
+use super::offload::{Finished, Job, Offload};
+use super::stall::StallWatch;
+use super::work::{Work, WorkKind};
 use super::{Context, READ_BUFFER_SIZE};
 use crate::epoll::{Event, Events, Interest, Poller};
 use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted, would_block};
@@ -84,6 +89,62 @@ struct Connection {
     bytes: u64,
     /// When it last sent or took bytes, for the idle sweep.
     last_active: Instant,
+    /// Unique over the loop's life: a slab key is reused once its client is
+    /// gone, this is not, so a job or timer of a client that left cannot
+    /// reach the next one.
+    id: u64,
+    /// Its chunk is with `--work` (a timer or a pool thread): it reads
+    /// nothing more until that chunk is echoed, so bytes stay in order.
+    working: bool,
+    /// The chunk waiting out `wait` work (empty otherwise; kept to reuse).
+    held: Vec<u8>,
+}
+
+/// What `--work` needs from the loop: the work, the pool it goes to with
+/// `--offload`, and the deadlines of the clients that wait.
+struct WorkPlan {
+    work: Work,
+    /// With `--offload`: the pool, and where it says a job is done.
+    pool: Option<(Offload, Finished<(usize, u64)>)>,
+    /// Clients waiting out `wait` work: (deadline, key, id).
+    timers: BTreeSet<(Instant, usize, u64)>,
+}
+
+impl WorkPlan {
+    /// Starts the work on a chunk just read by client `(key, id)`.
+    /// Returns whether the chunk is deferred (the loop echoes it later);
+    /// otherwise the work is done, on this thread, and the chunk can go.
+    fn start(
+        &mut self,
+        key: usize,
+        id: u64,
+        data: &[u8],
+        held: &mut Vec<u8>,
+        now: Instant,
+    ) -> bool {
+        match (self.work.kind, &self.pool) {
+            // The notes' `asyncio.sleep`: a timer the loop fires.
+            (WorkKind::Wait, _) => {
+                held.extend_from_slice(data);
+                self.timers.insert((now + self.work.duration, key, id));
+                true
+            }
+            // `run_in_executor`: the pool works, the loop goes on.
+            (_, Some((pool, finished))) => {
+                pool.submit(Job {
+                    work: self.work,
+                    data: data.to_vec(),
+                    done: finished.notifier((key, id)),
+                });
+                true
+            }
+            // On the loop's own thread: every other client waits.
+            (_, None) => {
+                self.work.block(data, None);
+                false
+            }
+        }
+    }
 }
 
 /// Serves every client from this thread until shutdown.
@@ -91,7 +152,7 @@ struct Connection {
 /// # Errors
 /// If the poller fails or the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
-    let poller = Poller::new()?;
+    let poller = Arc::new(Poller::new()?);
     let bell = ctx.shutdown.bell()?;
     let mut handlers = Slab::new();
     let listener_key = handlers.insert(Handler::Accept);
@@ -101,6 +162,23 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     poller.add(&listener, listener_key, Interest::READ)?;
     poller.add(&bell, bell_key, Interest::READ)?;
 
+    let plan = match ctx.config.work {
+        Some(work) => {
+            let pool = match ctx.config.offload {
+                0 => None,
+                threads => Some((
+                    Offload::start(threads, "selector")?,
+                    Finished::new(poller.clone()),
+                )),
+            };
+            Some(WorkPlan {
+                work,
+                pool,
+                timers: BTreeSet::new(),
+            })
+        }
+        None => None,
+    };
     let mut selector = Selector {
         poller: &poller,
         listener: &listener,
@@ -112,6 +190,9 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
             .config
             .idle_timeout
             .map(|t| Instant::now() + sweep_interval(t)),
+        plan,
+        next_id: 0,
+        stall: StallWatch::new("selector", ctx.config.slow_handler, &ctx.stats),
         ctx,
     };
     let served = selector.serve();
@@ -143,6 +224,12 @@ struct Selector<'a> {
     accept_paused_until: Option<Instant>,
     /// When to look for idle clients next; `None` without `--idle-timeout`.
     next_idle_sweep: Option<Instant>,
+    /// `--work`, if given; without it the echo path is untouched.
+    plan: Option<WorkPlan>,
+    /// The id of the next client.
+    next_id: u64,
+    /// Warns when one turn of the loop runs past `--slow-handler`.
+    stall: StallWatch<'a>,
     ctx: &'a Context,
 }
 
@@ -151,18 +238,21 @@ impl Selector<'_> {
     fn serve(&mut self) -> io::Result<()> {
         let mut events = Events::new();
         while !self.ctx.shutdown.is_triggered() {
+            self.stall.waiting();
             // One epoll_wait for a whole batch of ready sockets.
             self.poller.wait(&mut events, self.timeout())?;
             // One clock reading per batch, not per message: it only dates
             // activity for the idle sweep, which is coarser anyway.
             let now = Instant::now();
+            self.stall.woke(now);
             for event in events.iter() {
                 match self.handlers.get_mut(event.key) {
                     Some(Handler::Accept) => self.accept_clients()?,
                     Some(Handler::Stop) => self.ctx.shutdown.trigger(),
                     Some(Handler::Echo(conn)) => {
+                        let plan = self.plan.as_mut();
                         if let Some(ending) =
-                            conn.on_ready(event, now, self.poller, &mut self.buffer)
+                            conn.on_ready(event, now, self.poller, &mut self.buffer, plan)
                         {
                             self.close(event.key, ending);
                         }
@@ -171,6 +261,7 @@ impl Selector<'_> {
                     None => {}
                 }
             }
+            self.finish_jobs(now);
             self.run_timers(now)?;
         }
         Ok(())
@@ -178,11 +269,52 @@ impl Selector<'_> {
 
     /// How long the next wait may last: until the next timer, or forever.
     fn timeout(&self) -> Option<Duration> {
-        let next = match (self.accept_paused_until, self.next_idle_sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let work_timer = self
+            .plan
+            .as_ref()
+            .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
+        let next = [self.accept_paused_until, self.next_idle_sweep, work_timer]
+            .into_iter()
+            .flatten()
+            .min();
         next.map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Echoes the chunks whose offloaded work is done. The pool rang the
+    /// poller for each, so the loop woke up for them.
+    fn finish_jobs(&mut self, now: Instant) {
+        let Some((_, finished)) = self.plan.as_ref().and_then(|plan| plan.pool.as_ref()) else {
+            return;
+        };
+        let done: Vec<((usize, u64), Vec<u8>)> = finished.take().collect();
+        for ((key, id), data) in done {
+            self.resume(key, id, now, |conn, now| conn.echo(&data, now));
+        }
+    }
+
+    /// Resumes client `(key, id)` after its work, if it is still there:
+    /// echoes its chunk with `echo`, then lets it read again.
+    fn resume(
+        &mut self,
+        key: usize,
+        id: u64,
+        now: Instant,
+        echo: impl FnOnce(&mut Connection, Instant) -> io::Result<()>,
+    ) {
+        let Some(Handler::Echo(conn)) = self.handlers.get_mut(key) else {
+            return; // Gone while it worked: its chunk is dropped.
+        };
+        if conn.id != id || !conn.working {
+            return; // The key belongs to a newer client now.
+        }
+        conn.working = false;
+        let ending = match echo(conn, now) {
+            Ok(()) => conn.settle(key, self.poller),
+            Err(e) => Some(Ending::Failed(e)),
+        };
+        if let Some(ending) = ending {
+            self.close(key, ending);
+        }
     }
 
     /// Accepts every client waiting in the backlog (the notes' `accept`).
@@ -223,11 +355,31 @@ impl Selector<'_> {
             interest: Interest::READ,
             bytes: 0,
             last_active: Instant::now(),
+            id: self.next_id,
+            working: false,
+            held: Vec::new(),
         }));
+        self.next_id += 1;
     }
 
-    /// Resumes accepting after a back-off, and closes idle clients.
+    /// Resumes accepting after a back-off, echoes the chunks whose `wait`
+    /// is over, and closes idle clients.
     fn run_timers(&mut self, now: Instant) -> io::Result<()> {
+        while let Some(&(at, key, id)) = self.plan.as_ref().and_then(|plan| plan.timers.first()) {
+            if at > now {
+                break;
+            }
+            if let Some(plan) = self.plan.as_mut() {
+                plan.timers.pop_first();
+            }
+            self.resume(key, id, now, |conn, now| {
+                let held = std::mem::take(&mut conn.held);
+                let echoed = conn.echo(&held, now);
+                conn.held = held;
+                conn.held.clear();
+                echoed
+            });
+        }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
             let key = self.listener_key;
@@ -239,7 +391,10 @@ impl Selector<'_> {
                     .handlers
                     .iter()
                     .filter_map(|(key, handler)| match handler {
-                        Handler::Echo(conn) if now.duration_since(conn.last_active) >= idle => {
+                        // A client whose chunk is with its work is busy, not idle.
+                        Handler::Echo(conn)
+                            if !conn.working && now.duration_since(conn.last_active) >= idle =>
+                        {
                             Some(key)
                         }
                         _ => None,
@@ -290,27 +445,43 @@ impl Connection {
         now: Instant,
         poller: &Poller,
         buffer: &mut [u8],
+        plan: Option<&mut WorkPlan>,
     ) -> Option<Ending> {
-        let key = event.key;
+        if self.interest == Interest::NONE {
+            // Watched for nothing (its chunk is with its work), yet
+            // reported: the kernel reports an error or hang-up whatever the
+            // interest, and level-triggered it would report it on every
+            // wait until the work is done. The client is gone: close now.
+            let e = self.stream.take_error().ok().flatten();
+            return Some(Ending::Failed(
+                e.unwrap_or_else(|| io::ErrorKind::ConnectionReset.into()),
+            ));
+        }
         if event.writable {
             if let Err(e) = self.flush(now) {
                 return Some(Ending::Failed(e));
             }
         }
         if event.readable && self.interest.read {
-            match self.read_and_echo(buffer, now) {
+            match self.read_and_echo(buffer, now, plan, event.key) {
                 Ok(()) => {}
                 Err(e) => return Some(Ending::Failed(e)),
             }
         }
-        if self.read_closed && self.unsent.is_empty() {
+        self.settle(event.key, poller)
+    }
+
+    /// After any I/O: whether the connection is done, and otherwise the
+    /// interest it needs now.
+    fn settle(&mut self, key: usize, poller: &Poller) -> Option<Ending> {
+        if self.read_closed && self.unsent.is_empty() && !self.working {
             // Half-closed and every byte delivered: done.
             return Some(Ending::Closed);
         }
         // Level-triggered interest only changes when the buffer crosses
         // empty or full: in steady ping-pong there is no epoll_ctl at all.
         let wanted = Interest {
-            read: !self.read_closed && self.unsent.len() < MAX_UNSENT,
+            read: !self.read_closed && self.unsent.len() < MAX_UNSENT && !self.working,
             write: !self.unsent.is_empty(),
         };
         if wanted != self.interest {
@@ -322,9 +493,15 @@ impl Connection {
         None
     }
 
-    /// One `read()`, then echo what it brought: written at once if nothing
-    /// is queued before it (the common case: no copy), queued otherwise.
-    fn read_and_echo(&mut self, buffer: &mut [u8], now: Instant) -> io::Result<()> {
+    /// One `read()`, then echo what it brought (after its `--work`, if
+    /// there is a plan).
+    fn read_and_echo(
+        &mut self,
+        buffer: &mut [u8],
+        now: Instant,
+        plan: Option<&mut WorkPlan>,
+        key: usize,
+    ) -> io::Result<()> {
         let room = buffer.len().min(MAX_UNSENT - self.unsent.len());
         let n = match self.stream.read(&mut buffer[..room]) {
             Ok(0) => {
@@ -338,6 +515,19 @@ impl Connection {
         };
         self.last_active = now;
         let data = &buffer[..n];
+        if let Some(plan) = plan {
+            if plan.start(key, self.id, data, &mut self.held, now) {
+                // Echoed when its work is done; no reading meanwhile.
+                self.working = true;
+                return Ok(());
+            }
+        }
+        self.echo(data, now)
+    }
+
+    /// Echoes `data`: written at once if nothing is queued before it (the
+    /// common case: no copy), queued otherwise.
+    fn echo(&mut self, data: &[u8], now: Instant) -> io::Result<()> {
         if self.unsent.is_empty() {
             let written = write_some(&mut self.stream, data)?;
             self.bytes += written as u64;

@@ -56,6 +56,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -63,6 +64,9 @@ use slab::Slab;
 use super::Context;
 use super::accept::{Accepted, accept};
 use super::buffers::{BufferPool, Lease};
+use super::offload::{Finished, Job, Offload};
+use super::stall::StallWatch;
+use super::work::{Work, WorkKind};
 use crate::epoll::{Events, Interest, Poller};
 use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted, would_block};
 use crate::shutdown::Shutdown;
@@ -85,6 +89,9 @@ pub enum Wait {
     },
     /// Resume me at this instant: the notes' `sleep`.
     Sleep(Instant),
+    /// Run the job I hold ([`Coroutine::take_job`]) on the offload pool and
+    /// resume me when it is done: `yield 'RUN_IN_EXECUTOR', job`.
+    Offload,
     /// The generator returned (`StopIteration`): drop me.
     Done,
 }
@@ -94,7 +101,7 @@ impl Wait {
         match self {
             Wait::Read { .. } => Interest::READ,
             Wait::Write { .. } => Interest::WRITE,
-            Wait::Sleep(_) | Wait::Done => Interest::NONE,
+            Wait::Sleep(_) | Wait::Offload | Wait::Done => Interest::NONE,
         }
     }
 
@@ -102,7 +109,7 @@ impl Wait {
         match self {
             Wait::Read { until } | Wait::Write { until } => until,
             Wait::Sleep(at) => Some(at),
-            Wait::Done => None,
+            Wait::Offload | Wait::Done => None,
         }
     }
 }
@@ -122,6 +129,11 @@ pub trait Coroutine<'a> {
     fn resume(&mut self, how: Resume, spawn: &mut Vec<Box<dyn Coroutine<'a> + 'a>>) -> Wait;
     /// The socket this task waits on.
     fn source(&self) -> BorrowedFd<'_>;
+    /// The work and the chunk for the pool, after the task yielded
+    /// [`Wait::Offload`].
+    fn take_job(&mut self) -> Option<(Work, Vec<u8>)> {
+        None
+    }
 }
 
 /// Serves every client from this thread until shutdown.
@@ -158,12 +170,14 @@ struct Slot<'a> {
     waiting: Option<Wait>,
     /// What its socket is registered for in the poller (`None`: not added).
     registered: Option<Interest>,
+    /// The ticket of its job on the offload pool, while it has one.
+    job: Option<u64>,
 }
 
 /// The notes' `EventLoop`: a run queue, a table of suspended tasks, and the
 /// poller that says which of them may resume.
 pub struct EventLoop<'a> {
-    poller: Poller,
+    poller: Arc<Poller>,
     tasks: Slab<Slot<'a>>,
     /// Tasks ready to resume, and why (the notes' `tasks_to_run`).
     run_queue: VecDeque<(usize, Resume)>,
@@ -171,17 +185,36 @@ pub struct EventLoop<'a> {
     timers: BTreeSet<(Instant, usize)>,
     /// Tasks created by the task being resumed, reused to avoid allocation.
     spawned: Vec<Box<dyn Coroutine<'a> + 'a>>,
+    /// With `--offload`: the pool, and where it says a job is done, by
+    /// (task key, ticket).
+    pool: Option<(Offload, Finished<(usize, u64)>)>,
+    /// The ticket of the next job: a task's key is reused after it ends,
+    /// a ticket never is.
+    next_ticket: u64,
+    /// Warns when one turn of the loop runs past `--slow-handler`.
+    stall: StallWatch<'a>,
     ctx: &'a Context,
 }
 
 impl<'a> EventLoop<'a> {
     fn new(ctx: &'a Context) -> io::Result<Self> {
+        let poller = Arc::new(Poller::new()?);
+        let pool = match (ctx.config.work, ctx.config.offload) {
+            (Some(work), threads) if work.blocks() && threads > 0 => Some((
+                Offload::start(threads, "statemachine")?,
+                Finished::new(poller.clone()),
+            )),
+            _ => None,
+        };
         Ok(EventLoop {
-            poller: Poller::new()?,
+            poller,
             tasks: Slab::new(),
             run_queue: VecDeque::new(),
             timers: BTreeSet::new(),
             spawned: Vec::new(),
+            pool,
+            next_ticket: 0,
+            stall: StallWatch::new("statemachine", ctx.config.slow_handler, &ctx.stats),
             ctx,
         })
     }
@@ -192,6 +225,7 @@ impl<'a> EventLoop<'a> {
             task,
             waiting: None,
             registered: None,
+            job: None,
         });
         self.run_queue.push_back((key, Resume::Ready));
     }
@@ -208,7 +242,10 @@ impl<'a> EventLoop<'a> {
             if self.ctx.shutdown.is_triggered() {
                 return Ok(());
             }
+            self.stall.waiting();
             self.poller.wait(&mut events, self.timeout())?;
+            let now = Instant::now();
+            self.stall.woke(now);
             for event in events.iter() {
                 let Some(slot) = self.tasks.get_mut(event.key) else {
                     continue;
@@ -218,6 +255,15 @@ impl<'a> EventLoop<'a> {
                 let ready = match slot.waiting {
                     Some(Wait::Read { until }) if event.readable => Some(until),
                     Some(Wait::Write { until }) if event.writable => Some(until),
+                    // Watched for nothing, yet reported: an error or a
+                    // hang-up, which the kernel reports whatever the
+                    // interest, and level-triggered on every wait. Stop
+                    // watching; the task meets the error when it resumes.
+                    Some(Wait::Sleep(_) | Wait::Offload) => {
+                        let _ = self.poller.delete(&slot.task.source());
+                        slot.registered = None;
+                        None
+                    }
                     _ => None,
                 };
                 if let Some(until) = ready {
@@ -228,7 +274,26 @@ impl<'a> EventLoop<'a> {
                     self.run_queue.push_back((event.key, Resume::Ready));
                 }
             }
-            self.expire_timers(Instant::now());
+            self.finish_jobs();
+            self.expire_timers(now);
+        }
+    }
+
+    /// Queues the tasks whose offloaded job is done. The pool rang the
+    /// poller for each, so the loop woke up for them.
+    fn finish_jobs(&mut self) {
+        let Some((_, finished)) = &self.pool else {
+            return;
+        };
+        // The task kept its own chunk; the pool's copy is dropped here.
+        for ((key, ticket), _copy) in finished.take() {
+            if let Some(slot) = self.tasks.get_mut(key) {
+                if slot.waiting == Some(Wait::Offload) && slot.job == Some(ticket) {
+                    slot.waiting = None;
+                    slot.job = None;
+                    self.run_queue.push_back((key, Resume::Ready));
+                }
+            }
         }
     }
 
@@ -247,6 +312,26 @@ impl<'a> EventLoop<'a> {
         }
         let slot = &mut self.tasks[key];
         slot.waiting = Some(wait);
+        if wait == Wait::Offload {
+            match (&self.pool, slot.task.take_job()) {
+                (Some((pool, finished)), Some((work, data))) => {
+                    let ticket = self.next_ticket;
+                    self.next_ticket += 1;
+                    slot.job = Some(ticket);
+                    pool.submit(Job {
+                        work,
+                        data,
+                        done: finished.notifier((key, ticket)),
+                    });
+                }
+                // Nothing to run: resume it at once.
+                _ => {
+                    slot.waiting = None;
+                    self.run_queue.push_back((key, Resume::Ready));
+                    return Ok(());
+                }
+            }
+        }
         let interest = wait.interest();
         // Sockets stay registered while a task lives (level-triggered), so
         // the common resume-and-wait-for-read again costs no syscall.
@@ -390,6 +475,13 @@ pub enum EchoState<'a> {
         /// Bytes of `data` already written.
         sent: usize,
     },
+    /// With `--work`, between `recv` and `sendall`: at `yield 'SLEEP',
+    /// until` (wait work) or `yield 'RUN_IN_EXECUTOR', job` (offloaded
+    /// work), holding the `data` it will echo when resumed.
+    Working {
+        /// The bytes received, to echo once the work is done.
+        data: Lease<'a>,
+    },
 }
 
 /// The notes' `handle_client` generator, as a state machine.
@@ -401,6 +493,11 @@ struct Echo<'a> {
     bytes: u64,
     idle_timeout: Option<Duration>,
     stats: &'a Stats,
+    /// `--work`, and whether its blocking kinds go to the offload pool.
+    work: Option<Work>,
+    offload: bool,
+    /// The job handed to the loop with [`Wait::Offload`], until it takes it.
+    job: Option<(Work, Vec<u8>)>,
     /// How the task ended, logged when it is dropped; `None` means the loop
     /// dropped it at shutdown.
     ending: Option<Ending>,
@@ -416,7 +513,30 @@ impl<'a> Echo<'a> {
             bytes: 0,
             idle_timeout: ctx.config.idle_timeout,
             stats: &ctx.stats,
+            work: ctx.config.work,
+            offload: ctx.config.offload > 0,
+            job: None,
             ending: None,
+        }
+    }
+
+    /// Starts `--work` on the chunk just received, which the task holds in
+    /// [`EchoState::Working`]. Returns what to yield, or `None` if the work
+    /// was done right here, on the loop's thread, and the chunk can go.
+    fn start_work(&mut self, work: Work, data: &[u8]) -> Option<Wait> {
+        match work.kind {
+            // The notes' `yield` of a deadline: the loop resumes us then.
+            WorkKind::Wait => Some(Wait::Sleep(Instant::now() + work.duration)),
+            // `run_in_executor`: the pool works on a copy, the loop goes on.
+            _ if self.offload => {
+                self.job = Some((work, data.to_vec()));
+                Some(Wait::Offload)
+            }
+            // On the loop's own thread: every other task waits.
+            _ => {
+                work.block(data, None);
+                None
+            }
         }
     }
 
@@ -442,11 +562,19 @@ impl<'a> Echo<'a> {
 
 impl<'a> Coroutine<'a> for Echo<'a> {
     fn resume(&mut self, how: Resume, _spawn: &mut Vec<Box<dyn Coroutine<'a> + 'a>>) -> Wait {
-        if how == Resume::TimedOut {
+        let working = matches!(self.state, EchoState::Working { .. });
+        if how == Resume::TimedOut && !working {
             return self.finish(Ending::IdleTimeout);
         }
         loop {
             match &mut self.state {
+                // Resumed after the work: on to `sendall(data)`.
+                EchoState::Working { .. } => {
+                    let state = std::mem::replace(&mut self.state, EchoState::WaitRead);
+                    if let EchoState::Working { data } = state {
+                        self.state = EchoState::WaitWrite { data, sent: 0 };
+                    }
+                }
                 EchoState::Start => {
                     self.state = EchoState::WaitRead;
                     return self.wait_read();
@@ -460,6 +588,15 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                         // On to `yield 'WAIT_WRITE'`, but try the write first.
                         Ok(len) => {
                             data.truncate(len);
+                            if let Some(work) = self.work {
+                                // `--work` first (see chapter 7).
+                                let wait = self.start_work(work, &data);
+                                self.state = EchoState::Working { data };
+                                if let Some(wait) = wait {
+                                    return wait;
+                                }
+                                continue;
+                            }
                             self.state = EchoState::WaitWrite { data, sent: 0 };
                         }
                         // Woken, but not readable after all: wait again.
@@ -490,6 +627,10 @@ impl<'a> Coroutine<'a> for Echo<'a> {
 
     fn source(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
+    }
+
+    fn take_job(&mut self) -> Option<(Work, Vec<u8>)> {
+        self.job.take()
     }
 }
 

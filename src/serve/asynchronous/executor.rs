@@ -33,6 +33,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use slab::Slab;
 
 use super::reactor::Reactor;
+use crate::serve::stall::StallWatch;
 
 type Task<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 
@@ -50,6 +51,8 @@ pub struct Executor<'a> {
     /// The ids taken from the ready queue for one tick (kept to reuse its
     /// memory).
     tick: RefCell<VecDeque<usize>>,
+    /// Warns when a tick runs past `--slow-handler`, if set.
+    stall: RefCell<Option<StallWatch<'a>>>,
 }
 
 /// A task and its waker.
@@ -140,7 +143,14 @@ impl<'a> Executor<'a> {
             },
             ready,
             tick: RefCell::new(VecDeque::new()),
+            stall: RefCell::new(None),
         }
+    }
+
+    /// Has `watch` warn of ticks that run too long.
+    pub fn watching_stalls(self, watch: StallWatch<'a>) -> Self {
+        *self.stall.borrow_mut() = Some(watch);
+        self
     }
 
     /// A handle for spawning tasks from inside tasks.
@@ -212,7 +222,13 @@ impl<'a> Executor<'a> {
             // Checked after announcing the sleep, so that a wake from
             // another thread either is seen here or notifies the poller.
             let timeout = (!self.ready.is_empty()).then_some(std::time::Duration::ZERO);
+            if let Some(stall) = self.stall.borrow_mut().as_mut() {
+                stall.waiting();
+            }
             let waited = self.reactor.wait(timeout);
+            if let Some(stall) = self.stall.borrow_mut().as_mut() {
+                stall.woke_now();
+            }
             // Awake again: wakes from here on need no notify().
             self.ready.sleeping.store(false, Ordering::SeqCst);
             waited?;

@@ -49,6 +49,9 @@ use reactor::{Async, Reactor, TimedOut, sleep, timeout};
 
 use super::Context;
 use super::accept::{Accepted, sort};
+use super::offload::Offload;
+use super::stall::StallWatch;
+use super::work::WorkKind;
 use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::stats::{Ending, Stats};
 
@@ -57,23 +60,45 @@ use crate::stats::{Ending, Stats};
 /// # Errors
 /// If the poller fails or the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    // Made before the executor, so that it outlives every task.
+    let pool = match (ctx.config.work, ctx.config.offload) {
+        (Some(work), threads) if work.blocks() && threads > 0 => {
+            Some(Offload::start(threads, "async")?)
+        }
+        _ => None,
+    };
     let reactor = Reactor::new()?;
-    let executor = Executor::new(reactor.clone());
+    let stall = StallWatch::new("async", ctx.config.slow_handler, &ctx.stats);
+    let executor = Executor::new(reactor.clone()).watching_stalls(stall);
     let listener = Async::new(listener, &reactor)?;
-    let served = executor.block_on(accept_clients(listener, ctx, &reactor, executor.spawner()));
+    let clients = Clients {
+        ctx,
+        reactor: &reactor,
+        pool: pool.as_ref(),
+    };
+    let served = executor.block_on(accept_clients(listener, clients, executor.spawner()));
     // Dropping the executor cancels every client task still running.
     drop(executor);
     served?
+}
+
+/// What every client task shares: the settings and counters, the reactor,
+/// and the offload pool if there is one.
+#[derive(Clone, Copy)]
+struct Clients<'a> {
+    ctx: &'a Context,
+    reactor: &'a Rc<Reactor>,
+    pool: Option<&'a Offload>,
 }
 
 /// The notes' `run_server`: accept clients and spawn a task for each, until
 /// the shutdown is triggered.
 async fn accept_clients<'a>(
     listener: Async<TcpListener>,
-    ctx: &'a Context,
-    reactor: &Rc<Reactor>,
+    clients: Clients<'a>,
     spawner: Spawner<'a>,
 ) -> io::Result<()> {
+    let Clients { ctx, reactor, .. } = clients;
     // A signal rings the bell; whoever hears it stops the server.
     let bell = Async::new(ctx.shutdown.bell()?, reactor)?;
     let mut rung = pin!(bell.readable());
@@ -87,7 +112,7 @@ async fn accept_clients<'a>(
         };
         match sort(accepted, &ctx.stats, Blocking::No) {
             Some(Accepted::Client(stream, peer)) => match Async::new(stream, reactor) {
-                Ok(stream) => spawner.spawn(handle_client(stream, peer, ctx, reactor.clone())),
+                Ok(stream) => spawner.spawn(handle_client(stream, peer, clients)),
                 Err(e) => ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
             },
             // `Async::accept` waits out an empty backlog itself; a client
@@ -108,12 +133,8 @@ async fn accept_clients<'a>(
 }
 
 /// The notes' `handle_client`: echo until the client leaves.
-async fn handle_client(
-    stream: Async<TcpStream>,
-    peer: SocketAddr,
-    ctx: &Context,
-    reactor: Rc<Reactor>,
-) {
+async fn handle_client(stream: Async<TcpStream>, peer: SocketAddr, clients: Clients<'_>) {
+    let Clients { ctx, reactor, pool } = clients;
     let idle = ctx.config.idle_timeout;
     let mut log = ConnectionLog {
         stats: &ctx.stats,
@@ -122,13 +143,25 @@ async fn handle_client(
         ending: None,
     };
     let ending = loop {
-        let data = match limit(idle, &reactor, stream.recv()).await {
+        let data = match limit(idle, reactor, stream.recv()).await {
             Ok(Ok(data)) if data.is_empty() => break Ending::Closed,
             Ok(Ok(data)) => data,
             Ok(Err(e)) => break Ending::Failed(e),
             Err(TimedOut) => break Ending::IdleTimeout,
         };
-        match limit(idle, &reactor, stream.write_all(&data)).await {
+        if let Some(work) = ctx.config.work {
+            // `--work` before the echo (see chapter 7).
+            match (work.kind, pool) {
+                // The notes' `await asyncio.sleep(...)`: other tasks run.
+                (WorkKind::Wait, _) => sleep(reactor, work.duration).await,
+                // `await loop.run_in_executor(pool, job)`.
+                (_, Some(pool)) => drop(pool.run(work, data.to_vec()).await),
+                // `time.sleep` or computing inside the coroutine: the
+                // whole loop waits.
+                (_, None) => work.block(&data, None),
+            }
+        }
+        match limit(idle, reactor, stream.write_all(&data)).await {
             Ok(Ok(())) => log.bytes += data.len() as u64,
             Ok(Err(e)) => break Ending::Failed(e),
             Err(TimedOut) => break Ending::IdleTimeout,

@@ -1,0 +1,92 @@
+//! The stall warning of the one-thread loops, as asyncio's debug mode warns
+//! of a slow callback: a loop that spends longer than `--slow-handler`
+//! between two waits has kept every other client waiting that long.
+//!
+//! The loop reports each wake-up and each wait to its [`StallWatch`]; the
+//! time between the two is what its handlers (or task polls) took. A stall
+//! writes one line to stderr, `--quiet` or not, at most one a second: the
+//! stalls in between are counted into the next line, and all of them into
+//! the server's summary.
+
+use std::time::{Duration, Instant};
+
+use crate::stats::Stats;
+
+/// At most one warning line per this long.
+const WARNING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Watches one loop for turns that last longer than a threshold.
+pub struct StallWatch<'a> {
+    /// The model, for the warning.
+    model: &'static str,
+    /// `None`: the watch is off (`--slow-handler 0`).
+    threshold: Option<Duration>,
+    /// When the loop last came back from its wait.
+    woke: Instant,
+    /// When the last warning line was written.
+    warned: Option<Instant>,
+    /// Stalls since that line.
+    unreported: u64,
+    stats: &'a Stats,
+}
+
+impl<'a> StallWatch<'a> {
+    /// A watch for `model`'s loop; `threshold` `None` turns it off.
+    pub fn new(model: &'static str, threshold: Option<Duration>, stats: &'a Stats) -> Self {
+        StallWatch {
+            model,
+            threshold,
+            woke: Instant::now(),
+            warned: None,
+            unreported: 0,
+            stats,
+        }
+    }
+
+    /// The loop came back from its wait at `now` (a clock reading it takes
+    /// anyway).
+    pub fn woke(&mut self, now: Instant) {
+        self.woke = now;
+    }
+
+    /// The loop came back from its wait now: one clock reading, none when
+    /// the watch is off.
+    pub fn woke_now(&mut self) {
+        if self.threshold.is_some() {
+            self.woke = Instant::now();
+        }
+    }
+
+    /// The loop is about to wait again: if it ran for longer than the
+    /// threshold since it woke, that is a stall. One clock reading; nothing
+    /// when the watch is off.
+    pub fn waiting(&mut self) {
+        let Some(threshold) = self.threshold else {
+            return;
+        };
+        let now = Instant::now();
+        let ran = now.saturating_duration_since(self.woke);
+        if ran > threshold {
+            self.stalled(ran, now);
+        }
+    }
+
+    fn stalled(&mut self, ran: Duration, now: Instant) {
+        self.stats.stalled();
+        if self.warned.is_some_and(|at| now - at < WARNING_INTERVAL) {
+            self.unreported += 1;
+            return;
+        }
+        let others = match std::mem::take(&mut self.unreported) {
+            0 => String::new(),
+            n => format!(" ({n} more since the last warning)"),
+        };
+        eprintln!(
+            "warning: the {} loop ran {:.0?} without waiting: every other client of it waited as long{others}. \
+             Move blocking work off the loop (--offload N), wait without blocking (--work wait:...), \
+             or run more loops (--threads N).",
+            self.model, ran
+        );
+        self.warned = Some(now);
+    }
+}
