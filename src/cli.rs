@@ -162,6 +162,14 @@ pub struct CompareArgs {
     /// `--threads` for the one-thread models: event loops per server.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub server_threads: usize,
+    /// `serve --work` for every echo-lab server it starts (not for --also
+    /// servers): e.g. cpu:1ms to see each model under CPU work.
+    #[arg(long, value_name = "KIND:DURATION", value_parser = parse_work)]
+    pub work: Option<Work>,
+    /// `serve --offload N` for the one-thread models, with --work cpu or
+    /// sleep.
+    #[arg(long, value_name = "N", value_parser = parse_positive_count, requires = "work")]
+    pub offload: Option<NonZeroUsize>,
     /// Servers to compare the others with, e.g. `tokio`: adds ratio columns
     /// to the table of medians.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -179,6 +187,14 @@ pub struct ModeList(pub Vec<Mode>);
 /// A comma-separated list of counts given as one value.
 #[derive(Clone, Debug)]
 pub struct Counts(pub Vec<usize>);
+
+/// A duration, or a bare `0` for "off".
+fn parse_threshold(text: &str) -> Result<Duration, String> {
+    match text {
+        "0" => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
 
 /// A message size for bench and compare: a size, and room for the id and
 /// sequence number each message carries.
@@ -337,7 +353,7 @@ pub struct ServeArgs {
     /// one-thread loop runs this long without waiting: every other client
     /// waited as long. 0 turns the warning off. Default 100ms (selector,
     /// statemachine and async only).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_threshold)]
     pub slow_handler: Option<Duration>,
 }
 
@@ -519,8 +535,15 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
         shared_core: args.shared_core,
         repeat: usize::from(args.repeat),
         server_threads: args.server_threads,
+        work: args.work,
+        offload: args.offload.map_or(0, NonZeroUsize::get),
         out: args.out,
     };
+    if config.offload > 0 && !config.work.is_some_and(Work::blocks) {
+        anyhow::bail!(
+            "--offload runs --work cpu:... or sleep:... on its threads; wait never blocks the loop"
+        );
+    }
     let runs = (config.modes.len() + config.also.len()) * config.connections.len() * config.repeat;
     eprintln!(
         "compare: {} of {:.1}s (+{:.1}s warm-up) each",

@@ -10,5 +10,6 @@ mod concurrency;
 mod conformance;
 mod event_loops;
 mod hardening;
+mod stalls;
 mod tools;
 mod tutorial;

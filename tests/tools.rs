@@ -474,6 +474,37 @@ fn ctrl_c_on_compare_stops_its_servers_and_keeps_what_was_measured() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `compare --work` reaches every echo-lab server it starts: one
+/// connection against 20 ms of sleep per message makes at most 50 a second.
+#[test]
+fn compare_passes_work_to_its_servers() {
+    let out = std::env::temp_dir().join(format!("echo-lab-compare-work-{}", std::process::id()));
+    let (status, stdout, stderr) = run_binary(&[
+        "compare",
+        "--modes",
+        "threadpool,selector",
+        "-c",
+        "1",
+        "-d",
+        "500ms",
+        "--warmup",
+        "0s",
+        "--work",
+        "sleep:20ms",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["work"], "sleep:20ms");
+    for row in json["rows"].as_array().unwrap() {
+        let rate = row["results"]["messages_per_sec"].as_f64().unwrap();
+        assert!(rate > 0.0 && rate <= 55.0, "{row}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// compare on two models (and a peer given with --also) writes the three
 /// files, with one row per server and connection count, in the order run,
 /// each with the server's CPU use.

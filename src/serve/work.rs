@@ -76,7 +76,8 @@ impl fmt::Display for Work {
             WorkKind::Sleep => "sleep",
             WorkKind::Wait => "wait",
         };
-        write!(f, "{kind}:{:?}", self.duration)
+        // In milliseconds, which `parse_work` reads back.
+        write!(f, "{kind}:{}ms", self.duration.as_secs_f64() * 1000.0)
     }
 }
 
@@ -138,6 +139,15 @@ mod tests {
         assert_eq!(work.duration, Duration::from_millis(2));
         assert_eq!(parse_work("sleep:1s").unwrap().kind, WorkKind::Sleep);
         assert_eq!(parse_work("wait:250ms").unwrap().kind, WorkKind::Wait);
+    }
+
+    #[test]
+    fn specs_print_as_they_parse() {
+        for spec in ["cpu:2ms", "sleep:1500ms", "wait:0.25ms"] {
+            let work = parse_work(spec).unwrap();
+            assert_eq!(work.to_string(), spec);
+            assert_eq!(parse_work(&work.to_string()), Ok(work));
+        }
     }
 
     #[test]

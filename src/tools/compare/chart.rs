@@ -294,6 +294,8 @@ mod tests {
             rows: vec![row("selector", 90_000.0), row("tokio", 120_000.0)],
             unclean_exits: Vec::new(),
             partial: false,
+            work: None,
+            offload: 0,
             environment: crate::tools::bench::Environment::current(),
         }
     }

@@ -39,6 +39,7 @@ pub use servers::{Peer, SERVER_PATIENCE, parse_peer};
 use super::bench::{self, BenchConfig, Environment};
 use crate::parse::HostPort;
 use crate::serve::Mode;
+use crate::serve::work::Work;
 use results::note_for;
 use servers::Launch;
 
@@ -66,6 +67,10 @@ pub struct CompareConfig {
     pub repeat: usize,
     /// `--threads` for our one-thread models (event loops per server).
     pub server_threads: usize,
+    /// `--work` for every echo-lab server (not for `--also` peers).
+    pub work: Option<Work>,
+    /// `--offload` for our one-thread models, with `work`.
+    pub offload: usize,
     /// Where the files go.
     pub out: PathBuf,
 }
@@ -111,6 +116,8 @@ pub fn run(
         rows: Vec::new(),
         unclean_exits: Vec::new(),
         partial: false,
+        work: config.work.map(|w| w.to_string()),
+        offload: config.offload,
         environment: Environment::current(),
     };
     for (repeat, connections, index) in schedule(servers.len(), &config.connections, config.repeat)
@@ -121,7 +128,7 @@ pub fn run(
         }
         let (name, launch) = &servers[index];
         let mut server = launch
-            .start(server_cpu, config.server_threads)
+            .start(server_cpu, config)
             .with_context(|| format!("starting {name}"))?;
         let bench_config = BenchConfig {
             addr: HostPort::from(server.addr),

@@ -39,6 +39,10 @@ pub struct Comparison {
     pub unclean_exits: Vec<String>,
     /// Interrupted (Ctrl-C): the rows are the runs finished before it.
     pub partial: bool,
+    /// The `--work` every echo-lab server did per message, if any.
+    pub work: Option<String>,
+    /// Its `--offload` pool size (0: none).
+    pub offload: usize,
     /// Where it ran.
     pub environment: Environment,
 }
@@ -228,6 +232,8 @@ mod tests {
             rows,
             unclean_exits: Vec::new(),
             partial: false,
+            work: None,
+            offload: 0,
             environment: Environment::current(),
         };
         let medians = medians(&comparison, &["base".to_owned()]);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use super::CompareConfig;
 use crate::serve::Mode;
 use crate::sys;
 
@@ -64,10 +65,13 @@ pub(super) struct ServerProcess {
 }
 
 impl Launch {
+    /// Starts the server, on CPU `cpu` if given; ours get the settings of
+    /// `config` that apply to them (`--threads` and `--offload` to the
+    /// one-thread loops, `--work` to every model); peers get none.
     pub(super) fn start(
         &self,
         cpu: Option<usize>,
-        threads: usize,
+        config: &CompareConfig,
     ) -> anyhow::Result<ServerProcess> {
         let (mut command, peer_port) = match self {
             Launch::Model(mode) => {
@@ -81,8 +85,15 @@ impl Launch {
                     "127.0.0.1:0",
                     "--quiet",
                 ]);
-                if mode.blocking() == crate::net::Blocking::No {
-                    c.args(["--threads", &threads.to_string()]);
+                let one_thread = mode.blocking() == crate::net::Blocking::No;
+                if one_thread {
+                    c.args(["--threads", &config.server_threads.to_string()]);
+                }
+                if let Some(work) = config.work {
+                    c.args(["--work", &work.to_string()]);
+                    if one_thread && config.offload > 0 {
+                        c.args(["--offload", &config.offload.to_string()]);
+                    }
                 }
                 (c, None)
             }
