@@ -277,6 +277,9 @@ Limits (every bound on memory, per model):
                       4 KiB buffer is the bound. Blocking models write
                       before reading again.
   --queue             threadpool: accepted clients waiting for a worker.
+  --work, --offload   a client whose chunk is with its work reads nothing
+                      more until it is echoed: one chunk per client (16 KiB
+                      at most; a copy of it on the pool with --offload).
   --idle-timeout      off by default; a slow client is bounded by the
                       buffers above, not by time.";
 

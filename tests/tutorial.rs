@@ -17,7 +17,9 @@
 //!   must be one of the commands README.md and the tutorial promise.
 //! - An `<!-- expect: ... -->` comment before a block states its outcome:
 //!   `contains "TEXT"`, `exit N` (of the block's last command; otherwise
-//!   every command must exit 0), `staircase`, `all-at-once`, `third-waits`.
+//!   every command must exit 0), `staircase`, `all-at-once`, `third-waits`,
+//!   `one-at-a-time` and `two-at-a-time` (echoes 100 ms or more apart, one
+//!   or two at a time).
 //! - An `<!-- excerpt: PATH -->` comment before a ```` ```rust ```` block
 //!   makes the block a quotation: its lines (trimmed) must appear in PATH in
 //!   order and contiguously, except where a `// ...` line marks a gap.
@@ -42,6 +44,8 @@ enum Expect {
     Staircase,
     AllAtOnce,
     ThirdWaits,
+    OneAtATime,
+    TwoAtATime,
 }
 
 #[derive(Debug)]
@@ -74,6 +78,8 @@ fn parse_expect(text: &str) -> Expect {
         "staircase" => Expect::Staircase,
         "all-at-once" => Expect::AllAtOnce,
         "third-waits" => Expect::ThirdWaits,
+        "one-at-a-time" => Expect::OneAtATime,
+        "two-at-a-time" => Expect::TwoAtATime,
         other => panic!("unknown expectation {other:?}"),
     }
 }
@@ -209,6 +215,20 @@ fn check_expect(place: &str, expect: &Expect, output: &str, statuses: &[i32]) {
             let last_echo = rows.iter().map(|r| r.1).fold(0.0, f64::max);
             let first_close = rows.iter().map(|r| r.2).fold(f64::MAX, f64::min);
             assert!(last_echo < first_close, "{shown}");
+        }
+        // Chapter 7's steps are 200 ms; half of one is far above noise.
+        Expect::OneAtATime | Expect::TwoAtATime => {
+            let mut echoes: Vec<f64> = rows.iter().map(|r| r.1).collect();
+            echoes.sort_by(f64::total_cmp);
+            let at_once = if matches!(expect, Expect::OneAtATime) {
+                1
+            } else {
+                2
+            };
+            assert!(echoes.len() > at_once, "{shown}");
+            for (earlier, later) in echoes.iter().zip(&echoes[at_once..]) {
+                assert!(later - earlier >= 0.1, "{shown}");
+            }
         }
         Expect::ThirdWaits => {
             let mut rows = rows;
@@ -353,6 +373,7 @@ chapters! {
     chapter_4 => "4-generators-are-state-machines.md",
     chapter_5 => "5-async-await-from-the-ground-up.md",
     chapter_6 => "6-measure-compare-conclude.md",
+    chapter_7 => "7-when-the-loop-stalls.md",
 }
 
 /// The index lists every chapter, each chapter links the next, and every
@@ -367,7 +388,7 @@ fn chapters_and_modules_link_each_other() {
         .filter(|n| n != "README.md")
         .collect();
     chapters.sort();
-    assert_eq!(chapters.len(), 7);
+    assert_eq!(chapters.len(), 8);
     for (i, chapter) in chapters.iter().enumerate() {
         assert!(
             index.contains(&format!("({chapter})")),
@@ -393,6 +414,9 @@ fn chapters_and_modules_link_each_other() {
             "src/serve/asynchronous/mod.rs",
             "5-async-await-from-the-ground-up.md",
         ),
+        ("src/serve/work.rs", "7-when-the-loop-stalls.md"),
+        ("src/serve/offload.rs", "7-when-the-loop-stalls.md"),
+        ("src/serve/stall.rs", "7-when-the-loop-stalls.md"),
     ] {
         let source = std::fs::read_to_string(root().join(module)).unwrap();
         assert!(

@@ -20,6 +20,8 @@
 //! the chunk is dropped. Shutdown (dropping the pool) lets running jobs end
 //! for at most [`SHUTDOWN_GRACE`], drops the queued ones, and leaves a job
 //! that runs longer to finish on its own: its result is dropped.
+//!
+//! Tutorial: `docs/tutorial/7-when-the-loop-stalls.md`.
 
 use std::future::Future;
 use std::pin::Pin;

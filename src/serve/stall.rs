@@ -7,6 +7,8 @@
 //! writes one line to stderr, `--quiet` or not, at most one a second: the
 //! stalls in between are counted into the next line, and all of them into
 //! the server's summary.
+//!
+//! Tutorial: `docs/tutorial/7-when-the-loop-stalls.md`.
 
 use std::time::{Duration, Instant};
 
@@ -82,10 +84,11 @@ impl<'a> StallWatch<'a> {
             n => format!(" ({n} more since the last warning)"),
         };
         eprintln!(
-            "warning: the {} loop ran {:.0?} without waiting: every other client of it waited as long{others}. \
+            "warning: the {} loop ran {}ms without waiting: every other client of it waited as long{others}. \
              Move blocking work off the loop (--offload N), wait without blocking (--work wait:...), \
              or run more loops (--threads N).",
-            self.model, ran
+            self.model,
+            ran.as_millis()
         );
         self.warned = Some(now);
     }

@@ -21,10 +21,12 @@
 //! a `yield` become its fields, and `next()` becomes [`Coroutine::resume`],
 //! which runs until the task must wait and returns a [`Wait`]: the yielded
 //! `('WAIT_READ', sock)`. A suspended task is nothing but that enum: no
-//! stack, no thread. The generator's `data` lives only from `recv` to the
-//! end of `sendall`, and so does our buffer: a task borrows one from the
-//! loop's [`BufferPool`] when its socket is readable and gives it back once
-//! everything is written. A client waiting to speak holds no buffer.
+//! stack, no thread. It is smaller than the generator, too: CPython keeps a
+//! suspended generator's frame, so at `WAIT_READ` it still holds the `data`
+//! of the last message; our `WaitRead` has no `data` at all. A task borrows
+//! a buffer from the loop's [`BufferPool`] when its socket is readable and
+//! gives it back once everything is written, so a client waiting to speak
+//! holds no buffer.
 //!
 //! The [`EventLoop`] is the notes' `EventLoop`: a run queue of tasks ready to
 //! resume, and a table of suspended tasks keyed by the socket they wait on.

@@ -16,6 +16,8 @@
 //!
 //! With `--offload N`, a one-thread loop hands `cpu` and `sleep` work to a
 //! pool of N threads ([`super::offload`]) and goes on serving the others.
+//!
+//! Tutorial: `docs/tutorial/7-when-the-loop-stalls.md`.
 
 use std::fmt;
 use std::hint::black_box;
