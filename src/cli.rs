@@ -19,6 +19,7 @@ use crate::parse::{
     HostPort, parse_addr, parse_counts, parse_duration, parse_positive_count,
     parse_positive_duration, parse_rate, parse_size,
 };
+use crate::poller::Backend;
 use crate::serve::work::{Work, parse_work};
 use crate::serve::{self, Config, Context, Mode};
 use crate::shutdown::trigger_on_signals;
@@ -358,6 +359,14 @@ pub struct ServeArgs {
     /// statemachine and async only).
     #[arg(long, value_name = "DURATION", value_parser = parse_threshold)]
     pub slow_handler: Option<Duration>,
+
+    /// How the one-thread loops wait for readiness (selector, statemachine
+    /// and async only): `polling`, the portable crate (epoll, kqueue or
+    /// IOCP: Python's DefaultSelector), the default; `epoll`, our own, one
+    /// system call per wait (Linux); `poll`, poll(2) over every socket on
+    /// every wait (the notes' select loop).
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub poller: Option<Backend>,
 }
 
 /// Runs the parsed command line.
@@ -379,13 +388,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The flags that belong to some models only, and those models. Giving one
 /// to another model is an error, not a flag silently ignored.
-const MODEL_FLAGS: [(&str, &[Mode]); 6] = [
+const MODEL_FLAGS: [(&str, &[Mode]); 7] = [
     ("--workers", &[Mode::Threadpool]),
     ("--queue", &[Mode::Threadpool]),
     ("--global-lock", &[Mode::Threadpool]),
     ("--threads", &Mode::ONE_THREAD),
     ("--offload", &Mode::ONE_THREAD),
     ("--slow-handler", &Mode::ONE_THREAD),
+    ("--poller", &Mode::ONE_THREAD),
 ];
 
 /// Refuses a model-specific flag given to a model it does not apply to.
@@ -397,6 +407,7 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
         args.threads.is_some(),
         args.offload.is_some(),
         args.slow_handler.is_some(),
+        args.poller.is_some(),
     ];
     for ((flag, models), given) in MODEL_FLAGS.into_iter().zip(given) {
         if given && !models.contains(&args.mode) {
@@ -437,6 +448,7 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Some(Duration::ZERO) => None,
             Some(threshold) => Some(threshold),
         },
+        poller: args.poller.unwrap_or_default(),
     };
     let listeners = serve::bind(args.mode, &args.addr, &config)?;
     let ctx = Context::new(config).context("preparing the shutdown")?;

@@ -7,7 +7,8 @@
 //!
 //! 1. [`net`]: the one socket setup every model shares, and the kernel's
 //!    answers every model must handle (WouldBlock, EINTR, EMFILE);
-//!    [`epoll`], the readiness wait every event loop is built on.
+//!    [`poller`], the readiness interface every event loop waits through,
+//!    with its three backends (`polling`, our own epoll, poll(2)).
 //! 2. [`shutdown`] and [`stats`]: how a server is stopped, and what it counts;
 //!    [`sys`], the few system calls outside the poller (limits, CPU time,
 //!    placement, signals).
@@ -29,9 +30,9 @@
 //! behaves, built to the standard of one.
 
 pub mod cli;
-pub mod epoll;
 pub mod net;
 pub mod parse;
+pub mod poller;
 pub mod serve;
 pub mod shutdown;
 pub mod stats;

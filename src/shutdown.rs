@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::epoll::{Events, Interest, Poller};
+use crate::poller::{Backend, Events, Interest, Poller};
 
 type Hook = Box<dyn FnOnce() + Send>;
 
@@ -192,10 +192,10 @@ pub fn trigger_on_signals(shutdown: &Shutdown, watcher: bool) -> anyhow::Result<
     }
     if watcher {
         let bell = shutdown.bell().context("starting the signal watcher")?;
-        let poller = Poller::new().context("starting the signal watcher")?;
-        poller
-            .add(&bell, 0, Interest::READ)
-            .context("starting the signal watcher")?;
+        let poller = Poller::new(Backend::default()).context("starting the signal watcher")?;
+        // SAFETY: the watcher thread owns the bell and deletes it from the
+        // poller before both are dropped.
+        unsafe { poller.add(&bell, 0, Interest::READ) }.context("starting the signal watcher")?;
         let shutdown = shutdown.clone();
         std::thread::Builder::new()
             .name("signals".into())
@@ -223,8 +223,9 @@ mod tests {
 
     /// Events a fresh poller reports for `bell` without waiting.
     fn rings(bell: &UnixStream) -> usize {
-        let poller = Poller::new().unwrap();
-        poller.add(bell, 0, Interest::READ).unwrap();
+        let poller = Poller::new(Backend::default()).unwrap();
+        // SAFETY: deleted below, before `bell` can close.
+        unsafe { poller.add(bell, 0, Interest::READ) }.unwrap();
         let mut events = Events::new();
         let ready = poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
         poller.delete(bell).unwrap();

@@ -29,6 +29,7 @@ use anyhow::{Context as _, bail};
 
 use crate::net::{Blocking, DEFAULT_BACKLOG, bind_listener, claim_port};
 use crate::parse::HostPort;
+use crate::poller::Backend;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use work::Work;
@@ -147,6 +148,8 @@ pub struct Config {
     pub global_lock: bool,
     /// Warn when a one-thread loop runs longer than this without waiting.
     pub slow_handler: Option<Duration>,
+    /// The readiness backend the one-thread loops wait with.
+    pub poller: Backend,
 }
 
 /// The default `--slow-handler`: asyncio's debug mode warns of a callback
@@ -180,6 +183,7 @@ impl Default for Config {
             offload: 0,
             global_lock: false,
             slow_handler: Some(DEFAULT_SLOW_HANDLER),
+            poller: Backend::default(),
         }
     }
 }

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::work::Work;
-use crate::epoll::Poller;
+use crate::poller::Poller;
 
 /// How long dropping the pool waits for jobs still running: the server's
 /// whole shutdown must take under two seconds.

@@ -52,8 +52,8 @@ use super::offload::{Finished, Job, Offload};
 use super::stall::StallWatch;
 use super::work::{Work, WorkKind};
 use super::{Context, READ_BUFFER_SIZE};
-use crate::epoll::{Event, Events, Interest, Poller};
 use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted, would_block};
+use crate::poller::{Event, Events, Interest, Poller};
 use crate::stats::Ending;
 
 /// The most echoed bytes one client may leave unsent before we stop reading
@@ -152,15 +152,17 @@ impl WorkPlan {
 /// # Errors
 /// If the poller fails or the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
-    let poller = Arc::new(Poller::new()?);
+    let poller = Arc::new(Poller::new(ctx.config.poller)?);
     let bell = ctx.shutdown.bell()?;
     let mut handlers = Slab::new();
     let listener_key = handlers.insert(Handler::Accept);
     let bell_key = handlers.insert(Handler::Stop);
-    // A source is deleted from the poller before it closes: the listener
-    // and the bell at the end of this function, every client in `close`.
-    poller.add(&listener, listener_key, Interest::READ)?;
-    poller.add(&bell, bell_key, Interest::READ)?;
+    // SAFETY: both are deleted at the end of this function, before they
+    // close.
+    unsafe {
+        poller.add(&listener, listener_key, Interest::READ)?;
+        poller.add(&bell, bell_key, Interest::READ)?;
+    }
 
     let plan = match ctx.config.work {
         Some(work) => {
@@ -343,7 +345,9 @@ impl Selector<'_> {
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
         let entry = self.handlers.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self.poller.add(&stream, key, Interest::READ) {
+        // SAFETY: `close` (also at shutdown, from `close_all`) deletes it
+        // from the poller before it drops the connection.
+        if let Err(e) = unsafe { self.poller.add(&stream, key, Interest::READ) } {
             self.ctx.stats.disconnected(peer, 0, Ending::Failed(e));
             return;
         }

@@ -69,8 +69,8 @@ use super::buffers::{BufferPool, Lease};
 use super::offload::{Finished, Job, Offload};
 use super::stall::StallWatch;
 use super::work::{Work, WorkKind};
-use crate::epoll::{Events, Interest, Poller};
 use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted, would_block};
+use crate::poller::{Events, Interest, Poller};
 use crate::shutdown::Shutdown;
 use crate::stats::{Ending, Stats};
 
@@ -200,7 +200,7 @@ pub struct EventLoop<'a> {
 
 impl<'a> EventLoop<'a> {
     fn new(ctx: &'a Context) -> io::Result<Self> {
-        let poller = Arc::new(Poller::new()?);
+        let poller = Arc::new(Poller::new(ctx.config.poller)?);
         let pool = match (ctx.config.work, ctx.config.offload) {
             (Some(work), threads) if work.blocks() && threads > 0 => Some((
                 Offload::start(threads, "statemachine")?,
@@ -339,10 +339,10 @@ impl<'a> EventLoop<'a> {
         // the common resume-and-wait-for-read again costs no syscall.
         if slot.registered != Some(interest) {
             let source = slot.task.source();
-            // `remove` deletes the source before the task (and the socket
-            // it owns) is dropped.
             let registered = match slot.registered {
-                None => self.poller.add(&source, key, interest),
+                // SAFETY: `remove` deletes the source before the task (and
+                // the socket it owns) is dropped.
+                None => unsafe { self.poller.add(&source, key, interest) },
                 Some(_) => self.poller.modify(&source, key, interest),
             };
             if let Err(e) = registered {

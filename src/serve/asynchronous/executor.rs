@@ -85,7 +85,7 @@ struct ReadyQueue {
     /// Set while the executor blocks in the reactor: only then must a wake
     /// interrupt it.
     sleeping: AtomicBool,
-    reactor_poller: Arc<crate::epoll::Poller>,
+    reactor_poller: Arc<crate::poller::Poller>,
 }
 
 impl ReadyQueue {
@@ -342,7 +342,7 @@ mod tests {
     use std::time::Duration;
 
     fn executor<'a>() -> (Rc<Reactor>, Executor<'a>) {
-        let reactor = Reactor::new().unwrap();
+        let reactor = Reactor::new(crate::poller::Backend::default()).unwrap();
         let executor = Executor::new(reactor.clone());
         (reactor, executor)
     }

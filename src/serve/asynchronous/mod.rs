@@ -67,7 +67,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         }
         _ => None,
     };
-    let reactor = Reactor::new()?;
+    let reactor = Reactor::new(ctx.config.poller)?;
     let stall = StallWatch::new("async", ctx.config.slow_handler, &ctx.stats);
     let executor = Executor::new(reactor.clone()).watching_stalls(stall);
     let listener = Async::new(listener, &reactor)?;

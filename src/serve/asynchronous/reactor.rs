@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::epoll::{Events, Poller};
 use crate::net::{interrupted, would_block};
+use crate::poller::{Backend, Events, Interest, Poller};
 use crate::serve::buffers::{BufferPool, Lease, TASK_BUFFER_SIZE};
 
 /// The kernel side of the runtime: one poller, the registered sockets, the
@@ -152,9 +152,9 @@ impl Reactor {
     ///
     /// # Errors
     /// If the poller cannot be created.
-    pub fn new() -> io::Result<Rc<Reactor>> {
+    pub fn new(backend: Backend) -> io::Result<Rc<Reactor>> {
         Ok(Rc::new(Reactor {
-            poller: Arc::new(Poller::new()?),
+            poller: Arc::new(Poller::new(backend)?),
             sources: RefCell::new(Slab::new()),
             timers: RefCell::new(BTreeMap::new()),
             next_timer_id: Cell::new(0),
@@ -264,8 +264,8 @@ impl<T: AsFd> Async<T> {
             reader: Waiter::default(),
             writer: Waiter::default(),
         });
-        // `Drop for Async` deletes the source before `io` closes.
-        reactor.poller.add_edge_triggered(&io, source.key)?;
+        // SAFETY: `Drop for Async` deletes the source before `io` closes.
+        unsafe { reactor.poller.add_edge_triggered(&io, source.key)? };
         entry.insert(source.clone());
         Ok(Async {
             io,
@@ -303,11 +303,26 @@ impl<T: AsFd> Async<T> {
                 return Poll::Pending;
             }
             match op(&self.io) {
-                Err(e) if would_block(&e) => self.source.ready(direction).set(false),
+                Err(e) if would_block(&e) => self.not_ready(direction),
                 Err(e) if interrupted(&e) => {}
                 result => return Poll::Ready(result),
             }
         }
+    }
+}
+
+impl<T: AsFd> Async<T> {
+    /// Forgets that the socket is ready in `direction`: the next operation
+    /// waits for the poller to report it again, which edge-triggered needs
+    /// a new edge for. (The `poll` backend emulates edges and is told here
+    /// to watch the direction again; the others need no call.)
+    fn not_ready(&self, direction: Direction) {
+        self.source.ready(direction).set(false);
+        let interest = match direction {
+            Direction::Read => Interest::READ,
+            Direction::Write => Interest::WRITE,
+        };
+        self.reactor.poller.rearm(&self.io, interest);
     }
 }
 
@@ -354,12 +369,15 @@ impl Async<TcpStream> {
             // poller. Saves one syscall per message. Safe because data that
             // arrives after this read raises a new edge, and an end of
             // stream that arrived before it was reported with the data.
+            // (A backend that cannot report an end of stream with the data
+            // leaves us to read until WouldBlock, or we would miss it.)
             if let Poll::Ready(Ok(data)) = &result {
                 if !data.is_empty()
                     && data.len() < TASK_BUFFER_SIZE
                     && !self.source.read_closed.get()
+                    && self.reactor.poller.reports_read_closed()
                 {
-                    self.source.readable.set(false);
+                    self.not_ready(Direction::Read);
                 }
             }
             result

@@ -19,8 +19,8 @@ use anyhow::Context as _;
 use super::report::WorkerResult;
 use super::verify::Expected;
 use super::{BenchConfig, DRAIN_LIMIT, MAX_UNECHOED_BYTES, MIN_MESSAGE_SIZE, Window};
-use crate::epoll::{Events, Interest, Poller};
 use crate::net::{interrupted, would_block};
+use crate::poller::{Backend, Events, Interest, Poller};
 use crate::sys;
 use crate::tools::interrupt::CHECK_INTERVAL;
 
@@ -100,7 +100,7 @@ impl<'a> Worker<'a> {
         if let Some(cpu) = config.pin_cpu {
             sys::pin_current_thread(cpu).with_context(|| format!("running on CPU {cpu}"))?;
         }
-        let poller = Poller::new()?;
+        let poller = Poller::new(Backend::default())?;
         // Each connection sends at rate / connections; their first messages
         // are spread over one period so they do not all start together.
         let period = config
@@ -132,9 +132,9 @@ impl<'a> Worker<'a> {
                 watching_write: false,
                 due: window.start + phase,
             };
-            // `close` and `Drop for Worker` delete every source before its
-            // stream is dropped.
-            worker.poller.add(&conn.stream, key, Interest::READ)?;
+            // SAFETY: `close` and `Drop for Worker` delete every source
+            // before its stream is dropped.
+            unsafe { worker.poller.add(&conn.stream, key, Interest::READ)? };
             if period.is_some() {
                 worker.schedule.push(Reverse((conn.due, key)));
             } else {

@@ -30,62 +30,19 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Which readiness a socket is registered for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Interest {
-    /// Report the socket when it has data, EOF or a pending connection.
-    pub read: bool,
-    /// Report the socket when it has room to send.
-    pub write: bool,
-}
+use super::{Event, Interest};
 
-impl Interest {
-    /// Registered, but reporting nothing: a socket parked on purpose.
-    /// (epoll still reports errors and hang-ups; see [`Event`].)
-    pub const NONE: Interest = Interest {
-        read: false,
-        write: false,
-    };
-    /// Waiting for data (or clients, on a listener).
-    pub const READ: Interest = Interest {
-        read: true,
-        write: false,
-    };
-    /// Waiting for room to send.
-    pub const WRITE: Interest = Interest {
-        read: false,
-        write: true,
-    };
-
-    fn flags(self) -> u32 {
-        let mut flags = 0;
-        if self.read {
-            flags |= libc::EPOLLIN | libc::EPOLLRDHUP;
-        }
-        if self.write {
-            flags |= libc::EPOLLOUT;
-        }
-        flags as u32
+/// The epoll flags for `interest`: `EPOLLRDHUP` with reading, so that a
+/// hang-up is reported (as [`Event::read_closed`]) even edge-triggered.
+fn flags(interest: Interest) -> u32 {
+    let mut flags = 0;
+    if interest.read {
+        flags |= libc::EPOLLIN | libc::EPOLLRDHUP;
     }
-}
-
-/// One ready socket, as a wait reports it.
-///
-/// An error or a hang-up is reported as both readable and writable whatever
-/// the interest, so that whichever call the loop makes next returns it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Event {
-    /// The key the socket was registered under.
-    pub key: usize,
-    /// A read (or accept) will not block.
-    pub readable: bool,
-    /// A write will not block.
-    pub writable: bool,
-    /// The peer shut its side down, or the socket failed: from now on a
-    /// read returns at once (end of stream or the error), however much was
-    /// read since. Edge-triggered registrations need this (see
-    /// [`Poller::add_edge_triggered`]).
-    pub read_closed: bool,
+    if interest.write {
+        flags |= libc::EPOLLOUT;
+    }
+    flags as u32
 }
 
 /// The key of the poller's own wake-up descriptor; never reported.
@@ -179,7 +136,7 @@ impl Poller {
     /// As `epoll_ctl(2)`: already registered, out of memory.
     pub fn add(&self, source: &impl AsFd, key: usize, interest: Interest) -> io::Result<()> {
         let fd = source.as_fd().as_raw_fd();
-        self.control(libc::EPOLL_CTL_ADD, fd, checked_key(key)?, interest.flags())
+        self.control(libc::EPOLL_CTL_ADD, fd, checked_key(key)?, flags(interest))
     }
 
     /// Watches `source` for reading and writing, edge-triggered, reporting
@@ -196,12 +153,10 @@ impl Poller {
     /// As [`Poller::add`].
     pub fn add_edge_triggered(&self, source: &impl AsFd, key: usize) -> io::Result<()> {
         let fd = source.as_fd().as_raw_fd();
-        let flags = Interest {
+        let flags = flags(Interest {
             read: true,
             write: true,
-        }
-        .flags()
-            | libc::EPOLLET as u32;
+        }) | libc::EPOLLET as u32;
         self.control(libc::EPOLL_CTL_ADD, fd, checked_key(key)?, flags)
     }
 
@@ -211,7 +166,7 @@ impl Poller {
     /// As `epoll_ctl(2)`: not registered, say.
     pub fn modify(&self, source: &impl AsFd, key: usize, interest: Interest) -> io::Result<()> {
         let fd = source.as_fd().as_raw_fd();
-        self.control(libc::EPOLL_CTL_MOD, fd, checked_key(key)?, interest.flags())
+        self.control(libc::EPOLL_CTL_MOD, fd, checked_key(key)?, flags(interest))
     }
 
     /// Stops watching `source`.
