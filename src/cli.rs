@@ -101,6 +101,11 @@ pub struct BenchArgs {
     /// Connections, opened before the run.
     #[arg(long, short, value_name = "C", default_value = "10", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub connections: u32,
+    /// More connections that connect and stay silent throughout: the C10K
+    /// shape, most clients idle. Shows what each readiness backend pays per
+    /// idle client (serve --poller).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub idle: usize,
     /// The measured time.
     #[arg(long, short, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
     pub duration: Duration,
@@ -163,6 +168,12 @@ pub struct CompareArgs {
     /// `--threads` for the one-thread models: event loops per server.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub server_threads: usize,
+    /// bench --idle: this many more connections, silent, for every run.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub idle: usize,
+    /// serve --poller for the one-thread models it starts.
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub poller: Option<Backend>,
     /// `serve --work` for every echo-lab server it starts (not for --also
     /// servers): e.g. cpu:1ms to see each model under CPU work.
     #[arg(long, value_name = "KIND:DURATION", value_parser = parse_work)]
@@ -491,6 +502,7 @@ fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let config = BenchConfig {
         addr: args.addr,
         connections: args.connections as usize,
+        idle: args.idle,
         duration: args.duration,
         warmup: args.warmup,
         size: args.size,
@@ -550,6 +562,8 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
         shared_core: args.shared_core,
         repeat: usize::from(args.repeat),
         server_threads: args.server_threads,
+        idle: args.idle,
+        poller: args.poller,
         work: args.work,
         offload: args.offload.map_or(0, NonZeroUsize::get),
         out: args.out,

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use echo_lab::poller::Backend;
 use echo_lab::serve::{Config, Mode, Server};
 
 /// The longest any single step of a test may wait. Generous on purpose: the
@@ -15,10 +16,26 @@ use echo_lab::serve::{Config, Mode, Server};
 /// milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+thread_local! {
+    /// The readiness backend of the test running on this thread, when
+    /// `every_model!(backends: ...)` runs it once per backend.
+    static BACKEND: std::cell::Cell<Option<Backend>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `test` with the one-thread loops it starts waiting on `backend`:
+/// through [`quiet`] in this process, through `--poller` in a
+/// [`BinaryServer`].
+pub fn with_backend(backend: Backend, test: impl FnOnce()) {
+    BACKEND.with(|b| b.set(Some(backend)));
+    test();
+    BACKEND.with(|b| b.set(None));
+}
+
 /// A quiet server configuration, as tests want it.
 pub fn quiet() -> Config {
     Config {
         quiet: true,
+        poller: BACKEND.with(|b| b.get()).unwrap_or_default(),
         ..Config::default()
     }
 }
@@ -137,9 +154,11 @@ impl BinaryServer {
     /// and hard) set to `fd_limit`, as `prlimit --nofile=N:N` would.
     pub fn start_with_fd_limit(args: &[&str], fd_limit: Option<u64>) -> BinaryServer {
         let mut command = Command::new(binary());
+        command.args(["serve", "--addr", "127.0.0.1:0"]).args(args);
+        if let Some(backend) = BACKEND.with(|b| b.get()) {
+            command.args(["--poller", backend.name()]);
+        }
         command
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -277,9 +296,68 @@ pub fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
 /// (`f::selector`, `f::asynchronous`, ...), so that a failing model never
 /// hides the others and each can be run alone. `every_model!(one_thread:
 /// f)` runs `f` on the one-thread models only, `every_model!(concurrent:
-/// f)` on every model that serves more than one client at once. A new model (or, later, a
+/// f)` on every model that serves more than one client at once; with
+/// `backends:` (alone or after `one_thread,`) each one-thread loop runs
+/// once per readiness backend (`f::selector::poll`). A new model (or, later, a
 /// backend or a protocol) joins by one line here.
 macro_rules! every_model {
+    // Every model; the one-thread loops once per readiness backend.
+    (backends: $($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [
+            sequential => Sequential,
+            threadpool => Threadpool,
+        ] [
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+        ]);)+
+    };
+    (concurrent, backends: $($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [threadpool => Threadpool] [
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+        ]);)+
+    };
+    (one_thread, backends: $($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [] [
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+        ]);)+
+    };
+    (@each $test:ident [$($name:ident => $mode:ident),* $(,)?] [$($loop:ident => $loop_mode:ident),+ $(,)?]) => {
+        mod $test {
+            $(
+                #[test]
+                fn $name() {
+                    super::$test(echo_lab::serve::Mode::$mode)
+                }
+            )*
+            $(
+                mod $loop {
+                    #[test]
+                    fn polling() {
+                        $crate::common::with_backend(echo_lab::poller::Backend::Polling, || {
+                            super::super::$test(echo_lab::serve::Mode::$loop_mode)
+                        })
+                    }
+                    #[test]
+                    fn epoll() {
+                        $crate::common::with_backend(echo_lab::poller::Backend::Epoll, || {
+                            super::super::$test(echo_lab::serve::Mode::$loop_mode)
+                        })
+                    }
+                    #[test]
+                    fn poll() {
+                        $crate::common::with_backend(echo_lab::poller::Backend::Poll, || {
+                            super::super::$test(echo_lab::serve::Mode::$loop_mode)
+                        })
+                    }
+                }
+            )+
+        }
+    };
     (concurrent: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [
             threadpool => Threadpool,

@@ -239,7 +239,7 @@ fn a_broken_listener_stops_the_server_with_an_error(mode: Mode) {
 }
 
 every_model!(
-    echoes_a_short_message,
+    backends: echoes_a_short_message,
     echoes_every_byte_value,
     echoes_16_mib_full_duplex,
     echoes_byte_at_a_time,

@@ -103,6 +103,7 @@ fn offloaded_work_keeps_bytes_in_order(mode: Mode) {
     let config = BenchConfig {
         addr: server.addr().into(),
         connections: 8,
+        idle: 0,
         duration: Duration::from_millis(700),
         warmup: Duration::ZERO,
         size: 700,

@@ -80,6 +80,9 @@ pub struct BenchConfig {
     pub addr: HostPort,
     /// Connections opened before the run.
     pub connections: usize,
+    /// More connections that connect and stay silent for the whole run:
+    /// the C10K shape, where most clients are idle.
+    pub idle: usize,
     /// The measured window.
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
@@ -171,6 +174,8 @@ pub fn run_until(
     if streams.is_empty() {
         return Err(first_failure.unwrap_or_else(|| anyhow::anyhow!("no connection opened")));
     }
+    // Held open, silent, until the run ends.
+    let _idle = open_idle(config)?;
     let echoed = AtomicU64::new(0);
     let start = Instant::now();
     let window = Window {
@@ -271,6 +276,31 @@ struct Connected {
     failures: u64,
     /// Why the first failed connect failed.
     first_failure: Option<anyhow::Error>,
+}
+
+/// Opens the `--idle` connections, within [`CONNECT_PHASE_LIMIT`]. They
+/// send nothing and are never read; the server holds them all the same.
+///
+/// # Errors
+/// Not all of them could be opened: the measurement would not be what was
+/// asked, so it is not made.
+fn open_idle(config: &BenchConfig) -> anyhow::Result<Vec<TcpStream>> {
+    let deadline = Instant::now() + CONNECT_PHASE_LIMIT;
+    let mut idle = Vec::with_capacity(config.idle);
+    for _ in 0..config.idle {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let stream =
+            connect(&config.addr, left.min(Duration::from_secs(2))).with_context(|| {
+                format!(
+                    "opening idle connection {} of {} (is the descriptor limit, {}, too low?)",
+                    idle.len() + 1,
+                    config.idle,
+                    sys::fd_limits().map_or(0, |(soft, _)| soft)
+                )
+            })?;
+        idle.push(stream);
+    }
+    Ok(idle)
 }
 
 /// Opens every connection, within [`CONNECT_PHASE_LIMIT`] in all.

@@ -247,6 +247,12 @@ pub fn render(report: &BenchReport) -> String {
         "  connections  {} of {} served, {} connect failures, {} errors\n",
         r.served_connections, p.connections, r.connect_failures, r.errors
     );
+    if p.idle > 0 {
+        out += &format!(
+            "  idle         {} more open and silent throughout\n",
+            p.idle
+        );
+    }
     if r.abandoned_connections > 0 {
         out += &format!(
             "  abandoned    {}: {} waited through the whole window unanswered\n",

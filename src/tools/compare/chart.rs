@@ -296,6 +296,8 @@ mod tests {
             partial: false,
             work: None,
             offload: 0,
+            poller: None,
+            idle: 0,
             environment: crate::tools::bench::Environment::current(),
         }
     }

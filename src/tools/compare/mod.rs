@@ -38,6 +38,7 @@ pub use servers::{Peer, SERVER_PATIENCE, parse_peer};
 
 use super::bench::{self, BenchConfig, Environment};
 use crate::parse::HostPort;
+use crate::poller::Backend;
 use crate::serve::Mode;
 use crate::serve::work::Work;
 use results::note_for;
@@ -67,6 +68,10 @@ pub struct CompareConfig {
     pub repeat: usize,
     /// `--threads` for our one-thread models (event loops per server).
     pub server_threads: usize,
+    /// Silent connections beside the active ones, for every run.
+    pub idle: usize,
+    /// `--poller` for our one-thread models; their default if `None`.
+    pub poller: Option<Backend>,
     /// `--work` for every echo-lab server (not for `--also` peers).
     pub work: Option<Work>,
     /// `--offload` for our one-thread models, with `work`.
@@ -118,6 +123,8 @@ pub fn run(
         partial: false,
         work: config.work.map(|w| w.to_string()),
         offload: config.offload,
+        poller: config.poller.map(|b| b.name().to_owned()),
+        idle: config.idle,
         environment: Environment::current(),
     };
     for (repeat, connections, index) in schedule(servers.len(), &config.connections, config.repeat)
@@ -133,6 +140,7 @@ pub fn run(
         let bench_config = BenchConfig {
             addr: HostPort::from(server.addr),
             connections,
+            idle: config.idle,
             duration: config.duration,
             warmup: config.warmup,
             size: config.size,

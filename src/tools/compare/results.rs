@@ -43,6 +43,10 @@ pub struct Comparison {
     pub work: Option<String>,
     /// Its `--offload` pool size (0: none).
     pub offload: usize,
+    /// The one-thread loops' readiness backend (`None`: their default).
+    pub poller: Option<String>,
+    /// Silent connections beside the active ones in every run.
+    pub idle: usize,
     /// Where it ran.
     pub environment: Environment,
 }
@@ -234,6 +238,8 @@ mod tests {
             partial: false,
             work: None,
             offload: 0,
+            poller: None,
+            idle: 0,
             environment: Environment::current(),
         };
         let medians = medians(&comparison, &["base".to_owned()]);

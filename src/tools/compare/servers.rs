@@ -88,6 +88,9 @@ impl Launch {
                 let one_thread = mode.blocking() == crate::net::Blocking::No;
                 if one_thread {
                     c.args(["--threads", &config.server_threads.to_string()]);
+                    if let Some(backend) = config.poller {
+                        c.args(["--poller", backend.name()]);
+                    }
                 }
                 if let Some(work) = config.work {
                     c.args(["--work", &work.to_string()]);
