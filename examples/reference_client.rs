@@ -5,6 +5,8 @@
 //!
 //! Usage: `reference_client HOST:PORT CONNECTIONS SECONDS`. Dev-only.
 
+#![cfg_attr(not(target_os = "linux"), allow(unused))]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -12,6 +14,13 @@ use std::time::{Duration, Instant};
 
 const SIZE: usize = 512;
 
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("reference_client is built on epoll: Linux only");
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "linux")]
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(addr), Some(Ok(connections)), Some(Ok(seconds))) = (

@@ -8,6 +8,8 @@
 //! Dev-only: not part of echo-lab, and deliberately minimal (no shutdown
 //! summary, no limits, no partial-write queue beyond a blocking retry).
 
+#![cfg_attr(not(target_os = "linux"), allow(unused))]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -21,6 +23,7 @@ fn main() -> std::io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
     println!("listening on {}", listener.local_addr()?);
     match kind.as_str() {
+        #[cfg(target_os = "linux")]
         "raw-epoll" => raw_epoll(listener),
         "blocking" => {
             for stream in listener.incoming() {
@@ -54,6 +57,7 @@ fn check(result: i32) -> std::io::Result<i32> {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn raw_epoll(listener: TcpListener) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     // SAFETY: plain epoll system calls on descriptors this function owns;

@@ -7,6 +7,11 @@
 #      current-thread runtime (examples/tokio_echo.rs) and a minimal raw-epoll
 #      loop (examples/reference_servers.rs) at 10, 100 and 1,000 connections,
 #      pinned apart (server CPU 0, client CPU 1) and on one shared core.
+#   1c. The default readiness backend (the polling crate) against our own
+#      epoll (--poller epoll), tokio and raw epoll, at 100 and 1,000
+#      connections on one shared core.
+#   1d. 10 active and 5,000 idle connections (bench --idle) on each backend:
+#      poll(2) against epoll and polling.
 #   2. sequential and threadpool at 1 connection against a minimal blocking
 #      thread-per-connection server.
 #   3. Syscalls per echoed message at 100 connections, server side and the
@@ -29,7 +34,7 @@
 # whose range spans 1.0 as "the same". Under strace the servers run far
 # slower; only the counts per message are meaningful there.
 #
-# Usage: scripts/bench.sh            (about 8 minutes on 2 cores)
+# Usage: scripts/bench.sh            (about 12 minutes on 2 cores)
 #        DURATION=3s REPEATS=9 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +62,22 @@ echo "## 1b. The same on one shared core"
 "$LAB" compare --modes selector,statemachine,async --also "$TOKIO" --also "$RAW" \
     -c 10,100,1000 "${COMMON[@]}" --shared-core --baseline tokio,raw-epoll --out "$OUT/shared" \
     | sed -n '/^medians/,$p'
+echo
+echo "## 1c. Readiness backends: the default (polling) against --poller epoll, one shared core"
+EPOLL_ALSO=()
+for mode in selector statemachine async; do
+    EPOLL_ALSO+=(--also "$mode-epoll=$LAB serve --mode $mode --poller epoll --addr 127.0.0.1:{port} --quiet")
+done
+"$LAB" compare --modes selector,statemachine,async "${EPOLL_ALSO[@]}" --also "$TOKIO" --also "$RAW" \
+    -c 100,1000 "${COMMON[@]}" --shared-core --baseline tokio,selector-epoll --out "$OUT/backends" \
+    | sed -n '/^medians/,$p'
+echo
+echo "## 1d. 10 active clients and 5,000 idle ones, the selector on each backend, one shared core"
+"$LAB" compare --modes selector \
+    --also "selector-epoll=$LAB serve --mode selector --poller epoll --addr 127.0.0.1:{port} --quiet" \
+    --also "selector-poll=$LAB serve --mode selector --poller poll --addr 127.0.0.1:{port} --quiet" \
+    -c 10 --idle 5000 --duration "$DURATION" --warmup 500ms --repeat 3 --shared-core \
+    --baseline selector-epoll --out "$OUT/idle" | sed -n '/^medians/,$p'
 echo
 echo "## 2. Blocking models at 1 connection vs a blocking thread-per-connection server, pinned apart"
 "$LAB" compare --modes sequential,threadpool --also "$BLOCKING" \

@@ -157,6 +157,13 @@ pub enum AcceptFailure {
     Fatal,
 }
 
+/// Linux's "machine is not on the network", which accept may pass on from
+/// a new socket; other systems have no such error (and no code -1).
+#[cfg(target_os = "linux")]
+const ENONET: i32 = libc::ENONET;
+#[cfg(not(target_os = "linux"))]
+const ENONET: i32 = -1;
+
 /// Sorts an `accept()` error into what to do next.
 pub fn classify_accept_error(e: &io::Error) -> AcceptFailure {
     if interrupted(e) || would_block(e) {
@@ -174,7 +181,7 @@ pub fn classify_accept_error(e: &io::Error) -> AcceptFailure {
             | libc::ENETDOWN
             | libc::ENOPROTOOPT
             | libc::EHOSTDOWN
-            | libc::ENONET
+            | ENONET
             | libc::EHOSTUNREACH
             | libc::EOPNOTSUPP
             | libc::ENETUNREACH

@@ -5,7 +5,7 @@
 //! safe functions.
 //!
 //! The poller's own calls (`epoll_*`, the eventfd) live with it in
-//! [`crate::epoll`], because they are its lesson.
+//! [`crate::poller`], because they are its lesson.
 
 use std::io;
 use std::os::unix::process::CommandExt as _;
@@ -33,7 +33,16 @@ pub fn fd_limits() -> io::Result<(u64, u64)> {
     // SAFETY: getrlimit writes one `rlimit` into the struct we pass, which
     // lives across the call.
     check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
-    Ok((limit.rlim_cur, limit.rlim_max))
+    // `rlim_t` is unsigned on Linux and signed on the BSDs; infinity is
+    // its largest value on both.
+    #[allow(clippy::useless_conversion)]
+    let wide = |r: libc::rlim_t| u64::try_from(r).unwrap_or(u64::MAX);
+    Ok((wide(limit.rlim_cur), wide(limit.rlim_max)))
+}
+
+/// `limit` as the OS's `rlim_t`, saturating.
+fn rlim(limit: u64) -> libc::rlim_t {
+    libc::rlim_t::try_from(limit).unwrap_or(libc::rlim_t::MAX)
 }
 
 /// Raises the soft descriptor limit to the hard one, so that a client can
@@ -48,8 +57,8 @@ pub fn raise_fd_limit() -> io::Result<()> {
         return Ok(());
     }
     let raised = libc::rlimit {
-        rlim_cur: hard,
-        rlim_max: hard,
+        rlim_cur: rlim(hard),
+        rlim_max: rlim(hard),
     };
     // SAFETY: setrlimit reads the struct we pass, which lives across the call.
     check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) })
@@ -59,8 +68,8 @@ pub fn raise_fd_limit() -> io::Result<()> {
 /// and hard), as `prlimit --nofile=N:N` would.
 pub fn limit_descriptors(command: &mut Command, limit: u64) {
     let rlimit = libc::rlimit {
-        rlim_cur: limit,
-        rlim_max: limit,
+        rlim_cur: rlim(limit),
+        rlim_max: rlim(limit),
     };
     // SAFETY: the closure runs between fork and exec, where only
     // async-signal-safe calls are allowed; setrlimit is a plain system call
@@ -74,6 +83,7 @@ pub fn limit_descriptors(command: &mut Command, limit: u64) {
 ///
 /// # Errors
 /// As `sched_setaffinity(2)`: no such CPU, or not allowed to use it.
+#[cfg(target_os = "linux")]
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(io::ErrorKind::InvalidInput.into());
@@ -86,6 +96,19 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     // SAFETY: pid 0 is the calling thread; the kernel reads `size_of` bytes
     // of the set we own.
     check(unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) })
+}
+
+/// Runs the calling thread on CPU `cpu` only: Linux's `sched_setaffinity`;
+/// elsewhere, an error that says so.
+///
+/// # Errors
+/// Always, off Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn pin_current_thread(_cpu: usize) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "pinning to a CPU is implemented on Linux only",
+    ))
 }
 
 /// Makes `command`'s process run on CPU `cpu` only.

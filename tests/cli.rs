@@ -93,6 +93,10 @@ fn flags_of_other_models_are_refused() {
             &["--mode", "threadpool", "--threads", "2"],
             "--threads applies to selector, statemachine and async only, not to threadpool",
         ),
+        (
+            &["--mode", "sequential", "--poller", "poll"],
+            "--poller applies to selector, statemachine and async only, not to sequential",
+        ),
     ] {
         let mut command = vec!["serve", "--addr", "127.0.0.1:0"];
         command.extend_from_slice(args);
@@ -129,6 +133,11 @@ fn malformed_arguments_exit_2() {
         "must be at least 1",
     );
     assert_fails(&["serve", "--workers", "0"], 2, "must be at least 1");
+    assert_fails(
+        &["serve", "--poller", "select"],
+        2,
+        "possible values: polling, epoll, poll",
+    );
     assert_fails(&["bench", "--size", "4"], 2, "at least 12 bytes");
     assert_fails(&["compare", "--size", "11"], 2, "at least 12 bytes");
 }

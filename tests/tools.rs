@@ -40,6 +40,26 @@ fn bench_verifies_every_model(mode: Mode) {
     assert!(!results.failed(), "{mode}");
 }
 
+/// `bench --idle` holds that many silent connections beside the active
+/// ones for the whole run, on every backend: the server sees them all at
+/// once, and the active ones are served regardless.
+#[test]
+fn bench_holds_idle_connections_beside_the_active_ones() {
+    for backend in echo_lab::poller::Backend::ALL {
+        let config = echo_lab::serve::Config {
+            poller: backend,
+            ..quiet()
+        };
+        let server = start_with(Mode::Selector, config);
+        let mut bench_config = short_bench(server.addr().into(), 4);
+        bench_config.idle = 200;
+        let results = bench::run(&bench_config, |_, _| {}).unwrap();
+        assert_eq!(results.errors, 0, "{backend}: {results:?}");
+        assert_eq!(results.served_connections, 4, "{backend}");
+        assert_eq!(server.stats().peak(), 204, "{backend}");
+    }
+}
+
 /// bench's open loop keeps its schedule and verifies just the same.
 #[test]
 fn bench_open_loop_at_a_fixed_rate() {

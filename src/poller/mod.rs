@@ -35,6 +35,7 @@
 //!   the interest, so that whichever call comes next returns them.
 //! - [`Poller::notify`] ends a wait from any thread.
 
+#[cfg(target_os = "linux")]
 pub mod epoll;
 pub mod poll;
 mod portable;
@@ -128,6 +129,7 @@ pub struct Events {
     /// What the last wait reported, whichever backend it came from.
     list: Vec<Event>,
     /// The epoll backend's raw buffer.
+    #[cfg(target_os = "linux")]
     epoll: epoll::Events,
     /// The `polling` backend's buffer, made at its first wait.
     portable: Option<::polling::Events>,
@@ -154,6 +156,7 @@ pub struct Poller {
 #[derive(Debug)]
 enum Inner {
     Polling(portable::Poller),
+    #[cfg(target_os = "linux")]
     Epoll(epoll::Poller),
     Poll(poll::Poller),
 }
@@ -167,7 +170,15 @@ impl Poller {
     pub fn new(backend: Backend) -> io::Result<Poller> {
         let inner = match backend {
             Backend::Polling => Inner::Polling(portable::Poller::new()?),
+            #[cfg(target_os = "linux")]
             Backend::Epoll => Inner::Epoll(epoll::Poller::new()?),
+            #[cfg(not(target_os = "linux"))]
+            Backend::Epoll => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "--poller epoll is Linux's; this system has polling (the default) and poll",
+                ));
+            }
             Backend::Poll => Inner::Poll(poll::Poller::new()?),
         };
         Ok(Poller { inner })
@@ -177,6 +188,7 @@ impl Poller {
     pub fn backend(&self) -> Backend {
         match self.inner {
             Inner::Polling(_) => Backend::Polling,
+            #[cfg(target_os = "linux")]
             Inner::Epoll(_) => Backend::Epoll,
             Inner::Poll(_) => Backend::Poll,
         }
@@ -195,6 +207,7 @@ impl Poller {
         match &self.inner {
             // SAFETY: the caller's promise.
             Inner::Polling(p) => unsafe { p.add(source, key, interest, false) },
+            #[cfg(target_os = "linux")]
             Inner::Epoll(p) => p.add(source, key, interest),
             Inner::Poll(p) => p.add(source, key, interest, false),
         }
@@ -219,6 +232,7 @@ impl Poller {
         match &self.inner {
             // SAFETY: the caller's promise.
             Inner::Polling(p) => unsafe { p.add(source, key, both, true) },
+            #[cfg(target_os = "linux")]
             Inner::Epoll(p) => p.add_edge_triggered(source, key),
             Inner::Poll(p) => p.add(source, key, both, true),
         }
@@ -231,6 +245,7 @@ impl Poller {
     pub fn modify(&self, source: &impl AsFd, key: usize, interest: Interest) -> io::Result<()> {
         match &self.inner {
             Inner::Polling(p) => p.modify(source, key, interest),
+            #[cfg(target_os = "linux")]
             Inner::Epoll(p) => p.modify(source, key, interest),
             Inner::Poll(p) => p.modify(source, key, interest),
         }
@@ -259,6 +274,7 @@ impl Poller {
     pub fn delete(&self, source: &impl AsFd) -> io::Result<()> {
         match &self.inner {
             Inner::Polling(p) => p.delete(source),
+            #[cfg(target_os = "linux")]
             Inner::Epoll(p) => p.delete(source),
             Inner::Poll(p) => p.delete(source),
         }
@@ -278,6 +294,7 @@ impl Poller {
                 let raw = events.portable.get_or_insert_with(::polling::Events::new);
                 p.wait(raw, timeout, &mut events.list)?;
             }
+            #[cfg(target_os = "linux")]
             Inner::Epoll(p) => {
                 p.wait(&mut events.epoll, timeout)?;
                 events.list.extend(events.epoll.iter());
@@ -295,6 +312,7 @@ impl Poller {
     pub fn notify(&self) -> io::Result<()> {
         match &self.inner {
             Inner::Polling(p) => p.notify(),
+            #[cfg(target_os = "linux")]
             Inner::Epoll(p) => p.notify(),
             Inner::Poll(p) => p.notify(),
         }

@@ -57,7 +57,7 @@ pub enum Mode {
     Sequential,
     /// A fixed pool of threads, each blocking on one client; a bounded queue.
     Threadpool,
-    /// One thread, an epoll readiness loop, a handler per ready socket.
+    /// One thread, a readiness loop, a handler per ready socket.
     Selector,
     /// One thread; each client a hand-written state machine (a generator).
     #[value(alias = "generator")]
