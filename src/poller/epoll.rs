@@ -324,15 +324,10 @@ unsafe fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `key` as epoll's `u64`; the largest key is the wake-up's own.
 fn checked_key(key: usize) -> io::Result<u64> {
-    let key = key as u64;
-    if key == WAKE_KEY {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the largest key is the poller's own",
-        ));
-    }
-    Ok(key)
+    super::checked_key(key)?;
+    Ok(key as u64)
 }
 
 #[cfg(test)]

@@ -286,20 +286,7 @@ mod tests {
                 note: None,
             }
         };
-        Comparison {
-            size: 512,
-            duration: 1.0,
-            warmup: 0.0,
-            placement: "unpinned",
-            rows: vec![row("selector", 90_000.0), row("tokio", 120_000.0)],
-            unclean_exits: Vec::new(),
-            partial: false,
-            work: None,
-            offload: 0,
-            poller: None,
-            idle: 0,
-            environment: crate::tools::bench::Environment::current(),
-        }
+        Comparison::of_rows(vec![row("selector", 90_000.0), row("tokio", 120_000.0)])
     }
 
     /// One connection count: the axis is labelled at it (not at 1), the

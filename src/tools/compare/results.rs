@@ -192,10 +192,30 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+impl Comparison {
+    /// A comparison of `rows` with nothing else to say: for tests.
+    #[cfg(test)]
+    pub(super) fn of_rows(rows: Vec<Row>) -> Comparison {
+        Comparison {
+            size: 512,
+            duration: 1.0,
+            warmup: 0.0,
+            placement: "unpinned",
+            rows,
+            unclean_exits: Vec::new(),
+            partial: false,
+            work: None,
+            offload: 0,
+            poller: None,
+            idle: 0,
+            environment: Environment::current(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tools::bench::Environment;
     use crate::tools::compare::output::render_medians;
 
     fn row(server: &str, repeat: usize, rate: f64, p99: f64) -> Row {
@@ -228,20 +248,7 @@ mod tests {
             row("ours", 3, 143.0, 4.5),
             row("base", 3, 130.0, 5.0),
         ];
-        let comparison = Comparison {
-            size: 512,
-            duration: 1.0,
-            warmup: 0.0,
-            placement: "apart",
-            rows,
-            unclean_exits: Vec::new(),
-            partial: false,
-            work: None,
-            offload: 0,
-            poller: None,
-            idle: 0,
-            environment: Environment::current(),
-        };
+        let comparison = Comparison::of_rows(rows);
         let medians = medians(&comparison, &["base".to_owned()]);
         assert_eq!(medians.len(), 2);
         let ours = &medians[0];
