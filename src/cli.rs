@@ -6,7 +6,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -55,6 +55,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run every model under the same load; write a table, JSON, CSV, chart.
     Compare(CompareArgs),
+    /// Re-print a saved compare run's table and redraw its chart, without
+    /// running anything; --against an earlier run.
+    Report(ReportArgs),
 }
 
 /// `echo-lab client`.
@@ -189,6 +192,36 @@ pub struct CompareArgs {
     /// Where to write results.json, results.csv and throughput.svg.
     #[arg(long, value_name = "DIR", default_value = "echo-lab-results")]
     pub out: PathBuf,
+    /// Holding the run against an earlier one.
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+}
+
+/// `--against` and `--fail-if-slower`, for compare and report.
+#[derive(Debug, Args)]
+pub struct JudgeArgs {
+    /// An earlier results.json (or its directory): print each cell's change,
+    /// called real only where it exceeds both runs' spread over repeats.
+    #[arg(long, value_name = "RESULTS")]
+    pub against: Option<PathBuf>,
+    /// Exit 1 if a cell got slower for real by more than this many percent
+    /// (with --against), for scripts.
+    #[arg(long, value_name = "PCT", requires = "against")]
+    pub fail_if_slower: Option<f64>,
+}
+
+/// `echo-lab report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A directory compare wrote (or its results.json).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Servers to compare the others with, as for compare.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub baseline: Vec<String>,
+    /// Holding it against an earlier run.
+    #[command(flatten)]
+    pub judge: JudgeArgs,
 }
 
 /// A list of models given as one value (clap reads a `Vec` field as a
@@ -394,6 +427,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Probe(args) => probe_command(args),
         Command::Bench(args) => bench_command(args),
         Command::Compare(args) => compare_command(args),
+        Command::Report(args) => report_command(args),
     }
 }
 
@@ -536,6 +570,81 @@ fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The table of medians, when there are repeats or baselines.
+fn print_medians(comparison: &compare::Comparison, repeat: usize, baselines: &[String]) {
+    if repeat > 1 || !baselines.is_empty() {
+        let medians = compare::medians(comparison, baselines);
+        println!(
+            "\nmedians of {} ({}):\n",
+            counted(repeat as u64, "run"),
+            comparison.placement
+        );
+        print!("{}", compare::render_medians(&medians, baselines));
+    }
+}
+
+/// With `--against`, prints each cell's change against the earlier run;
+/// returns whether a cell got slower for real beyond `--fail-if-slower`.
+fn hold_against(comparison: &compare::Comparison, judge: &JudgeArgs) -> anyhow::Result<bool> {
+    let Some(path) = &judge.against else {
+        return Ok(false);
+    };
+    let old = compare::against::load(path)?;
+    println!(
+        "\nagainst {} ({}):\n",
+        path.display(),
+        old.environment.headline()
+    );
+    let changes = compare::against::against(comparison, &old);
+    print!("{}", compare::against::render_changes(&changes));
+    let Some(percent) = judge.fail_if_slower else {
+        return Ok(false);
+    };
+    let slower = compare::against::slower_than(&changes, percent);
+    for change in &slower {
+        eprintln!(
+            "slower by {:.1}% (beyond both runs' spread): {} at {} connections",
+            change.change * 100.0,
+            change.server,
+            change.connections
+        );
+    }
+    Ok(!slower.is_empty())
+}
+
+fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let comparison = compare::against::load(&args.dir)?;
+    println!(
+        "# {}; placement {}",
+        comparison.environment.headline(),
+        comparison.placement
+    );
+    if !comparison.environment.command.is_empty() {
+        println!("# {}", comparison.environment.command);
+    }
+    print!("{}", compare::header());
+    for row in &comparison.rows {
+        print!("{}", compare::render_row(row));
+    }
+    let repeat = comparison.rows.iter().map(|r| r.repeat).max().unwrap_or(1);
+    print_medians(&comparison, repeat, &args.baseline);
+    let chart = if args.dir.is_dir() {
+        args.dir.clone()
+    } else {
+        args.dir
+            .parent()
+            .map_or_else(PathBuf::new, Path::to_path_buf)
+    };
+    compare::write_chart(&comparison, &chart)?;
+    println!("\nredrew throughput.svg in {}", chart.display());
+    let slower = hold_against(&comparison, &args.judge)?;
+    Ok(if slower {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 /// A progress bar on a terminal; nothing when stderr is piped.
 fn progress_bar() -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -584,6 +693,11 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
     // group): caught, it ends the sweep, which stops it and writes what was
     // measured.
     let interrupt = Interrupt::catch()?;
+    println!(
+        "# {}; placement {}",
+        Environment::current().headline(),
+        compare::placement(&config).2
+    );
     print!("{}", compare::header());
     let comparison = compare::run(&config, interrupt.flag(), |row| {
         print!("{}", compare::render_row(row));
@@ -592,19 +706,12 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
     for unclean in &comparison.unclean_exits {
         println!("did not stop cleanly: {unclean}");
     }
-    if config.repeat > 1 || !args.baseline.is_empty() {
-        let medians = compare::medians(&comparison, &args.baseline);
-        println!(
-            "\nmedians of {} ({}):\n",
-            counted(config.repeat as u64, "run"),
-            comparison.placement
-        );
-        print!("{}", compare::render_medians(&medians, &args.baseline));
-    }
+    print_medians(&comparison, config.repeat, &args.baseline);
     println!(
         "\nwrote results.json, results.csv and throughput.svg to {}",
         config.out.display()
     );
+    let slower = hold_against(&comparison, &args.judge)?;
     if let Some(code) = interrupt.exit_code() {
         eprintln!(
             "compare: interrupted after {} runs; the files hold those (marked partial)",
@@ -612,7 +719,8 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(code));
     }
-    let failed = !comparison.unclean_exits.is_empty()
+    let failed = slower
+        || !comparison.unclean_exits.is_empty()
         || comparison
             .rows
             .iter()

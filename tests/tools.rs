@@ -526,6 +526,89 @@ fn compare_passes_work_to_its_servers() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// A results.json says what produced it; `report` re-prints a saved run
+/// and redraws its chart without running anything; `--against` calls a run
+/// held against itself noise, and a run made twice as costly slower, which
+/// `--fail-if-slower` turns into exit 1.
+#[test]
+fn saved_results_describe_themselves_and_can_be_held_against_each_other() {
+    let dir = std::env::temp_dir().join(format!("echo-lab-report-{}", std::process::id()));
+    let (old, new) = (dir.join("old"), dir.join("new"));
+    let (status, stdout, stderr) = run_binary(&[
+        "compare",
+        "--modes",
+        "selector",
+        "-c",
+        "1",
+        "-d",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--repeat",
+        "2",
+        "--out",
+        old.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    assert!(stdout.starts_with("# echo-lab "), "{stdout}");
+    let text = std::fs::read_to_string(old.join("results.json")).unwrap();
+    let mut json: Value = serde_json::from_str(&text).unwrap();
+    let env = &json["environment"];
+    for field in ["version", "command", "cpu_model", "kernel", "date"] {
+        assert!(
+            env[field].as_str().is_some_and(|v| !v.is_empty()),
+            "{field}: {env}"
+        );
+    }
+    assert!(
+        env["command"]
+            .as_str()
+            .unwrap()
+            .contains("compare --modes selector")
+    );
+    std::fs::remove_file(old.join("throughput.svg")).unwrap();
+    let (status, stdout, _) = run_binary(&["report", old.to_str().unwrap()]);
+    assert_eq!(status, Some(0), "{stdout}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("selector "))
+            .count(),
+        2,
+        "{stdout}"
+    );
+    assert!(old.join("throughput.svg").exists());
+    let (status, stdout, _) = run_binary(&[
+        "report",
+        old.to_str().unwrap(),
+        "--against",
+        old.to_str().unwrap(),
+        "--fail-if-slower",
+        "10",
+    ]);
+    assert_eq!(status, Some(0), "{stdout}");
+    assert!(stdout.contains("| +0.0% | noise |"), "{stdout}");
+    // The same run, made to cost twice the server CPU per message.
+    for row in json["rows"].as_array_mut().unwrap() {
+        let cpu = row["results"]["server_cpu"].as_f64().unwrap();
+        row["results"]["server_cpu"] = Value::from(cpu * 2.0);
+    }
+    std::fs::create_dir_all(&new).unwrap();
+    std::fs::write(new.join("results.json"), json.to_string()).unwrap();
+    let (status, stdout, stderr) = run_binary(&[
+        "report",
+        new.to_str().unwrap(),
+        "--against",
+        old.to_str().unwrap(),
+        "--fail-if-slower",
+        "10",
+    ]);
+    assert_eq!(status, Some(1), "{stdout}");
+    assert!(stdout.contains("| +100.0% | slower |"), "{stdout}");
+    assert!(stderr.contains("slower by 100.0%"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// compare on two models (and a peer given with --also) writes the three
 /// files, with one row per server and connection count, in the order run,
 /// each with the server's CPU use.

@@ -4,14 +4,14 @@
 //! [`BenchResults`].
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{BenchConfig, ERROR_SAMPLES};
 use crate::stats::counted;
 use crate::sys;
 
 /// Latency percentiles, in microseconds.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Latency {
     /// Median.
     pub p50: f64,
@@ -28,7 +28,7 @@ pub struct Latency {
 }
 
 /// What a run measured.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BenchResults {
     /// Messages whose echo arrived inside the measured window, each judged
     /// by a clock reading taken as it arrived.
@@ -79,16 +79,28 @@ impl BenchResults {
 }
 
 /// The environment a run happened in, so a saved result explains itself.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Environment {
     /// echo-lab's version.
-    pub version: &'static str,
+    pub version: String,
+    /// The git commit it was built from, when known.
+    #[serde(default)]
+    pub commit: Option<String>,
     /// `release` or `debug`.
-    pub profile: &'static str,
+    pub profile: String,
+    /// The command line that produced the result.
+    #[serde(default)]
+    pub command: String,
+    /// The CPU's model name, as the OS reports it.
+    #[serde(default)]
+    pub cpu_model: String,
     /// CPUs available to this process.
     pub cpus: usize,
     /// The kernel release.
     pub kernel: String,
+    /// When the run started, UTC, ISO 8601.
+    #[serde(default)]
+    pub date: String,
     /// The descriptor limit (soft) during the run.
     pub fd_limit: u64,
 }
@@ -96,19 +108,83 @@ pub struct Environment {
 impl Environment {
     /// Reads the environment of this process.
     pub fn current() -> Self {
+        let commit = env!("ECHO_LAB_GIT_COMMIT");
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                let line = info.lines().find(|l| l.starts_with("model name"))?;
+                Some(line.split_once(':')?.1.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
         Environment {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            commit: (!commit.is_empty()).then(|| commit.to_owned()),
             profile: if cfg!(debug_assertions) {
                 "debug"
             } else {
                 "release"
-            },
+            }
+            .to_owned(),
+            command: command_line(),
+            cpu_model,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned()),
+            date: utc_now(),
             fd_limit: sys::fd_limits().map_or(0, |(soft, _)| soft),
         }
     }
+
+    /// One line: what made the result, and where.
+    pub fn headline(&self) -> String {
+        let commit = self
+            .commit
+            .as_ref()
+            .map_or(String::new(), |c| format!(" ({c})"));
+        format!(
+            "echo-lab {}{commit} {}, {}, {} CPUs, kernel {}, {}",
+            self.version, self.profile, self.cpu_model, self.cpus, self.kernel, self.date
+        )
+    }
+}
+
+/// This process's command line, each argument quoted if it needs it.
+fn command_line() -> String {
+    std::env::args()
+        .map(|arg| {
+            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || "'\"$`{}".contains(c))
+            {
+                format!("'{}'", arg.replace('\'', "'\\''"))
+            } else {
+                arg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Now, UTC, as `2026-11-26T14:20:05Z`.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
 }
 
 /// The whole report: what was asked, what was measured, where.

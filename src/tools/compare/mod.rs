@@ -19,8 +19,11 @@
 //! - `results`: the rows, the whole comparison as `results.json` holds it,
 //!   and the medians and ratios over repeats;
 //! - `output`: the table, the markdown medians, and the files written;
-//! - `chart`: `throughput.svg`.
+//! - `chart`: `throughput.svg`;
+//! - `against`: this run held against an earlier one (`--against`,
+//!   `echo-lab report`), change by change, real or noise.
 
+pub mod against;
 mod chart;
 mod output;
 mod results;
@@ -32,7 +35,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-pub use output::{header, render_medians, render_row};
+pub use output::{header, render_medians, render_row, write_chart, write_files};
 pub use results::{Comparison, Median, Ratio, Row, medians};
 pub use servers::{Peer, SERVER_PATIENCE, parse_peer};
 
@@ -94,14 +97,7 @@ pub fn run(
     // Before minutes of runs, not after them.
     std::fs::create_dir_all(&config.out)
         .with_context(|| format!("creating {}", config.out.display()))?;
-    let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
-    let (server_cpu, client_cpu, placement) = if config.shared_core {
-        (Some(0), Some(0), "shared")
-    } else if config.pin && two_cpus {
-        (Some(0), Some(1), "apart")
-    } else {
-        (None, None, "unpinned")
-    };
+    let (server_cpu, client_cpu, placement) = placement(config);
     let mut servers: Vec<(String, Launch)> = config
         .modes
         .iter()
@@ -117,7 +113,7 @@ pub fn run(
         size: config.size,
         duration: config.duration.as_secs_f64(),
         warmup: config.warmup.as_secs_f64(),
-        placement,
+        placement: placement.to_owned(),
         rows: Vec::new(),
         unclean_exits: Vec::new(),
         partial: false,
@@ -175,6 +171,19 @@ pub fn run(
     }
     output::write_files(&comparison, &config.out)?;
     Ok(comparison)
+}
+
+/// Where server and client run: `(server CPU, client CPU, name)`; the name
+/// is `shared` (both on CPU 0), `apart` (CPU 0 and 1) or `unpinned`.
+pub fn placement(config: &CompareConfig) -> (Option<usize>, Option<usize>, &'static str) {
+    let two_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    if config.shared_core {
+        (Some(0), Some(0), "shared")
+    } else if config.pin && two_cpus {
+        (Some(0), Some(1), "apart")
+    } else {
+        (None, None, "unpinned")
+    }
 }
 
 /// The order of the runs: `(repeat, connections, server index)`.

@@ -74,7 +74,19 @@ pub fn render_row(row: &Row) -> String {
     )
 }
 
-pub(super) fn write_files(comparison: &Comparison, dir: &Path) -> anyhow::Result<()> {
+/// Draws `throughput.svg` into `dir`.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_chart(comparison: &Comparison, dir: &Path) -> anyhow::Result<()> {
+    super::chart::draw(comparison, &dir.join("throughput.svg")).context("drawing throughput.svg")
+}
+
+/// Writes `results.json`, `results.csv` and `throughput.svg` into `dir`.
+///
+/// # Errors
+/// A file cannot be written.
+pub fn write_files(comparison: &Comparison, dir: &Path) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(comparison)?;
     std::fs::write(dir.join("results.json"), json + "\n").context("writing results.json")?;
     let mut csv = String::from(
@@ -101,7 +113,5 @@ pub(super) fn write_files(comparison: &Comparison, dir: &Path) -> anyhow::Result
         );
     }
     std::fs::write(dir.join("results.csv"), csv).context("writing results.csv")?;
-    super::chart::draw(comparison, &dir.join("throughput.svg"))
-        .context("drawing throughput.svg")?;
-    Ok(())
+    write_chart(comparison, dir)
 }

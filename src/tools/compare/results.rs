@@ -2,12 +2,12 @@
 //! [`Comparison`] as `results.json` holds it, and the [`medians`] over
 //! repeats with their ratios to the baselines.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::tools::bench::{BenchResults, Environment};
 
 /// One server at one connection count.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     /// The model or peer name.
     pub server: String,
@@ -22,7 +22,7 @@ pub struct Row {
 }
 
 /// The whole comparison, as written to `results.json`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Comparison {
     /// Bytes per message.
     pub size: usize,
@@ -32,20 +32,25 @@ pub struct Comparison {
     pub warmup: f64,
     /// Where server and client ran: `unpinned`, `apart` (CPU 0 and 1) or
     /// `shared` (both on CPU 0).
-    pub placement: &'static str,
+    pub placement: String,
     /// One row per server and connection count.
     pub rows: Vec<Row>,
     /// Servers that did not stop cleanly, with what happened.
     pub unclean_exits: Vec<String>,
     /// Interrupted (Ctrl-C): the rows are the runs finished before it.
+    #[serde(default)]
     pub partial: bool,
     /// The `--work` every echo-lab server did per message, if any.
+    #[serde(default)]
     pub work: Option<String>,
     /// Its `--offload` pool size (0: none).
+    #[serde(default)]
     pub offload: usize,
     /// The one-thread loops' readiness backend (`None`: their default).
+    #[serde(default)]
     pub poller: Option<String>,
     /// Silent connections beside the active ones in every run.
+    #[serde(default)]
     pub idle: usize,
     /// Where it ran.
     pub environment: Environment,
@@ -195,12 +200,12 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 impl Comparison {
     /// A comparison of `rows` with nothing else to say: for tests.
     #[cfg(test)]
-    pub(super) fn of_rows(rows: Vec<Row>) -> Comparison {
+    pub(crate) fn of_rows(rows: Vec<Row>) -> Comparison {
         Comparison {
             size: 512,
             duration: 1.0,
             warmup: 0.0,
-            placement: "unpinned",
+            placement: "unpinned".into(),
             rows,
             unclean_exits: Vec::new(),
             partial: false,

@@ -1,0 +1,18 @@
+//! Records the git commit echo-lab is built from, when it is built from a
+//! git checkout, so that a saved result can name the build that made it.
+
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/refs");
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=ECHO_LAB_GIT_COMMIT={commit}");
+}
