@@ -221,6 +221,6 @@ fn chaos(mode: Mode) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-every_model!(chaos);
+every_model!(backends: chaos);
 
 every_model!(concurrent: clients_over_the_limit_are_closed_at_once);
