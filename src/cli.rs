@@ -411,6 +411,19 @@ pub struct ServeArgs {
     /// every wait (the notes' select loop).
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub poller: Option<Backend>,
+
+    /// Every INTERVAL (1s if not given), one line of counters per loop or
+    /// pool on stderr, in its model's terms: traffic for all; waits, events
+    /// per wait, busy share and the longest turn for the one-thread loops;
+    /// tasks and the ready queue for statemachine and async; busy workers,
+    /// queued clients and the longest wait for a worker for threadpool; the
+    /// kernel's accept queue for sequential. A final line at shutdown.
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s", value_parser = parse_positive_duration)]
+    pub stats: Option<Duration>,
+
+    /// Also write the --stats lines to FILE as JSON lines (implies --stats).
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
 }
 
 /// Runs the parsed command line.
@@ -494,6 +507,16 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Some(threshold) => Some(threshold),
         },
         poller: args.poller.unwrap_or_default(),
+        stats: args
+            .stats
+            .or(args.stats_json.is_some().then_some(Duration::from_secs(1))),
+        stats_json: match &args.stats_json {
+            Some(path) => Some(
+                serve::live::JsonSink::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            ),
+            None => None,
+        },
     };
     let listeners = serve::bind(args.mode, &args.addr, &config)?;
     let ctx = Context::new(config).context("preparing the shutdown")?;

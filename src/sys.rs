@@ -159,6 +159,35 @@ pub fn process_cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_nanos(nanos))
 }
 
+/// How many connections wait in a listening socket's accept queue:
+/// Linux reports it as `tcpi_unacked` of `TCP_INFO` on a listener. `None`
+/// elsewhere, or if the kernel will not say.
+#[cfg(target_os = "linux")]
+pub fn accept_queue(listener: &impl std::os::fd::AsRawFd) -> Option<u32> {
+    // SAFETY: tcp_info is plain integers, valid when zeroed.
+    let mut info = unsafe { std::mem::zeroed::<libc::tcp_info>() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we
+    // own, and updates `len`.
+    let result = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    (result == 0).then_some(info.tcpi_unacked)
+}
+
+/// How many connections wait in a listening socket's accept queue: only
+/// Linux says.
+#[cfg(not(target_os = "linux"))]
+pub fn accept_queue(_listener: &impl std::os::fd::AsRawFd) -> Option<u32> {
+    None
+}
+
 /// Sends `signal` to process `pid`.
 ///
 /// # Errors

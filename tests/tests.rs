@@ -10,6 +10,7 @@ mod concurrency;
 mod conformance;
 mod event_loops;
 mod hardening;
+mod live_stats;
 mod stalls;
 mod tools;
 mod tutorial;

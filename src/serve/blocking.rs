@@ -13,10 +13,12 @@ use std::sync::Arc;
 use socket2::SockRef;
 
 use super::accept::{Accepted, accept};
+use super::live::{Line, Reporter};
 use super::{Context, READ_BUFFER_SIZE};
 use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted};
 use crate::shutdown::HookGuard;
 use crate::stats::Ending;
+use std::time::Instant;
 
 /// The clients a listener accepts, one after another, until shutdown.
 ///
@@ -47,6 +49,11 @@ impl<'a> Clients<'a> {
         }
     }
 
+    /// The listener, for a `--stats` reporter to look at its queue.
+    pub fn listener(&self) -> Arc<TcpListener> {
+        self.listener.clone()
+    }
+
     /// How accepting ended: `Ok` on shutdown, the error if the listener broke.
     ///
     /// # Errors
@@ -62,7 +69,10 @@ impl Iterator for Clients<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         while !self.ctx.shutdown.is_triggered() {
             match accept(&self.listener, &self.ctx.stats, Blocking::Yes) {
-                Accepted::Client(stream, peer) => return Some((stream, peer)),
+                Accepted::Client(stream, peer) => {
+                    self.ctx.traffic.accepted();
+                    return Some((stream, peer));
+                }
                 // The listener was shut down to wake us: not a failure.
                 Accepted::Fatal(_) if self.ctx.shutdown.is_triggered() => break,
                 // The listener is broken: stop the whole server, waking
@@ -98,6 +108,7 @@ pub fn handle_client(stream: TcpStream, peer: SocketAddr, ctx: &Context) {
         Err(e) => Ending::from_error(e),
     };
     drop(wake);
+    ctx.traffic.closed();
     ctx.stats.disconnected(peer, bytes, ending);
 }
 
@@ -120,12 +131,57 @@ fn echo(mut stream: &TcpStream, ctx: &Context, bytes: &mut u64) -> io::Result<()
             Err(e) if interrupted(&e) => continue,
             Err(e) => return Err(e),
         };
+        // Shared by every worker: counted only when someone reads it.
+        let counting = ctx.config.stats.is_some();
+        if counting {
+            ctx.traffic.read(n);
+        }
         if let Some(work) = ctx.config.work {
             // A thread that waits is blocked, whatever the kind: the
             // thread pool's other workers go on; sequential's clients wait.
             work.block(&buffer[..n], ctx.work_lock());
         }
         stream.write_all(&buffer[..n])?;
+        if counting {
+            ctx.traffic.wrote(n);
+        }
         *bytes += n as u64;
+    }
+}
+
+/// Runs `fill` into a `--stats` line every interval on a thread of its own
+/// (the blocking models' threads block and cannot) until the shutdown.
+/// [`Report::finish`] writes the final line once the model's own threads
+/// are done. Nothing without `--stats`.
+pub fn report_every<'scope, F>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    ctx: &'scope Context,
+    name: &str,
+    mut fill: F,
+) -> Option<Report<'scope, F>>
+where
+    F: FnMut(&mut Line, f64) + Send + 'scope,
+{
+    let interval = ctx.config.stats?;
+    let mut reporter = ctx.reporter(name)?;
+    let handle = scope.spawn(move || {
+        while !ctx.shutdown.sleep(interval) {
+            reporter.report(Instant::now(), false, &mut fill);
+        }
+        (reporter, fill)
+    });
+    Some(Report(handle))
+}
+
+/// The reporter thread of a blocking model.
+pub struct Report<'scope, F>(std::thread::ScopedJoinHandle<'scope, (Reporter, F)>);
+
+impl<F: FnMut(&mut Line, f64)> Report<'_, F> {
+    /// Waits for the reporter (the shutdown has been triggered) and writes
+    /// the final line.
+    pub fn finish(self) {
+        if let Ok((mut reporter, mut fill)) = self.0.join() {
+            reporter.report(Instant::now(), true, &mut fill);
+        }
     }
 }

@@ -38,6 +38,7 @@ pub mod accept;
 pub mod asynchronous;
 mod blocking;
 pub mod buffers;
+pub mod live;
 pub mod offload;
 pub mod selector;
 pub mod sequential;
@@ -150,6 +151,10 @@ pub struct Config {
     pub slow_handler: Option<Duration>,
     /// The readiness backend the one-thread loops wait with.
     pub poller: Backend,
+    /// `--stats`: a line of counters per loop every this long.
+    pub stats: Option<Duration>,
+    /// `--stats-json`: the same lines, as JSON, into this file.
+    pub stats_json: Option<live::JsonSink>,
 }
 
 /// The default `--slow-handler`: asyncio's debug mode warns of a callback
@@ -184,6 +189,8 @@ impl Default for Config {
             global_lock: false,
             slow_handler: Some(DEFAULT_SLOW_HANDLER),
             poller: Backend::default(),
+            stats: None,
+            stats_json: None,
         }
     }
 }
@@ -198,6 +205,9 @@ pub struct Context {
     pub stats: Stats,
     /// The thread pool's `--global-lock`: held while a worker computes.
     pub global_lock: Mutex<()>,
+    /// What the blocking models' threads count for `--stats` (the
+    /// one-thread loops keep their own).
+    pub traffic: live::Traffic<std::sync::atomic::AtomicU64>,
 }
 
 impl Context {
@@ -212,11 +222,29 @@ impl Context {
             shutdown: Shutdown::new()?,
             stats,
             global_lock: Mutex::new(()),
+            traffic: live::Traffic::default(),
         })
     }
 }
 
 impl Context {
+    /// A `--stats` reporter for the loop called `name`, if `--stats` is on.
+    pub fn reporter(&self, name: &str) -> Option<live::Reporter> {
+        let interval = self.config.stats?;
+        let name = match std::thread::current().name() {
+            // With --threads, each loop's thread is named `{mode}-{i}`.
+            Some(thread) if thread.starts_with(name) && thread != format!("{name}-server") => {
+                thread.to_owned()
+            }
+            _ => name.to_owned(),
+        };
+        Some(live::Reporter::new(
+            name,
+            interval,
+            self.config.stats_json.clone(),
+        ))
+    }
+
     /// The lock a blocking worker computes under: the global lock with
     /// `--global-lock`, none otherwise.
     pub fn work_lock(&self) -> Option<&Mutex<()>> {

@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::accept::{Accepted, accept};
+use super::live::{Reporter, Traffic};
 use super::offload::{Finished, Job, Offload};
 use super::stall::StallWatch;
 use super::work::{Work, WorkKind};
@@ -96,6 +97,9 @@ struct Connection {
     /// Its chunk is with `--work` (a timer or a pool thread): it reads
     /// nothing more until that chunk is echoed, so bytes stay in order.
     working: bool,
+    /// Reads and bytes read so far, for `--stats`.
+    reads: u64,
+    received: u64,
     /// The chunk waiting out `wait` work (empty otherwise; kept to reuse).
     held: Vec<u8>,
 }
@@ -194,11 +198,16 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
             .map(|t| Instant::now() + sweep_interval(t)),
         plan,
         next_id: 0,
-        stall: StallWatch::new("selector", ctx.config.slow_handler, &ctx.stats),
+        stall: StallWatch::new("selector", ctx.config.slow_handler, &ctx.stats)
+            .counting_turns(ctx.config.stats.is_some()),
+        reporter: ctx.reporter("selector"),
+        traffic: Traffic::default(),
+        jobs_done: 0,
         ctx,
     };
     let served = selector.serve();
     selector.close_all();
+    selector.report(Instant::now(), true);
     poller.delete(&bell)?;
     poller.delete(&listener)?;
     served
@@ -230,8 +239,14 @@ struct Selector<'a> {
     plan: Option<WorkPlan>,
     /// The id of the next client.
     next_id: u64,
-    /// Warns when one turn of the loop runs past `--slow-handler`.
+    /// Warns when one turn of the loop runs past `--slow-handler`, and
+    /// counts turns for `--stats`.
     stall: StallWatch<'a>,
+    /// `--stats`: when the next line is due, and what it counts.
+    reporter: Option<Reporter>,
+    traffic: Traffic,
+    /// Offloaded jobs come back since the last line.
+    jobs_done: u64,
     ctx: &'a Context,
 }
 
@@ -242,20 +257,21 @@ impl Selector<'_> {
         while !self.ctx.shutdown.is_triggered() {
             self.stall.waiting();
             // One epoll_wait for a whole batch of ready sockets.
-            self.poller.wait(&mut events, self.timeout())?;
+            let ready = self.poller.wait(&mut events, self.timeout())?;
             // One clock reading per batch, not per message: it only dates
             // activity for the idle sweep, which is coarser anyway.
             let now = Instant::now();
-            self.stall.woke(now);
+            self.stall.woke(now, ready);
             for event in events.iter() {
                 match self.handlers.get_mut(event.key) {
                     Some(Handler::Accept) => self.accept_clients()?,
                     Some(Handler::Stop) => self.ctx.shutdown.trigger(),
                     Some(Handler::Echo(conn)) => {
                         let plan = self.plan.as_mut();
-                        if let Some(ending) =
-                            conn.on_ready(event, now, self.poller, &mut self.buffer, plan)
-                        {
+                        let before = conn.counts();
+                        let ending = conn.on_ready(event, now, self.poller, &mut self.buffer, plan);
+                        count(&self.traffic, before, conn.counts());
+                        if let Some(ending) = ending {
                             self.close(event.key, ending);
                         }
                     }
@@ -265,8 +281,31 @@ impl Selector<'_> {
             }
             self.finish_jobs(now);
             self.run_timers(now)?;
+            if self.reporter.as_ref().is_some_and(|r| r.due(now)) {
+                self.report(now, false);
+            }
         }
         Ok(())
+    }
+
+    /// One `--stats` line: traffic, turns, timers, jobs come back.
+    fn report(&mut self, now: Instant, last: bool) {
+        let open = self.handlers.len().saturating_sub(2) as u64;
+        let timers = self.plan.as_ref().map_or(0, |p| p.timers.len())
+            + usize::from(self.accept_paused_until.is_some())
+            + usize::from(self.next_idle_sweep.is_some());
+        let (traffic, turns) = (&self.traffic, &mut self.stall.turns);
+        let jobs_done = std::mem::take(&mut self.jobs_done);
+        if let Some(reporter) = &mut self.reporter {
+            reporter.report(now, last, |line, seconds| {
+                traffic.fill(line, seconds, open);
+                if let Some(turns) = turns {
+                    turns.fill(line, seconds);
+                }
+                line.count("timers", timers as u64)
+                    .count("jobs_done", jobs_done);
+            });
+        }
     }
 
     /// How long the next wait may last: until the next timer, or forever.
@@ -275,10 +314,16 @@ impl Selector<'_> {
             .plan
             .as_ref()
             .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
-        let next = [self.accept_paused_until, self.next_idle_sweep, work_timer]
-            .into_iter()
-            .flatten()
-            .min();
+        let report = self.reporter.as_ref().map(Reporter::deadline);
+        let next = [
+            self.accept_paused_until,
+            self.next_idle_sweep,
+            work_timer,
+            report,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         next.map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }
 
@@ -310,10 +355,13 @@ impl Selector<'_> {
             return; // The key belongs to a newer client now.
         }
         conn.working = false;
+        self.jobs_done += 1;
+        let before = conn.counts();
         let ending = match echo(conn, now) {
             Ok(()) => conn.settle(key, self.poller),
             Err(e) => Some(Ending::Failed(e)),
         };
+        count(&self.traffic, before, conn.counts());
         if let Some(ending) = ending {
             self.close(key, ending);
         }
@@ -361,9 +409,12 @@ impl Selector<'_> {
             last_active: Instant::now(),
             id: self.next_id,
             working: false,
+            reads: 0,
+            received: 0,
             held: Vec::new(),
         }));
         self.next_id += 1;
+        self.traffic.accepted();
     }
 
     /// Resumes accepting after a back-off, echoes the chunks whose `wait`
@@ -417,6 +468,7 @@ impl Selector<'_> {
     /// table, and logs how it ended.
     fn close(&mut self, key: usize, ending: Ending) {
         if let Some(Handler::Echo(conn)) = self.handlers.try_remove(key) {
+            self.traffic.closed();
             let _ = self.poller.delete(&conn.stream);
             self.ctx.stats.disconnected(conn.peer, conn.bytes, ending);
         }
@@ -437,7 +489,19 @@ fn sweep_interval(idle_timeout: Duration) -> Duration {
     (idle_timeout / 4).max(Duration::from_millis(1))
 }
 
+/// Adds what a connection did between two snapshots of its
+/// [`Connection::counts`] to the loop's traffic.
+fn count(traffic: &Traffic, before: (u64, u64, u64), after: (u64, u64, u64)) {
+    traffic.reads(after.0 - before.0, after.1 - before.1);
+    traffic.wrote((after.2 - before.2) as usize);
+}
+
 impl Connection {
+    /// Reads, bytes read and bytes written so far.
+    fn counts(&self) -> (u64, u64, u64) {
+        (self.reads, self.received, self.bytes)
+    }
+
     /// The echo handler (the notes' `recv_and_send`): called with whatever
     /// the kernel reported ready; returns how the connection ended, if it did.
     ///
@@ -518,6 +582,8 @@ impl Connection {
             Err(e) => return Err(e),
         };
         self.last_active = now;
+        self.reads += 1;
+        self.received += n as u64;
         let data = &buffer[..n];
         if let Some(plan) = plan {
             if plan.start(key, self.id, data, &mut self.held, now) {

@@ -17,7 +17,7 @@ use std::io;
 use std::net::TcpListener;
 
 use super::Context;
-use super::blocking::{Clients, handle_client};
+use super::blocking::{Clients, handle_client, report_every};
 
 /// Serves one client at a time until shutdown.
 ///
@@ -25,8 +25,23 @@ use super::blocking::{Clients, handle_client};
 /// If the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let mut clients = Clients::new(listener, ctx);
-    for (stream, peer) in &mut clients {
-        handle_client(stream, peer, ctx);
-    }
+    let listener = clients.listener();
+    std::thread::scope(|scope| {
+        // --stats: the one client served, and the others waiting in the
+        // kernel's accept queue (which Linux can count).
+        let report = report_every(scope, ctx, "sequential", move |line, seconds| {
+            ctx.traffic.fill(line, seconds, ctx.stats.active());
+            line.count("serving", ctx.stats.active());
+            if let Some(waiting) = crate::sys::accept_queue(&*listener) {
+                line.count("accept_queue", u64::from(waiting));
+            }
+        });
+        for (stream, peer) in &mut clients {
+            handle_client(stream, peer, ctx);
+        }
+        if let Some(report) = report {
+            report.finish();
+        }
+    });
     clients.finish()
 }

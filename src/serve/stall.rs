@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::live::Turns;
 use crate::stats::Stats;
 
 /// At most one warning line per this long.
@@ -30,6 +31,8 @@ pub struct StallWatch<'a> {
     /// Stalls since that line.
     unreported: u64,
     stats: &'a Stats,
+    /// With `--stats`: the turns counted for the next line.
+    pub turns: Option<Turns>,
 }
 
 impl<'a> StallWatch<'a> {
@@ -42,20 +45,35 @@ impl<'a> StallWatch<'a> {
             warned: None,
             unreported: 0,
             stats,
+            turns: None,
         }
     }
 
+    /// Also counts the loop's turns, for `--stats`.
+    pub fn counting_turns(mut self, on: bool) -> Self {
+        self.turns = on.then(Turns::default);
+        self
+    }
+
+    /// Whether it reads the clock at all.
+    fn active(&self) -> bool {
+        self.threshold.is_some() || self.turns.is_some()
+    }
+
     /// The loop came back from its wait at `now` (a clock reading it takes
-    /// anyway).
-    pub fn woke(&mut self, now: Instant) {
+    /// anyway) with `events` events.
+    pub fn woke(&mut self, now: Instant, events: usize) {
         self.woke = now;
+        if let Some(turns) = &mut self.turns {
+            turns.woke(now, events);
+        }
     }
 
     /// The loop came back from its wait now: one clock reading, none when
     /// the watch is off.
-    pub fn woke_now(&mut self) {
-        if self.threshold.is_some() {
-            self.woke = Instant::now();
+    pub fn woke_now(&mut self, events: usize) {
+        if self.active() {
+            self.woke(Instant::now(), events);
         }
     }
 
@@ -63,12 +81,15 @@ impl<'a> StallWatch<'a> {
     /// threshold since it woke, that is a stall. One clock reading; nothing
     /// when the watch is off.
     pub fn waiting(&mut self) {
-        let Some(threshold) = self.threshold else {
+        if !self.active() {
             return;
-        };
+        }
         let now = Instant::now();
+        if let Some(turns) = &mut self.turns {
+            turns.waiting(now);
+        }
         let ran = now.saturating_duration_since(self.woke);
-        if ran > threshold {
+        if self.threshold.is_some_and(|threshold| ran > threshold) {
             self.stalled(ran, now);
         }
     }

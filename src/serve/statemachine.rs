@@ -66,6 +66,7 @@ use slab::Slab;
 use super::Context;
 use super::accept::{Accepted, accept};
 use super::buffers::{BufferPool, Lease};
+use super::live::{ReadyQueue, Reporter, Traffic};
 use super::offload::{Finished, Job, Offload};
 use super::stall::StallWatch;
 use super::work::{Work, WorkKind};
@@ -144,8 +145,9 @@ pub trait Coroutine<'a> {
 /// If the poller fails or the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let buffers = BufferPool::new();
+    let traffic = Traffic::default();
     let fatal = Cell::new(None);
-    let mut event_loop = EventLoop::new(ctx)?;
+    let mut event_loop = EventLoop::new(ctx, &traffic)?;
     event_loop.create_task(Box::new(Stopper {
         bell: ctx.shutdown.bell()?,
         shutdown: &ctx.shutdown,
@@ -155,10 +157,12 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         listener: &listener,
         ctx,
         buffers: &buffers,
+        traffic: &traffic,
         fatal: &fatal,
     }));
     let result = event_loop.run();
     event_loop.drop_every_task();
+    event_loop.report(Instant::now(), true);
     match fatal.take() {
         Some(e) => Err(e),
         None => result,
@@ -193,13 +197,19 @@ pub struct EventLoop<'a> {
     /// The ticket of the next job: a task's key is reused after it ends,
     /// a ticket never is.
     next_ticket: u64,
-    /// Warns when one turn of the loop runs past `--slow-handler`.
+    /// Warns when one turn of the loop runs past `--slow-handler`, and
+    /// counts turns for `--stats`.
     stall: StallWatch<'a>,
+    /// `--stats`: when the next line is due; what the tasks and the run
+    /// queue did meanwhile.
+    reporter: Option<Reporter>,
+    queue: ReadyQueue,
+    traffic: &'a Traffic,
     ctx: &'a Context,
 }
 
 impl<'a> EventLoop<'a> {
-    fn new(ctx: &'a Context) -> io::Result<Self> {
+    fn new(ctx: &'a Context, traffic: &'a Traffic) -> io::Result<Self> {
         let poller = Arc::new(Poller::new(ctx.config.poller)?);
         let pool = match (ctx.config.work, ctx.config.offload) {
             (Some(work), threads) if work.blocks() && threads > 0 => Some((
@@ -216,9 +226,37 @@ impl<'a> EventLoop<'a> {
             spawned: Vec::new(),
             pool,
             next_ticket: 0,
-            stall: StallWatch::new("statemachine", ctx.config.slow_handler, &ctx.stats),
+            stall: StallWatch::new("statemachine", ctx.config.slow_handler, &ctx.stats)
+                .counting_turns(ctx.config.stats.is_some()),
+            reporter: ctx.reporter("statemachine"),
+            queue: ReadyQueue::default(),
+            traffic,
             ctx,
         })
+    }
+
+    /// Queues task `key` to resume, and how: the notes' `tasks_to_run`.
+    fn ready(&mut self, key: usize, how: Resume) {
+        self.queue.wakes += 1;
+        self.run_queue.push_back((key, how));
+    }
+
+    /// One `--stats` line: traffic, turns, tasks and the run queue.
+    fn report(&mut self, now: Instant, last: bool) {
+        let tasks = self.tasks.len() as u64;
+        let timers = self.timers.len() as u64;
+        let (traffic, turns, queue) = (self.traffic, &mut self.stall.turns, &mut self.queue);
+        if let Some(reporter) = &mut self.reporter {
+            reporter.report(now, last, |line, seconds| {
+                // The stopper and the acceptor are tasks too.
+                traffic.fill(line, seconds, tasks.saturating_sub(2));
+                if let Some(turns) = turns {
+                    turns.fill(line, seconds);
+                }
+                line.count("tasks", tasks).count("timers", timers);
+                queue.fill(line);
+            });
+        }
     }
 
     /// The notes' `create_task`: queue a new task to run to its first yield.
@@ -229,13 +267,14 @@ impl<'a> EventLoop<'a> {
             registered: None,
             job: None,
         });
-        self.run_queue.push_back((key, Resume::Ready));
+        self.ready(key, Resume::Ready);
     }
 
     /// Resume ready tasks, wait for the kernel, mark tasks ready, repeat.
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::new();
         loop {
+            self.queue.turn(self.run_queue.len());
             while let Some((key, how)) = self.run_queue.pop_front() {
                 self.step(key, how)?;
             }
@@ -245,9 +284,9 @@ impl<'a> EventLoop<'a> {
                 return Ok(());
             }
             self.stall.waiting();
-            self.poller.wait(&mut events, self.timeout())?;
+            let ready = self.poller.wait(&mut events, self.timeout())?;
             let now = Instant::now();
-            self.stall.woke(now);
+            self.stall.woke(now, ready);
             for event in events.iter() {
                 let Some(slot) = self.tasks.get_mut(event.key) else {
                     continue;
@@ -273,11 +312,14 @@ impl<'a> EventLoop<'a> {
                     if let Some(at) = until {
                         self.timers.remove(&(at, event.key));
                     }
-                    self.run_queue.push_back((event.key, Resume::Ready));
+                    self.ready(event.key, Resume::Ready);
                 }
             }
             self.finish_jobs();
             self.expire_timers(now);
+            if self.reporter.as_ref().is_some_and(|r| r.due(now)) {
+                self.report(now, false);
+            }
         }
     }
 
@@ -288,12 +330,13 @@ impl<'a> EventLoop<'a> {
             return;
         };
         // The task kept its own chunk; the pool's copy is dropped here.
-        for ((key, ticket), _copy) in finished.take() {
+        let done: Vec<(usize, u64)> = finished.take().map(|(token, _copy)| token).collect();
+        for (key, ticket) in done {
             if let Some(slot) = self.tasks.get_mut(key) {
                 if slot.waiting == Some(Wait::Offload) && slot.job == Some(ticket) {
                     slot.waiting = None;
                     slot.job = None;
-                    self.run_queue.push_back((key, Resume::Ready));
+                    self.ready(key, Resume::Ready);
                 }
             }
         }
@@ -304,6 +347,7 @@ impl<'a> EventLoop<'a> {
         let Some(slot) = self.tasks.get_mut(key) else {
             return Ok(());
         };
+        self.queue.polls += 1;
         let wait = slot.task.resume(how, &mut self.spawned);
         while let Some(task) = self.spawned.pop() {
             self.create_task(task);
@@ -329,7 +373,7 @@ impl<'a> EventLoop<'a> {
                 // Nothing to run: resume it at once.
                 _ => {
                     slot.waiting = None;
-                    self.run_queue.push_back((key, Resume::Ready));
+                    self.ready(key, Resume::Ready);
                     return Ok(());
                 }
             }
@@ -375,8 +419,10 @@ impl<'a> EventLoop<'a> {
         if !self.run_queue.is_empty() {
             return Some(Duration::ZERO);
         }
-        let (at, _) = self.timers.first()?;
-        Some(at.saturating_duration_since(Instant::now()))
+        let timer = self.timers.first().map(|&(at, _)| at);
+        let report = self.reporter.as_ref().map(Reporter::deadline);
+        let next = [timer, report].into_iter().flatten().min()?;
+        Some(next.saturating_duration_since(Instant::now()))
     }
 
     /// Queues every task whose deadline has passed, to resume as timed out.
@@ -388,7 +434,7 @@ impl<'a> EventLoop<'a> {
             self.timers.pop_first();
             if let Some(slot) = self.tasks.get_mut(key) {
                 slot.waiting = None;
-                self.run_queue.push_back((key, Resume::TimedOut));
+                self.ready(key, Resume::TimedOut);
             }
         }
     }
@@ -431,6 +477,8 @@ struct Acceptor<'a> {
     ctx: &'a Context,
     /// Lent to client tasks while they hold data.
     buffers: &'a BufferPool,
+    /// The loop's `--stats` traffic, which every client task counts into.
+    traffic: &'a Traffic,
     /// Where the acceptor leaves the error of a broken listener for `run`.
     fatal: &'a Cell<Option<io::Error>>,
 }
@@ -440,7 +488,9 @@ impl<'a> Coroutine<'a> for Acceptor<'a> {
         loop {
             match accept(self.listener, &self.ctx.stats, Blocking::No) {
                 Accepted::Client(stream, peer) => {
-                    spawn.push(Box::new(Echo::new(stream, peer, self.ctx, self.buffers)));
+                    self.traffic.accepted();
+                    let echo = Echo::new(stream, peer, self.ctx, self.buffers, self.traffic);
+                    spawn.push(Box::new(echo));
                 }
                 Accepted::Empty => return Wait::Read { until: None },
                 // Out of descriptors: sleep instead of spinning on a
@@ -495,6 +545,8 @@ struct Echo<'a> {
     bytes: u64,
     idle_timeout: Option<Duration>,
     stats: &'a Stats,
+    /// The loop's `--stats` traffic.
+    traffic: &'a Traffic,
     /// `--work`, and whether its blocking kinds go to the offload pool.
     work: Option<Work>,
     offload: bool,
@@ -506,7 +558,13 @@ struct Echo<'a> {
 }
 
 impl<'a> Echo<'a> {
-    fn new(sock: TcpStream, peer: SocketAddr, ctx: &'a Context, buffers: &'a BufferPool) -> Self {
+    fn new(
+        sock: TcpStream,
+        peer: SocketAddr,
+        ctx: &'a Context,
+        buffers: &'a BufferPool,
+        traffic: &'a Traffic,
+    ) -> Self {
         Echo {
             state: EchoState::Start,
             sock,
@@ -515,6 +573,7 @@ impl<'a> Echo<'a> {
             bytes: 0,
             idle_timeout: ctx.config.idle_timeout,
             stats: &ctx.stats,
+            traffic,
             work: ctx.config.work,
             offload: ctx.config.offload > 0,
             job: None,
@@ -590,6 +649,7 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                         // On to `yield 'WAIT_WRITE'`, but try the write first.
                         Ok(len) => {
                             data.truncate(len);
+                            self.traffic.read(len);
                             if let Some(work) = self.work {
                                 // `--work` first (see chapter 7).
                                 let wait = self.start_work(work, &data);
@@ -611,6 +671,7 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                 EchoState::WaitWrite { data, sent } => match self.sock.write(&data[*sent..]) {
                     Ok(n) => {
                         self.bytes += n as u64;
+                        self.traffic.wrote(n);
                         *sent += n;
                         if *sent == data.len() {
                             // Back to the top of `while True`; dropping
@@ -638,6 +699,7 @@ impl<'a> Coroutine<'a> for Echo<'a> {
 
 impl Drop for Echo<'_> {
     fn drop(&mut self) {
+        self.traffic.closed();
         let ending = self.ending.take().unwrap_or(Ending::Shutdown);
         self.stats.disconnected(self.peer, self.bytes, ending);
     }

@@ -22,12 +22,14 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread;
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
 use super::Context;
-use super::blocking::{Clients, handle_client};
+use super::blocking::{Clients, handle_client, report_every};
 use crate::stats::Ending;
 
 /// Serves up to `--workers` clients at once until shutdown.
@@ -35,38 +37,78 @@ use crate::stats::Ending;
 /// # Errors
 /// If the listener breaks or a worker thread cannot be started.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    let pool = Pool::default();
     thread::scope(|scope| {
         // Created inside the scope so that an early return drops the sender
         // and lets the workers already started finish.
         let (queue, jobs) = crossbeam_channel::bounded(ctx.config.queue);
+        let mut workers = Vec::new();
         for id in 0..ctx.config.workers.get() {
-            let jobs = jobs.clone();
-            thread::Builder::new()
-                .name(format!("worker-{id}"))
-                .spawn_scoped(scope, move || worker(jobs, ctx))?;
+            let (jobs, pool) = (jobs.clone(), &pool);
+            workers.push(
+                thread::Builder::new()
+                    .name(format!("worker-{id}"))
+                    .spawn_scoped(scope, move || worker(jobs, ctx, pool))?,
+            );
         }
+        // --stats: the notes' long-running clients, visible as they hold
+        // every worker and the others queue.
+        let (waiting, pool) = (jobs.clone(), &pool);
+        let report = report_every(scope, ctx, "threadpool", move |line, seconds| {
+            ctx.traffic.fill(line, seconds, ctx.stats.active());
+            line.count("workers", ctx.config.workers.get() as u64)
+                .count("busy", pool.busy.load(Relaxed))
+                .count("queued", waiting.len() as u64)
+                .value(
+                    "longest_wait_ms",
+                    pool.longest_wait_us.swap(0, Relaxed) as f64 / 1000.0,
+                    1,
+                );
+        });
         let mut clients = Clients::new(listener, ctx);
-        for client in &mut clients {
+        for (stream, peer) in &mut clients {
             // Blocks while the queue is full: this is the back-pressure.
-            if queue.send(client).is_err() {
+            if queue.send((stream, peer, Instant::now())).is_err() {
                 break;
             }
         }
         // Dropping the sender ends every worker's loop once the queue is
-        // empty; the scope then joins them.
+        // empty.
         drop(queue);
+        for worker in workers {
+            let _ = worker.join();
+        }
+        if let Some(report) = report {
+            report.finish();
+        }
         clients.finish()
     })
 }
 
+/// What the workers share for `--stats`: relaxed atomics, touched once per
+/// client, not per message.
+#[derive(Default)]
+struct Pool {
+    /// Workers serving a client now.
+    busy: AtomicU64,
+    /// The longest a client waited in the queue for a worker, since the
+    /// last line, in microseconds.
+    longest_wait_us: AtomicU64,
+}
+
 /// One worker: take a client from the queue, serve it to the end, repeat.
-fn worker(jobs: Receiver<(TcpStream, SocketAddr)>, ctx: &Context) {
-    for (stream, peer) in jobs {
+fn worker(jobs: Receiver<(TcpStream, SocketAddr, Instant)>, ctx: &Context, pool: &Pool) {
+    for (stream, peer, queued) in jobs {
         if ctx.shutdown.is_triggered() {
             // Still queued at shutdown: close without serving.
+            ctx.traffic.closed();
             ctx.stats.disconnected(peer, 0, Ending::Shutdown);
             continue;
         }
+        let waited = u64::try_from(queued.elapsed().as_micros()).unwrap_or(u64::MAX);
+        pool.longest_wait_us.fetch_max(waited, Relaxed);
+        pool.busy.fetch_add(1, Relaxed);
         handle_client(stream, peer, ctx);
+        pool.busy.fetch_sub(1, Relaxed);
     }
 }

@@ -33,7 +33,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use slab::Slab;
 
 use super::reactor::Reactor;
+use crate::serve::live::{ReadyQueue as ReadyQueueStats, Reporter, Traffic};
 use crate::serve::stall::StallWatch;
+use std::time::Instant;
 
 type Task<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 
@@ -51,8 +53,14 @@ pub struct Executor<'a> {
     /// The ids taken from the ready queue for one tick (kept to reuse its
     /// memory).
     tick: RefCell<VecDeque<usize>>,
-    /// Warns when a tick runs past `--slow-handler`, if set.
+    /// Warns when a tick runs past `--slow-handler`, if set, and counts
+    /// ticks for `--stats`.
     stall: RefCell<Option<StallWatch<'a>>>,
+    /// `--stats`: when the next line is due, and the traffic the tasks
+    /// count into.
+    report: RefCell<Option<(Reporter, &'a Traffic)>>,
+    /// The ready queue's length at each tick, and polls per wake.
+    queue: RefCell<ReadyQueueStats>,
 }
 
 /// A task and its waker.
@@ -144,6 +152,8 @@ impl<'a> Executor<'a> {
             ready,
             tick: RefCell::new(VecDeque::new()),
             stall: RefCell::new(None),
+            report: RefCell::new(None),
+            queue: RefCell::new(ReadyQueueStats::default()),
         }
     }
 
@@ -151,6 +161,50 @@ impl<'a> Executor<'a> {
     pub fn watching_stalls(self, watch: StallWatch<'a>) -> Self {
         *self.stall.borrow_mut() = Some(watch);
         self
+    }
+
+    /// Has `reporter` write a `--stats` line when due, with `traffic`.
+    pub fn reporting(self, reporter: Option<Reporter>, traffic: &'a Traffic) -> Self {
+        *self.report.borrow_mut() = reporter.map(|r| (r, traffic));
+        self
+    }
+
+    /// Writes a `--stats` line if one is due at `now` (or `last`, the
+    /// final one at shutdown).
+    pub fn report(&self, now: Instant, last: bool) {
+        let mut report = self.report.borrow_mut();
+        let Some((reporter, traffic)) = report.as_mut() else {
+            return;
+        };
+        if !last && !reporter.due(now) {
+            return;
+        }
+        let tasks = self.tasks() as u64;
+        let mut stall = self.stall.borrow_mut();
+        let mut queue = self.queue.borrow_mut();
+        reporter.report(now, last, |line, seconds| {
+            // The accept loop is the main future, not a task: every task
+            // is a client.
+            traffic.fill(line, seconds, tasks);
+            if let Some(turns) = stall.as_mut().and_then(|s| s.turns.as_mut()) {
+                turns.fill(line, seconds);
+            }
+            line.count("tasks", tasks)
+                .count("timers", self.reactor.timers() as u64);
+            queue.fill(line);
+        });
+    }
+
+    /// Drops every task (cancels it), running each one's destructors now.
+    pub fn cancel_all(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
+        drop(tasks);
+        self.spawner.new_tasks.borrow_mut().clear();
+    }
+
+    /// When the next `--stats` line is due, if any.
+    fn report_deadline(&self) -> Option<Instant> {
+        self.report.borrow().as_ref().map(|(r, _)| r.deadline())
     }
 
     /// A handle for spawning tasks from inside tasks.
@@ -196,8 +250,14 @@ impl<'a> Executor<'a> {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner),
             );
+            {
+                let mut queue = self.queue.borrow_mut();
+                queue.turn(tick.len());
+                queue.wakes += tick.len() as u64;
+            }
             while let Some(id) = tick.pop_front() {
                 if id == MAIN {
+                    self.queue.borrow_mut().polls += 1;
                     main_waker.queued.store(false, Ordering::Release);
                     if let Poll::Ready(output) =
                         main.as_mut().poll(&mut Context::from_waker(&waker))
@@ -221,18 +281,25 @@ impl<'a> Executor<'a> {
             self.ready.sleeping.store(true, Ordering::SeqCst);
             // Checked after announcing the sleep, so that a wake from
             // another thread either is seen here or notifies the poller.
-            let timeout = (!self.ready.is_empty()).then_some(std::time::Duration::ZERO);
+            let timeout = match self.report_deadline() {
+                _ if !self.ready.is_empty() => Some(std::time::Duration::ZERO),
+                Some(due) => Some(due.saturating_duration_since(Instant::now())),
+                None => None,
+            };
             if let Some(stall) = self.stall.borrow_mut().as_mut() {
                 stall.waiting();
             }
             let waited = self.reactor.wait(timeout);
             if let Some(stall) = self.stall.borrow_mut().as_mut() {
-                stall.woke_now();
+                stall.woke_now(*waited.as_ref().unwrap_or(&0));
             }
             // Awake again: wakes from here on need no notify().
             self.ready.sleeping.store(false, Ordering::SeqCst);
             waited?;
             self.reactor.dispatch();
+            if self.report.borrow().is_some() {
+                self.report(Instant::now(), false);
+            }
         }
     }
 
@@ -274,6 +341,7 @@ impl<'a> Executor<'a> {
         };
         // No borrow is held while the task runs: it may spawn, or drop
         // sockets that deregister from the reactor.
+        self.queue.borrow_mut().polls += 1;
         match future.as_mut().poll(&mut Context::from_waker(&waker)) {
             Poll::Ready(()) => {
                 self.tasks.borrow_mut().remove(id);

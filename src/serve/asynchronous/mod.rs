@@ -49,6 +49,7 @@ use reactor::{Async, Reactor, TimedOut, sleep, timeout};
 
 use super::Context;
 use super::accept::{Accepted, sort};
+use super::live::Traffic;
 use super::offload::Offload;
 use super::stall::StallWatch;
 use super::work::WorkKind;
@@ -67,17 +68,25 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         }
         _ => None,
     };
+    let traffic = Traffic::default();
     let reactor = Reactor::new(ctx.config.poller)?;
-    let stall = StallWatch::new("async", ctx.config.slow_handler, &ctx.stats);
-    let executor = Executor::new(reactor.clone()).watching_stalls(stall);
+    let stall = StallWatch::new("async", ctx.config.slow_handler, &ctx.stats)
+        .counting_turns(ctx.config.stats.is_some());
+    let executor = Executor::new(reactor.clone())
+        .watching_stalls(stall)
+        .reporting(ctx.reporter("async"), &traffic);
     let listener = Async::new(listener, &reactor)?;
     let clients = Clients {
         ctx,
         reactor: &reactor,
         pool: pool.as_ref(),
+        traffic: &traffic,
     };
     let served = executor.block_on(accept_clients(listener, clients, executor.spawner()));
-    // Dropping the executor cancels every client task still running.
+    // Cancel every client task still running (closing its socket), then
+    // write the last line.
+    executor.cancel_all();
+    executor.report(std::time::Instant::now(), true);
     drop(executor);
     served?
 }
@@ -89,6 +98,7 @@ struct Clients<'a> {
     ctx: &'a Context,
     reactor: &'a Rc<Reactor>,
     pool: Option<&'a Offload>,
+    traffic: &'a Traffic,
 }
 
 /// The notes' `run_server`: accept clients and spawn a task for each, until
@@ -112,7 +122,10 @@ async fn accept_clients<'a>(
         };
         match sort(accepted, &ctx.stats, Blocking::No) {
             Some(Accepted::Client(stream, peer)) => match Async::new(stream, reactor) {
-                Ok(stream) => spawner.spawn(handle_client(stream, peer, clients)),
+                Ok(stream) => {
+                    clients.traffic.accepted();
+                    spawner.spawn(handle_client(stream, peer, clients));
+                }
                 Err(e) => ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
             },
             // `Async::accept` waits out an empty backlog itself; a client
@@ -134,10 +147,16 @@ async fn accept_clients<'a>(
 
 /// The notes' `handle_client`: echo until the client leaves.
 async fn handle_client(stream: Async<TcpStream>, peer: SocketAddr, clients: Clients<'_>) {
-    let Clients { ctx, reactor, pool } = clients;
+    let Clients {
+        ctx,
+        reactor,
+        pool,
+        traffic,
+    } = clients;
     let idle = ctx.config.idle_timeout;
     let mut log = ConnectionLog {
         stats: &ctx.stats,
+        traffic,
         peer,
         bytes: 0,
         ending: None,
@@ -149,6 +168,7 @@ async fn handle_client(stream: Async<TcpStream>, peer: SocketAddr, clients: Clie
             Ok(Err(e)) => break Ending::Failed(e),
             Err(TimedOut) => break Ending::IdleTimeout,
         };
+        traffic.read(data.len());
         if let Some(work) = ctx.config.work {
             // `--work` before the echo (see chapter 7).
             match (work.kind, pool) {
@@ -162,7 +182,10 @@ async fn handle_client(stream: Async<TcpStream>, peer: SocketAddr, clients: Clie
             }
         }
         match limit(idle, reactor, stream.write_all(&data)).await {
-            Ok(Ok(())) => log.bytes += data.len() as u64,
+            Ok(Ok(())) => {
+                log.bytes += data.len() as u64;
+                traffic.wrote(data.len());
+            }
             Ok(Err(e)) => break Ending::Failed(e),
             Err(TimedOut) => break Ending::IdleTimeout,
         }
@@ -186,6 +209,7 @@ async fn limit<F: Future>(
 /// returning, or dropped by the executor at shutdown (cancelled).
 struct ConnectionLog<'a> {
     stats: &'a Stats,
+    traffic: &'a Traffic,
     peer: SocketAddr,
     bytes: u64,
     ending: Option<Ending>,
@@ -193,6 +217,7 @@ struct ConnectionLog<'a> {
 
 impl Drop for ConnectionLog<'_> {
     fn drop(&mut self) {
+        self.traffic.closed();
         let ending = self.ending.take().unwrap_or(Ending::Shutdown);
         self.stats.disconnected(self.peer, self.bytes, ending);
     }

@@ -169,18 +169,24 @@ impl Reactor {
         &self.poller
     }
 
+    /// Timers pending right now.
+    pub fn timers(&self) -> usize {
+        self.timers.borrow().len()
+    }
+
     /// Sockets registered right now.
     pub fn sources(&self) -> usize {
         self.sources.borrow().len()
     }
 
     /// Blocks until a registered socket becomes ready, a timer is due,
-    /// `timeout` passes or `notify()` is called. Call [`Reactor::dispatch`]
-    /// next to wake the tasks concerned.
+    /// `timeout` passes or `notify()` is called; returns how many sockets
+    /// are ready. Call [`Reactor::dispatch`] next to wake the tasks
+    /// concerned.
     ///
     /// # Errors
     /// If `epoll_wait` fails.
-    pub fn wait(&self, timeout: Option<Duration>) -> io::Result<()> {
+    pub fn wait(&self, timeout: Option<Duration>) -> io::Result<usize> {
         let until_timer = self
             .timers
             .borrow()
@@ -190,8 +196,7 @@ impl Reactor {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        self.poller.wait(&mut self.events.borrow_mut(), timeout)?;
-        Ok(())
+        self.poller.wait(&mut self.events.borrow_mut(), timeout)
     }
 
     /// Wakes every task waiting for what the last [`Reactor::wait`] saw:

@@ -1,0 +1,125 @@
+//! `serve --stats`: every model counts what it does, in its own terms, as
+//! lines on stderr and JSON lines in a file, and the counts add up to the
+//! traffic a test drives.
+
+use std::time::Duration;
+
+use crate::common::*;
+use echo_lab::serve::Mode;
+use serde_json::Value;
+
+/// The JSON lines a server wrote to `path`, each parsed.
+fn json_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// The sum of `key` over every line.
+fn total(lines: &[Value], key: &str) -> u64 {
+    lines.iter().map(|l| l[key].as_u64().unwrap_or(0)).sum()
+}
+
+fn stats_file(test: &str, mode: Mode) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "echo-lab-stats-{test}-{mode}-{}.jsonl",
+        std::process::id()
+    ))
+}
+
+/// Three clients, four messages each: the lines add up to 3 accepted, 3
+/// closed and 12 messages of 100 bytes each way, whichever model, and the
+/// last line is the final one.
+fn counts_add_up_to_the_traffic(mode: Mode) {
+    let path = stats_file("traffic", mode);
+    let path_text = path.to_str().unwrap();
+    let server = BinaryServer::start(&[
+        "--mode",
+        mode.name(),
+        "--quiet",
+        "--stats",
+        "100ms",
+        "--stats-json",
+        path_text,
+    ]);
+    for client in 0..3 {
+        let mut stream = connect(server.addr);
+        for message in 0..4u8 {
+            assert_echo(&mut stream, &[client * 16 + message; 100]);
+        }
+    }
+    wait_until("a line of stats", || !json_lines(&path).is_empty());
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let lines = json_lines(&path);
+    assert_eq!(total(&lines, "accepted"), 3, "{lines:?}");
+    assert_eq!(total(&lines, "closed"), 3, "{lines:?}");
+    assert_eq!(total(&lines, "messages"), 12, "{lines:?}");
+    assert_eq!(total(&lines, "bytes_in"), 1200, "{lines:?}");
+    assert_eq!(total(&lines, "bytes_out"), 1200, "{lines:?}");
+    assert_eq!(lines.last().unwrap()["final"], true, "{lines:?}");
+    assert!(stderr.contains(&format!("final {mode}:")), "{stderr}");
+    assert!(stderr.contains(&format!("stats {mode}:")), "{stderr}");
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The one-thread loops say how they wait: waits, events per wait, their
+/// busy share, their longest turn.
+fn loops_report_their_waits(mode: Mode) {
+    let path = stats_file("waits", mode);
+    let server = BinaryServer::start(&[
+        "--mode",
+        mode.name(),
+        "--quiet",
+        "--stats",
+        "100ms",
+        "--stats-json",
+        path.to_str().unwrap(),
+    ]);
+    let mut client = connect(server.addr);
+    assert_echo(&mut client, b"a wait or two");
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let lines = json_lines(&path);
+    for key in ["waits/s", "events/wait", "busy%", "longest_ms", "timers"] {
+        assert!(lines.iter().all(|l| l[key].is_number()), "{key}: {lines:?}");
+    }
+    if mode != Mode::Selector {
+        for key in ["tasks", "ready_mean", "ready_max", "polls/wake"] {
+            assert!(lines.iter().all(|l| l[key].is_number()), "{key}: {lines:?}");
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+every_model!(counts_add_up_to_the_traffic);
+every_model!(one_thread: loops_report_their_waits);
+
+/// A pool of two with four long-lived clients: two busy workers, two
+/// clients queued for them, the notes' long-running-client problem as it
+/// happens.
+#[test]
+fn the_pool_shows_clients_queued_for_a_worker() {
+    let path = stats_file("pool", Mode::Threadpool);
+    let server = BinaryServer::start(&[
+        "--mode",
+        "threadpool",
+        "--workers",
+        "2",
+        "--quiet",
+        "--stats",
+        "100ms",
+        "--stats-json",
+        path.to_str().unwrap(),
+    ]);
+    let clients: Vec<_> = (0..4).map(|_| connect(server.addr)).collect();
+    wait_until("a line shows two busy and two queued", || {
+        json_lines(&path)
+            .iter()
+            .any(|l| l["busy"] == 2 && l["queued"] == 2)
+    });
+    drop(clients);
+    let _ = std::fs::remove_file(&path);
+}
