@@ -657,6 +657,21 @@ fn compare_writes_json_csv_and_chart() {
     for row in rows {
         let cpu = row["results"]["server_cpu"].as_f64();
         assert!(cpu.is_some_and(|cpu| cpu > 0.0), "{row}");
+        // What our servers counted inside: a loop's events per wait and
+        // busy share; nothing of a peer's, nor a loop figure of a blocking
+        // model.
+        let counters = &row["counters"];
+        match row["server"].as_str().unwrap() {
+            "selector" => {
+                assert!(counters["events_per_wait"].as_f64() > Some(0.0), "{row}");
+                assert!(counters["busy_percent"].as_f64() > Some(0.0), "{row}");
+            }
+            "sequential" => {
+                assert!(counters["lines"][0]["messages"].as_u64() > Some(0), "{row}");
+                assert!(counters["events_per_wait"].is_null(), "{row}");
+            }
+            _ => assert!(counters.is_null(), "{row}"),
+        }
     }
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 6, "{csv}");

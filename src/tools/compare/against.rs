@@ -198,6 +198,7 @@ mod tests {
                 ..BenchResults::default()
             },
             note: None,
+            counters: None,
         }
     }
 

@@ -36,7 +36,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 pub use output::{header, render_medians, render_row, write_chart, write_files};
-pub use results::{Comparison, Median, Ratio, Row, medians};
+pub use results::{Comparison, Counters, Median, Ratio, Row, medians};
 pub use servers::{Peer, SERVER_PATIENCE, parse_peer};
 
 use super::bench::{self, BenchConfig, Environment};
@@ -95,8 +95,9 @@ pub fn run(
     mut on_row: impl FnMut(&Row),
 ) -> anyhow::Result<Comparison> {
     // Before minutes of runs, not after them.
-    std::fs::create_dir_all(&config.out)
-        .with_context(|| format!("creating {}", config.out.display()))?;
+    let counters_dir = config.out.join("counters");
+    std::fs::create_dir_all(&counters_dir)
+        .with_context(|| format!("creating {}", counters_dir.display()))?;
     let (server_cpu, client_cpu, placement) = placement(config);
     let mut servers: Vec<(String, Launch)> = config
         .modes
@@ -130,8 +131,9 @@ pub fn run(
             break;
         }
         let (name, launch) = &servers[index];
+        let counters_file = counters_dir.join(format!("{name}-{connections}-{repeat}.jsonl"));
         let mut server = launch
-            .start(server_cpu, config)
+            .start(server_cpu, config, &counters_file)
             .with_context(|| format!("starting {name}"))?;
         let bench_config = BenchConfig {
             addr: HostPort::from(server.addr),
@@ -165,6 +167,7 @@ pub fn run(
             repeat,
             results,
             note,
+            counters: Counters::read(&counters_file),
         };
         on_row(&row);
         comparison.rows.push(row);

@@ -53,16 +53,22 @@ pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
 /// The table's header line.
 pub fn header() -> String {
     format!(
-        "{:<14} {:>6} {:>4} {:>12} {:>10} {:>10} {:>7}  {}\n",
-        "server", "conns", "run", "msg/s", "p50", "p99", "errors", "note"
+        "{:<14} {:>6} {:>4} {:>12} {:>10} {:>10} {:>7} {:>8} {:>6}  {}\n",
+        "server", "conns", "run", "msg/s", "p50", "p99", "errors", "ev/wait", "busy%", "note"
     )
 }
 
 /// One line of the table.
 pub fn render_row(row: &Row) -> String {
     let r = &row.results;
+    // What the server counted inside itself, where it is one of ours and
+    // has a loop: events per wait and its busy share.
+    let counter = |value: Option<f64>, digits: usize| {
+        value.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+    };
+    let counters = row.counters.as_ref();
     format!(
-        "{:<14} {:>6} {:>4} {:>12.0} {:>8.3}ms {:>8.3}ms {:>7}  {}\n",
+        "{:<14} {:>6} {:>4} {:>12.0} {:>8.3}ms {:>8.3}ms {:>7} {:>8} {:>6}  {}\n",
         row.server,
         row.connections,
         row.repeat,
@@ -70,6 +76,8 @@ pub fn render_row(row: &Row) -> String {
         r.latency_us.p50 / 1000.0,
         r.latency_us.p99 / 1000.0,
         r.errors,
+        counter(counters.and_then(|c| c.events_per_wait), 2),
+        counter(counters.and_then(|c| c.busy_percent), 0),
         row.note.as_deref().unwrap_or("")
     )
 }

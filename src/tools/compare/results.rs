@@ -19,6 +19,61 @@ pub struct Row {
     pub results: BenchResults,
     /// What the table should say about this row, if anything.
     pub note: Option<String>,
+    /// What an echo-lab server counted inside itself over the run
+    /// (`serve --stats`); `None` for other servers.
+    #[serde(default)]
+    pub counters: Option<Counters>,
+}
+
+/// The telling counters of one of our servers over a whole run, from the
+/// final `--stats` line of each of its loops.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Counters {
+    /// Events per wait of its one-thread loops: how many ready sockets a
+    /// wait hands back (the cost of a wait is shared by all of them).
+    pub events_per_wait: Option<f64>,
+    /// The share of time its loops ran handlers rather than waited, in %.
+    pub busy_percent: Option<f64>,
+    /// Every field of every final line, as the server wrote them.
+    pub lines: Vec<serde_json::Value>,
+}
+
+impl Counters {
+    /// Reads the final lines a server wrote to `path`; `None` if there are
+    /// none (not one of ours, or it could not write them).
+    pub fn read(path: &std::path::Path) -> Option<Counters> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["final"] == true)
+            .collect();
+        if lines.is_empty() {
+            return None;
+        }
+        // Per loop: waits = waits/s x seconds; events = that x events/wait.
+        let (mut waits, mut events, mut busy, mut seconds) = (0.0, 0.0, 0.0, 0.0);
+        for line in &lines {
+            let number = |key: &str| line[key].as_f64();
+            let (Some(rate), Some(per), Some(share), Some(s)) = (
+                number("waits/s"),
+                number("events/wait"),
+                number("busy%"),
+                number("seconds"),
+            ) else {
+                continue;
+            };
+            waits += rate * s;
+            events += rate * s * per;
+            busy += share * s;
+            seconds += s;
+        }
+        Some(Counters {
+            events_per_wait: (waits > 0.0).then(|| events / waits),
+            busy_percent: (seconds > 0.0).then(|| busy / seconds),
+            lines,
+        })
+    }
 }
 
 /// The whole comparison, as written to `results.json`.
@@ -237,6 +292,7 @@ mod tests {
             repeat,
             results,
             note: None,
+            counters: None,
         }
     }
 

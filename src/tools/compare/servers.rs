@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -67,11 +68,14 @@ pub(super) struct ServerProcess {
 impl Launch {
     /// Starts the server, on CPU `cpu` if given; ours get the settings of
     /// `config` that apply to them (`--threads` and `--offload` to the
-    /// one-thread loops, `--work` to every model); peers get none.
+    /// one-thread loops, `--work` to every model), and write their
+    /// counters for the whole run to `counters` (`--stats-json`, one final
+    /// line per loop at shutdown); peers get none.
     pub(super) fn start(
         &self,
         cpu: Option<usize>,
         config: &CompareConfig,
+        counters: &Path,
     ) -> anyhow::Result<ServerProcess> {
         let (mut command, peer_port) = match self {
             Launch::Model(mode) => {
@@ -85,6 +89,8 @@ impl Launch {
                     "127.0.0.1:0",
                     "--quiet",
                 ]);
+                // One line at shutdown, for the whole run.
+                c.args(["--stats", "100000s", "--stats-json"]).arg(counters);
                 let one_thread = mode.blocking() == crate::net::Blocking::No;
                 if one_thread {
                     c.args(["--threads", &config.server_threads.to_string()]);
