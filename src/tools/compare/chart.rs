@@ -284,6 +284,7 @@ mod tests {
                 repeat: 1,
                 results,
                 note: None,
+                counters: None,
             }
         };
         Comparison::of_rows(vec![row("selector", 90_000.0), row("tokio", 120_000.0)])
