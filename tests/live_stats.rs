@@ -83,7 +83,14 @@ fn loops_report_their_waits(mode: Mode) {
     let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(2));
     assert_eq!(status.code(), Some(0), "{stderr}");
     let lines = json_lines(&path);
-    for key in ["waits/s", "events/wait", "busy%", "longest_ms", "timers"] {
+    for key in [
+        "waits/s",
+        "events/wait",
+        "busy%",
+        "longest_ms",
+        "timers",
+        "cross_wakeups",
+    ] {
         assert!(lines.iter().all(|l| l[key].is_number()), "{key}: {lines:?}");
     }
     if mode != Mode::Selector {

@@ -245,7 +245,8 @@ struct Selector<'a> {
     /// `--stats`: when the next line is due, and what it counts.
     reporter: Option<Reporter>,
     traffic: Traffic,
-    /// Offloaded jobs come back since the last line.
+    /// Offloaded jobs come back since the last line: each rang the poller
+    /// from a pool thread (a cross-thread wake-up).
     jobs_done: u64,
     ctx: &'a Context,
 }
@@ -303,7 +304,7 @@ impl Selector<'_> {
                     turns.fill(line, seconds);
                 }
                 line.count("timers", timers as u64)
-                    .count("jobs_done", jobs_done);
+                    .count("cross_wakeups", jobs_done);
             });
         }
     }

@@ -205,6 +205,9 @@ pub struct EventLoop<'a> {
     reporter: Option<Reporter>,
     queue: ReadyQueue,
     traffic: &'a Traffic,
+    /// Offloaded jobs come back since the last line, each a wake-up from
+    /// a pool thread.
+    cross_wakeups: u64,
     ctx: &'a Context,
 }
 
@@ -231,6 +234,7 @@ impl<'a> EventLoop<'a> {
             reporter: ctx.reporter("statemachine"),
             queue: ReadyQueue::default(),
             traffic,
+            cross_wakeups: 0,
             ctx,
         })
     }
@@ -246,6 +250,7 @@ impl<'a> EventLoop<'a> {
         let tasks = self.tasks.len() as u64;
         let timers = self.timers.len() as u64;
         let (traffic, turns, queue) = (self.traffic, &mut self.stall.turns, &mut self.queue);
+        let cross_wakeups = std::mem::take(&mut self.cross_wakeups);
         if let Some(reporter) = &mut self.reporter {
             reporter.report(now, last, |line, seconds| {
                 // The stopper and the acceptor are tasks too.
@@ -253,7 +258,9 @@ impl<'a> EventLoop<'a> {
                 if let Some(turns) = turns {
                     turns.fill(line, seconds);
                 }
-                line.count("tasks", tasks).count("timers", timers);
+                line.count("tasks", tasks)
+                    .count("timers", timers)
+                    .count("cross_wakeups", cross_wakeups);
                 queue.fill(line);
             });
         }
@@ -331,6 +338,7 @@ impl<'a> EventLoop<'a> {
         };
         // The task kept its own chunk; the pool's copy is dropped here.
         let done: Vec<(usize, u64)> = finished.take().map(|(token, _copy)| token).collect();
+        self.cross_wakeups += done.len() as u64;
         for (key, ticket) in done {
             if let Some(slot) = self.tasks.get_mut(key) {
                 if slot.waiting == Some(Wait::Offload) && slot.job == Some(ticket) {

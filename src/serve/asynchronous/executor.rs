@@ -26,7 +26,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -94,6 +94,9 @@ struct ReadyQueue {
     /// interrupt it.
     sleeping: AtomicBool,
     reactor_poller: Arc<crate::poller::Poller>,
+    /// Wakes that had to interrupt the wait: they came from another
+    /// thread (an offload pool's), for `--stats`.
+    notified: AtomicU64,
 }
 
 impl ReadyQueue {
@@ -103,6 +106,7 @@ impl ReadyQueue {
             .unwrap_or_else(PoisonError::into_inner)
             .push_back(id);
         if self.sleeping.load(Ordering::SeqCst) {
+            self.notified.fetch_add(1, Ordering::Relaxed);
             let _ = self.reactor_poller.notify();
         }
     }
@@ -142,6 +146,7 @@ impl<'a> Executor<'a> {
             ids: Mutex::new(VecDeque::new()),
             sleeping: AtomicBool::new(false),
             reactor_poller: reactor.poller().clone(),
+            notified: AtomicU64::new(0),
         });
         Executor {
             reactor,
@@ -190,7 +195,11 @@ impl<'a> Executor<'a> {
                 turns.fill(line, seconds);
             }
             line.count("tasks", tasks)
-                .count("timers", self.reactor.timers() as u64);
+                .count("timers", self.reactor.timers() as u64)
+                .count(
+                    "cross_wakeups",
+                    self.ready.notified.swap(0, Ordering::Relaxed),
+                );
             queue.fill(line);
         });
     }
