@@ -2,6 +2,7 @@
 //! lines on stderr and JSON lines in a file, and the counts add up to the
 //! traffic a test drives.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::common::*;
@@ -22,28 +23,24 @@ fn total(lines: &[Value], key: &str) -> u64 {
     lines.iter().map(|l| l[key].as_u64().unwrap_or(0)).sum()
 }
 
-fn stats_file(test: &str, mode: Mode) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!(
+/// Starts `mode` (with `extra` flags) writing `--stats` lines every 100 ms
+/// to a file of its own, and returns it with the file's path.
+fn start_counting(test: &str, mode: Mode, extra: &[&str]) -> (BinaryServer, PathBuf) {
+    let path = std::env::temp_dir().join(format!(
         "echo-lab-stats-{test}-{mode}-{}.jsonl",
         std::process::id()
-    ))
+    ));
+    let mut args = vec!["--mode", mode.name(), "--quiet", "--stats", "100ms"];
+    args.extend(extra);
+    args.extend(["--stats-json", path.to_str().unwrap()]);
+    (BinaryServer::start(&args), path)
 }
 
 /// Three clients, four messages each: the lines add up to 3 accepted, 3
 /// closed and 12 messages of 100 bytes each way, whichever model, and the
 /// last line is the final one.
 fn counts_add_up_to_the_traffic(mode: Mode) {
-    let path = stats_file("traffic", mode);
-    let path_text = path.to_str().unwrap();
-    let server = BinaryServer::start(&[
-        "--mode",
-        mode.name(),
-        "--quiet",
-        "--stats",
-        "100ms",
-        "--stats-json",
-        path_text,
-    ]);
+    let (server, path) = start_counting("traffic", mode, &[]);
     for client in 0..3 {
         let mut stream = connect(server.addr);
         for message in 0..4u8 {
@@ -68,16 +65,7 @@ fn counts_add_up_to_the_traffic(mode: Mode) {
 /// The one-thread loops say how they wait: waits, events per wait, their
 /// busy share, their longest turn.
 fn loops_report_their_waits(mode: Mode) {
-    let path = stats_file("waits", mode);
-    let server = BinaryServer::start(&[
-        "--mode",
-        mode.name(),
-        "--quiet",
-        "--stats",
-        "100ms",
-        "--stats-json",
-        path.to_str().unwrap(),
-    ]);
+    let (server, path) = start_counting("waits", mode, &[]);
     let mut client = connect(server.addr);
     assert_echo(&mut client, b"a wait or two");
     let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(2));
@@ -109,18 +97,7 @@ every_model!(one_thread: loops_report_their_waits);
 /// happens.
 #[test]
 fn the_pool_shows_clients_queued_for_a_worker() {
-    let path = stats_file("pool", Mode::Threadpool);
-    let server = BinaryServer::start(&[
-        "--mode",
-        "threadpool",
-        "--workers",
-        "2",
-        "--quiet",
-        "--stats",
-        "100ms",
-        "--stats-json",
-        path.to_str().unwrap(),
-    ]);
+    let (server, path) = start_counting("pool", Mode::Threadpool, &["--workers", "2"]);
     let clients: Vec<_> = (0..4).map(|_| connect(server.addr)).collect();
     wait_until("a line shows two busy and two queued", || {
         json_lines(&path)
