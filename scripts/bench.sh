@@ -155,7 +155,12 @@ taskset -c 0 "$LAB" serve --mode selector --addr 127.0.0.1:0 --quiet > "$OUT.lis
 server=$!
 until grep -q listening "$OUT.listening" 2>/dev/null; do sleep 0.05; done
 addr=$(sed -n 's/^listening on //p' "$OUT.listening")
-secs=${DURATION%s}
+# The reference client takes plain seconds: 1.5s -> 1.5, 300ms -> 0.3.
+case $DURATION in
+    *ms) secs=$(awk -v ms="${DURATION%ms}" 'BEGIN { print ms / 1000 }') ;;
+    *s) secs=${DURATION%s} ;;
+    *) secs=$DURATION ;;
+esac
 for _ in $(seq "$REPEATS"); do
     taskset -c 1 target/release/examples/reference_client "$addr" 100 "$secs" | awk '{ print $1 }' >> "$OUT.reference"
     taskset -c 1 "$LAB" bench --addr "$addr" -c 100 --duration "$DURATION" --warmup 500ms --json \
