@@ -1,0 +1,226 @@
+//! The instruments' commands: `probe`, `bench`, `compare` and `report`.
+
+use super::*;
+
+pub(super) fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    let clients = usize::from(args.clients);
+    let config = probe::ProbeConfig {
+        addr: args.addr,
+        clients,
+        hold: args.hold,
+        timeout: args
+            .timeout
+            .unwrap_or(args.hold.saturating_mul(clients as u32) + Duration::from_secs(5)),
+    };
+    let report = probe::run(&config);
+    if args.json {
+        announce(&serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", probe::render(&report));
+    }
+    Ok(if report.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub(super) fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let config = BenchConfig {
+        addr: args.addr,
+        connections: args.connections as usize,
+        idle: args.idle,
+        duration: args.duration,
+        warmup: args.warmup,
+        size: args.size,
+        depth: args.depth as usize,
+        rate: args.rate,
+        threads: usize::from(args.threads),
+        pin_cpu: None,
+        server_pid: None,
+    };
+    bench::validate(&config)?;
+    let bar = progress_bar();
+    let results = bench::run(&config, |done, echoed| {
+        bar.set_position((done * 1000.0) as u64);
+        bar.set_message(format!("{echoed} echoes"));
+    })?;
+    bar.finish_and_clear();
+    let report = BenchReport {
+        parameters: config,
+        results,
+        environment: Environment::current(),
+    };
+    if args.json {
+        announce(&serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", bench::render(&report));
+    }
+    Ok(if report.results.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The table of medians, when there are repeats or baselines.
+fn print_medians(comparison: &compare::Comparison, repeat: usize, baselines: &[String]) {
+    if repeat > 1 || !baselines.is_empty() {
+        let medians = compare::medians(comparison, baselines);
+        println!(
+            "\nmedians of {} ({}):\n",
+            counted(repeat as u64, "run"),
+            comparison.placement
+        );
+        print!("{}", compare::render_medians(&medians, baselines));
+    }
+}
+
+/// With `--against`, prints each cell's change against the earlier run;
+/// returns whether a cell got slower for real beyond `--fail-if-slower`.
+fn hold_against(comparison: &compare::Comparison, judge: &JudgeArgs) -> anyhow::Result<bool> {
+    let Some(path) = &judge.against else {
+        return Ok(false);
+    };
+    let old = compare::against::load(path)?;
+    println!(
+        "\nagainst {} ({}):\n",
+        path.display(),
+        old.environment.headline()
+    );
+    let changes = compare::against::against(comparison, &old);
+    print!("{}", compare::against::render_changes(&changes));
+    let Some(percent) = judge.fail_if_slower else {
+        return Ok(false);
+    };
+    let slower = compare::against::slower_than(&changes, percent);
+    for change in &slower {
+        eprintln!(
+            "slower by {:.1}% (beyond both runs' spread): {} at {} connections",
+            change.change * 100.0,
+            change.server,
+            change.connections
+        );
+    }
+    Ok(!slower.is_empty())
+}
+
+pub(super) fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let comparison = compare::against::load(&args.dir)?;
+    println!(
+        "# {}; placement {}",
+        comparison.environment.headline(),
+        comparison.placement
+    );
+    if !comparison.environment.command.is_empty() {
+        println!("# {}", comparison.environment.command);
+    }
+    print!("{}", compare::header());
+    for row in &comparison.rows {
+        print!("{}", compare::render_row(row));
+    }
+    let repeat = comparison.rows.iter().map(|r| r.repeat).max().unwrap_or(1);
+    print_medians(&comparison, repeat, &args.baseline);
+    let chart = if args.dir.is_dir() {
+        args.dir.clone()
+    } else {
+        args.dir
+            .parent()
+            .map_or_else(PathBuf::new, Path::to_path_buf)
+    };
+    compare::write_chart(&comparison, &chart)?;
+    println!("\nredrew throughput.svg in {}", chart.display());
+    let slower = hold_against(&comparison, &args.judge)?;
+    Ok(if slower {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A progress bar on a terminal; nothing when stderr is piped.
+fn progress_bar() -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(1000);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let config = CompareConfig {
+        modes: args.modes.0,
+        also: args.also,
+        connections: args.connections.0,
+        size: args.size,
+        duration: args.duration,
+        warmup: args.warmup,
+        pin: args.pin,
+        shared_core: args.shared_core,
+        repeat: usize::from(args.repeat),
+        server_threads: args.server_threads,
+        idle: args.idle,
+        poller: args.poller,
+        work: args.work,
+        offload: args.offload.map_or(0, NonZeroUsize::get),
+        out: args.out,
+    };
+    if config.offload > 0 && !config.work.is_some_and(Work::blocks) {
+        anyhow::bail!(
+            "--offload runs --work cpu:... or sleep:... on its threads; wait never blocks the loop"
+        );
+    }
+    let runs = (config.modes.len() + config.also.len()) * config.connections.len() * config.repeat;
+    eprintln!(
+        "compare: {} of {:.1}s (+{:.1}s warm-up) each",
+        counted(runs as u64, "run"),
+        config.duration.as_secs_f64(),
+        config.warmup.as_secs_f64()
+    );
+    // Ctrl-C must not orphan the server under test (its own process
+    // group): caught, it ends the sweep, which stops it and writes what was
+    // measured.
+    let interrupt = Interrupt::catch()?;
+    println!(
+        "# {}; placement {}",
+        Environment::current().headline(),
+        compare::placement(&config).2
+    );
+    print!("{}", compare::header());
+    let comparison = compare::run(&config, interrupt.flag(), |row| {
+        print!("{}", compare::render_row(row));
+        let _ = std::io::stdout().flush();
+    })?;
+    for unclean in &comparison.unclean_exits {
+        println!("did not stop cleanly: {unclean}");
+    }
+    print_medians(&comparison, config.repeat, &args.baseline);
+    println!(
+        "\nwrote results.json, results.csv and throughput.svg to {}",
+        config.out.display()
+    );
+    let slower = hold_against(&comparison, &args.judge)?;
+    if let Some(code) = interrupt.exit_code() {
+        eprintln!(
+            "compare: interrupted after {} runs; the files hold those (marked partial)",
+            comparison.rows.len()
+        );
+        return Ok(ExitCode::from(code));
+    }
+    let failed = slower
+        || !comparison.unclean_exits.is_empty()
+        || comparison
+            .rows
+            .iter()
+            .any(|r| r.results.errors > 0 || r.results.connect_failures > 0);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

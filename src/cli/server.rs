@@ -1,0 +1,99 @@
+//! `echo-lab serve`: the flags each model takes, and starting a server.
+
+use super::*;
+
+/// The flags that belong to some models only, and those models. Giving one
+/// to another model is an error, not a flag silently ignored.
+const MODEL_FLAGS: [(&str, &[Mode]); 7] = [
+    ("--workers", &[Mode::Threadpool]),
+    ("--queue", &[Mode::Threadpool]),
+    ("--global-lock", &[Mode::Threadpool]),
+    ("--threads", &Mode::ONE_THREAD),
+    ("--offload", &Mode::ONE_THREAD),
+    ("--slow-handler", &Mode::ONE_THREAD),
+    ("--poller", &Mode::ONE_THREAD),
+];
+
+/// Refuses a model-specific flag given to a model it does not apply to.
+fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
+    let given = [
+        args.workers.is_some(),
+        args.queue.is_some(),
+        args.global_lock,
+        args.threads.is_some(),
+        args.offload.is_some(),
+        args.slow_handler.is_some(),
+        args.poller.is_some(),
+    ];
+    for ((flag, models), given) in MODEL_FLAGS.into_iter().zip(given) {
+        if given && !models.contains(&args.mode) {
+            anyhow::bail!(
+                "{flag} applies to {} only, not to {}",
+                serve::list_of(models),
+                args.mode
+            );
+        }
+    }
+    let blocking_work = args.work.is_some_and(Work::blocks);
+    if args.offload.is_some() && !blocking_work {
+        anyhow::bail!(
+            "--offload runs --work cpu:... or sleep:... on its threads; without such work it has nothing to do (wait never blocks the loop)"
+        );
+    }
+    if args.global_lock && args.work.is_none() {
+        anyhow::bail!("--global-lock is held while a worker does its --work; give --work too");
+    }
+    Ok(())
+}
+
+pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    check_model_flags(&args)?;
+    let config = Config {
+        workers: args.workers.unwrap_or(serve::DEFAULT_WORKERS),
+        queue: args.queue.unwrap_or(serve::DEFAULT_QUEUE),
+        backlog: args.backlog,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+        threads: args.threads.unwrap_or(1),
+        quiet: args.quiet,
+        work: args.work,
+        offload: args.offload.map_or(0, NonZeroUsize::get),
+        global_lock: args.global_lock,
+        slow_handler: match args.slow_handler {
+            None => Some(serve::DEFAULT_SLOW_HANDLER),
+            Some(Duration::ZERO) => None,
+            Some(threshold) => Some(threshold),
+        },
+        poller: args.poller.unwrap_or_default(),
+        stats: args
+            .stats
+            .or(args.stats_json.is_some().then_some(Duration::from_secs(1))),
+        stats_json: match &args.stats_json {
+            Some(path) => Some(
+                serve::live::JsonSink::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            ),
+            None => None,
+        },
+    };
+    let listeners = serve::bind(args.mode, &args.addr, &config)?;
+    let ctx = Context::new(config).context("preparing the shutdown")?;
+    // A blocking model has no event loop to hear the signal bell.
+    trigger_on_signals(&ctx.shutdown, args.mode.blocking() == Blocking::Yes)?;
+    let local = listeners.local_addr()?;
+    announce(&format!("listening on {local}"));
+    if let Some(notice) = exposure_notice(local) {
+        eprintln!("{notice}");
+    }
+    serve::run(args.mode, listeners, &ctx)?;
+    eprintln!("{}", ctx.stats.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A one-line notice when the server listens beyond this machine: a
+/// wildcard (`0.0.0.0`, `[::]`) or any address that is not loopback.
+pub fn exposure_notice(local: std::net::SocketAddr) -> Option<String> {
+    (!local.ip().is_loopback()).then(|| {
+        format!("notice: listening on {local} exposes this echo service to every machine that can reach it")
+    })
+}
