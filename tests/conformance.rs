@@ -168,8 +168,23 @@ fn sigint_exits_cleanly(mode: Mode) {
 /// second lands before any code of ours has run since the first.
 fn a_second_signal_exits_at_once(mode: Mode) {
     let server = BinaryServer::start(&["--mode", mode.name(), "--quiet"]);
-    for signal in [libc::SIGSTOP, libc::SIGTERM, libc::SIGINT] {
-        echo_lab::sys::signal(server.child.id(), signal).unwrap();
+    let pid = server.child.id();
+    echo_lab::sys::signal(pid, libc::SIGSTOP).unwrap();
+    // SIGSTOP takes effect asynchronously, thread by thread: until every
+    // thread is stopped, one of them could run the first handler and shut
+    // down cleanly before the second signal is even sent.
+    wait_until("every thread of the server is stopped", || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .all(|task| {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                stat.rfind(')')
+                    .is_some_and(|end| &stat[end + 2..end + 3] == "T")
+            })
+    });
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        echo_lab::sys::signal(pid, signal).unwrap();
     }
     let (status, _, stderr) = server.signal_and_wait(libc::SIGCONT, Duration::from_secs(2));
     // 128 + the signal number, whichever of the two the kernel delivered
