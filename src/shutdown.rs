@@ -181,12 +181,21 @@ impl Drop for HookGuard {
 /// If the handlers cannot be installed or the thread cannot start.
 pub fn trigger_on_signals(shutdown: &Shutdown, watcher: bool) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    use signal_hook::{flag, low_level::pipe};
+    use signal_hook::low_level::{self, pipe};
     let signalled = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {
-        // Registered before the flag is: the first signal finds it unset.
-        flag::register_conditional_shutdown(signal, 128 + signal, signalled.clone())
-            .and_then(|_| flag::register(signal, signalled.clone()))
+        let seen = signalled.clone();
+        // One atomic swap decides which signal is the first, even when two
+        // arrive at once and two threads run their handlers side by side
+        // (a check and a separate set would let both pass as first).
+        let first_or_exit = move || {
+            if seen.swap(true, Ordering::SeqCst) {
+                low_level::exit(128 + signal);
+            }
+        };
+        // SAFETY: the handler does only async-signal-safe things: an
+        // atomic swap, and `_exit`.
+        unsafe { low_level::register(signal, first_or_exit) }
             .and_then(|_| pipe::register(signal, shutdown.inner.ringer.try_clone()?))
             .context("installing signal handlers")?;
     }
