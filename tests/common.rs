@@ -326,7 +326,33 @@ macro_rules! every_model {
             asynchronous => Async,
         ]);)+
     };
-    (@each $test:ident [$($name:ident => $mode:ident),* $(,)?] [$($loop:ident => $loop_mode:ident),+ $(,)?]) => {
+    (concurrent: $($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [
+            threadpool => Threadpool,
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+        ] []);)+
+    };
+    (one_thread: $($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+        ] []);)+
+    };
+    ($($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [
+            sequential => Sequential,
+            threadpool => Threadpool,
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+        ] []);)+
+    };
+    // A test per model of the first list; per model and backend of the
+    // second.
+    (@each $test:ident [$($name:ident => $mode:ident),* $(,)?] [$($loop:ident => $loop_mode:ident),* $(,)?]) => {
         mod $test {
             $(
                 #[test]
@@ -336,60 +362,19 @@ macro_rules! every_model {
             )*
             $(
                 mod $loop {
-                    #[test]
-                    fn polling() {
-                        $crate::common::with_backend(echo_lab::poller::Backend::Polling, || {
-                            super::super::$test(echo_lab::serve::Mode::$loop_mode)
-                        })
-                    }
-                    #[test]
-                    fn epoll() {
-                        $crate::common::with_backend(echo_lab::poller::Backend::Epoll, || {
-                            super::super::$test(echo_lab::serve::Mode::$loop_mode)
-                        })
-                    }
-                    #[test]
-                    fn poll() {
-                        $crate::common::with_backend(echo_lab::poller::Backend::Poll, || {
-                            super::super::$test(echo_lab::serve::Mode::$loop_mode)
-                        })
-                    }
+                    every_model!(@backend $test $loop_mode polling Polling);
+                    every_model!(@backend $test $loop_mode epoll Epoll);
+                    every_model!(@backend $test $loop_mode poll Poll);
                 }
-            )+
+            )*
         }
     };
-    (concurrent: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            threadpool => Threadpool,
-            selector => Selector,
-            statemachine => Statemachine,
-            asynchronous => Async,
-        ]);)+
-    };
-    (one_thread: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            selector => Selector,
-            statemachine => Statemachine,
-            asynchronous => Async,
-        ]);)+
-    };
-    ($($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            sequential => Sequential,
-            threadpool => Threadpool,
-            selector => Selector,
-            statemachine => Statemachine,
-            asynchronous => Async,
-        ]);)+
-    };
-    (@each $test:ident [$($name:ident => $mode:ident),+ $(,)?]) => {
-        mod $test {
-            $(
-                #[test]
-                fn $name() {
-                    super::$test(echo_lab::serve::Mode::$mode)
-                }
-            )+
+    (@backend $test:ident $mode:ident $name:ident $backend:ident) => {
+        #[test]
+        fn $name() {
+            $crate::common::with_backend(echo_lab::poller::Backend::$backend, || {
+                super::super::$test(echo_lab::serve::Mode::$mode)
+            })
         }
     };
 }

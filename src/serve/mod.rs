@@ -245,6 +245,13 @@ impl Context {
         ))
     }
 
+    /// The stall watch of the one-thread loop called `model`: it warns
+    /// past `--slow-handler` and counts turns for `--stats`.
+    pub fn stall_watch(&self, model: &'static str) -> stall::StallWatch<'_> {
+        stall::StallWatch::new(model, self.config.slow_handler, &self.stats)
+            .counting_turns(self.config.stats.is_some())
+    }
+
     /// The lock a blocking worker computes under: the global lock with
     /// `--global-lock`, none otherwise.
     pub fn work_lock(&self) -> Option<&Mutex<()>> {

@@ -198,8 +198,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
             .map(|t| Instant::now() + sweep_interval(t)),
         plan,
         next_id: 0,
-        stall: StallWatch::new("selector", ctx.config.slow_handler, &ctx.stats)
-            .counting_turns(ctx.config.stats.is_some()),
+        stall: ctx.stall_watch("selector"),
         reporter: ctx.reporter("selector"),
         traffic: Traffic::default(),
         jobs_done: 0,

@@ -229,8 +229,7 @@ impl<'a> EventLoop<'a> {
             spawned: Vec::new(),
             pool,
             next_ticket: 0,
-            stall: StallWatch::new("statemachine", ctx.config.slow_handler, &ctx.stats)
-                .counting_turns(ctx.config.stats.is_some()),
+            stall: ctx.stall_watch("statemachine"),
             reporter: ctx.reporter("statemachine"),
             queue: ReadyQueue::default(),
             traffic,

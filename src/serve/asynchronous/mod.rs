@@ -51,7 +51,6 @@ use super::Context;
 use super::accept::{Accepted, sort};
 use super::live::Traffic;
 use super::offload::Offload;
-use super::stall::StallWatch;
 use super::work::WorkKind;
 use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::stats::{Ending, Stats};
@@ -70,10 +69,8 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     };
     let traffic = Traffic::default();
     let reactor = Reactor::new(ctx.config.poller)?;
-    let stall = StallWatch::new("async", ctx.config.slow_handler, &ctx.stats)
-        .counting_turns(ctx.config.stats.is_some());
     let executor = Executor::new(reactor.clone())
-        .watching_stalls(stall)
+        .watching_stalls(ctx.stall_watch("async"))
         .reporting(ctx.reporter("async"), &traffic);
     let listener = Async::new(listener, &reactor)?;
     let clients = Clients {
