@@ -23,6 +23,9 @@ pub enum Ending {
     Shutdown,
     /// The connection failed: a reset, a broken pipe, another error.
     Failed(io::Error),
+    /// The server cut the client off, for this reason (a chat receiver too
+    /// slow to keep up, a client that only sends garbage).
+    Dropped(&'static str),
 }
 
 impl Ending {
@@ -55,6 +58,10 @@ pub struct Stats {
     accept_errors: AtomicU64,
     accept_burst: AtomicU64,
     stalls: AtomicU64,
+    dropped: AtomicU64,
+    /// What the bytes a server writes are, for the summary: `echoed`, or
+    /// `sent` for the chat.
+    written: &'static str,
 }
 
 impl Stats {
@@ -77,7 +84,15 @@ impl Stats {
             accept_errors: AtomicU64::new(0),
             accept_burst: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            written: "echoed",
         }
+    }
+
+    /// The summary calls the bytes written `sent`, not `echoed`.
+    pub fn sending(mut self) -> Self {
+        self.written = "sent";
+        self
     }
 
     /// A client was accepted: counts it and returns whether it may stay.
@@ -122,6 +137,7 @@ impl Stats {
             Ending::IdleTimeout => self.idle_closed.fetch_add(1, Relaxed),
             Ending::Failed(e) if abandoned(e) => self.abandoned.fetch_add(1, Relaxed),
             Ending::Failed(_) => self.failed.fetch_add(1, Relaxed),
+            Ending::Dropped(_) => self.dropped.fetch_add(1, Relaxed),
             Ending::Closed | Ending::Shutdown => 0,
         };
         if self.quiet {
@@ -139,6 +155,9 @@ impl Stats {
                 eprintln!("{peer} disconnected after {bytes} bytes (abandoned: {e})")
             }
             Ending::Failed(e) => eprintln!("{peer} disconnected after {bytes} bytes ({e})"),
+            Ending::Dropped(why) => {
+                eprintln!("{peer} disconnected after {bytes} bytes (dropped: {why})")
+            }
         }
     }
 
@@ -207,12 +226,17 @@ impl Stats {
             0 => String::new(),
             n => format!("; the loop stalled {}", counted(n, "time")),
         };
+        let dropped = match self.dropped.load(Relaxed) {
+            0 => String::new(),
+            n => format!("; {n} dropped by the server (too slow, or sending garbage)"),
+        };
         format!(
-            "shutting down after {:.1}s: served {}, echoed {}, peak {} at once; \
+            "shutting down after {:.1}s: served {}, {} {}, peak {} at once; \
              {} closed for idleness, {} abandoned by their client, {} failed, \
-             {}, {} turned away over the connection limit{stalls}",
+             {}, {} turned away over the connection limit{stalls}{dropped}",
             self.uptime().as_secs_f64(),
             counted(self.served(), "connection"),
+            self.written,
             counted(self.bytes(), "byte"),
             counted(self.peak(), "client"),
             self.idle_closed.load(Relaxed),

@@ -25,7 +25,7 @@ use crate::parse::{
 };
 use crate::poller::Backend;
 use crate::serve::work::{Work, parse_work};
-use crate::serve::{self, Config, Context, Mode};
+use crate::serve::{self, Config, Context, Mode, Protocol};
 use crate::shutdown::trigger_on_signals;
 use crate::stats::counted;
 use crate::tools::bench::{self, BenchConfig, BenchReport, Environment};
@@ -351,6 +351,14 @@ pub struct ServeArgs {
     /// is printed as `listening on HOST:PORT`.
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: HostPort,
+
+    /// What the server speaks. `echo`: every byte back to its sender.
+    /// `chat`: the notes' chat, one command per line (`register,NAME` ->
+    /// ok; `list` -> the names; `chat,NAME,TEXT` -> NAME gets
+    /// `from,SENDER,TEXT`, `*` for everyone else; `quit`), on threadpool (a
+    /// thread per client), selector, statemachine and async.
+    #[arg(long, value_enum, default_value_t = Protocol::Echo)]
+    pub protocol: Protocol,
 
     /// Threads in the pool (threadpool only; default 20, the notes' pool).
     #[arg(long, value_name = "N", value_parser = parse_positive_count)]

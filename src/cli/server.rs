@@ -40,8 +40,53 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
             "--offload runs --work cpu:... or sleep:... on its threads; without such work it has nothing to do (wait never blocks the loop)"
         );
     }
+    if args.protocol == Protocol::Chat {
+        check_chat_flags(args)?;
+    }
     if args.global_lock && args.work.is_none() {
         anyhow::bail!("--global-lock is held while a worker does its --work; give --work too");
+    }
+    Ok(())
+}
+
+/// Refuses what the chat cannot do: a chat is one room, so one loop and
+/// one registry, and its clients may listen quietly for as long as they
+/// like.
+fn check_chat_flags(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.mode == Mode::Sequential {
+        anyhow::bail!("{}", serve::chat::SEQUENTIAL_CANNOT_CHAT);
+    }
+    let refused = [
+        (
+            args.threads.is_some_and(|n| n != 1),
+            "--threads",
+            "the chat is one room: a second loop would hold a second registry, and its users could not see the first's",
+        ),
+        (
+            args.workers.is_some() || args.queue.is_some(),
+            "--workers and --queue",
+            "the chat on threadpool starts a thread per client, as the notes do (--max-connections bounds them)",
+        ),
+        (
+            args.idle_timeout.is_some(),
+            "--idle-timeout",
+            "a chat client may listen quietly for as long as it likes",
+        ),
+        (
+            args.work.is_some(),
+            "--work",
+            "it is work done before an echo",
+        ),
+        (
+            args.stats.is_some() || args.stats_json.is_some(),
+            "--stats",
+            "its counters are the echo's; the chat has none yet",
+        ),
+    ];
+    for (given, flag, why) in refused {
+        if given {
+            anyhow::bail!("{flag} does not apply to --protocol chat: {why}");
+        }
     }
     Ok(())
 }
@@ -75,6 +120,7 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ),
             None => None,
         },
+        protocol: args.protocol,
     };
     let listeners = serve::bind(args.mode, &args.addr, &config)?;
     let ctx = Context::new(config).context("preparing the shutdown")?;

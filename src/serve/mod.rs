@@ -38,6 +38,7 @@ pub mod accept;
 pub mod asynchronous;
 mod blocking;
 pub mod buffers;
+pub mod chat;
 pub mod live;
 pub mod offload;
 pub mod selector;
@@ -155,6 +156,18 @@ pub struct Config {
     pub stats: Option<Duration>,
     /// `--stats-json`: the same lines, as JSON, into this file.
     pub stats_json: Option<live::JsonSink>,
+    /// What the server speaks: echo, or the chat.
+    pub protocol: Protocol,
+}
+
+/// What a server speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// RFC 862: every byte comes back to its sender.
+    #[default]
+    Echo,
+    /// The notes' chat: register, list, chat, quit (see [`chat`]).
+    Chat,
 }
 
 /// The default `--slow-handler`: asyncio's debug mode warns of a callback
@@ -191,6 +204,7 @@ impl Default for Config {
             poller: Backend::default(),
             stats: None,
             stats_json: None,
+            protocol: Protocol::Echo,
         }
     }
 }
@@ -216,7 +230,10 @@ impl Context {
     /// # Errors
     /// If the shutdown's bell cannot be made (out of descriptors).
     pub fn new(config: Config) -> io::Result<Self> {
-        let stats = Stats::new(config.quiet, config.max_connections.get());
+        let mut stats = Stats::new(config.quiet, config.max_connections.get());
+        if config.protocol == Protocol::Chat {
+            stats = stats.sending();
+        }
         Ok(Context {
             config,
             shutdown: Shutdown::new()?,
@@ -361,6 +378,7 @@ pub fn run(mode: Mode, listeners: Listeners, ctx: &Context) -> anyhow::Result<()
 
 fn run_one(mode: Mode, listener: TcpListener, ctx: &Context) -> anyhow::Result<()> {
     let served = match mode {
+        _ if ctx.config.protocol == Protocol::Chat => chat::run(mode, listener, ctx),
         Mode::Sequential => sequential::run(listener, ctx),
         Mode::Threadpool => threadpool::run(listener, ctx),
         Mode::Selector => selector::run(listener, ctx),

@@ -626,7 +626,7 @@ impl Connection {
 
 /// One `write()`: returns how many bytes the socket took, 0 if it would
 /// block. A partial write is normal for a non-blocking socket.
-fn write_some(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+pub(crate) fn write_some(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
     loop {
         match stream.write(data) {
             Ok(n) => return Ok(n),

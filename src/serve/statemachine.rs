@@ -90,6 +90,12 @@ pub enum Wait {
         /// Give up waiting at this instant.
         until: Option<Instant>,
     },
+    /// Resume me when my socket is readable *or* writable, or at `until`:
+    /// a task that listens and is owed bytes at once (the chat).
+    ReadOrWrite {
+        /// Give up waiting at this instant.
+        until: Option<Instant>,
+    },
     /// Resume me at this instant: the notes' `sleep`.
     Sleep(Instant),
     /// Run the job I hold ([`Coroutine::take_job`]) on the offload pool and
@@ -104,13 +110,17 @@ impl Wait {
         match self {
             Wait::Read { .. } => Interest::READ,
             Wait::Write { .. } => Interest::WRITE,
+            Wait::ReadOrWrite { .. } => Interest {
+                read: true,
+                write: true,
+            },
             Wait::Sleep(_) | Wait::Offload | Wait::Done => Interest::NONE,
         }
     }
 
     fn deadline(self) -> Option<Instant> {
         match self {
-            Wait::Read { until } | Wait::Write { until } => until,
+            Wait::Read { until } | Wait::Write { until } | Wait::ReadOrWrite { until } => until,
             Wait::Sleep(at) => Some(at),
             Wait::Offload | Wait::Done => None,
         }
@@ -124,12 +134,40 @@ pub enum Resume {
     Ready,
     /// Its deadline passed first.
     TimedOut,
+    /// Another task woke it ([`Step::wake`]): something it holds changed.
+    Woken,
+}
+
+/// What a task may do while it runs, besides returning its [`Wait`].
+pub struct Step<'s, 'a> {
+    me: usize,
+    spawned: &'s mut Vec<Box<dyn Coroutine<'a> + 'a>>,
+    woken: &'s mut Vec<usize>,
+}
+
+impl<'a> Step<'_, 'a> {
+    /// This task's key in the loop: what other tasks pass to `wake`.
+    pub fn me(&self) -> usize {
+        self.me
+    }
+
+    /// Creates a task: the notes' `loop.create_task`.
+    pub fn spawn(&mut self, task: Box<dyn Coroutine<'a> + 'a>) {
+        self.spawned.push(task);
+    }
+
+    /// Resumes task `key` with [`Resume::Woken`] soon, if it is suspended
+    /// on its socket or a deadline (not if it is queued already, running,
+    /// or with the offload pool).
+    pub fn wake(&mut self, key: usize) {
+        self.woken.push(key);
+    }
 }
 
 /// A hand-written generator: the loop's only view of a task.
 pub trait Coroutine<'a> {
-    /// Runs until the task must wait again; new tasks go into `spawn`.
-    fn resume(&mut self, how: Resume, spawn: &mut Vec<Box<dyn Coroutine<'a> + 'a>>) -> Wait;
+    /// Runs until the task must wait again.
+    fn resume(&mut self, how: Resume, step: &mut Step<'_, 'a>) -> Wait;
     /// The socket this task waits on.
     fn source(&self) -> BorrowedFd<'_>;
     /// The work and the chunk for the pool, after the task yielded
@@ -147,18 +185,37 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let buffers = BufferPool::new();
     let traffic = Traffic::default();
     let fatal = Cell::new(None);
-    let mut event_loop = EventLoop::new(ctx, &traffic)?;
+    serve(&listener, ctx, &traffic, &fatal, |stream, peer| {
+        Box::new(Echo::new(stream, peer, ctx, &buffers, &traffic))
+    })
+}
+
+/// Runs the loop with the stopper and an acceptor that makes a task of
+/// each client with `client`, until shutdown. The chat's loop is this one
+/// with another kind of client task. `fatal` is where the acceptor leaves
+/// the error of a broken listener (it lives as long as the tasks).
+///
+/// # Errors
+/// If the poller fails or the listener breaks.
+pub fn serve<'a>(
+    listener: &'a TcpListener,
+    ctx: &'a Context,
+    traffic: &'a Traffic,
+    fatal: &'a Cell<Option<io::Error>>,
+    client: impl FnMut(TcpStream, SocketAddr) -> Box<dyn Coroutine<'a> + 'a> + 'a,
+) -> io::Result<()> {
+    let mut event_loop = EventLoop::new(ctx, traffic)?;
     event_loop.create_task(Box::new(Stopper {
         bell: ctx.shutdown.bell()?,
         shutdown: &ctx.shutdown,
         listening: false,
     }));
     event_loop.create_task(Box::new(Acceptor {
-        listener: &listener,
+        listener,
         ctx,
-        buffers: &buffers,
-        traffic: &traffic,
-        fatal: &fatal,
+        client: Box::new(client),
+        traffic,
+        fatal,
     }));
     let result = event_loop.run();
     event_loop.drop_every_task();
@@ -191,6 +248,8 @@ pub struct EventLoop<'a> {
     timers: BTreeSet<(Instant, usize)>,
     /// Tasks created by the task being resumed, reused to avoid allocation.
     spawned: Vec<Box<dyn Coroutine<'a> + 'a>>,
+    /// Tasks the task being resumed woke, likewise.
+    woken: Vec<usize>,
     /// With `--offload`: the pool, and where it says a job is done, by
     /// (task key, ticket).
     pool: Option<(Offload, Finished<(usize, u64)>)>,
@@ -227,6 +286,7 @@ impl<'a> EventLoop<'a> {
             run_queue: VecDeque::new(),
             timers: BTreeSet::new(),
             spawned: Vec::new(),
+            woken: Vec::new(),
             pool,
             next_ticket: 0,
             stall: ctx.stall_watch("statemachine"),
@@ -302,6 +362,7 @@ impl<'a> EventLoop<'a> {
                 let ready = match slot.waiting {
                     Some(Wait::Read { until }) if event.readable => Some(until),
                     Some(Wait::Write { until }) if event.writable => Some(until),
+                    Some(Wait::ReadOrWrite { until }) => Some(until),
                     // Watched for nothing, yet reported: an error or a
                     // hang-up, which the kernel reports whatever the
                     // interest, and level-triggered on every wait. Stop
@@ -355,10 +416,20 @@ impl<'a> EventLoop<'a> {
             return Ok(());
         };
         self.queue.polls += 1;
-        let wait = slot.task.resume(how, &mut self.spawned);
+        let mut step = Step {
+            me: key,
+            spawned: &mut self.spawned,
+            woken: &mut self.woken,
+        };
+        let wait = slot.task.resume(how, &mut step);
         while let Some(task) = self.spawned.pop() {
             self.create_task(task);
         }
+        let mut woken = std::mem::take(&mut self.woken);
+        for other in woken.drain(..) {
+            self.wake(other);
+        }
+        self.woken = woken;
         if wait == Wait::Done {
             self.remove(key);
             return Ok(());
@@ -408,6 +479,24 @@ impl<'a> EventLoop<'a> {
             self.timers.insert((at, key));
         }
         Ok(())
+    }
+
+    /// Queues a suspended task to resume as [`Resume::Woken`].
+    fn wake(&mut self, key: usize) {
+        let Some(slot) = self.tasks.get_mut(key) else {
+            return;
+        };
+        match slot.waiting {
+            // Queued or running already, or its job is out: it will look.
+            None | Some(Wait::Offload | Wait::Done) => {}
+            Some(wait) => {
+                if let Some(at) = wait.deadline() {
+                    self.timers.remove(&(at, key));
+                }
+                slot.waiting = None;
+                self.ready(key, Resume::Woken);
+            }
+        }
     }
 
     /// Deletes a task's socket from the poller, then drops the task.
@@ -465,7 +554,7 @@ struct Stopper<'a> {
 }
 
 impl<'a> Coroutine<'a> for Stopper<'a> {
-    fn resume(&mut self, _how: Resume, _spawn: &mut Vec<Box<dyn Coroutine<'a> + 'a>>) -> Wait {
+    fn resume(&mut self, _how: Resume, _step: &mut Step<'_, 'a>) -> Wait {
         if std::mem::replace(&mut self.listening, true) {
             self.shutdown.trigger();
             return Wait::Done;
@@ -482,8 +571,8 @@ impl<'a> Coroutine<'a> for Stopper<'a> {
 struct Acceptor<'a> {
     listener: &'a TcpListener,
     ctx: &'a Context,
-    /// Lent to client tasks while they hold data.
-    buffers: &'a BufferPool,
+    /// Makes a client's task.
+    client: Box<dyn FnMut(TcpStream, SocketAddr) -> Box<dyn Coroutine<'a> + 'a> + 'a>,
     /// The loop's `--stats` traffic, which every client task counts into.
     traffic: &'a Traffic,
     /// Where the acceptor leaves the error of a broken listener for `run`.
@@ -491,13 +580,12 @@ struct Acceptor<'a> {
 }
 
 impl<'a> Coroutine<'a> for Acceptor<'a> {
-    fn resume(&mut self, _how: Resume, spawn: &mut Vec<Box<dyn Coroutine<'a> + 'a>>) -> Wait {
+    fn resume(&mut self, _how: Resume, step: &mut Step<'_, 'a>) -> Wait {
         loop {
             match accept(self.listener, &self.ctx.stats, Blocking::No) {
                 Accepted::Client(stream, peer) => {
                     self.traffic.accepted();
-                    let echo = Echo::new(stream, peer, self.ctx, self.buffers, self.traffic);
-                    spawn.push(Box::new(echo));
+                    step.spawn((self.client)(stream, peer));
                 }
                 Accepted::Empty => return Wait::Read { until: None },
                 // Out of descriptors: sleep instead of spinning on a
@@ -629,7 +717,7 @@ impl<'a> Echo<'a> {
 }
 
 impl<'a> Coroutine<'a> for Echo<'a> {
-    fn resume(&mut self, how: Resume, _spawn: &mut Vec<Box<dyn Coroutine<'a> + 'a>>) -> Wait {
+    fn resume(&mut self, how: Resume, _step: &mut Step<'_, 'a>) -> Wait {
         let working = matches!(self.state, EchoState::Working { .. });
         if how == Resume::TimedOut && !working {
             return self.finish(Ending::IdleTimeout);

@@ -79,7 +79,15 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         pool: pool.as_ref(),
         traffic: &traffic,
     };
-    let served = executor.block_on(accept_clients(listener, clients, executor.spawner()));
+    let accepting = accept_clients(
+        listener,
+        ctx,
+        &reactor,
+        &traffic,
+        executor.spawner(),
+        |stream, peer| handle_client(stream, peer, clients),
+    );
+    let served = executor.block_on(accepting);
     // Cancel every client task still running (closing its socket), then
     // write the last line.
     executor.cancel_all();
@@ -98,14 +106,20 @@ struct Clients<'a> {
     traffic: &'a Traffic,
 }
 
-/// The notes' `run_server`: accept clients and spawn a task for each, until
-/// the shutdown is triggered.
-async fn accept_clients<'a>(
+/// The notes' `run_server`: accept clients and spawn the task `client`
+/// makes for each, until the shutdown is triggered. (The chat spawns
+/// another kind of client task.)
+///
+/// # Errors
+/// If the listener breaks.
+pub async fn accept_clients<'a, F: Future<Output = ()> + 'a>(
     listener: Async<TcpListener>,
-    clients: Clients<'a>,
+    ctx: &Context,
+    reactor: &Rc<Reactor>,
+    traffic: &Traffic,
     spawner: Spawner<'a>,
+    client: impl Fn(Async<TcpStream>, SocketAddr) -> F,
 ) -> io::Result<()> {
-    let Clients { ctx, reactor, .. } = clients;
     // A signal rings the bell; whoever hears it stops the server.
     let bell = Async::new(ctx.shutdown.bell()?, reactor)?;
     let mut rung = pin!(bell.readable());
@@ -120,8 +134,8 @@ async fn accept_clients<'a>(
         match sort(accepted, &ctx.stats, Blocking::No) {
             Some(Accepted::Client(stream, peer)) => match Async::new(stream, reactor) {
                 Ok(stream) => {
-                    clients.traffic.accepted();
-                    spawner.spawn(handle_client(stream, peer, clients));
+                    traffic.accepted();
+                    spawner.spawn(client(stream, peer));
                 }
                 Err(e) => ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
             },

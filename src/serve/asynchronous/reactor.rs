@@ -390,6 +390,17 @@ impl Async<TcpStream> {
         .await
     }
 
+    /// One `write()` of `buf` if the socket is known to be writable;
+    /// otherwise leaves the task's waker for the next write readiness.
+    /// For futures that write from a buffer they do not own across
+    /// polls (the chat's outbox).
+    ///
+    /// # Errors
+    /// As `write(2)`, never `WouldBlock`.
+    pub fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, Direction::Write, |mut s| s.write(buf))
+    }
+
     /// Writes all of `buf`, waiting for room as often as needed: the notes'
     /// `loop.sock_sendall(sock, data)`, without assuming it cannot block.
     ///
@@ -397,7 +408,7 @@ impl Async<TcpStream> {
     /// As `write(2)` (a broken pipe, for instance).
     pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
-            let n = poll_fn(|cx| self.poll_io(cx, Direction::Write, |mut s| s.write(buf))).await?;
+            let n = poll_fn(|cx| self.poll_write(cx, buf)).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }

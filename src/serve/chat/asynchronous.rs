@@ -1,0 +1,191 @@
+//! The chat on our async executor: a task per client, all sharing the
+//! loop's [`Room`] by reference.
+//!
+//! The notes' asyncio chat, with its gaps closed. Each client task does two
+//! things at once, with [`select`]: it listens (read, carry out the lines)
+//! and it speaks (write its outbox as the socket takes it). Speaking
+//! waits on two things: a line to write, and room in the socket. The
+//! first is a [`Waker`] the task leaves in its room member when its outbox
+//! is empty; a sender that posts to it wakes it. That pair, an outbox and a
+//! waker, is what asyncio's `StreamWriter` is.
+//!
+//! Listening and speaking are both cancel-safe, which `select` needs: a
+//! read's bytes are carried out before the next `.await`, and written bytes
+//! leave the outbox as the socket takes them, so dropping either future
+//! loses nothing. The room sits in a `RefCell`, borrowed only between two
+//! `.await`s.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use super::CLOSE_GRACE;
+use super::room::{After, Room};
+use crate::serve::Context;
+use crate::serve::asynchronous::accept_clients;
+use crate::serve::asynchronous::executor::{Either, Executor, select};
+use crate::serve::asynchronous::reactor::{Async, Reactor, TimedOut, timeout};
+use crate::serve::live::Traffic;
+use crate::stats::{Ending, Stats};
+
+/// The room of an async loop: a member's handle is the waker of its task
+/// while it waits for lines to write.
+type AsyncRoom = RefCell<Room<Option<Waker>>>;
+
+/// Serves the chat from this thread until shutdown.
+///
+/// # Errors
+/// If the poller fails or the listener breaks.
+pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    let traffic = Traffic::default();
+    let room = AsyncRoom::default();
+    let reactor = Reactor::new(ctx.config.poller)?;
+    let executor = Executor::new(reactor.clone()).watching_stalls(ctx.stall_watch("async"));
+    let listener = Async::new(listener, &reactor)?;
+    let accepting = accept_clients(
+        listener,
+        ctx,
+        &reactor,
+        &traffic,
+        executor.spawner(),
+        |stream, peer| chatter(stream, peer, &room, &reactor, &ctx.stats),
+    );
+    let served = executor.block_on(accepting);
+    executor.cancel_all();
+    drop(executor);
+    served?
+}
+
+/// One client's task.
+async fn chatter(
+    stream: Async<TcpStream>,
+    peer: SocketAddr,
+    room: &AsyncRoom,
+    reactor: &Rc<Reactor>,
+    stats: &Stats,
+) {
+    let mut member = Member {
+        key: room.borrow_mut().join(None),
+        room,
+        stats,
+        peer,
+        bytes: Cell::new(0),
+        ending: None,
+    };
+    member.ending = Some(member.talk(&stream, reactor).await);
+}
+
+/// A client task's place in the room. Dropping it (the task ended, or
+/// was cancelled at shutdown) frees the name and logs the end.
+struct Member<'a> {
+    key: usize,
+    room: &'a AsyncRoom,
+    stats: &'a Stats,
+    peer: SocketAddr,
+    bytes: Cell<u64>,
+    ending: Option<Ending>,
+}
+
+/// What speaking came to.
+enum Spoken {
+    /// Everything owed is written.
+    Empty,
+    /// The client was too slow; its last line had one chance.
+    TooSlow,
+}
+
+impl Member<'_> {
+    /// Listens and speaks until the client stops sending, then gives it
+    /// the close grace to take what it is owed.
+    async fn talk(&self, stream: &Async<TcpStream>, reactor: &Rc<Reactor>) -> Ending {
+        let speaking = poll_fn(|cx| self.poll_speak(stream, cx, false));
+        let stopped = match select(self.listen(stream), speaking).await {
+            Either::Left(Ok(after)) => after,
+            Either::Left(Err(e)) | Either::Right(Err(e)) => return Ending::Failed(e),
+            Either::Right(Ok(_)) => return Ending::Dropped("too slow"),
+        };
+        let rest = poll_fn(|cx| self.poll_speak(stream, cx, true));
+        match (timeout(reactor, CLOSE_GRACE, rest).await, stopped) {
+            (Err(TimedOut), _) => Ending::Dropped("did not read what it was owed in time"),
+            (Ok(Err(e)), _) => Ending::Failed(e),
+            (Ok(Ok(Spoken::TooSlow)), _) => Ending::Dropped("too slow"),
+            (Ok(Ok(Spoken::Empty)), After::Expelled) => Ending::Dropped("too many errors"),
+            (Ok(Ok(Spoken::Empty)), _) => Ending::Closed,
+        }
+    }
+
+    /// Reads and carries out lines until `quit`, the end of the stream, or
+    /// expulsion; wakes every member posted to.
+    async fn listen(&self, stream: &Async<TcpStream>) -> io::Result<After> {
+        loop {
+            let data = stream.recv().await?;
+            let mut room = self.room.borrow_mut();
+            let after = if data.is_empty() {
+                room.leave(self.key);
+                After::Quit
+            } else {
+                room.receive(self.key, &data)
+            };
+            room.take_woken(|_, member| {
+                if let Some(waker) = member.handle.take() {
+                    waker.wake();
+                }
+            });
+            if after != After::Continue {
+                return Ok(after);
+            }
+        }
+    }
+
+    /// Writes the outbox as far as the socket takes it. Pending while the
+    /// outbox is empty (unless `until_empty`) or the socket is full; a
+    /// too-slow outbox gets one write, not a wait.
+    fn poll_speak(
+        &self,
+        stream: &Async<TcpStream>,
+        cx: &mut TaskContext<'_>,
+        until_empty: bool,
+    ) -> Poll<io::Result<Spoken>> {
+        let mut room = self.room.borrow_mut();
+        let member = room.member(self.key);
+        loop {
+            let outbox = &mut member.outbox;
+            if outbox.is_empty() {
+                if outbox.is_too_slow() {
+                    return Poll::Ready(Ok(Spoken::TooSlow));
+                }
+                if until_empty {
+                    return Poll::Ready(Ok(Spoken::Empty));
+                }
+                if !member
+                    .handle
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    member.handle = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            match stream.poll_write(cx, outbox.pending()) {
+                Poll::Ready(Ok(n)) => {
+                    outbox.consume(n);
+                    self.bytes.set(self.bytes.get() + n as u64);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if outbox.is_too_slow() => return Poll::Ready(Ok(Spoken::TooSlow)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for Member<'_> {
+    fn drop(&mut self) {
+        self.room.borrow_mut().remove(self.key);
+        let ending = self.ending.take().unwrap_or(Ending::Shutdown);
+        self.stats.disconnected(self.peer, self.bytes.get(), ending);
+    }
+}

@@ -1,0 +1,315 @@
+//! The chat on the selector loop: one thread, callbacks by socket, and the
+//! whole chat as plain data the loop owns.
+//!
+//! The loop is the echo selector's: wait, run each ready socket's handler,
+//! repeat. What changes is that a handler may now touch *other* clients:
+//! a `chat` line read from one socket puts a line in another client's
+//! outbox. It does so directly, with a `&mut` to the [`Room`], which no
+//! other code can be using at that moment. After each batch of events, every
+//! client that was posted to gets one write attempt, and asks for write
+//! readiness only if its socket did not take everything.
+//!
+//! Level-triggered, as the echo selector: a client is watched for reading
+//! while it may still send, for writing while it is owed bytes.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use super::CLOSE_GRACE;
+use super::room::{After, Room};
+use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted, would_block};
+use crate::poller::{Events, Interest, Poller};
+use crate::serve::Context;
+use crate::serve::accept::{Accepted, accept};
+use crate::serve::selector::write_some;
+use crate::stats::Ending;
+
+/// What to do when a registered socket is ready.
+enum Handler {
+    Accept,
+    Stop,
+    Client(Client),
+}
+
+/// One client's socket; what it says and is owed is in the room, under
+/// `member`.
+struct Client {
+    /// Registered in the poller until `Chat::close` deletes it.
+    stream: TcpStream,
+    peer: SocketAddr,
+    member: usize,
+    /// `None` while it may send; otherwise why it stopped (quit or end of
+    /// stream, or expelled), and it is only owed the rest of its outbox.
+    stopped: Option<After>,
+    interest: Interest,
+    /// Bytes written to it, for the log.
+    bytes: u64,
+    /// Unique over the loop's life, unlike the slab key.
+    id: u64,
+}
+
+/// Serves the chat from this thread until shutdown.
+///
+/// # Errors
+/// If the poller fails or the listener breaks.
+pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    let poller = Poller::new(ctx.config.poller)?;
+    let bell = ctx.shutdown.bell()?;
+    let mut handlers = Slab::new();
+    let listener_key = handlers.insert(Handler::Accept);
+    let bell_key = handlers.insert(Handler::Stop);
+    // SAFETY: both are deleted at the end of this function, before they
+    // close.
+    unsafe {
+        poller.add(&listener, listener_key, Interest::READ)?;
+        poller.add(&bell, bell_key, Interest::READ)?;
+    }
+    let mut chat = Chat {
+        poller: &poller,
+        listener: &listener,
+        listener_key,
+        handlers,
+        room: Room::default(),
+        buffer: vec![0; 4096].into_boxed_slice(),
+        accept_paused_until: None,
+        closing: VecDeque::new(),
+        posted: Vec::new(),
+        next_id: 0,
+        ctx,
+    };
+    let served = chat.serve();
+    chat.close_all();
+    poller.delete(&bell)?;
+    poller.delete(&listener)?;
+    served
+}
+
+/// The loop and everything it owns, the chat included.
+struct Chat<'a> {
+    /// Every socket in `handlers` is registered here under its slab key; a
+    /// client is deleted in `close` before its socket is dropped.
+    poller: &'a Poller,
+    listener: &'a TcpListener,
+    listener_key: usize,
+    handlers: Slab<Handler>,
+    /// The registry, sessions and outboxes; a member's handle is its
+    /// client's key in `handlers`.
+    room: Room<usize>,
+    buffer: Box<[u8]>,
+    accept_paused_until: Option<Instant>,
+    /// Clients that stopped sending, by deadline: (deadline, key, id).
+    /// Deadlines are `now + CLOSE_GRACE`, so they come in order.
+    closing: VecDeque<(Instant, usize, u64)>,
+    /// Keys of the clients posted to in this turn (kept to reuse).
+    posted: Vec<usize>,
+    next_id: u64,
+    ctx: &'a Context,
+}
+
+impl Chat<'_> {
+    fn serve(&mut self) -> io::Result<()> {
+        let mut events = Events::new();
+        while !self.ctx.shutdown.is_triggered() {
+            self.poller.wait(&mut events, self.timeout())?;
+            let now = Instant::now();
+            for event in events.iter() {
+                match self.handlers.get_mut(event.key) {
+                    Some(Handler::Accept) => self.accept_clients()?,
+                    Some(Handler::Stop) => self.ctx.shutdown.trigger(),
+                    Some(Handler::Client(_)) => {
+                        if event.writable {
+                            self.flush(event.key);
+                        }
+                        if event.readable {
+                            self.read(event.key, now);
+                        }
+                        self.settle(event.key);
+                    }
+                    None => {}
+                }
+            }
+            self.deliver();
+            self.run_timers(now)?;
+        }
+        Ok(())
+    }
+
+    /// One `read()` from a client, and every line it completes carried
+    /// out: replies and deliveries land in outboxes, written by `deliver`.
+    fn read(&mut self, key: usize, now: Instant) {
+        let Some(Handler::Client(client)) = self.handlers.get_mut(key) else {
+            return;
+        };
+        if client.stopped.is_some() {
+            return;
+        }
+        let after = match client.stream.read(&mut self.buffer) {
+            Ok(0) => {
+                self.room.leave(client.member);
+                After::Quit
+            }
+            Ok(n) => self.room.receive(client.member, &self.buffer[..n]),
+            Err(e) if would_block(&e) || interrupted(&e) => After::Continue,
+            Err(e) => return self.close(key, Ending::Failed(e)),
+        };
+        if after != After::Continue {
+            client.stopped = Some(after);
+            self.closing.push_back((now + CLOSE_GRACE, key, client.id));
+        }
+    }
+
+    /// Writes what client `key` is owed, as much as its socket takes now.
+    fn flush(&mut self, key: usize) {
+        let Some(Handler::Client(client)) = self.handlers.get_mut(key) else {
+            return;
+        };
+        let outbox = &mut self.room.member(client.member).outbox;
+        if outbox.is_empty() {
+            return;
+        }
+        match write_some(&mut client.stream, outbox.pending()) {
+            Ok(written) => {
+                outbox.consume(written);
+                client.bytes += written as u64;
+            }
+            Err(e) => self.close(key, Ending::Failed(e)),
+        }
+    }
+
+    /// After any I/O: closes the client if it is done, or watches for
+    /// what it needs now.
+    fn settle(&mut self, key: usize) {
+        let Some(Handler::Client(client)) = self.handlers.get_mut(key) else {
+            return;
+        };
+        let outbox = &self.room.member(client.member).outbox;
+        let ending = match client.stopped {
+            // Its farewell line had its one chance.
+            _ if outbox.is_too_slow() => Some(Ending::Dropped("too slow")),
+            Some(After::Expelled) if outbox.is_empty() => Some(Ending::Dropped("too many errors")),
+            Some(_) if outbox.is_empty() => Some(Ending::Closed),
+            _ => None,
+        };
+        if let Some(ending) = ending {
+            return self.close(key, ending);
+        }
+        let wanted = Interest {
+            read: client.stopped.is_none(),
+            write: !outbox.is_empty(),
+        };
+        if wanted != client.interest {
+            match self.poller.modify(&client.stream, key, wanted) {
+                Ok(()) => client.interest = wanted,
+                Err(e) => self.close(key, Ending::Failed(e)),
+            }
+        }
+    }
+
+    /// Every client posted to in this turn gets a write attempt: most
+    /// lines go out here, without waiting for write readiness.
+    fn deliver(&mut self) {
+        let mut posted = std::mem::take(&mut self.posted);
+        self.room.take_woken(|_, member| posted.push(member.handle));
+        for &key in &posted {
+            self.flush(key);
+            self.settle(key);
+        }
+        posted.clear();
+        self.posted = posted;
+    }
+
+    fn accept_clients(&mut self) -> io::Result<()> {
+        loop {
+            match accept(self.listener, &self.ctx.stats, Blocking::No) {
+                Accepted::Client(stream, peer) => self.register(stream, peer),
+                Accepted::Empty => return Ok(()),
+                Accepted::BackOff => {
+                    // As the echo selector: stop watching the listener for
+                    // a while rather than spin on it.
+                    self.poller
+                        .modify(self.listener, self.listener_key, Interest::NONE)?;
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return Ok(());
+                }
+                Accepted::Fatal(e) => return Err(e),
+            }
+        }
+    }
+
+    fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let entry = self.handlers.vacant_entry();
+        let key = entry.key();
+        // SAFETY: `close` (also at shutdown, from `close_all`) deletes it
+        // from the poller before it drops the stream.
+        if let Err(e) = unsafe { self.poller.add(&stream, key, Interest::READ) } {
+            return self.ctx.stats.disconnected(peer, 0, Ending::Failed(e));
+        }
+        self.ctx.traffic.accepted();
+        entry.insert(Handler::Client(Client {
+            stream,
+            peer,
+            member: self.room.join(key),
+            stopped: None,
+            interest: Interest::READ,
+            bytes: 0,
+            id: self.next_id,
+        }));
+        self.next_id += 1;
+    }
+
+    /// Resumes accepting after a back-off; closes clients whose grace is
+    /// over.
+    fn run_timers(&mut self, now: Instant) -> io::Result<()> {
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            self.poller
+                .modify(self.listener, self.listener_key, Interest::READ)?;
+        }
+        while let Some(&(at, key, id)) = self.closing.front() {
+            if at > now {
+                break;
+            }
+            self.closing.pop_front();
+            if matches!(self.handlers.get(key), Some(Handler::Client(c)) if c.id == id) {
+                self.close(
+                    key,
+                    Ending::Dropped("did not read what it was owed in time"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        let grace = self.closing.front().map(|&(at, _, _)| at);
+        let next = [self.accept_paused_until, grace]
+            .into_iter()
+            .flatten()
+            .min()?;
+        Some(next.saturating_duration_since(Instant::now()))
+    }
+
+    /// Deletes a client from the poller (before its socket closes), from
+    /// the table and from the room (its name is free), and logs the end.
+    fn close(&mut self, key: usize, ending: Ending) {
+        if let Some(Handler::Client(client)) = self.handlers.try_remove(key) {
+            let _ = self.poller.delete(&client.stream);
+            self.room.remove(client.member);
+            self.ctx.traffic.closed();
+            self.ctx
+                .stats
+                .disconnected(client.peer, client.bytes, ending);
+        }
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<usize> = self.handlers.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close(key, Ending::Shutdown);
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The chat on threads: the notes' multithreaded chat server, with what it
+//! left out done.
+//!
+//! A thread per client reads its lines and carries them out. The registry
+//! is one `Mutex<Registry>`: any thread may register, list, look up or
+//! leave at any moment, and without the lock two threads registering the
+//! same name at once could both succeed. The threads are scoped, so they
+//! borrow the mutex; a client's [`Peer`] is in an `Arc`, because whoever
+//! looked it up may still hold it when its own thread has gone.
+//!
+//! Delivering a line to another client must not wait for that client: a
+//! blocking write to a receiver that does not read would stall the sender,
+//! and with it everyone the sender serves. So each client has an outbox
+//! (its own small lock) and a writer thread that alone writes to its
+//! socket. A sender appends whole lines under the outbox's lock and goes
+//! on; the writer takes everything pending and writes it outside any lock.
+//! Lines to one receiver are therefore never interleaved, and a slow
+//! receiver costs its senders nothing but a bounded outbox.
+//!
+//! Lock order, the rule that makes this deadlock-free: a reader holds the
+//! registry while it posts, so it takes the registry first and then one
+//! outbox at a time; a writer takes only its own outbox. Nobody ever holds
+//! an outbox and asks for the registry. (The tempting mistake: removing a
+//! too-slow receiver from the registry right where we notice it, inside
+//! its outbox's lock, while another reader holds the registry and waits
+//! for that same outbox.) We shut the receiver's socket instead, and its
+//! own reader leaves the registry the normal way.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+
+use super::CLOSE_GRACE;
+use super::room::{After, Outbox, Registry, Session};
+use crate::serve::Context;
+use crate::serve::blocking::Clients;
+use crate::stats::Ending;
+
+/// Serves the chat with two threads per client until shutdown.
+///
+/// # Errors
+/// If the listener breaks.
+pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    let registry = Mutex::new(Registry::default());
+    thread::scope(|scope| {
+        let mut clients = Clients::new(listener, ctx);
+        for (stream, peer) in &mut clients {
+            let registry = &registry;
+            let started = thread::Builder::new()
+                .name(format!("chat-{peer}"))
+                .spawn_scoped(scope, move || serve(stream, peer, registry, ctx));
+            if let Err(e) = started {
+                ctx.traffic.closed();
+                ctx.stats.disconnected(peer, 0, Ending::Failed(e));
+            }
+        }
+        // The scope waits for every client's threads; the shutdown has
+        // shut their sockets down, so they are finishing.
+        clients.finish()
+    })
+}
+
+/// A client as the others see it: where to post lines for it.
+struct Peer {
+    mailbox: Mutex<Mailbox>,
+    /// Signalled when the mailbox gets its first line, or closes.
+    filled: Condvar,
+    stream: TcpStream,
+}
+
+/// A peer is itself and nobody else: `chat,*` skips the sender by
+/// identity, not by name.
+impl PartialEq for Peer {
+    fn eq(&self, other: &Peer) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+struct Mailbox {
+    outbox: Outbox,
+    /// The writer is inside a `write` (which may block for as long as the
+    /// receiver does not read).
+    writing: bool,
+    /// The reader is done: the writer sends what is left and stops.
+    closed: bool,
+}
+
+impl Peer {
+    fn mailbox(&self) -> MutexGuard<'_, Mailbox> {
+        self.mailbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a whole line for this client; never blocks on its socket.
+    fn post(&self, line: &[u8]) {
+        let mut mailbox = self.mailbox();
+        let was_empty = mailbox.outbox.is_empty();
+        if mailbox.outbox.push(line) {
+            // Too slow. Its reader must stop (that frees the name); its
+            // writer, if it is stuck in a write, must be woken too, and
+            // then the farewell line cannot go out anyway.
+            let direction = if mailbox.writing {
+                Direction::Both
+            } else {
+                Direction::Read
+            };
+            let _ = self.stream.shutdown(direction);
+            self.filled.notify_one();
+        } else if was_empty {
+            self.filled.notify_one();
+        }
+    }
+}
+
+/// One client: a reader (this thread) and a writer, until either ends.
+fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    registry: &Mutex<Registry<Arc<Peer>>>,
+    ctx: &Context,
+) {
+    let me = match stream.try_clone() {
+        Ok(writing_half) => Arc::new(Peer {
+            mailbox: Mutex::new(Mailbox {
+                outbox: Outbox::default(),
+                writing: false,
+                closed: false,
+            }),
+            filled: Condvar::new(),
+            stream: writing_half,
+        }),
+        Err(e) => {
+            ctx.traffic.closed();
+            return ctx.stats.disconnected(peer, 0, Ending::Failed(e));
+        }
+    };
+    let waker = me.clone();
+    let wake = ctx.shutdown.on_trigger(move || {
+        let _ = waker.stream.shutdown(Direction::Both);
+        waker.filled.notify_one();
+    });
+    let ending = thread::scope(|scope| {
+        let writer = thread::Builder::new()
+            .name(format!("chat-{peer}-writer"))
+            .spawn_scoped(scope, || write_out(&me))?;
+        let read = read_lines(&stream, &me, registry);
+        // Whatever ended the reading: the writer sends what is left, but
+        // waits at most CLOSE_GRACE for the client to take it.
+        let _ = me.stream.set_write_timeout(Some(CLOSE_GRACE));
+        me.mailbox().closed = true;
+        me.filled.notify_one();
+        let (bytes, written) = writer.join().unwrap_or((0, Ok(())));
+        let ending = match (read, written) {
+            _ if ctx.shutdown.is_triggered() => Ending::Shutdown,
+            _ if me.mailbox().outbox.is_too_slow() => Ending::Dropped("too slow"),
+            (Ok(After::Expelled), _) => Ending::Dropped("too many errors"),
+            (Err(e), _) | (Ok(_), Err(e)) => Ending::from_error(e),
+            (Ok(_), Ok(())) => Ending::Closed,
+        };
+        Ok::<_, io::Error>((bytes, ending))
+    });
+    drop(wake);
+    let (bytes, ending) = ending.unwrap_or_else(|e| (0, Ending::Failed(e)));
+    ctx.traffic.closed();
+    ctx.stats.disconnected(peer, bytes, ending);
+}
+
+/// The notes' per-client thread: read lines and carry them out, under the
+/// registry's lock, until `quit`, the end of the stream, or an error.
+/// Leaves the registry however it ends.
+fn read_lines(
+    mut stream: &TcpStream,
+    me: &Arc<Peer>,
+    registry: &Mutex<Registry<Arc<Peer>>>,
+) -> io::Result<After> {
+    let mut session = Session::default();
+    let mut buffer = [0; 4096];
+    let result = loop {
+        let n = match stream.read(&mut buffer) {
+            Ok(0) => break Ok(After::Quit),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break Err(e),
+        };
+        let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+        match session.receive(me, &buffer[..n], &mut registry, &mut |to, line| {
+            to.post(line)
+        }) {
+            After::Continue => {}
+            done => break Ok(done),
+        }
+    };
+    session.leave(&mut registry.lock().unwrap_or_else(PoisonError::into_inner));
+    result
+}
+
+/// The writer: waits for lines, writes them out, until the reader is done
+/// and nothing is left, or the client is too slow. Returns the bytes
+/// written, and the error that stopped it, if one did.
+fn write_out(me: &Peer) -> (u64, io::Result<()>) {
+    let mut written = 0;
+    loop {
+        let (bytes, too_slow) = {
+            let mut mailbox = me.mailbox();
+            while mailbox.outbox.is_empty() && !mailbox.closed {
+                mailbox = me
+                    .filled
+                    .wait(mailbox)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if mailbox.outbox.is_empty() {
+                return (written, Ok(()));
+            }
+            mailbox.writing = true;
+            (mailbox.outbox.take(), mailbox.outbox.is_too_slow())
+        };
+        let result = (&me.stream).write_all(&bytes);
+        me.mailbox().writing = false;
+        if let Err(e) = result {
+            return (written, Err(e));
+        }
+        written += bytes.len() as u64;
+        if too_slow {
+            // Its farewell line is out: cut it off.
+            let _ = me.stream.shutdown(Direction::Both);
+            return (written, Ok(()));
+        }
+    }
+}
