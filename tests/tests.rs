@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+mod chat;
 mod cli;
 mod concurrency;
 mod conformance;

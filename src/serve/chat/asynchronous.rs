@@ -89,14 +89,6 @@ struct Member<'a> {
     ending: Option<Ending>,
 }
 
-/// What speaking came to.
-enum Spoken {
-    /// Everything owed is written.
-    Empty,
-    /// The client was too slow; its last line had one chance.
-    TooSlow,
-}
-
 impl Member<'_> {
     /// Listens and speaks until the client stops sending, then gives it
     /// the close grace to take what it is owed.
@@ -105,15 +97,14 @@ impl Member<'_> {
         let stopped = match select(self.listen(stream), speaking).await {
             Either::Left(Ok(after)) => after,
             Either::Left(Err(e)) | Either::Right(Err(e)) => return Ending::Failed(e),
-            Either::Right(Ok(_)) => return Ending::Dropped("too slow"),
+            // Cut off: its last bytes get the close grace, as after a quit.
+            Either::Right(Ok(())) => After::TooSlow,
         };
         let rest = poll_fn(|cx| self.poll_speak(stream, cx, true));
-        match (timeout(reactor, CLOSE_GRACE, rest).await, stopped) {
-            (Err(TimedOut), _) => Ending::Dropped("did not read what it was owed in time"),
-            (Ok(Err(e)), _) => Ending::Failed(e),
-            (Ok(Ok(Spoken::TooSlow)), _) => Ending::Dropped("too slow"),
-            (Ok(Ok(Spoken::Empty)), After::Expelled) => Ending::Dropped("too many errors"),
-            (Ok(Ok(Spoken::Empty)), _) => Ending::Closed,
+        match timeout(reactor, CLOSE_GRACE, rest).await {
+            Err(TimedOut) => stopped.out_of_time(),
+            Ok(Err(e)) => Ending::Failed(e),
+            Ok(Ok(())) => stopped.ending(),
         }
     }
 
@@ -141,43 +132,43 @@ impl Member<'_> {
     }
 
     /// Writes the outbox as far as the socket takes it. Pending while the
-    /// outbox is empty (unless `until_empty`) or the socket is full; a
-    /// too-slow outbox gets one write, not a wait.
+    /// socket is full, and while the outbox is empty unless `until_empty`.
+    /// Ready at once, while listening, when the outbox is cut off as too
+    /// slow: the listening is over.
     fn poll_speak(
         &self,
         stream: &Async<TcpStream>,
         cx: &mut TaskContext<'_>,
         until_empty: bool,
-    ) -> Poll<io::Result<Spoken>> {
+    ) -> Poll<io::Result<()>> {
         let mut room = self.room.borrow_mut();
         let member = room.member(self.key);
-        loop {
-            let outbox = &mut member.outbox;
-            if outbox.is_empty() {
-                if outbox.is_too_slow() {
-                    return Poll::Ready(Ok(Spoken::TooSlow));
-                }
-                if until_empty {
-                    return Poll::Ready(Ok(Spoken::Empty));
-                }
-                if !member
-                    .handle
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    member.handle = Some(cx.waker().clone());
-                }
-                return Poll::Pending;
-            }
+        // A sender that posts (or cuts the outbox off) wakes this waker.
+        if !member
+            .handle
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            member.handle = Some(cx.waker().clone());
+        }
+        let outbox = &mut member.outbox;
+        if outbox.is_too_slow() && !until_empty {
+            return Poll::Ready(Ok(()));
+        }
+        while !outbox.is_empty() {
             match stream.poll_write(cx, outbox.pending()) {
                 Poll::Ready(Ok(n)) => {
                     outbox.consume(n);
                     self.bytes.set(self.bytes.get() + n as u64);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending if outbox.is_too_slow() => return Poll::Ready(Ok(Spoken::TooSlow)),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+        if until_empty {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
         }
     }
 }

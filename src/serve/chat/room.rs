@@ -13,6 +13,7 @@ use std::ops::ControlFlow;
 use slab::Slab;
 
 use super::protocol::{self, Command, Line, Lines, To};
+use crate::stats::Ending;
 
 /// The most bytes waiting for one receiver. A receiver that lets more pile
 /// up is too slow: it is disconnected and its senders never wait for it.
@@ -62,6 +63,31 @@ pub enum After {
     /// It sent [`MAX_ERRORS`] bad lines in a row: told so, its name freed;
     /// deliver what it is owed, then close.
     Expelled,
+    /// It was owed more than [`MAX_PENDING`]: its name freed, it gets the
+    /// rest of the line it was taking and [`TOO_SLOW`], then is closed.
+    /// Never returned by [`Session::receive`]: the model notices it in the
+    /// outbox.
+    TooSlow,
+}
+
+impl After {
+    /// How a connection that stopped for this reason ended, once its
+    /// outbox is written out.
+    pub fn ending(self) -> Ending {
+        match self {
+            After::Continue | After::Quit => Ending::Closed,
+            After::Expelled => Ending::Dropped("too many errors"),
+            After::TooSlow => Ending::Dropped("too slow"),
+        }
+    }
+
+    /// How it ended if its close grace ran out first.
+    pub fn out_of_time(self) -> Ending {
+        match self {
+            After::TooSlow => Ending::Dropped("too slow"),
+            _ => Ending::Dropped("did not read what it was owed in time"),
+        }
+    }
 }
 
 /// One connection's side of the conversation: its name once registered,
@@ -213,8 +239,10 @@ fn error_line<'s>(scratch: &'s mut Vec<u8>, reason: &str) -> &'s [u8] {
 /// never interleaved with another: only its owner writes it out. Past the
 /// bound the outbox is *too slow* for good: it keeps the rest of the line
 /// the socket has half taken (so that line is not torn), drops the lines
-/// behind it, ends with [`TOO_SLOW`], and takes nothing more. Its owner
-/// sends what it can without waiting and disconnects. Redis treats a
+/// behind it, ends with [`TOO_SLOW`], and takes nothing more. Its name is
+/// freed at once (senders get `error,no such user`, and never wait); the
+/// connection gets [`super::CLOSE_GRACE`] to take those last bytes, then
+/// is closed whatever it took. Redis treats a
 /// pub/sub client the same way (`client-output-buffer-limit pubsub`): a
 /// subscriber that cannot keep up is cut off, not waited for.
 #[derive(Debug, Default)]
@@ -222,6 +250,8 @@ pub struct Outbox {
     bytes: Vec<u8>,
     /// Bytes of `bytes` already written.
     sent: usize,
+    /// The socket has taken only the start of the line at `sent`.
+    mid_line: bool,
     too_slow: bool,
 }
 
@@ -234,9 +264,8 @@ impl Outbox {
         }
         if self.pending().len() + line.len() > MAX_PENDING {
             self.too_slow = true;
-            let started = self.sent > 0 && self.bytes[self.sent - 1] != b'\n';
             let keep = match self.bytes[self.sent..].iter().position(|&b| b == b'\n') {
-                Some(end) if started => self.sent + end + 1,
+                Some(end) if self.mid_line => self.sent + end + 1,
                 _ => self.sent,
             };
             self.bytes.truncate(keep);
@@ -264,17 +293,22 @@ impl Outbox {
 
     /// Marks the first `n` pending bytes written.
     pub fn consume(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
         self.sent += n;
         debug_assert!(self.sent <= self.bytes.len());
+        self.mid_line = self.bytes[self.sent - 1] != b'\n';
         if self.is_empty() {
             self.bytes.clear();
             self.sent = 0;
         }
     }
 
-    /// Takes every pending byte out, for a writer that writes them outside
-    /// a lock; the outbox is empty afterwards.
+    /// Takes every pending byte out, for a writer that writes them all
+    /// outside a lock; the outbox is empty afterwards.
     pub fn take(&mut self) -> Vec<u8> {
+        self.mid_line = false;
         let mut bytes = std::mem::take(&mut self.bytes);
         bytes.drain(..std::mem::take(&mut self.sent));
         bytes
@@ -289,7 +323,9 @@ impl Outbox {
 /// One connection of a one-thread loop, as the [`Room`] knows it.
 #[derive(Debug)]
 pub struct Member<H> {
-    /// What it said so far (taken out while [`Room::receive`] runs it).
+    /// What it said so far (taken out while [`Room::receive`] runs it, so
+    /// a `quit` or a too-slow member of that very call is unregistered
+    /// after it).
     session: Session,
     /// What it is owed.
     pub outbox: Outbox,
@@ -307,6 +343,8 @@ pub struct Room<H> {
     /// Members whose outbox went from empty to not (or too slow) since the
     /// last [`Room::take_woken`]: the loop must write to them.
     woken: Vec<usize>,
+    /// Members that became too slow during a `receive`, to unregister.
+    too_slow: Vec<usize>,
 }
 
 impl<H> Default for Room<H> {
@@ -315,6 +353,7 @@ impl<H> Default for Room<H> {
             registry: Registry::default(),
             members: Slab::new(),
             woken: Vec::new(),
+            too_slow: Vec::new(),
         }
     }
 }
@@ -335,6 +374,7 @@ impl<H> Room<H> {
             registry,
             members,
             woken,
+            too_slow,
         } = self;
         // The session is taken out for the call, so that posting may reach
         // every member, this one included.
@@ -342,11 +382,20 @@ impl<H> Room<H> {
         let after = session.receive(&key, data, registry, &mut |&to, line| {
             let outbox = &mut members[to].outbox;
             let was_empty = outbox.is_empty();
-            if outbox.push(line) || was_empty {
+            let cut_off = outbox.push(line);
+            if cut_off {
+                too_slow.push(to);
+            }
+            if cut_off || was_empty {
                 woken.push(to);
             }
         });
         members[key].session = session;
+        // Unregistered now, not when the loop closes it: nobody posts to
+        // it any more.
+        for slow in too_slow.drain(..) {
+            members[slow].session.leave(registry);
+        }
         after
     }
 
@@ -471,11 +520,12 @@ mod tests {
         while !outbox.push(&line) {
             pushed += 1;
             if pushed == 10 {
-                // The socket took half a line.
-                outbox.consume(150);
+                // The socket took five lines and a half, and the outbox moves
+                // what is left down at the next push.
+                outbox.consume(550);
             }
         }
-        assert_eq!(pushed, (MAX_PENDING + 150) / 100);
+        assert_eq!(pushed, (MAX_PENDING + 550) / 100);
         assert!(outbox.is_too_slow());
         // The half-taken line is finished, the rest dropped, then the
         // reason.

@@ -127,12 +127,12 @@ impl Chat<'_> {
                         if event.readable {
                             self.read(event.key, now);
                         }
-                        self.settle(event.key);
+                        self.settle(event.key, now);
                     }
                     None => {}
                 }
             }
-            self.deliver();
+            self.deliver(now);
             self.run_timers(now)?;
         }
         Ok(())
@@ -182,20 +182,18 @@ impl Chat<'_> {
 
     /// After any I/O: closes the client if it is done, or watches for
     /// what it needs now.
-    fn settle(&mut self, key: usize) {
+    fn settle(&mut self, key: usize, now: Instant) {
         let Some(Handler::Client(client)) = self.handlers.get_mut(key) else {
             return;
         };
         let outbox = &self.room.member(client.member).outbox;
-        let ending = match client.stopped {
-            // Its farewell line had its one chance.
-            _ if outbox.is_too_slow() => Some(Ending::Dropped("too slow")),
-            Some(After::Expelled) if outbox.is_empty() => Some(Ending::Dropped("too many errors")),
-            Some(_) if outbox.is_empty() => Some(Ending::Closed),
-            _ => None,
-        };
-        if let Some(ending) = ending {
-            return self.close(key, ending);
+        if outbox.is_too_slow() && client.stopped.is_none() {
+            // Cut off: its last bytes get the close grace, as after a quit.
+            client.stopped = Some(After::TooSlow);
+            self.closing.push_back((now + CLOSE_GRACE, key, client.id));
+        }
+        if let Some(after) = client.stopped.filter(|_| outbox.is_empty()) {
+            return self.close(key, after.ending());
         }
         let wanted = Interest {
             read: client.stopped.is_none(),
@@ -211,12 +209,12 @@ impl Chat<'_> {
 
     /// Every client posted to in this turn gets a write attempt: most
     /// lines go out here, without waiting for write readiness.
-    fn deliver(&mut self) {
+    fn deliver(&mut self, now: Instant) {
         let mut posted = std::mem::take(&mut self.posted);
         self.room.take_woken(|_, member| posted.push(member.handle));
         for &key in &posted {
             self.flush(key);
-            self.settle(key);
+            self.settle(key, now);
         }
         posted.clear();
         self.posted = posted;
@@ -274,11 +272,10 @@ impl Chat<'_> {
                 break;
             }
             self.closing.pop_front();
-            if matches!(self.handlers.get(key), Some(Handler::Client(c)) if c.id == id) {
-                self.close(
-                    key,
-                    Ending::Dropped("did not read what it was owed in time"),
-                );
+            if let Some(Handler::Client(client)) = self.handlers.get(key) {
+                if let (true, Some(after)) = (client.id == id, client.stopped) {
+                    self.close(key, after.out_of_time());
+                }
             }
         }
         Ok(())

@@ -77,9 +77,9 @@ impl<'a> Coroutine<'a> for Chatter<'a> {
     fn resume(&mut self, how: Resume, step: &mut Step<'_, 'a>) -> Wait {
         let mut room = self.room.borrow_mut();
         let member = *self.member.get_or_insert_with(|| room.join(step.me()));
-        if how == Resume::TimedOut {
+        if let (Resume::TimedOut, Some((after, _))) = (how, self.stopped) {
             // Only the close grace has a deadline.
-            return self.finish(Ending::Dropped("did not read what it was owed in time"));
+            return self.finish(after.out_of_time());
         }
         // Woken by a sender, nothing is to be read: skip the read.
         if self.stopped.is_none() && how == Resume::Ready {
@@ -112,10 +112,12 @@ impl<'a> Coroutine<'a> for Chatter<'a> {
         }
         let (too_slow, owed) = (outbox.is_too_slow(), !outbox.is_empty());
         drop(room);
+        if too_slow && self.stopped.is_none() {
+            // Cut off: its last bytes get the close grace, as after a quit.
+            self.stopped = Some((After::TooSlow, Instant::now() + CLOSE_GRACE));
+        }
         match self.stopped {
-            _ if too_slow => self.finish(Ending::Dropped("too slow")),
-            Some((After::Expelled, _)) if !owed => self.finish(Ending::Dropped("too many errors")),
-            Some(_) if !owed => self.finish(Ending::Closed),
+            Some((after, _)) if !owed => self.finish(after.ending()),
             Some((_, until)) => Wait::Write { until: Some(until) },
             None if owed => Wait::ReadOrWrite { until: None },
             None => Wait::Read { until: None },

@@ -30,9 +30,11 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use super::CLOSE_GRACE;
 use super::room::{After, Outbox, Registry, Session};
+use crate::net::{interrupted, would_block};
 use crate::serve::Context;
 use crate::serve::blocking::Clients;
 use crate::stats::Ending;
@@ -79,11 +81,11 @@ impl PartialEq for Peer {
 
 struct Mailbox {
     outbox: Outbox,
-    /// The writer is inside a `write` (which may block for as long as the
-    /// receiver does not read).
-    writing: bool,
     /// The reader is done: the writer sends what is left and stops.
     closed: bool,
+    /// Once the client quit or was cut off: when the writer gives up on
+    /// what is left.
+    deadline: Option<Instant>,
 }
 
 impl Peer {
@@ -96,15 +98,12 @@ impl Peer {
         let mut mailbox = self.mailbox();
         let was_empty = mailbox.outbox.is_empty();
         if mailbox.outbox.push(line) {
-            // Too slow. Its reader must stop (that frees the name); its
-            // writer, if it is stuck in a write, must be woken too, and
-            // then the farewell line cannot go out anyway.
-            let direction = if mailbox.writing {
-                Direction::Both
-            } else {
-                Direction::Read
-            };
-            let _ = self.stream.shutdown(direction);
+            // Too slow: its reader must stop, and leave the registry. We
+            // do not touch the registry here: our caller holds it (see the
+            // lock order above). The writer has the close grace for the
+            // last bytes.
+            mailbox.deadline.get_or_insert(Instant::now() + CLOSE_GRACE);
+            let _ = self.stream.shutdown(Direction::Read);
             self.filled.notify_one();
         } else if was_empty {
             self.filled.notify_one();
@@ -123,8 +122,8 @@ fn serve(
         Ok(writing_half) => Arc::new(Peer {
             mailbox: Mutex::new(Mailbox {
                 outbox: Outbox::default(),
-                writing: false,
                 closed: false,
+                deadline: None,
             }),
             filled: Condvar::new(),
             stream: writing_half,
@@ -146,16 +145,26 @@ fn serve(
         let read = read_lines(&stream, &me, registry);
         // Whatever ended the reading: the writer sends what is left, but
         // waits at most CLOSE_GRACE for the client to take it.
-        let _ = me.stream.set_write_timeout(Some(CLOSE_GRACE));
-        me.mailbox().closed = true;
+        {
+            let mut mailbox = me.mailbox();
+            mailbox.closed = true;
+            mailbox.deadline.get_or_insert(Instant::now() + CLOSE_GRACE);
+        }
         me.filled.notify_one();
         let (bytes, written) = writer.join().unwrap_or((0, Ok(())));
-        let ending = match (read, written) {
+        let too_slow = me.mailbox().outbox.is_too_slow();
+        let stopped = match read {
+            _ if too_slow => After::TooSlow,
+            Ok(after) => after,
+            Err(e) => return Ok((bytes, Ending::from_error(e))),
+        };
+        let ending = match written {
             _ if ctx.shutdown.is_triggered() => Ending::Shutdown,
-            _ if me.mailbox().outbox.is_too_slow() => Ending::Dropped("too slow"),
-            (Ok(After::Expelled), _) => Ending::Dropped("too many errors"),
-            (Err(e), _) | (Ok(_), Err(e)) => Ending::from_error(e),
-            (Ok(_), Ok(())) => Ending::Closed,
+            Ok(()) => stopped.ending(),
+            Err(e) if would_block(&e) || e.kind() == io::ErrorKind::TimedOut => {
+                stopped.out_of_time()
+            }
+            Err(e) => Ending::Failed(e),
         };
         Ok::<_, io::Error>((bytes, ending))
     });
@@ -179,7 +188,7 @@ fn read_lines(
         let n = match stream.read(&mut buffer) {
             Ok(0) => break Ok(After::Quit),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if interrupted(&e) => continue,
             Err(e) => break Err(e),
         };
         let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
@@ -194,13 +203,21 @@ fn read_lines(
     result
 }
 
+/// How long one blocked `write` lasts before the writer looks at its
+/// deadline: a receiver that reads nothing costs a wake-up this often, and
+/// only once it has quit or been cut off does the deadline apply.
+const WRITE_TICK: Duration = Duration::from_secs(1);
+
 /// The writer: waits for lines, writes them out, until the reader is done
-/// and nothing is left, or the client is too slow. Returns the bytes
-/// written, and the error that stopped it, if one did.
+/// and nothing is left, or the deadline passes. Returns the bytes written,
+/// and the error that stopped it, if one did.
 fn write_out(me: &Peer) -> (u64, io::Result<()>) {
     let mut written = 0;
+    if let Err(e) = me.stream.set_write_timeout(Some(WRITE_TICK)) {
+        return (0, Err(e));
+    }
     loop {
-        let (bytes, too_slow) = {
+        let (bytes, cut_off) = {
             let mut mailbox = me.mailbox();
             while mailbox.outbox.is_empty() && !mailbox.closed {
                 mailbox = me
@@ -211,18 +228,27 @@ fn write_out(me: &Peer) -> (u64, io::Result<()>) {
             if mailbox.outbox.is_empty() {
                 return (written, Ok(()));
             }
-            mailbox.writing = true;
             (mailbox.outbox.take(), mailbox.outbox.is_too_slow())
         };
-        let result = (&me.stream).write_all(&bytes);
-        me.mailbox().writing = false;
-        if let Err(e) = result {
-            return (written, Err(e));
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            match (&me.stream).write(rest) {
+                Ok(n) => {
+                    rest = &rest[n..];
+                    written += n as u64;
+                }
+                // The tick passed with nothing taken.
+                Err(e) if would_block(&e) || e.kind() == io::ErrorKind::TimedOut => {
+                    if me.mailbox().deadline.is_some_and(|at| at <= Instant::now()) {
+                        return (written, Err(e));
+                    }
+                }
+                Err(e) if interrupted(&e) => {}
+                Err(e) => return (written, Err(e)),
+            }
         }
-        written += bytes.len() as u64;
-        if too_slow {
-            // Its farewell line is out: cut it off.
-            let _ = me.stream.shutdown(Direction::Both);
+        if cut_off {
+            // Its farewell line is out.
             return (written, Ok(()));
         }
     }
