@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use echo_lab::serve::chat::protocol::MAX_LINE;
 use echo_lab::serve::chat::room::MAX_ERRORS;
 use echo_lab::serve::{Config, Mode, Protocol, Server};
+use echo_lab::tools::bench::{self, chat::ChatBenchConfig};
 
 use crate::common::{BinaryServer, PATIENCE, connect, quiet, run_binary, start_with, wait_until};
 
@@ -376,4 +377,84 @@ fn what_the_chat_cannot_do_is_refused() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
+}
+
+fn chat_bench(addr: SocketAddr, connections: usize) -> ChatBenchConfig {
+    ChatBenchConfig {
+        addr: addr.into(),
+        connections,
+        duration: Duration::from_millis(300),
+        warmup: Duration::from_millis(100),
+        depth: 2,
+        server_pid: None,
+    }
+}
+
+/// The chat bench checks every line on every model, and finds none wrong.
+fn the_bench_delivers_and_checks_every_line(mode: Mode) {
+    let server = chat_server(mode);
+    let results = bench::chat::run(&chat_bench(server.addr(), 10), |_, _| {}).unwrap();
+    assert_eq!(results.errors, 0, "{:?}", results.error_samples);
+    assert!(results.delivered > 0);
+    assert!(results.latency_us.p99 >= results.latency_us.p50);
+    // Every client said quit: the room empties.
+    let mut last = Chatter::named(server.addr(), "last");
+    wait_until("the bench's clients leave", || last.ask("list") == "last");
+}
+
+every_model!(concurrent: the_bench_delivers_and_checks_every_line);
+
+/// A server that delivers each line back to its own sender: the bench
+/// must call that an error, not a delivery.
+#[test]
+fn the_bench_catches_a_line_delivered_to_the_wrong_client() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(2) {
+            std::thread::spawn(move || {
+                let stream = stream.unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                let mut name = String::new();
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    if let Some(me) = line.strip_prefix("register,") {
+                        name = me.to_owned();
+                        let _ = writer.write_all(b"ok\n");
+                    } else if let Some(rest) = line.strip_prefix("chat,") {
+                        let text = rest.split_once(',').unwrap().1;
+                        let _ = writer.write_all(format!("from,{name},{text}\n").as_bytes());
+                    }
+                }
+            });
+        }
+    });
+    let results = bench::chat::run(&chat_bench(addr, 2), |_, _| {}).unwrap();
+    assert!(results.failed());
+    assert!(
+        results.error_samples[0].contains("not in flight")
+            || results.error_samples[0].contains("reached client"),
+        "{:?}",
+        results.error_samples
+    );
+}
+
+#[test]
+fn the_bench_refuses_what_does_not_apply_to_chat() {
+    for (flag, value) in [
+        ("--size", "100"),
+        ("--rate", "10"),
+        ("--idle", "5"),
+        ("--threads", "2"),
+    ] {
+        let (code, _, stderr) = run_binary(&["bench", "--protocol", "chat", flag, value]);
+        assert_eq!(code, Some(1), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{flag} does not apply to --protocol chat")),
+            "{stderr}"
+        );
+    }
+    let (code, _, stderr) = run_binary(&["bench", "--protocol", "chat", "-c", "1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("at least 2 connections"), "{stderr}");
 }

@@ -1,6 +1,7 @@
 //! The instruments' commands: `probe`, `bench`, `compare` and `report`.
 
 use super::*;
+use crate::tools::bench::chat::{self, ChatBenchConfig, ChatBenchReport};
 
 pub(super) fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let clients = usize::from(args.clients);
@@ -26,16 +27,19 @@ pub(super) fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.protocol == Protocol::Chat {
+        return chat_bench_command(args);
+    }
     let config = BenchConfig {
         addr: args.addr,
         connections: args.connections as usize,
         idle: args.idle,
         duration: args.duration,
         warmup: args.warmup,
-        size: args.size,
+        size: args.size.unwrap_or(bench::DEFAULT_MESSAGE_SIZE),
         depth: args.depth as usize,
         rate: args.rate,
-        threads: usize::from(args.threads),
+        threads: args.threads.map_or(1, usize::from),
         pin_cpu: None,
         server_pid: None,
     };
@@ -150,6 +154,67 @@ fn progress_bar() -> indicatif::ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+/// `bench --protocol chat`: the chat load, one client thread.
+fn chat_bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let refused = [
+        (
+            args.size.is_some(),
+            "--size",
+            "a chat line is as long as its text",
+        ),
+        (
+            args.rate.is_some(),
+            "--rate",
+            "the chat load is a closed loop (--depth)",
+        ),
+        (
+            args.idle > 0,
+            "--idle",
+            "idle clients are the echo's C10K shape",
+        ),
+        (
+            args.threads.is_some(),
+            "--threads",
+            "one client thread drives every connection, so it knows what each sent",
+        ),
+    ];
+    for (given, flag, why) in refused {
+        if given {
+            anyhow::bail!("{flag} does not apply to --protocol chat: {why}");
+        }
+    }
+    let config = ChatBenchConfig {
+        addr: args.addr,
+        connections: args.connections as usize,
+        duration: args.duration,
+        warmup: args.warmup,
+        depth: args.depth as usize,
+        server_pid: None,
+    };
+    chat::validate(&config)?;
+    let bar = progress_bar();
+    let results = chat::run(&config, |done, delivered| {
+        bar.set_position((done * 1000.0) as u64);
+        bar.set_message(format!("{delivered} lines delivered"));
+    })?;
+    bar.finish_and_clear();
+    let report = ChatBenchReport {
+        parameters: config,
+        results,
+        environment: Environment::current(),
+    };
+    if args.json {
+        announce(&serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", chat::render(&report));
+    }
+    Ok(if report.results.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {

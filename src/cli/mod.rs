@@ -126,19 +126,27 @@ pub struct BenchArgs {
     /// Time run before measuring, not counted.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
-    /// Bytes per message (at least 12: id and sequence number).
-    #[arg(long, value_name = "BYTES", default_value = "512", value_parser = parse_message_size)]
-    pub size: usize,
-    /// Messages in flight per connection (closed loop).
+    /// Bytes per message (at least 12: id and sequence number; default
+    /// 512).
+    #[arg(long, value_name = "BYTES", value_parser = parse_message_size)]
+    pub size: Option<usize>,
+    /// Messages in flight per connection (closed loop); with chat, lines
+    /// each client has sent and not yet seen delivered.
     #[arg(long, value_name = "K", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub depth: u32,
     /// Open loop: send this many messages per second in total, and measure
     /// latency from when each was due.
     #[arg(long, value_name = "MSG_PER_SEC", value_parser = parse_rate)]
     pub rate: Option<f64>,
-    /// Client threads, each running its own readiness loop.
-    #[arg(long, value_name = "T", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub threads: u16,
+    /// Client threads, each running its own readiness loop (default 1).
+    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+    /// What the server speaks. `chat` (a server started with `serve
+    /// --protocol chat`): every connection registers, then sends `chat`
+    /// lines to random others; every delivered line is checked (receiver,
+    /// sender, order, whole, none lost) and timed from send to receipt.
+    #[arg(long, value_enum, default_value_t = Protocol::Echo)]
+    pub protocol: Protocol,
     /// Print one JSON object: parameters, results, environment.
     #[arg(long)]
     pub json: bool,

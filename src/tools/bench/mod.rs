@@ -33,6 +33,7 @@
 //! - `report`: what a run measured ([`BenchResults`], [`Latency`]), where
 //!   ([`Environment`]), and the text report ([`render`]).
 
+pub mod chat;
 mod report;
 mod verify;
 mod worker;
@@ -52,6 +53,9 @@ use crate::net::{connect, connect_patiently};
 use crate::parse::HostPort;
 use crate::sys;
 
+/// The default message size.
+pub const DEFAULT_MESSAGE_SIZE: usize = 512;
+
 /// The smallest message: 4 bytes of connection id and 8 of sequence number.
 pub const MIN_MESSAGE_SIZE: usize = 12;
 
@@ -70,7 +74,7 @@ pub const MAX_UNECHOED_BYTES: usize = 8 << 20;
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 /// How many error descriptions are kept for the report.
-const ERROR_SAMPLES: usize = 5;
+pub(crate) const ERROR_SAMPLES: usize = 5;
 
 /// What to run.
 #[derive(Clone, Debug, Serialize)]
@@ -104,11 +108,11 @@ pub struct BenchConfig {
     pub server_pid: Option<u32>,
 }
 
-fn display<S: serde::Serializer>(value: &HostPort, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn display<S: serde::Serializer>(value: &HostPort, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(value)
 }
 
-fn seconds<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn seconds<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(value.as_secs_f64())
 }
 

@@ -27,6 +27,30 @@ pub struct Latency {
     pub mean: f64,
 }
 
+impl Latency {
+    /// The percentiles of a histogram of microseconds (all 0 if empty).
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let at = |q: f64| h.value_at_quantile(q) as f64;
+        Latency {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: h.max() as f64,
+            mean: h.mean(),
+        }
+    }
+
+    /// A histogram [`Latency::of`] reads: 1 µs to 1 hour, 3 significant
+    /// digits.
+    pub fn histogram() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+    }
+}
+
 /// What a run measured.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BenchResults {
@@ -214,8 +238,7 @@ impl WorkerResult {
     pub(super) fn new() -> Self {
         WorkerResult {
             // 1 µs to 1 hour at 3 significant digits.
-            histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .expect("valid histogram bounds"),
+            histogram: Latency::histogram(),
             messages: 0,
             errors: 0,
             error_samples: Vec::new(),
@@ -254,27 +277,12 @@ impl WorkerResult {
         seconds: f64,
         client_cpu: f64,
     ) -> BenchResults {
-        let h = &self.histogram;
-        let at = |q: f64| {
-            if h.is_empty() {
-                0.0
-            } else {
-                h.value_at_quantile(q) as f64
-            }
-        };
         BenchResults {
             messages: self.messages,
             seconds,
             messages_per_sec: self.messages as f64 / seconds,
             mib_per_sec: (self.messages * config.size as u64) as f64 / seconds / (1 << 20) as f64,
-            latency_us: Latency {
-                p50: at(0.5),
-                p90: at(0.9),
-                p99: at(0.99),
-                p999: at(0.999),
-                max: if h.is_empty() { 0.0 } else { h.max() as f64 },
-                mean: if h.is_empty() { 0.0 } else { h.mean() },
-            },
+            latency_us: Latency::of(&self.histogram),
             connect_failures: 0,
             errors: self.errors,
             error_samples: self.error_samples,

@@ -1,0 +1,486 @@
+//! `echo-lab bench --protocol chat`: load for the chat server, with every
+//! delivered line checked.
+//!
+//! Every connection registers, then keeps `--depth` `chat` lines in flight
+//! to receivers picked at random among the others, sending the next when
+//! one is delivered (a closed loop, as the echo bench's default). One
+//! client thread drives every connection, so it knows what each sent: a
+//! delivered line must reach the receiver it was sent to, name the right
+//! sender, be one the sender still had in flight (not lost, not twice),
+//! arrive in order among that sender's lines to that receiver, and be
+//! whole. Anything else is an error, never a silent success. A line
+//! carries its sequence number and the instant it was sent, so the
+//! latency is the delivery's: from the sender's `write` to the receiver's
+//! `read`, through the server's registry and the receiver's outbox.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::{CONNECT_PHASE_LIMIT, DRAIN_LIMIT, ERROR_SAMPLES, Environment, Latency};
+use crate::net::{connect, connect_patiently, interrupted, would_block};
+use crate::parse::HostPort;
+use crate::poller::{Events, Interest, Poller};
+use crate::stats::counted;
+use crate::sys;
+
+/// What to run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChatBenchConfig {
+    /// The chat server.
+    #[serde(serialize_with = "super::display")]
+    pub addr: HostPort,
+    /// Clients, each registered under its own name; at least 2.
+    pub connections: usize,
+    /// The measured window.
+    #[serde(serialize_with = "super::seconds")]
+    pub duration: Duration,
+    /// Run before the measured window; not counted.
+    #[serde(serialize_with = "super::seconds")]
+    pub warmup: Duration,
+    /// Lines each client keeps in flight.
+    pub depth: usize,
+    /// A server process on this machine whose CPU use to measure.
+    pub server_pid: Option<u32>,
+}
+
+/// What a chat run measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChatResults {
+    /// Lines delivered inside the measured window.
+    pub delivered: u64,
+    /// The window, in seconds.
+    pub seconds: f64,
+    /// `delivered / seconds`.
+    pub delivered_per_sec: f64,
+    /// From the sender's write to the receiver's read, in microseconds.
+    pub latency_us: Latency,
+    /// Lines wrong in any way, plus lines never delivered.
+    pub errors: u64,
+    /// The first few errors, described.
+    pub error_samples: Vec<String>,
+    /// Lines still in flight when the drain after the window ended: lost.
+    pub lost: u64,
+    /// The client's CPU use over the window, in cores.
+    pub client_cpu: f64,
+    /// The server's, when its process was given.
+    pub server_cpu: Option<f64>,
+}
+
+impl ChatResults {
+    /// Whether the run shows a failure: any error, or nothing delivered.
+    pub fn failed(&self) -> bool {
+        self.errors > 0 || self.delivered == 0
+    }
+}
+
+/// A whole chat run, for `--json`.
+#[derive(Debug, Serialize)]
+pub struct ChatBenchReport {
+    /// What was asked.
+    pub parameters: ChatBenchConfig,
+    /// What was measured.
+    pub results: ChatResults,
+    /// Where.
+    pub environment: Environment,
+}
+
+/// Checks the parameters.
+///
+/// # Errors
+/// Fewer than 2 connections (nobody to chat with), a depth of 0.
+pub fn validate(config: &ChatBenchConfig) -> anyhow::Result<()> {
+    if config.connections < 2 {
+        bail!("--protocol chat needs at least 2 connections: one to send, one to receive");
+    }
+    if config.depth == 0 {
+        bail!("--depth must be at least 1");
+    }
+    Ok(())
+}
+
+/// One client of the load.
+struct Client {
+    stream: TcpStream,
+    /// The unfinished line read so far.
+    partial: Vec<u8>,
+    /// Bytes the socket has not taken yet.
+    unsent: Vec<u8>,
+    interest: Interest,
+    /// Lines sent and not delivered yet: (sequence, receiver, sent at).
+    in_flight: VecDeque<(u64, usize, Instant)>,
+    next_seq: u64,
+}
+
+/// The load and its tally.
+struct Load {
+    clients: Vec<Client>,
+    poller: Poller,
+    /// Every name is `<prefix>-<index>`: unique to this run.
+    prefix: String,
+    /// When sending may go on; after it, only the drain.
+    sending: bool,
+    started: Instant,
+    window: (Instant, Instant),
+    histogram: Histogram<u64>,
+    results: ChatResults,
+    rng: u64,
+    /// Reused read buffer.
+    buffer: Vec<u8>,
+}
+
+/// Runs the chat load. `on_progress` is called about ten times a second
+/// with the share of the run done and the lines delivered so far.
+///
+/// # Errors
+/// If the server cannot be reached or refuses a registration.
+pub fn run(
+    config: &ChatBenchConfig,
+    mut on_progress: impl FnMut(f64, u64),
+) -> anyhow::Result<ChatResults> {
+    validate(config)?;
+    let prefix = format!("b{:x}", std::process::id());
+    let deadline = Instant::now() + CONNECT_PHASE_LIMIT;
+    let mut clients = Vec::with_capacity(config.connections);
+    for i in 0..config.connections {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let stream = if i == 0 {
+            connect_patiently(&config.addr, left)?
+        } else {
+            connect(&config.addr, left)?
+        };
+        clients.push(register(stream, &format!("{prefix}-{i}"))?);
+    }
+    let poller = Poller::new(crate::poller::Backend::default())?;
+    for (key, client) in clients.iter().enumerate() {
+        client.stream.set_nonblocking(true)?;
+        // SAFETY: `Load` owns both; it deletes every stream from the
+        // poller (in `finish`) before the streams close.
+        unsafe { poller.add(&client.stream, key, Interest::READ)? };
+    }
+    let started = Instant::now();
+    let window_start = started + config.warmup;
+    let mut load = Load {
+        clients,
+        poller,
+        prefix,
+        sending: true,
+        started,
+        window: (window_start, window_start + config.duration),
+        histogram: Latency::histogram(),
+        results: ChatResults::default(),
+        rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
+        buffer: vec![0; 64 * 1024],
+    };
+    for sender in 0..load.clients.len() {
+        for _ in 0..config.depth {
+            load.send_next(sender);
+        }
+    }
+    let (cpu_before, server_before) = (sys::own_cpu_time(), server_cpu(config));
+    let mut cpu_window = None;
+    let mut events = Events::new();
+    let end = load.window.1;
+    let mut last_progress = Instant::now();
+    loop {
+        let now = Instant::now();
+        if cpu_window.is_none() && now >= load.window.0 {
+            cpu_window = Some((now, sys::own_cpu_time(), server_cpu(config)));
+        }
+        if load.sending && now >= end {
+            load.sending = false;
+        }
+        let drained = load.clients.iter().all(|c| c.in_flight.is_empty());
+        if !load.sending && (drained || now >= end + DRAIN_LIMIT) {
+            break;
+        }
+        if now.duration_since(last_progress) >= Duration::from_millis(100) {
+            last_progress = now;
+            let total = config.warmup + config.duration;
+            on_progress(
+                (now.duration_since(started).as_secs_f64() / total.as_secs_f64()).min(1.0),
+                load.results.delivered,
+            );
+        }
+        let wake = if load.sending { end } else { end + DRAIN_LIMIT };
+        let timeout = wake
+            .min(now + Duration::from_millis(100))
+            .saturating_duration_since(now);
+        load.poller.wait(&mut events, Some(timeout))?;
+        for event in events.iter() {
+            load.on_ready(event.key, event.readable, event.writable);
+        }
+    }
+    let (window_start, cpu_start, server_start) =
+        cpu_window.unwrap_or((started, cpu_before, server_before));
+    let seconds = end
+        .min(Instant::now())
+        .duration_since(window_start)
+        .as_secs_f64()
+        .max(1e-9);
+    let cpu = |after: Duration, before: Duration| (after - before).as_secs_f64() / seconds;
+    let mut results = load.finish();
+    results.seconds = seconds;
+    results.delivered_per_sec = results.delivered as f64 / seconds;
+    results.client_cpu = cpu(sys::own_cpu_time(), cpu_start);
+    results.server_cpu = server_cpu(config)
+        .zip(server_start)
+        .map(|(after, before)| cpu(after, before));
+    Ok(results)
+}
+
+fn server_cpu(config: &ChatBenchConfig) -> Option<Duration> {
+    config.server_pid.and_then(sys::process_cpu_time)
+}
+
+/// Registers `name` on a fresh connection and waits for its `ok`.
+fn register(stream: TcpStream, name: &str) -> anyhow::Result<Client> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(CONNECT_PHASE_LIMIT))?;
+    (&stream).write_all(format!("register,{name}\n").as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .take(4096)
+        .read_line(&mut reply)
+        .with_context(|| format!("registering {name}"))?;
+    if reply != "ok\n" {
+        bail!(
+            "registering {name}: the server answered {:?}, not ok (is it serving --protocol chat?)",
+            reply.trim_end()
+        );
+    }
+    Ok(Client {
+        stream,
+        partial: Vec::new(),
+        unsent: Vec::new(),
+        interest: Interest::READ,
+        in_flight: VecDeque::new(),
+        next_seq: 0,
+    })
+}
+
+impl Load {
+    /// Sends client `sender`'s next line to a random other client.
+    fn send_next(&mut self, sender: usize) {
+        // xorshift64: cheap, and good enough to spread receivers.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let others = self.clients.len() - 1;
+        let mut to = (self.rng % others as u64) as usize;
+        if to >= sender {
+            to += 1;
+        }
+        let now = Instant::now();
+        let client = &mut self.clients[sender];
+        let seq = client.next_seq;
+        client.next_seq += 1;
+        let stamp = now.duration_since(self.started).as_nanos();
+        let line = format!("chat,{}-{to},{seq} {stamp}\n", self.prefix);
+        client.in_flight.push_back((seq, to, now));
+        client.unsent.extend_from_slice(line.as_bytes());
+        self.flush(sender);
+    }
+
+    fn flush(&mut self, key: usize) {
+        let client = &mut self.clients[key];
+        while !client.unsent.is_empty() {
+            match client.stream.write(&client.unsent) {
+                Ok(n) => {
+                    client.unsent.drain(..n);
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) if interrupted(&e) => {}
+                Err(e) => return self.error(format!("client {key}: write failed: {e}")),
+            }
+        }
+        let wanted = Interest {
+            read: true,
+            write: !self.clients[key].unsent.is_empty(),
+        };
+        let client = &mut self.clients[key];
+        if wanted != client.interest {
+            client.interest = wanted;
+            if let Err(e) = self.poller.modify(&client.stream, key, wanted) {
+                self.error(format!("client {key}: {e}"));
+            }
+        }
+    }
+
+    fn on_ready(&mut self, key: usize, readable: bool, writable: bool) {
+        if writable {
+            self.flush(key);
+        }
+        if !readable {
+            return;
+        }
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let read = self.clients[key].stream.read(&mut buffer);
+        match read {
+            Ok(0) => self.error(format!("client {key}: the server closed the connection")),
+            Ok(n) => {
+                let now = Instant::now();
+                let mut partial = std::mem::take(&mut self.clients[key].partial);
+                partial.extend_from_slice(&buffer[..n]);
+                let mut start = 0;
+                while let Some(end) = partial[start..].iter().position(|&b| b == b'\n') {
+                    self.delivered(key, &partial[start..start + end], now);
+                    start += end + 1;
+                }
+                partial.drain(..start);
+                self.clients[key].partial = partial;
+            }
+            Err(e) if would_block(&e) || interrupted(&e) => {}
+            Err(e) => self.error(format!("client {key}: read failed: {e}")),
+        }
+        self.buffer = buffer;
+    }
+
+    /// Checks one line `receiver` got, and lets its sender send the next.
+    fn delivered(&mut self, receiver: usize, line: &[u8], now: Instant) {
+        let Some((sender, seq)) = self.parse(line) else {
+            let line = String::from_utf8_lossy(line);
+            return self.error(format!(
+                "client {receiver} got a line not sent as such: {line:.80}"
+            ));
+        };
+        let flight = &mut self.clients[sender].in_flight;
+        let Some(at) = flight.iter().position(|&(s, _, _)| s == seq) else {
+            return self.error(format!(
+                "client {receiver} got line {seq} of client {sender}, which was not in flight (a duplicate?)"
+            ));
+        };
+        let (_, to, sent) = flight[at];
+        if to != receiver {
+            return self.error(format!(
+                "line {seq} of client {sender} was sent to client {to} and reached client {receiver}"
+            ));
+        }
+        if flight
+            .iter()
+            .take(at)
+            .any(|&(_, earlier, _)| earlier == receiver)
+        {
+            return self.error(format!(
+                "line {seq} of client {sender} overtook an earlier line to client {receiver}"
+            ));
+        }
+        flight.remove(at);
+        if (self.window.0..self.window.1).contains(&now) {
+            self.results.delivered += 1;
+            let micros = now.duration_since(sent).as_micros().max(1);
+            let _ = self
+                .histogram
+                .record(u64::try_from(micros).unwrap_or(u64::MAX));
+        }
+        if self.sending {
+            self.send_next(sender);
+        }
+    }
+
+    /// `from,<prefix>-<sender>,<seq> <stamp>` -> (sender, seq).
+    fn parse(&self, line: &[u8]) -> Option<(usize, u64)> {
+        let line = std::str::from_utf8(line).ok()?;
+        let rest = line.strip_prefix("from,")?.strip_prefix(&self.prefix)?;
+        let (sender, text) = rest.strip_prefix('-')?.split_once(',')?;
+        let (seq, stamp) = text.split_once(' ')?;
+        stamp.parse::<u128>().ok()?;
+        let sender: usize = sender.parse().ok()?;
+        (sender < self.clients.len()).then_some(())?;
+        Some((sender, seq.parse().ok()?))
+    }
+
+    fn error(&mut self, description: String) {
+        self.results.errors += 1;
+        if self.results.error_samples.len() < ERROR_SAMPLES {
+            self.results.error_samples.push(description);
+        }
+    }
+
+    /// Counts what never arrived, says goodbye, and closes every client.
+    fn finish(mut self) -> ChatResults {
+        let lost: u64 = self.clients.iter().map(|c| c.in_flight.len() as u64).sum();
+        if lost > 0 {
+            self.results.lost = lost;
+            self.error(format!("{} never delivered", counted(lost, "line")));
+        }
+        for client in &self.clients {
+            let _ = self.poller.delete(&client.stream);
+            let _ = client.stream.set_nonblocking(false);
+            let _ = (&client.stream).write_all(b"quit\n");
+        }
+        self.results.latency_us = Latency::of(&self.histogram);
+        self.results
+    }
+}
+
+/// The text report.
+pub fn render(report: &ChatBenchReport) -> String {
+    let (p, r) = (&report.parameters, &report.results);
+    let mut text = format!(
+        "chat: {} clients, {} in flight each, {:.1}s measured\n\
+         delivered {} lines: {:.0} lines/s\n\
+         delivery latency p50 {:.0} us, p99 {:.0} us, max {:.0} us\n\
+         client CPU {:.2} cores",
+        p.connections,
+        counted(p.depth as u64, "line"),
+        r.seconds,
+        r.delivered,
+        r.delivered_per_sec,
+        r.latency_us.p50,
+        r.latency_us.p99,
+        r.latency_us.max,
+        r.client_cpu,
+    );
+    if let Some(server) = r.server_cpu {
+        text.push_str(&format!(", server CPU {server:.2} cores"));
+    }
+    text.push('\n');
+    if r.errors == 0 {
+        text.push_str("every delivered line checked: right receiver, right sender, in order, whole, none lost\n");
+    } else {
+        text.push_str(&format!("{}:\n", counted(r.errors, "error")));
+        for sample in &r.error_samples {
+            text.push_str(&format!("  {sample}\n"));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_few_clients_are_refused() {
+        let config = ChatBenchConfig {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            connections: 1,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            depth: 1,
+            server_pid: None,
+        };
+        assert!(validate(&config).is_err());
+        assert!(
+            validate(&ChatBenchConfig {
+                connections: 2,
+                ..config.clone()
+            })
+            .is_ok()
+        );
+        assert!(
+            validate(&ChatBenchConfig {
+                depth: 0,
+                connections: 2,
+                ..config
+            })
+            .is_err()
+        );
+    }
+}
