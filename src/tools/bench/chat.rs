@@ -459,7 +459,7 @@ mod tests {
     #[test]
     fn too_few_clients_are_refused() {
         let config = ChatBenchConfig {
-            addr: "127.0.0.1:1".parse().unwrap(),
+            addr: "127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap().into(),
             connections: 1,
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
