@@ -458,3 +458,41 @@ fn the_bench_refuses_what_does_not_apply_to_chat() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("at least 2 connections"), "{stderr}");
 }
+
+/// `compare --protocol chat` sweeps the four models that host the chat
+/// (`all` leaves sequential out), loads them with the chat bench, and
+/// says so in its results.
+#[test]
+fn compare_sweeps_the_chat() {
+    let out = std::env::temp_dir().join(format!("echo-lab-compare-chat-{}", std::process::id()));
+    let (status, stdout, stderr) = run_binary(&[
+        "compare",
+        "--protocol",
+        "chat",
+        "-c",
+        "3",
+        "-d",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["protocol"], "chat");
+    let rows = json["rows"].as_array().unwrap();
+    let servers: Vec<&str> = rows.iter().map(|r| r["server"].as_str().unwrap()).collect();
+    assert_eq!(servers, ["threadpool", "selector", "statemachine", "async"]);
+    for row in rows {
+        assert_eq!(row["results"]["errors"], 0, "{row}");
+        assert!(row["results"]["messages"].as_u64().unwrap() > 0, "{row}");
+        assert!(row["note"].is_null(), "{row}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let (status, _, stderr) =
+        run_binary(&["compare", "--protocol", "chat", "--modes", "sequential"]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(stderr.contains("sequential cannot host a chat"), "{stderr}");
+}

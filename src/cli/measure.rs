@@ -218,8 +218,52 @@ fn chat_bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let chat = args.protocol == Protocol::Chat;
+    let modes = match args.modes.0 {
+        // Sequential cannot host a chat: `all` means the models that can.
+        modes if chat => modes
+            .into_iter()
+            .filter(|&m| m != Mode::Sequential)
+            .collect(),
+        modes => modes,
+    };
+    if chat {
+        let refused = [
+            (
+                modes.is_empty(),
+                "--modes sequential",
+                "sequential cannot host a chat",
+            ),
+            (
+                args.work.is_some(),
+                "--work",
+                "it is work done before an echo",
+            ),
+            (
+                args.idle > 0,
+                "--idle",
+                "idle clients are the echo's C10K shape",
+            ),
+            (
+                args.server_threads != 1,
+                "--server-threads",
+                "a chat is one room, one loop",
+            ),
+            (
+                !args.also.is_empty(),
+                "--also",
+                "other servers speak echo, not our chat",
+            ),
+        ];
+        for (given, flag, why) in refused {
+            if given {
+                anyhow::bail!("{flag} does not apply to --protocol chat: {why}");
+            }
+        }
+    }
     let config = CompareConfig {
-        modes: args.modes.0,
+        modes,
+        protocol: args.protocol,
         also: args.also,
         connections: args.connections.0,
         size: args.size,

@@ -204,6 +204,12 @@ pub struct CompareArgs {
     /// sleep.
     #[arg(long, value_name = "N", value_parser = parse_positive_count, requires = "work")]
     pub offload: Option<NonZeroUsize>,
+    /// What the servers speak. `chat`: our models that host it
+    /// (threadpool, selector, statemachine, async) with `serve --protocol
+    /// chat`, loaded by `bench --protocol chat`; msg/s is lines delivered,
+    /// latency is from send to receipt. `--modes all` means those four.
+    #[arg(long, value_enum, default_value_t = Protocol::Echo)]
+    pub protocol: Protocol,
     /// Servers to compare the others with, e.g. `tokio`: adds ratio columns
     /// to the table of medians.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]

@@ -22,7 +22,7 @@ use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::{CONNECT_PHASE_LIMIT, DRAIN_LIMIT, ERROR_SAMPLES, Environment, Latency};
+use super::{BenchResults, CONNECT_PHASE_LIMIT, DRAIN_LIMIT, ERROR_SAMPLES, Environment, Latency};
 use crate::net::{connect, connect_patiently, interrupted, would_block};
 use crate::parse::HostPort;
 use crate::poller::{Events, Interest, Poller};
@@ -66,6 +66,8 @@ pub struct ChatResults {
     pub error_samples: Vec<String>,
     /// Lines still in flight when the drain after the window ended: lost.
     pub lost: u64,
+    /// Clients that had at least one line delivered to them.
+    pub served: u64,
     /// The client's CPU use over the window, in cores.
     pub client_cpu: f64,
     /// The server's, when its process was given.
@@ -76,6 +78,25 @@ impl ChatResults {
     /// Whether the run shows a failure: any error, or nothing delivered.
     pub fn failed(&self) -> bool {
         self.errors > 0 || self.delivered == 0
+    }
+}
+
+/// A chat run in the echo bench's terms, for `compare`: a delivered line
+/// is a message, and every client is served unless one failed.
+impl From<ChatResults> for BenchResults {
+    fn from(chat: ChatResults) -> BenchResults {
+        BenchResults {
+            messages: chat.delivered,
+            seconds: chat.seconds,
+            messages_per_sec: chat.delivered_per_sec,
+            latency_us: chat.latency_us,
+            errors: chat.errors,
+            error_samples: chat.error_samples,
+            client_cpu: chat.client_cpu,
+            server_cpu: chat.server_cpu,
+            served_connections: chat.served,
+            ..BenchResults::default()
+        }
     }
 }
 
@@ -115,6 +136,8 @@ struct Client {
     /// Lines sent and not delivered yet: (sequence, receiver, sent at).
     in_flight: VecDeque<(u64, usize, Instant)>,
     next_seq: u64,
+    /// A line reached it.
+    served: bool,
 }
 
 /// The load and its tally.
@@ -223,7 +246,9 @@ pub fn run(
         .duration_since(window_start)
         .as_secs_f64()
         .max(1e-9);
-    let cpu = |after: Duration, before: Duration| (after - before).as_secs_f64() / seconds;
+    // /proc may round a reading down after rounding the earlier one up.
+    let cpu =
+        |after: Duration, before: Duration| after.saturating_sub(before).as_secs_f64() / seconds;
     let mut results = load.finish();
     results.seconds = seconds;
     results.delivered_per_sec = results.delivered as f64 / seconds;
@@ -261,6 +286,7 @@ fn register(stream: TcpStream, name: &str) -> anyhow::Result<Client> {
         interest: Interest::READ,
         in_flight: VecDeque::new(),
         next_seq: 0,
+        served: false,
     })
 }
 
@@ -371,6 +397,7 @@ impl Load {
             ));
         }
         flight.remove(at);
+        self.clients[receiver].served = true;
         if (self.window.0..self.window.1).contains(&now) {
             self.results.delivered += 1;
             let micros = now.duration_since(sent).as_micros().max(1);
@@ -405,6 +432,7 @@ impl Load {
     /// Counts what never arrived, says goodbye, and closes every client.
     fn finish(mut self) -> ChatResults {
         let lost: u64 = self.clients.iter().map(|c| c.in_flight.len() as u64).sum();
+        self.results.served = self.clients.iter().filter(|c| c.served).count() as u64;
         if lost > 0 {
             self.results.lost = lost;
             self.error(format!("{} never delivered", counted(lost, "line")));
@@ -459,7 +487,10 @@ mod tests {
     #[test]
     fn too_few_clients_are_refused() {
         let config = ChatBenchConfig {
-            addr: "127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap().into(),
+            addr: "127.0.0.1:1"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
             connections: 1,
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,

@@ -42,8 +42,9 @@ pub use servers::{Peer, SERVER_PATIENCE, parse_peer};
 use super::bench::{self, BenchConfig, Environment};
 use crate::parse::HostPort;
 use crate::poller::Backend;
-use crate::serve::Mode;
 use crate::serve::work::Work;
+use crate::serve::{Mode, Protocol};
+use crate::tools::bench::chat::{self, ChatBenchConfig};
 use results::note_for;
 use servers::Launch;
 
@@ -52,6 +53,8 @@ use servers::Launch;
 pub struct CompareConfig {
     /// Our models to run.
     pub modes: Vec<Mode>,
+    /// What they speak; with chat, `bench --protocol chat` loads them.
+    pub protocol: Protocol,
     /// Other servers to run.
     pub also: Vec<Peer>,
     /// Connection counts, each a column of the sweep.
@@ -111,6 +114,7 @@ pub fn run(
             .map(|p| (p.name.clone(), Launch::Peer(p.command.clone()))),
     );
     let mut comparison = Comparison {
+        protocol: config.protocol,
         size: config.size,
         duration: config.duration.as_secs_f64(),
         warmup: config.warmup.as_secs_f64(),
@@ -148,7 +152,10 @@ pub fn run(
             pin_cpu: client_cpu,
             server_pid: Some(server.child.id()),
         };
-        let results = bench::run_until(&bench_config, stop, |_, _| {})?;
+        let results = match config.protocol {
+            Protocol::Echo => bench::run_until(&bench_config, stop, |_, _| {})?,
+            Protocol::Chat => chat_run(&bench_config)?,
+        };
         let stopped = server.stop();
         if stop.load(Relaxed) {
             // The run was cut short: its numbers cover part of a window.
@@ -174,6 +181,23 @@ pub fn run(
     }
     output::write_files(&comparison, &config.out)?;
     Ok(comparison)
+}
+
+/// The chat load at the same count and window, pinned as the echo's
+/// would be, in the echo's terms: a delivered line is a message.
+fn chat_run(echo: &BenchConfig) -> anyhow::Result<bench::BenchResults> {
+    let config = ChatBenchConfig {
+        addr: echo.addr.clone(),
+        connections: echo.connections.max(2),
+        duration: echo.duration,
+        warmup: echo.warmup,
+        depth: 1,
+        server_pid: echo.server_pid,
+    };
+    if let Some(cpu) = echo.pin_cpu {
+        crate::sys::pin_current_thread(cpu)?;
+    }
+    Ok(chat::run(&config, |_, _| {})?.into())
 }
 
 /// Where server and client run: `(server CPU, client CPU, name)`; the name

@@ -79,6 +79,9 @@ impl Counters {
 /// The whole comparison, as written to `results.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Comparison {
+    /// What the servers spoke.
+    #[serde(default)]
+    pub protocol: crate::serve::Protocol,
     /// Bytes per message.
     pub size: usize,
     /// Measured seconds per run.

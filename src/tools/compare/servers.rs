@@ -89,11 +89,18 @@ impl Launch {
                     "127.0.0.1:0",
                     "--quiet",
                 ]);
-                // One line at shutdown, for the whole run.
-                c.args(["--stats", "100000s", "--stats-json"]).arg(counters);
+                let chat = config.protocol == crate::serve::Protocol::Chat;
+                if chat {
+                    c.args(["--protocol", "chat"]);
+                } else {
+                    // One line at shutdown, for the whole run.
+                    c.args(["--stats", "100000s", "--stats-json"]).arg(counters);
+                }
                 let one_thread = mode.blocking() == crate::net::Blocking::No;
                 if one_thread {
-                    c.args(["--threads", &config.server_threads.to_string()]);
+                    if !chat {
+                        c.args(["--threads", &config.server_threads.to_string()]);
+                    }
                     if let Some(backend) = config.poller {
                         c.args(["--poller", backend.name()]);
                     }
