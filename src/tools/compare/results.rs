@@ -260,6 +260,7 @@ impl Comparison {
     #[cfg(test)]
     pub(crate) fn of_rows(rows: Vec<Row>) -> Comparison {
         Comparison {
+            protocol: crate::serve::Protocol::Echo,
             size: 512,
             duration: 1.0,
             warmup: 0.0,
