@@ -496,3 +496,59 @@ fn compare_sweeps_the_chat() {
     assert_eq!(status, Some(1), "{stderr}");
     assert!(stderr.contains("sequential cannot host a chat"), "{stderr}");
 }
+
+/// Two people in two terminals: `echo-lab client --protocol chat --name`
+/// prints what others send while its own input is still open.
+#[test]
+fn the_client_shows_incoming_lines_while_its_user_types() {
+    use std::process::{Command, Stdio};
+    let server = chat_server(Mode::Selector);
+    let addr = server.addr().to_string();
+    let mut alice = Command::new(crate::common::binary())
+        .args([
+            "client",
+            "--protocol",
+            "chat",
+            "--name",
+            "alice",
+            "--addr",
+            &addr,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut typed = alice.stdin.take().unwrap();
+    let mut screen = BufReader::new(alice.stdout.take().unwrap());
+    let mut seen = String::new();
+    screen.read_line(&mut seen).unwrap();
+    assert_eq!(seen, "ok\n");
+    // Bob speaks while alice has typed nothing yet: it appears.
+    let mut bob = Chatter::named(server.addr(), "bob");
+    bob.send("chat,alice,are you there?");
+    seen.clear();
+    screen.read_line(&mut seen).unwrap();
+    assert_eq!(seen, "from,bob,are you there?\n");
+    typed.write_all(b"chat,bob,yes\n").unwrap();
+    assert_eq!(bob.line(), "from,alice,yes");
+    // The end of her input is a goodbye: the server closes, she exits 0.
+    drop(typed);
+    let output = crate::common::wait_with_patience(alice);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(bob.ask("list"), "bob");
+}
+
+#[test]
+fn the_clients_name_needs_the_chat() {
+    let (code, _, stderr) = run_binary(&["client", "--name", "alice"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("--name registers in a chat: give --protocol chat too"),
+        "{stderr}"
+    );
+}

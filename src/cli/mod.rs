@@ -82,6 +82,14 @@ pub struct ClientArgs {
     /// for you to type has no limit.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
+    /// What the server speaks. `chat`: lines you type are commands, lines
+    /// from others appear as they come, and nothing is owed back (no echo
+    /// to wait for).
+    #[arg(long, value_enum, default_value_t = Protocol::Echo)]
+    pub protocol: Protocol,
+    /// With chat: register under NAME first (`register,NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 /// `echo-lab probe`.
@@ -467,7 +475,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve_command(args),
         Command::Client(args) => {
-            client::run(&args.addr, args.timeout)?;
+            let speaks = match (args.protocol, args.name) {
+                (Protocol::Echo, None) => client::Speaks::Echo,
+                (Protocol::Echo, Some(_)) => {
+                    anyhow::bail!("--name registers in a chat: give --protocol chat too")
+                }
+                (Protocol::Chat, name) => client::Speaks::Chat { name },
+            };
+            client::run(&args.addr, args.timeout, speaks)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe(args) => probe_command(args),

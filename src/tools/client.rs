@@ -6,6 +6,11 @@
 //! input has ended, a server that stays silent for `--timeout` is an error.
 //! A person thinking between two lines owes nothing and waits as long as
 //! they like.
+//!
+//! With the chat (`--protocol chat`) nothing is owed: what comes back is
+//! other people's lines, whenever they send them, printed as they arrive
+//! while you type. Only the end keeps its limit: after your input ends the
+//! server must close within `--timeout`.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -30,15 +35,33 @@ struct Sent {
     finished: AtomicBool,
 }
 
+/// What the server speaks, as the client sees it.
+#[derive(Clone, Debug)]
+pub enum Speaks {
+    /// Every byte sent is owed back.
+    Echo,
+    /// The chat: nothing is owed; register under `name` first if given.
+    Chat {
+        /// Sent as `register,<name>` before the input.
+        name: Option<String>,
+    },
+}
+
 /// Copies stdin to the server and the server's answer to stdout; fails if
 /// the server is silent for `timeout` while it owes bytes.
 ///
 /// # Errors
 /// The connection fails, stdin or the socket fail mid-way, or the server
 /// stays silent past `timeout`.
-pub fn run(addr: &HostPort, timeout: Duration) -> anyhow::Result<()> {
+pub fn run(addr: &HostPort, timeout: Duration, speaks: Speaks) -> anyhow::Result<()> {
     let stream = connect_patiently(addr, CONNECT_TIMEOUT)?;
     stream.set_write_timeout(Some(timeout))?;
+    let echo = matches!(speaks, Speaks::Echo);
+    if let Speaks::Chat { name: Some(name) } = &speaks {
+        (&stream)
+            .write_all(format!("register,{name}\n").as_bytes())
+            .context("registering")?;
+    }
     let mut to_server = stream.try_clone()?;
     let sent = Arc::new(Sent::default());
     let sending = {
@@ -70,11 +93,12 @@ pub fn run(addr: &HostPort, timeout: Duration) -> anyhow::Result<()> {
             Ok(())
         })
     };
-    let received = copy_to_stdout(&stream, &sent, timeout).context("reading the echo")?;
+    let received =
+        copy_to_stdout(&stream, &sent, timeout, echo).context("reading from the server")?;
     match sending.join() {
         Ok(Ok(())) => {
             let sent = sent.bytes.load(Relaxed);
-            if sent != received {
+            if echo && sent != received {
                 anyhow::bail!("sent {sent} bytes but {received} came back");
             }
             Ok(())
@@ -86,7 +110,12 @@ pub fn run(addr: &HostPort, timeout: Duration) -> anyhow::Result<()> {
 
 /// Copies the socket to stdout, flushing after each read so that an
 /// interactive user sees each echo at once. A closed stdout ends quietly.
-fn copy_to_stdout(mut stream: &TcpStream, sent: &Sent, timeout: Duration) -> anyhow::Result<u64> {
+fn copy_to_stdout(
+    mut stream: &TcpStream,
+    sent: &Sent,
+    timeout: Duration,
+    echo: bool,
+) -> anyhow::Result<u64> {
     // Wake up at least this often to see whether an echo is owed.
     stream.set_read_timeout(Some(timeout))?;
     let mut stdout = io::stdout().lock();
@@ -104,7 +133,7 @@ fn copy_to_stdout(mut stream: &TcpStream, sent: &Sent, timeout: Duration) -> any
                 ) =>
             {
                 let owed = sent.bytes.load(Relaxed).saturating_sub(total);
-                if owed > 0 {
+                if echo && owed > 0 {
                     anyhow::bail!(
                         "no echo for {timeout:?} with {owed} bytes owed: the server accepted the connection but does not answer (--timeout to wait longer)"
                     );
