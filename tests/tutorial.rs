@@ -374,6 +374,7 @@ chapters! {
     chapter_5 => "5-async-await-from-the-ground-up.md",
     chapter_6 => "6-measure-compare-conclude.md",
     chapter_7 => "7-when-the-loop-stalls.md",
+    chapter_8 => "8-shared-state-a-chat-server.md",
 }
 
 /// The index lists every chapter, each chapter links the next, and every
@@ -388,7 +389,7 @@ fn chapters_and_modules_link_each_other() {
         .filter(|n| n != "README.md")
         .collect();
     chapters.sort();
-    assert_eq!(chapters.len(), 8);
+    assert_eq!(chapters.len(), 9);
     for (i, chapter) in chapters.iter().enumerate() {
         assert!(
             index.contains(&format!("({chapter})")),
@@ -417,6 +418,7 @@ fn chapters_and_modules_link_each_other() {
         ("src/serve/work.rs", "7-when-the-loop-stalls.md"),
         ("src/serve/offload.rs", "7-when-the-loop-stalls.md"),
         ("src/serve/stall.rs", "7-when-the-loop-stalls.md"),
+        ("src/serve/chat/mod.rs", "8-shared-state-a-chat-server.md"),
     ] {
         let source = std::fs::read_to_string(root().join(module)).unwrap();
         assert!(

@@ -249,11 +249,14 @@ pub fn run(
     // /proc may round a reading down after rounding the earlier one up.
     let cpu =
         |after: Duration, before: Duration| after.saturating_sub(before).as_secs_f64() / seconds;
+    // Read before the goodbyes: a thread-per-client server's threads end
+    // with their clients, and take their CPU time with them.
+    let (client_cpu, server_end) = (sys::own_cpu_time(), server_cpu(config));
     let mut results = load.finish();
     results.seconds = seconds;
     results.delivered_per_sec = results.delivered as f64 / seconds;
-    results.client_cpu = cpu(sys::own_cpu_time(), cpu_start);
-    results.server_cpu = server_cpu(config)
+    results.client_cpu = cpu(client_cpu, cpu_start);
+    results.server_cpu = server_end
         .zip(server_start)
         .map(|(after, before)| cpu(after, before));
     Ok(results)
