@@ -359,7 +359,13 @@ Limits (every bound on memory, per model):
                       more until it is echoed: one chunk per client (16 KiB
                       at most; a copy of it on the pool with --offload).
   --idle-timeout      off by default; a slow client is bounded by the
-                      buffers above, not by time.";
+                      buffers above, not by time.
+  --protocol chat     each client's outbox holds at most 256 KiB of lines
+                      owed to it (the thread per client also holds one
+                      chunk it is writing); past that the client is cut
+                      off, with 5 s to take its last line. Lines are at
+                      most 4 KiB. threadpool: two threads per client,
+                      128 KiB of stack each.";
 
 /// `echo-lab serve`.
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@
 //! is one `Mutex<Registry>`: any thread may register, list, look up or
 //! leave at any moment, and without the lock two threads registering the
 //! same name at once could both succeed. The threads are scoped, so they
-//! borrow the mutex; a client's [`Peer`] is in an `Arc`, because whoever
+//! borrow the mutex; a client's `Peer` is in an `Arc`, because whoever
 //! looked it up may still hold it when its own thread has gone.
 //!
 //! Delivering a line to another client must not wait for that client: a
@@ -39,6 +39,10 @@ use crate::serve::Context;
 use crate::serve::blocking::Clients;
 use crate::stats::Ending;
 
+/// The stack of each client's two threads: they hold a 4 KiB buffer and
+/// a few frames, and ten thousand clients are twenty thousand threads.
+const STACK_SIZE: usize = 128 * 1024;
+
 /// Serves the chat with two threads per client until shutdown.
 ///
 /// # Errors
@@ -51,6 +55,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
             let registry = &registry;
             let started = thread::Builder::new()
                 .name(format!("chat-{peer}"))
+                .stack_size(STACK_SIZE)
                 .spawn_scoped(scope, move || serve(stream, peer, registry, ctx));
             if let Err(e) = started {
                 ctx.traffic.closed();
@@ -141,6 +146,7 @@ fn serve(
     let ending = thread::scope(|scope| {
         let writer = thread::Builder::new()
             .name(format!("chat-{peer}-writer"))
+            .stack_size(STACK_SIZE)
             .spawn_scoped(scope, || write_out(&me))?;
         let read = read_lines(&stream, &me, registry);
         // Whatever ended the reading: the writer sends what is left, but
