@@ -55,12 +55,24 @@ pub(super) fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
         results,
         environment: Environment::current(),
     };
-    if args.json {
-        announce(&serde_json::to_string_pretty(&report)?);
+    let failed = report.results.failed();
+    print_report(&report, args.json, bench::render, failed)
+}
+
+/// Prints a bench's report, as text or (`--json`) one JSON object; exits 1
+/// if the run `failed`.
+fn print_report<R: serde::Serialize>(
+    report: &R,
+    json: bool,
+    render: impl FnOnce(&R) -> String,
+    failed: bool,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        announce(&serde_json::to_string_pretty(report)?);
     } else {
-        print!("{}", bench::render(&report));
+        print!("{}", render(report));
     }
-    Ok(if report.results.failed() {
+    Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -158,7 +170,7 @@ fn progress_bar() -> indicatif::ProgressBar {
 
 /// `bench --protocol chat`: the chat load, one client thread.
 fn chat_bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let refused = [
+    refuse_for_chat(&[
         (
             args.size.is_some(),
             "--size",
@@ -179,12 +191,7 @@ fn chat_bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "--threads",
             "one client thread drives every connection, so it knows what each sent",
         ),
-    ];
-    for (given, flag, why) in refused {
-        if given {
-            anyhow::bail!("{flag} does not apply to --protocol chat: {why}");
-        }
-    }
+    ])?;
     let config = ChatBenchConfig {
         addr: args.addr,
         connections: args.connections as usize,
@@ -205,16 +212,8 @@ fn chat_bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
         results,
         environment: Environment::current(),
     };
-    if args.json {
-        announce(&serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", chat::render(&report));
-    }
-    Ok(if report.results.failed() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    let failed = report.results.failed();
+    print_report(&report, args.json, chat::render, failed)
 }
 
 pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
@@ -228,7 +227,7 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
         modes => modes,
     };
     if chat {
-        let refused = [
+        refuse_for_chat(&[
             (
                 modes.is_empty(),
                 "--modes sequential",
@@ -254,12 +253,7 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
                 "--also",
                 "other servers speak echo, not our chat",
             ),
-        ];
-        for (given, flag, why) in refused {
-            if given {
-                anyhow::bail!("{flag} does not apply to --protocol chat: {why}");
-            }
-        }
+        ])?;
     }
     let config = CompareConfig {
         modes,

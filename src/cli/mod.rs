@@ -498,6 +498,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Refuses the first flag given (`true`) that does not apply to the chat,
+/// with why: `[(given, flag, why)]`.
+fn refuse_for_chat(flags: &[(bool, &str, &str)]) -> anyhow::Result<()> {
+    match flags.iter().find(|(given, _, _)| *given) {
+        Some((_, flag, why)) => anyhow::bail!("{flag} does not apply to --protocol chat: {why}"),
+        None => Ok(()),
+    }
+}
+
 /// Prints a line that scripts wait for, and flushes it at once. A closed
 /// stdout is not a reason to stop serving.
 fn announce(line: &str) {

@@ -56,7 +56,7 @@ fn check_chat_flags(args: &ServeArgs) -> anyhow::Result<()> {
     if args.mode == Mode::Sequential {
         anyhow::bail!("{}", serve::chat::SEQUENTIAL_CANNOT_CHAT);
     }
-    let refused = [
+    refuse_for_chat(&[
         (
             args.threads.is_some_and(|n| n != 1),
             "--threads",
@@ -82,13 +82,7 @@ fn check_chat_flags(args: &ServeArgs) -> anyhow::Result<()> {
             "--stats",
             "its counters are the echo's; the chat has none yet",
         ),
-    ];
-    for (given, flag, why) in refused {
-        if given {
-            anyhow::bail!("{flag} does not apply to --protocol chat: {why}");
-        }
-    }
-    Ok(())
+    ])
 }
 
 pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
