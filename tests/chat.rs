@@ -329,7 +329,7 @@ fn shutdown_while_chatting(mode: Mode) {
 }
 
 every_model!(
-    concurrent: registration_rules,
+    chat: registration_rules,
     list_and_delivery,
     quit_and_disconnect_free_the_name,
     each_bad_input_is_answered,
@@ -402,7 +402,7 @@ fn the_bench_delivers_and_checks_every_line(mode: Mode) {
     wait_until("the bench's clients leave", || last.ask("list") == "last");
 }
 
-every_model!(concurrent: the_bench_delivers_and_checks_every_line);
+every_model!(chat: the_bench_delivers_and_checks_every_line);
 
 /// A server that delivers each line back to its own sender: the bench
 /// must call that an error, not a delivery.
@@ -494,7 +494,12 @@ fn compare_sweeps_the_chat() {
     let (status, _, stderr) =
         run_binary(&["compare", "--protocol", "chat", "--modes", "sequential"]);
     assert_eq!(status, Some(1), "{stderr}");
-    assert!(stderr.contains("sequential cannot host a chat"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--modes does not apply to --protocol chat: neither sequential nor completion"
+        ),
+        "{stderr}"
+    );
 }
 
 /// Two people in two terminals: `echo-lab client --protocol chat --name`

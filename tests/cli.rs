@@ -87,11 +87,11 @@ fn flags_of_other_models_are_refused() {
         ),
         (
             &["--mode", "sequential", "--threads", "1"],
-            "--threads applies to selector, statemachine and async only, not to sequential",
+            "--threads applies to selector, statemachine, async and completion only, not to sequential",
         ),
         (
             &["--mode", "threadpool", "--threads", "2"],
-            "--threads applies to selector, statemachine and async only, not to threadpool",
+            "--threads applies to selector, statemachine, async and completion only, not to threadpool",
         ),
         (
             &["--mode", "sequential", "--poller", "poll"],

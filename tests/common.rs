@@ -48,6 +48,21 @@ pub fn pool_of(workers: usize) -> Config {
     }
 }
 
+/// Whether `mode` cannot run on this machine (completion without
+/// io_uring): the test says it skipped, and why, and passes.
+pub fn unavailable(mode: Mode) -> bool {
+    if mode != Mode::Completion {
+        return false;
+    }
+    match echo_lab::serve::completion::available() {
+        Ok(()) => false,
+        Err(why) => {
+            eprintln!("skipped: completion needs io_uring, and {why}");
+            true
+        }
+    }
+}
+
 /// Starts `mode` on 127.0.0.1 with a free port; stopped when dropped.
 pub fn start(mode: Mode) -> Server {
     start_with(mode, quiet())
@@ -306,6 +321,7 @@ macro_rules! every_model {
         $(every_model!(@each $test [
             sequential => Sequential,
             threadpool => Threadpool,
+            completion => Completion,
         ] [
             selector => Selector,
             statemachine => Statemachine,
@@ -313,7 +329,7 @@ macro_rules! every_model {
         ]);)+
     };
     (concurrent, backends: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [threadpool => Threadpool] [
+        $(every_model!(@each $test [threadpool => Threadpool, completion => Completion] [
             selector => Selector,
             statemachine => Statemachine,
             asynchronous => Async,
@@ -326,7 +342,26 @@ macro_rules! every_model {
             asynchronous => Async,
         ]);)+
     };
+    // Every model with a loop of its own: the readiness loops once per
+    // backend, and the completion loop.
+    (loops, backends: $($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [completion => Completion] [
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+        ]);)+
+    };
     (concurrent: $($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [
+            threadpool => Threadpool,
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+            completion => Completion,
+        ] []);)+
+    };
+    // The models that host the chat.
+    (chat: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [
             threadpool => Threadpool,
             selector => Selector,
@@ -348,6 +383,7 @@ macro_rules! every_model {
             selector => Selector,
             statemachine => Statemachine,
             asynchronous => Async,
+            completion => Completion,
         ] []);)+
     };
     // A test per model of the first list; per model and backend of the
@@ -357,6 +393,9 @@ macro_rules! every_model {
             $(
                 #[test]
                 fn $name() {
+                    if $crate::common::unavailable(echo_lab::serve::Mode::$mode) {
+                        return;
+                    }
                     super::$test(echo_lab::serve::Mode::$mode)
                 }
             )*

@@ -163,6 +163,6 @@ fn several_loops_share_one_port(mode: Mode) {
     assert!(stderr.contains("served 50 connections"), "{mode}: {stderr}");
 }
 
-every_model!(one_thread, backends: one_thread_serves_1000_simultaneous_clients, clients_between_messages_hold_no_read_buffer, an_idle_server_uses_no_cpu, one_loop_is_one_thread, several_loops_share_one_port);
+every_model!(loops, backends: one_thread_serves_1000_simultaneous_clients, clients_between_messages_hold_no_read_buffer, an_idle_server_uses_no_cpu, one_loop_is_one_thread, several_loops_share_one_port);
 
 every_model!(concurrent, backends: a_client_that_never_reads_costs_bounded_memory);

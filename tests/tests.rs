@@ -7,6 +7,7 @@ mod common;
 
 mod chat;
 mod cli;
+mod completion;
 mod concurrency;
 mod conformance;
 mod event_loops;

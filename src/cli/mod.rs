@@ -544,7 +544,7 @@ mod tests {
 
     #[test]
     fn mode_lists() {
-        assert_eq!(parse_modes("all").unwrap().0.len(), 5);
+        assert_eq!(parse_modes("all").unwrap().0.len(), 6);
         assert_eq!(
             parse_modes("selector,generator").unwrap().0,
             [Mode::Selector, Mode::Statemachine]

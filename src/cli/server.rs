@@ -8,9 +8,9 @@ const MODEL_FLAGS: [(&str, &[Mode]); 7] = [
     ("--workers", &[Mode::Threadpool]),
     ("--queue", &[Mode::Threadpool]),
     ("--global-lock", &[Mode::Threadpool]),
-    ("--threads", &Mode::ONE_THREAD),
+    ("--threads", &Mode::LOOPS),
     ("--offload", &Mode::ONE_THREAD),
-    ("--slow-handler", &Mode::ONE_THREAD),
+    ("--slow-handler", &Mode::LOOPS),
     ("--poller", &Mode::ONE_THREAD),
 ];
 
@@ -34,6 +34,11 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if args.mode == Mode::Completion && args.work.is_some() {
+        anyhow::bail!(
+            "--work applies to sequential, threadpool, selector, statemachine and async, not to completion: chapter 7 shows what work does to a loop"
+        );
+    }
     let blocking_work = args.work.is_some_and(Work::blocks);
     if args.offload.is_some() && !blocking_work {
         anyhow::bail!(
@@ -53,8 +58,10 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
 /// one registry, and its clients may listen quietly for as long as they
 /// like.
 fn check_chat_flags(args: &ServeArgs) -> anyhow::Result<()> {
-    if args.mode == Mode::Sequential {
-        anyhow::bail!("{}", serve::chat::SEQUENTIAL_CANNOT_CHAT);
+    match args.mode {
+        Mode::Sequential => anyhow::bail!("{}", serve::chat::SEQUENTIAL_CANNOT_CHAT),
+        Mode::Completion => anyhow::bail!("{}", serve::chat::COMPLETION_DOES_NOT_CHAT),
+        _ => {}
     }
     refuse_for_chat(&[
         (
@@ -87,6 +94,11 @@ fn check_chat_flags(args: &ServeArgs) -> anyhow::Result<()> {
 
 pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
     check_model_flags(&args)?;
+    #[cfg(target_os = "linux")]
+    if args.mode == Mode::Completion {
+        // Before listening: a machine without io_uring gets one line.
+        serve::completion::available().map_err(|why| serve::completion::unavailable(&why))?;
+    }
     let config = Config {
         workers: args.workers.unwrap_or(serve::DEFAULT_WORKERS),
         queue: args.queue.unwrap_or(serve::DEFAULT_QUEUE),

@@ -39,6 +39,8 @@ pub mod asynchronous;
 mod blocking;
 pub mod buffers;
 pub mod chat;
+#[cfg(target_os = "linux")]
+pub mod completion;
 pub mod live;
 pub mod offload;
 pub mod selector;
@@ -66,20 +68,32 @@ pub enum Mode {
     Statemachine,
     /// One thread; async/await on an executor and reactor of our own.
     Async,
+    /// One thread, one io_uring: completions instead of readiness (Linux).
+    Completion,
 }
 
 impl Mode {
     /// Every model, in the order of the notes.
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Sequential,
         Mode::Threadpool,
         Mode::Selector,
         Mode::Statemachine,
         Mode::Async,
+        Mode::Completion,
     ];
 
     /// The models that serve every client from one readiness loop.
     pub const ONE_THREAD: [Mode; 3] = [Mode::Selector, Mode::Statemachine, Mode::Async];
+
+    /// The models that serve every client from one loop of their own,
+    /// readiness or completion: `--threads` runs several.
+    pub const LOOPS: [Mode; 4] = [
+        Mode::Selector,
+        Mode::Statemachine,
+        Mode::Async,
+        Mode::Completion,
+    ];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -89,6 +103,7 @@ impl Mode {
             Mode::Selector => "selector",
             Mode::Statemachine => "statemachine",
             Mode::Async => "async",
+            Mode::Completion => "completion",
         }
     }
 
@@ -97,7 +112,17 @@ impl Mode {
     pub fn blocking(self) -> Blocking {
         match self {
             Mode::Sequential | Mode::Threadpool => Blocking::Yes,
-            Mode::Selector | Mode::Statemachine | Mode::Async => Blocking::No,
+            Mode::Selector | Mode::Statemachine | Mode::Async | Mode::Completion => Blocking::No,
+        }
+    }
+
+    /// Whether its listener (and its clients' sockets) must block: the
+    /// blocking models block in calls; io_uring waits inside the kernel
+    /// and would report a non-blocking socket's `EAGAIN` instead.
+    pub fn blocking_sockets(self) -> Blocking {
+        match self {
+            Mode::Completion => Blocking::Yes,
+            other => other.blocking(),
         }
     }
 }
@@ -299,7 +324,7 @@ impl Config {
             (Blocking::Yes, _) => {
                 bail!(
                     "--threads applies to {} only, not to {mode}",
-                    list_of(&Mode::ONE_THREAD)
+                    list_of(&Mode::LOOPS)
                 )
             }
             (Blocking::No, 0) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -334,14 +359,14 @@ impl Listeners {
 pub fn bind(mode: Mode, addr: &HostPort, config: &Config) -> anyhow::Result<Listeners> {
     let loops = config.loops(mode)?;
     if loops == 1 {
-        let listener = bind_listener(addr, config.backlog, mode.blocking(), false)?;
+        let listener = bind_listener(addr, config.backlog, mode.blocking_sockets(), false)?;
         return Ok(Listeners(vec![listener]));
     }
     // A port held by anyone else is "already in use", as with one loop;
     // claiming it also resolves port 0 for every loop.
     let port: HostPort = claim_port(addr)?.into();
     let listeners = (0..loops)
-        .map(|_| bind_listener(&port, config.backlog, mode.blocking(), true))
+        .map(|_| bind_listener(&port, config.backlog, mode.blocking_sockets(), true))
         .collect::<anyhow::Result<_>>()?;
     Ok(Listeners(listeners))
 }
@@ -395,8 +420,21 @@ fn run_one(mode: Mode, listener: TcpListener, ctx: &Context) -> anyhow::Result<(
         Mode::Selector => selector::run(listener, ctx),
         Mode::Statemachine => statemachine::run(listener, ctx),
         Mode::Async => asynchronous::run(listener, ctx),
+        Mode::Completion => run_completion(listener, ctx),
     };
     served.with_context(|| format!("the {mode} server failed"))
+}
+
+#[cfg(target_os = "linux")]
+fn run_completion(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    completion::run(listener, ctx)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn run_completion(_listener: TcpListener, _ctx: &Context) -> io::Result<()> {
+    Err(io::Error::other(
+        "io_uring is not available here: it is Linux's; --mode async serves the same clients with readiness",
+    ))
 }
 
 /// A server running on a thread of this process: what tests and tools use.

@@ -1,0 +1,398 @@
+//! The ring: every `unsafe` of the completion model, in one small place.
+//!
+//! Two things make io_uring unsafe to use. The kernel writes into and
+//! reads from our memory *after* the call that asked it to has returned,
+//! until the operation's completion comes back; and the memory of the
+//! provided buffers is shared with the kernel for as long as the ring
+//! lives. Rust's borrow checker cannot see either: a buffer handed to the
+//! kernel is borrowed by nobody in the program, yet must not be freed,
+//! reused or moved.
+//!
+//! This file turns both into ownership the compiler checks:
+//! - A received buffer comes out of a completion as a [`Buf`], a handle
+//!   that cannot be copied. The only way to give it back to the kernel is
+//!   [`Ring::recycle`], which takes it by value; [`Ring::send`] takes it by
+//!   value too and keeps it until the send's completion hands it back. So
+//!   a buffer is in exactly one place: the kernel's ring, a send in flight,
+//!   or the program's hands.
+//! - The memory itself (the buffer slab and the ring of entries) belongs
+//!   to [`Ring`] and is freed only when no operation is in flight; if one
+//!   still is when the ring is dropped, the memory is leaked instead.
+//!
+//! What this file cannot prove is that a socket stays open while an
+//! operation on it is in flight: its caller keeps that rule (see the
+//! module above).
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+/// Bytes per provided buffer: the notes' `recv(4096)`.
+pub const BUFFER_SIZE: usize = 4096;
+
+/// Provided buffers per ring (a power of two): 1 MiB per loop, shared by
+/// all its clients. The kernel takes them in ring order, so over time
+/// every one of them is touched and resident: this, not the number of
+/// clients, is the loop's read memory. A buffer is held only from a
+/// receive to the end of its echo, so a few dozen cover even a thousand
+/// busy clients; past that, receives wait for buffers (`ENOBUFS`).
+pub const BUFFERS: u16 = 256;
+
+/// The buffer group our receives select from.
+const GROUP: u16 = 0;
+
+/// What an operation was for. With a connection's slot and generation it
+/// makes the operation's `user_data`, which its completion carries back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The multishot accept on the listener.
+    Accept = 1,
+    /// The one-shot poll of the shutdown's bell.
+    Bell = 2,
+    /// A connection's multishot receive.
+    Recv = 3,
+    /// A connection's send.
+    Send = 4,
+    /// A cancellation request (its own completion says nothing we need).
+    Cancel = 5,
+}
+
+/// An operation's identity: what for, and for which connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// What for.
+    pub kind: Kind,
+    /// The connection's slot (0 for the listener and the bell).
+    pub slot: u32,
+    /// The slot's generation: a slot reused by a new connection has a new
+    /// one, so a late completion for the old connection is recognised.
+    pub generation: u32,
+}
+
+impl Token {
+    fn pack(self) -> u64 {
+        (self.kind as u64) << 56
+            | u64::from(self.slot & 0x00ff_ffff) << 32
+            | u64::from(self.generation)
+    }
+
+    fn unpack(data: u64) -> Token {
+        let kind = match data >> 56 {
+            1 => Kind::Accept,
+            2 => Kind::Bell,
+            3 => Kind::Recv,
+            4 => Kind::Send,
+            _ => Kind::Cancel,
+        };
+        Token {
+            kind,
+            slot: ((data >> 32) & 0x00ff_ffff) as u32,
+            generation: data as u32,
+        }
+    }
+}
+
+/// A provided buffer the kernel filled and handed to us, with the bytes of
+/// it still to send. Not `Clone`: see the file's first paragraph.
+#[derive(Debug)]
+pub struct Buf {
+    bid: u16,
+    start: u32,
+    end: u32,
+}
+
+impl Buf {
+    /// Bytes still to send.
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    /// Whether every byte is sent.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Marks `n` more bytes sent (a short send leaves the rest).
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n as u32).min(self.end);
+    }
+}
+
+/// One completion, decoded.
+#[derive(Debug)]
+pub struct Completion {
+    /// Which operation.
+    pub token: Token,
+    /// Its result: a count or a descriptor when non-negative, `-errno`
+    /// otherwise.
+    pub result: i32,
+    /// A multishot operation goes on (more completions will come).
+    pub more: bool,
+    /// A receive's data: the buffer it filled.
+    pub received: Option<Buf>,
+    /// A send's buffer, back from the kernel.
+    pub sent: Option<Buf>,
+}
+
+/// One io_uring instance, its provided buffers, and the operations in
+/// flight.
+pub struct Ring {
+    ring: IoUring,
+    /// `BUFFERS` entries the kernel takes buffers from; page-aligned, as
+    /// the kernel requires. Registered for the ring's whole life.
+    entries: *mut types::BufRingEntry,
+    entries_layout: Layout,
+    /// The buffers themselves, `BUFFER_SIZE` bytes each, by id. Never
+    /// resized or moved: the kernel holds their addresses.
+    slab: Box<[u8]>,
+    /// Our copy of the entries' tail (the kernel reads the shared one).
+    tail: u16,
+    /// Buffers in the kernel's ring now.
+    free: usize,
+    /// Sends in flight, by `user_data`, with the buffer each holds.
+    sending: HashMap<u64, Buf>,
+    /// Operations submitted whose last completion has not come.
+    in_flight: usize,
+}
+
+impl Ring {
+    /// A ring with room for `entries` submissions at once, and its
+    /// provided buffers registered.
+    ///
+    /// # Errors
+    /// If the kernel refuses io_uring or the buffer ring (an old kernel,
+    /// `kernel.io_uring_disabled`, a seccomp filter).
+    pub fn new(entries: u32) -> io::Result<Ring> {
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 4)
+            .build(entries)?;
+        let entries_layout = Layout::from_size_align(
+            usize::from(BUFFERS) * size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size.
+        let entries_ptr = unsafe { alloc_zeroed(entries_layout) }.cast::<types::BufRingEntry>();
+        if entries_ptr.is_null() {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        let mut this = Ring {
+            ring,
+            entries: entries_ptr,
+            entries_layout,
+            slab: vec![0; usize::from(BUFFERS) * BUFFER_SIZE].into_boxed_slice(),
+            tail: 0,
+            free: 0,
+            sending: HashMap::new(),
+            in_flight: 0,
+        };
+        // SAFETY: `entries` points to `BUFFERS` zeroed, page-aligned
+        // entries that stay allocated until `Drop`, which unregisters
+        // nothing but frees them only after the ring itself is closed.
+        unsafe {
+            this.ring.submitter().register_buf_ring_with_flags(
+                this.entries as u64,
+                BUFFERS,
+                GROUP,
+                0,
+            )?;
+        }
+        for bid in 0..BUFFERS {
+            this.provide(bid);
+        }
+        this.publish();
+        Ok(this)
+    }
+
+    /// Puts buffer `bid` in the next entry (published by `publish`).
+    fn provide(&mut self, bid: u16) {
+        let index = usize::from(self.tail & (BUFFERS - 1));
+        // SAFETY: `index < BUFFERS`, inside the allocation; the kernel
+        // reads an entry only between our published tail and its head, and
+        // this one is past the published tail.
+        let entry = unsafe { &mut *self.entries.add(index) };
+        let addr = self.slab[usize::from(bid) * BUFFER_SIZE..].as_ptr();
+        entry.set_addr(addr as u64);
+        entry.set_len(BUFFER_SIZE as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        self.free += 1;
+    }
+
+    /// Makes the buffers provided so far visible to the kernel.
+    fn publish(&mut self) {
+        // SAFETY: the tail lives inside the first entry of our allocation,
+        // and is only ever written by us; the kernel reads it.
+        let tail = unsafe { &*types::BufRingEntry::tail(self.entries).cast::<AtomicU16>() };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// The bytes of `buf` still to send.
+    pub fn bytes(&self, buf: &Buf) -> &[u8] {
+        let base = usize::from(buf.bid) * BUFFER_SIZE;
+        &self.slab[base + buf.start as usize..base + buf.end as usize]
+    }
+
+    /// Gives a buffer back to the kernel, to be filled again.
+    pub fn recycle(&mut self, buf: Buf) {
+        self.provide(buf.bid);
+        self.publish();
+    }
+
+    /// Buffers the kernel can fill now.
+    pub fn free_buffers(&self) -> usize {
+        self.free
+    }
+
+    /// Operations whose last completion has not come.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Queues an operation, submitting the queue first if it is full.
+    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        // SAFETY: each entry built in this file points only at memory
+        // this `Ring` owns until the completion (a `Buf` kept in `sending`,
+        // the slab) or at nothing; descriptors are the caller's rule (see
+        // the file's last paragraph).
+        unsafe {
+            if self.ring.submission().push(entry).is_err() {
+                self.ring.submit()?;
+                self.ring
+                    .submission()
+                    .push(entry)
+                    .map_err(|_| io::Error::other("the submission queue stays full"))?;
+            }
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Accepts every client of `listener` until cancelled or failed: one
+    /// submission, a completion per client.
+    pub fn accept(&mut self, listener: RawFd, token: Token) -> io::Result<()> {
+        let entry = opcode::AcceptMulti::new(types::Fd(listener)).build();
+        self.push(&entry.user_data(token.pack()))
+    }
+
+    /// Receives into provided buffers until the peer closes, an error, a
+    /// cancel, or the buffers run out: one submission, a completion per
+    /// arrival.
+    pub fn receive(&mut self, socket: RawFd, token: Token) -> io::Result<()> {
+        let entry = opcode::RecvMulti::new(types::Fd(socket), GROUP).build();
+        self.push(&entry.user_data(token.pack()))
+    }
+
+    /// Sends what is left of `buf`; the ring holds it until the completion
+    /// gives it back in [`Completion::sent`].
+    pub fn send(&mut self, socket: RawFd, buf: Buf, token: Token) -> io::Result<()> {
+        let bytes = self.bytes(&buf);
+        let entry = opcode::Send::new(types::Fd(socket), bytes.as_ptr(), bytes.len() as u32)
+            .build()
+            .user_data(token.pack());
+        match self.push(&entry) {
+            Ok(()) => {
+                self.sending.insert(token.pack(), buf);
+                Ok(())
+            }
+            Err(e) => {
+                // Never submitted: the buffer is still ours to give back.
+                self.recycle(buf);
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for `fd` to be readable, once.
+    pub fn poll_readable(&mut self, fd: RawFd, token: Token) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build();
+        self.push(&entry.user_data(token.pack()))
+    }
+
+    /// Asks the kernel to cancel the operation `target`; it completes with
+    /// `-ECANCELED` (or with what it finished first).
+    pub fn cancel(&mut self, target: Token) -> io::Result<()> {
+        let entry = opcode::AsyncCancel::new(target.pack()).build();
+        let token = Token {
+            kind: Kind::Cancel,
+            ..target
+        };
+        self.push(&entry.user_data(token.pack()))
+    }
+
+    /// One turn's system call: submits everything queued and waits for at
+    /// least one completion, or until `timeout`.
+    ///
+    /// # Errors
+    /// As `io_uring_enter(2)`; a timeout or a signal is not an error.
+    pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let submitted = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(timeout) => {
+                let ts = types::Timespec::from(timeout);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match submitted {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next completion, if one has come.
+    pub fn next_completion(&mut self) -> Option<Completion> {
+        let cqe = self.ring.completion().next()?;
+        let (data, result, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+        let token = Token::unpack(data);
+        let more = cqueue::more(flags);
+        if !more {
+            self.in_flight -= 1;
+        }
+        let received = cqueue::buffer_select(flags).map(|bid| {
+            self.free -= 1;
+            Buf {
+                bid,
+                start: 0,
+                end: result.max(0) as u32,
+            }
+        });
+        let sent = match token.kind {
+            Kind::Send => self.sending.remove(&data),
+            _ => None,
+        };
+        Some(Completion {
+            token,
+            result,
+            more,
+            received,
+            sent,
+        })
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if self.in_flight > 0 {
+            // The kernel may still write into the buffers: never free them.
+            std::mem::forget(std::mem::take(&mut self.slab));
+            return;
+        }
+        // SAFETY: nothing is in flight, so the kernel no longer reads the
+        // entries; they were allocated with this layout.
+        unsafe { dealloc(self.entries.cast(), self.entries_layout) };
+    }
+}
