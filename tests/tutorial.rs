@@ -375,6 +375,7 @@ chapters! {
     chapter_6 => "6-measure-compare-conclude.md",
     chapter_7 => "7-when-the-loop-stalls.md",
     chapter_8 => "8-shared-state-a-chat-server.md",
+    chapter_9 => "9-completion-instead-of-readiness.md",
 }
 
 /// The index lists every chapter, each chapter links the next, and every
@@ -389,7 +390,7 @@ fn chapters_and_modules_link_each_other() {
         .filter(|n| n != "README.md")
         .collect();
     chapters.sort();
-    assert_eq!(chapters.len(), 9);
+    assert_eq!(chapters.len(), 10);
     for (i, chapter) in chapters.iter().enumerate() {
         assert!(
             index.contains(&format!("({chapter})")),
@@ -419,6 +420,10 @@ fn chapters_and_modules_link_each_other() {
         ("src/serve/offload.rs", "7-when-the-loop-stalls.md"),
         ("src/serve/stall.rs", "7-when-the-loop-stalls.md"),
         ("src/serve/chat/mod.rs", "8-shared-state-a-chat-server.md"),
+        (
+            "src/serve/completion/mod.rs",
+            "9-completion-instead-of-readiness.md",
+        ),
     ] {
         let source = std::fs::read_to_string(root().join(module)).unwrap();
         assert!(

@@ -94,7 +94,6 @@ fn check_chat_flags(args: &ServeArgs) -> anyhow::Result<()> {
 
 pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
     check_model_flags(&args)?;
-    #[cfg(target_os = "linux")]
     if args.mode == Mode::Completion {
         // Before listening: a machine without io_uring gets one line.
         serve::completion::available().map_err(|why| serve::completion::unavailable(&why))?;

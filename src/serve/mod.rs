@@ -41,6 +41,9 @@ pub mod buffers;
 pub mod chat;
 #[cfg(target_os = "linux")]
 pub mod completion;
+#[cfg(not(target_os = "linux"))]
+#[path = "completion_elsewhere.rs"]
+pub mod completion;
 pub mod live;
 pub mod offload;
 pub mod selector;
@@ -420,21 +423,9 @@ fn run_one(mode: Mode, listener: TcpListener, ctx: &Context) -> anyhow::Result<(
         Mode::Selector => selector::run(listener, ctx),
         Mode::Statemachine => statemachine::run(listener, ctx),
         Mode::Async => asynchronous::run(listener, ctx),
-        Mode::Completion => run_completion(listener, ctx),
+        Mode::Completion => completion::run(listener, ctx),
     };
     served.with_context(|| format!("the {mode} server failed"))
-}
-
-#[cfg(target_os = "linux")]
-fn run_completion(listener: TcpListener, ctx: &Context) -> io::Result<()> {
-    completion::run(listener, ctx)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn run_completion(_listener: TcpListener, _ctx: &Context) -> io::Result<()> {
-    Err(io::Error::other(
-        "io_uring is not available here: it is Linux's; --mode async serves the same clients with readiness",
-    ))
 }
 
 /// A server running on a thread of this process: what tests and tools use.
