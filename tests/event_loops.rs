@@ -110,8 +110,15 @@ fn clients_between_messages_hold_no_read_buffer(mode: Mode) {
         assert_echo(client, &[7; 512]);
     }
     let grown = resident_memory(pid).saturating_sub(before);
+    // The completion loop lends the kernel a fixed pool of buffers, which
+    // it takes in ring order: a thousand clients touch all of it once.
+    // Its read memory is that pool, whatever the number of clients.
+    let pool = match mode {
+        Mode::Completion => 4 << 20,
+        _ => 0,
+    };
     assert!(
-        grown < 2 << 20,
+        grown < (2 << 20) + pool,
         "{mode}: 1,000 silent clients grew resident memory by {} KiB",
         grown >> 10
     );

@@ -24,7 +24,6 @@
 //! module above).
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -35,13 +34,13 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 /// Bytes per provided buffer: the notes' `recv(4096)`.
 pub const BUFFER_SIZE: usize = 4096;
 
-/// Provided buffers per ring (a power of two): 1 MiB per loop, shared by
+/// Provided buffers per ring (a power of two): 4 MiB per loop, shared by
 /// all its clients. The kernel takes them in ring order, so over time
 /// every one of them is touched and resident: this, not the number of
 /// clients, is the loop's read memory. A buffer is held only from a
 /// receive to the end of its echo, so a few dozen cover even a thousand
 /// busy clients; past that, receives wait for buffers (`ENOBUFS`).
-pub const BUFFERS: u16 = 256;
+pub const BUFFERS: u16 = 1024;
 
 /// The buffer group our receives select from.
 const GROUP: u16 = 0;
@@ -154,8 +153,9 @@ pub struct Ring {
     tail: u16,
     /// Buffers in the kernel's ring now.
     free: usize,
-    /// Sends in flight, by `user_data`, with the buffer each holds.
-    sending: HashMap<u64, Buf>,
+    /// Sends in flight, with the buffer each holds, by the slot of their
+    /// connection (which has at most one send in flight).
+    sending: Vec<Option<Buf>>,
     /// Operations submitted whose last completion has not come.
     in_flight: usize,
 }
@@ -170,6 +170,11 @@ impl Ring {
     pub fn new(entries: u32) -> io::Result<Ring> {
         let ring = IoUring::builder()
             .setup_cqsize(entries * 4)
+            // One thread submits and reaps (one ring per loop): the kernel
+            // may then run completion work only when we enter to wait,
+            // batched, instead of interrupting the loop for each one.
+            .setup_single_issuer()
+            .setup_defer_taskrun()
             .build(entries)?;
         let entries_layout = Layout::from_size_align(
             usize::from(BUFFERS) * size_of::<types::BufRingEntry>(),
@@ -188,7 +193,7 @@ impl Ring {
             slab: vec![0; usize::from(BUFFERS) * BUFFER_SIZE].into_boxed_slice(),
             tail: 0,
             free: 0,
-            sending: HashMap::new(),
+            sending: Vec::new(),
             in_flight: 0,
         };
         // SAFETY: `entries` points to `BUFFERS` zeroed, page-aligned
@@ -297,7 +302,12 @@ impl Ring {
             .user_data(token.pack());
         match self.push(&entry) {
             Ok(()) => {
-                self.sending.insert(token.pack(), buf);
+                let slot = token.slot as usize;
+                if self.sending.len() <= slot {
+                    self.sending.resize_with(slot + 1, || None);
+                }
+                debug_assert!(self.sending[slot].is_none(), "two sends in flight");
+                self.sending[slot] = Some(buf);
                 Ok(())
             }
             Err(e) => {
@@ -371,7 +381,7 @@ impl Ring {
             }
         });
         let sent = match token.kind {
-            Kind::Send => self.sending.remove(&data),
+            Kind::Send => self.sending.get_mut(token.slot as usize).and_then(Option::take),
             _ => None,
         };
         Some(Completion {

@@ -101,7 +101,7 @@ impl Launch {
                     if !chat {
                         c.args(["--threads", &config.server_threads.to_string()]);
                     }
-                    if let Some(backend) = config.poller {
+                    if let Some(backend) = config.poller.filter(|_| *mode != Mode::Completion) {
                         c.args(["--poller", backend.name()]);
                     }
                 }
