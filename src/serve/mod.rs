@@ -1,4 +1,5 @@
-//! The five servers: one echo protocol, five concurrency models.
+//! The six servers: one echo protocol, six concurrency models (and a chat
+//! on four of them).
 //!
 //! Every model is started the same way: [`run`] hands it a listener built by
 //! [`crate::net::bind_listener`] and a [`Context`] (its settings, the
@@ -11,8 +12,11 @@
 //! 3. [`selector`]: one thread, a readiness loop, a handler per socket.
 //! 4. [`statemachine`]: the same loop driving hand-written generators.
 //! 5. [`asynchronous`]: async/await on an executor and reactor of our own.
+//! 6. [`completion`]: one thread, one io_uring: completions, not readiness.
 //!
-//! [`accept`] is what all five share: the one accept step (admit, prepare,
+//! [`chat`] is the notes' chat server on models 2 to 5.
+//!
+//! [`accept`] is what all six share: the one accept step (admit, prepare,
 //! sort the failures). [`work`] is `--work`, what a handler does with each
 //! chunk before echoing it; [`offload`] the pool a one-thread loop hands
 //! blocking work to, and [`stall`] the warning when it did not. [`buffers`] is what the last two share: read buffers

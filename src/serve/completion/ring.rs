@@ -381,7 +381,10 @@ impl Ring {
             }
         });
         let sent = match token.kind {
-            Kind::Send => self.sending.get_mut(token.slot as usize).and_then(Option::take),
+            Kind::Send => self
+                .sending
+                .get_mut(token.slot as usize)
+                .and_then(Option::take),
             _ => None,
         };
         Some(Completion {
