@@ -360,6 +360,15 @@ macro_rules! every_model {
             completion => Completion,
         ] []);)+
     };
+    // Every model with a loop of its own, readiness or completion.
+    (loops: $($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+            completion => Completion,
+        ] []);)+
+    };
     // The models that host the chat.
     (chat: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [

@@ -89,4 +89,4 @@ fn event_loops_serve_every_client_at_once(mode: Mode) {
     assert_eq!(server.stats().active(), 3, "{mode}");
 }
 
-every_model!(one_thread: event_loops_serve_every_client_at_once);
+every_model!(loops: event_loops_serve_every_client_at_once);

@@ -253,13 +253,18 @@ impl Proactor<'_> {
             self.ring.in_flight() as u64,
             self.ring.free_buffers() as u64,
         );
+        let timers = u64::from(self.accept_paused_until.is_some())
+            + u64::from(self.next_idle_sweep.is_some());
         if let Some(reporter) = &mut self.reporter {
             reporter.report(now, last, |line, seconds| {
                 traffic.fill(line, seconds, open);
                 if let Some(turns) = turns {
                     turns.fill(line, seconds);
                 }
-                line.count("in_flight", in_flight)
+                // Nothing wakes this loop from another thread.
+                line.count("timers", timers)
+                    .count("cross_wakeups", 0)
+                    .count("in_flight", in_flight)
                     .count("free_buffers", free);
             });
         }
