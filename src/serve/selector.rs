@@ -485,7 +485,7 @@ impl Selector<'_> {
 /// Idle clients are found by a sweep over every connection; sweeping four
 /// times per timeout closes a client between 1 and 1.25 timeouts after its
 /// last activity, and costs one pass over the table per quarter timeout.
-fn sweep_interval(idle_timeout: Duration) -> Duration {
+pub(crate) fn sweep_interval(idle_timeout: Duration) -> Duration {
     (idle_timeout / 4).max(Duration::from_millis(1))
 }
 

@@ -72,6 +72,7 @@ use ring::{Buf, Completion, Kind, Ring, Token};
 use super::Context;
 use super::accept::{Accepted, sort};
 use super::live::{Reporter, Traffic};
+use super::selector::sweep_interval;
 use super::stall::StallWatch;
 use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::stats::Ending;
@@ -585,9 +586,4 @@ fn live(conns: &mut [Option<Conn>], token: Token) -> Option<&mut Conn> {
         Some(Some(conn)) if conn.generation == token.generation => Some(conn),
         _ => None,
     }
-}
-
-/// As the selector's: four sweeps per timeout.
-fn sweep_interval(idle_timeout: Duration) -> Duration {
-    (idle_timeout / 4).max(Duration::from_millis(1))
 }
