@@ -4,7 +4,7 @@
 //! leaked and memory stayed bounded.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -36,6 +36,36 @@ fn clients_over_the_limit_are_closed_at_once(mode: Mode) {
     let mut fourth = connect(server.addr());
     assert_echo(&mut fourth, b"four");
     assert_echo(&mut second, b"two, still");
+}
+
+/// Clients that send small messages and never read hold only what their
+/// model lets each client hold: another client is still served. (A
+/// completion loop that kept a 4 KiB pool buffer for each unsent 64-byte
+/// message would hand its whole pool to two such clients.)
+fn small_messages_never_read_starve_nobody(mode: Mode) {
+    let server = BinaryServer::start(&["--mode", mode.name(), "--quiet"]);
+    let flooders: Vec<TcpStream> = (0..2).map(|_| connect(server.addr)).collect();
+    for flooder in &flooders {
+        flooder
+            .set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+    }
+    // In turns, until the server stops reading each (a write times out,
+    // once the echoes have filled both sides' socket buffers), or 64 MiB.
+    let mut flooding = flooders.iter().collect::<Vec<_>>();
+    for _ in 0..1 << 20 {
+        flooding.retain(|&flooder| {
+            let mut flooder: &TcpStream = flooder;
+            flooder.write_all(&[b'x'; 64]).is_ok()
+        });
+        if flooding.is_empty() {
+            break;
+        }
+    }
+    let mut other = connect(server.addr);
+    assert_echo(&mut other, b"still served");
+    drop(flooders);
+    assert_echo(&mut other, b"and after they left");
 }
 
 /// A small deterministic random source (xorshift), so that a failure can be
@@ -223,4 +253,7 @@ fn chaos(mode: Mode) {
 
 every_model!(backends: chaos);
 
-every_model!(concurrent: clients_over_the_limit_are_closed_at_once);
+every_model!(
+    concurrent: clients_over_the_limit_are_closed_at_once,
+    small_messages_never_read_starve_nobody,
+);

@@ -63,11 +63,24 @@ fn assert_all_at_once(echoed: &[f64], what: &str) {
     );
 }
 
-/// A blocking sleep inside a one-thread loop's handler stalls every client:
-/// five clients, served 200 ms apart.
+/// A blocking sleep inside a loop's handler stalls every client: five
+/// clients, their sleeps one after another, so the k-th echo comes at
+/// least k - 1/2 steps after the start. A readiness loop writes each echo
+/// as its sleep ends, 200 ms apart; the completion loop submits its sends
+/// when the turn ends, so the echoes of one stalled turn leave together,
+/// after every sleep of that turn.
 fn a_blocking_sleep_stalls_the_loop(mode: Mode) {
     let server = start_with(mode, working("sleep:200ms", 0));
-    assert_one_at_a_time(&echo_times(server.addr(), 5, Duration::ZERO), mode.name());
+    let echoed = echo_times(server.addr(), 5, Duration::ZERO);
+    for (k, at) in (1..).zip(&echoed) {
+        assert!(
+            *at >= (f64::from(k) - 0.5) * STEP.as_secs_f64(),
+            "{mode}: echo {k} at {at}, sooner than {k} sleeps in a row: {echoed:?}"
+        );
+    }
+    if mode != Mode::Completion {
+        assert_one_at_a_time(&echoed, mode.name());
+    }
 }
 
 /// The loop's own wait (a timer, a yielded deadline, an awaited sleep)
@@ -179,7 +192,7 @@ fn a_stall_is_reported(mode: Mode) {
 }
 
 every_model!(
-    one_thread: a_blocking_sleep_stalls_the_loop,
+    loops: a_blocking_sleep_stalls_the_loop,
     the_loops_own_wait_stalls_nobody,
     offloaded_sleep_stalls_nobody,
     offloaded_cpu_runs_two_at_a_time,
@@ -254,7 +267,7 @@ fn bad_work_flags_are_refused() {
                 "2",
             ],
             1,
-            "--offload applies to selector, statemachine and async only, not to threadpool",
+            "--offload applies to selector, statemachine, async and completion only, not to threadpool",
         ),
         (
             &[

@@ -218,7 +218,6 @@ fn chat_bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let chat = args.protocol == Protocol::Chat;
-    let all = args.modes.0 == Mode::ALL;
     let modes = match args.modes.0 {
         // Sequential and completion do not chat: `all` means the models
         // that do.
@@ -226,16 +225,8 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
             .into_iter()
             .filter(|m| !matches!(m, Mode::Sequential | Mode::Completion))
             .collect(),
-        // Nor does completion take --work.
-        modes if all && args.work.is_some() => modes
-            .into_iter()
-            .filter(|&m| m != Mode::Completion)
-            .collect(),
         modes => modes,
     };
-    if args.work.is_some() && modes.contains(&Mode::Completion) {
-        anyhow::bail!("--work applies to every model but completion: leave it out of --modes");
-    }
     if chat {
         refuse_for_chat(&[
             (

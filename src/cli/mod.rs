@@ -208,7 +208,7 @@ pub struct CompareArgs {
     /// servers): e.g. cpu:1ms to see each model under CPU work.
     #[arg(long, value_name = "KIND:DURATION", value_parser = parse_work)]
     pub work: Option<Work>,
-    /// `serve --offload N` for the one-thread models, with --work cpu or
+    /// `serve --offload N` for the one-loop models, with --work cpu or
     /// sleep.
     #[arg(long, value_name = "N", value_parser = parse_positive_count, requires = "work")]
     pub offload: Option<NonZeroUsize>,
@@ -348,9 +348,12 @@ Limits (every bound on memory, per model):
                       4 KiB lent to a client task (statemachine, async)
                       from its loop's pool while it holds data; a client
                       waiting to speak holds none, and the pool keeps at
-                      most 256 idle buffers (1 MiB).
-  unsent bytes        selector: at most 64 KiB per client, then it stops
-                      reading that client until it drains. statemachine and
+                      most 256 idle buffers (1 MiB). completion: 1,024
+                      buffers of 4 KiB (4 MiB) per loop lent to the kernel,
+                      whatever the clients; a client holds one only from
+                      a receive until the echo's send returns.
+  unsent bytes        selector and completion: at most 64 KiB per client,
+                      then it stops reading that client until it drains. statemachine and
                       async never read while they hold unsent bytes, so their
                       4 KiB buffer is the bound. Blocking models write
                       before reading again.
@@ -358,6 +361,7 @@ Limits (every bound on memory, per model):
   --work, --offload   a client whose chunk is with its work reads nothing
                       more until it is echoed: one chunk per client (16 KiB
                       at most; a copy of it on the pool with --offload).
+                      completion reads on meanwhile, up to the 64 KiB above.
   --idle-timeout      off by default; a slow client is bounded by the
                       buffers above, not by time.
   --protocol chat     each client's outbox holds at most 256 KiB of lines
@@ -412,7 +416,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = serve::DEFAULT_MAX_CONNECTIONS, value_parser = parse_positive_count)]
     pub max_connections: NonZeroUsize,
 
-    /// Independent event loops (selector, statemachine and async only;
+    /// Independent event loops (selector, statemachine, async and
+    /// completion only;
     /// default 1), each on its own thread with its own listener on the same
     /// port (SO_REUSEPORT): the kernel spreads new clients over them. 0 =
     /// one per CPU.
@@ -428,13 +433,15 @@ pub struct ServeArgs {
     /// `sleep:2ms` blocks the thread in sleep (the notes' time.sleep);
     /// `wait:2ms` waits the model's own non-blocking way (selector: a timer
     /// the loop fires; statemachine: a yielded deadline; async: an awaited
-    /// timer, the notes' asyncio.sleep). In sequential and threadpool a
+    /// timer, the notes' asyncio.sleep; completion: a timer of its ring's
+    /// wait). In sequential and threadpool a
     /// waiting thread is blocked anyway: there `wait` is `sleep`.
     #[arg(long, value_name = "KIND:DURATION", value_parser = parse_work)]
     pub work: Option<Work>,
 
     /// Threads beside each loop that run its `cpu` and `sleep` work, so the
-    /// loop goes on serving others (selector, statemachine and async only):
+    /// loop goes on serving others (selector, statemachine, async and
+    /// completion only):
     /// the notes' run_in_executor, tokio's spawn_blocking.
     #[arg(long, value_name = "N", value_parser = parse_positive_count)]
     pub offload: Option<NonZeroUsize>,

@@ -9,7 +9,7 @@ const MODEL_FLAGS: [(&str, &[Mode]); 7] = [
     ("--queue", &[Mode::Threadpool]),
     ("--global-lock", &[Mode::Threadpool]),
     ("--threads", &Mode::LOOPS),
-    ("--offload", &Mode::ONE_THREAD),
+    ("--offload", &Mode::LOOPS),
     ("--slow-handler", &Mode::LOOPS),
     ("--poller", &Mode::ONE_THREAD),
 ];
@@ -33,11 +33,6 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
                 args.mode
             );
         }
-    }
-    if args.mode == Mode::Completion && args.work.is_some() {
-        anyhow::bail!(
-            "--work applies to sequential, threadpool, selector, statemachine and async, not to completion: chapter 7 shows what work does to a loop"
-        );
     }
     let blocking_work = args.work.is_some_and(Work::blocks);
     if args.offload.is_some() && !blocking_work {

@@ -8,7 +8,8 @@
 //! affair, and each model does it its own way:
 //! - the selector and the statemachine queue a token on a [`Finished`]
 //!   channel and ring the loop's poller (`Poller::notify`), so the loop
-//!   wakes from its wait, takes the token, and echoes the chunk then;
+//!   wakes from its wait, takes the token, and echoes the chunk then; the
+//!   completion loop does the same with a doorbell its ring polls;
 //! - async stores the chunk where an `offload(..).await` future finds it and
 //!   wakes its task's waker, which queues the task and rings the poller.
 //!
@@ -117,33 +118,41 @@ impl Drop for Offload {
     }
 }
 
-/// Where a pool thread tells a readiness loop that a job is done: a channel
-/// of tokens `T` (saying whose job it was) with the chunk worked on, and the
-/// loop's poller to ring.
+/// Where a pool thread tells a loop that a job is done: a channel of tokens
+/// `T` (saying whose job it was) with the chunk worked on, and a bell that
+/// wakes the loop from its wait.
 pub struct Finished<T> {
     sender: Sender<(T, Vec<u8>)>,
     receiver: Receiver<(T, Vec<u8>)>,
-    poller: Arc<Poller>,
+    ring: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl<T: Send + 'static> Finished<T> {
-    /// A channel that rings `poller`.
+    /// A channel that rings a readiness loop's `poller`.
     pub fn new(poller: Arc<Poller>) -> Self {
+        Finished::ringing(move || {
+            let _ = poller.notify();
+        })
+    }
+
+    /// A channel that calls `ring` after queueing each token: whatever
+    /// wakes the loop (the completion loop's doorbell).
+    pub fn ringing(ring: impl Fn() + Send + Sync + 'static) -> Self {
         let (sender, receiver) = crossbeam_channel::unbounded();
         Finished {
             sender,
             receiver,
-            poller,
+            ring: Arc::new(ring),
         }
     }
 
     /// A job's `done` for the job of `token`: queue the token and the
     /// chunk, then wake the loop.
     pub fn notifier(&self, token: T) -> Box<dyn FnOnce(Vec<u8>) + Send> {
-        let (sender, poller) = (self.sender.clone(), self.poller.clone());
+        let (sender, ring) = (self.sender.clone(), self.ring.clone());
         Box::new(move |data| {
             let _ = sender.send((token, data));
-            let _ = poller.notify();
+            ring();
         })
     }
 

@@ -20,17 +20,33 @@
 //!   idle client holds no buffer (the notes' `recv(4096)` makes its bytes
 //!   only when they come, too) and the receive is never re-armed.
 //! - **Send from the same buffer**: the echo goes out of the buffer the
-//!   data came in, with no copy. A short send is resubmitted for the rest;
-//!   the buffer goes back to the kernel once every byte is out.
-//! - **Back-pressure**: a client that does not read leaves its buffers with
-//!   us; past [`MAX_HELD`] bytes we cancel its receive, and submit it again
-//!   once half is sent: it stops being read, as in the other models.
-//! - **Buffers running out** (`ENOBUFS`, every buffer held by clients that
-//!   do not read): the receives that found none end, and are submitted
-//!   again as buffers come back.
+//!   data came in, with no copy, and the buffer goes back to the kernel as
+//!   soon as the send completes.
+//! - **The pool never waits on a client**: that send is made with
+//!   `MSG_DONTWAIT`, so it either goes at once or comes back with `EAGAIN`.
+//!   Then, and for a short send, and for bytes that arrive while a send is
+//!   in flight, the bytes are copied into the connection's own memory and
+//!   the buffer returns to the pool; those bytes go out by sends that wait
+//!   for room. Otherwise a client that does not read would keep a 4 KiB
+//!   buffer per message it sent, and two of them sending small messages
+//!   would hold the whole pool, starving everyone.
+//! - **Back-pressure**: past [`MAX_HELD`] bytes of a client not yet echoed
+//!   we cancel its receive, and submit it again once half is sent: a client
+//!   that does not read stops being read, as in the other models, and
+//!   holds at most that much memory.
+//! - **Buffers running out** (`ENOBUFS`, more arrivals in one turn than
+//!   there are buffers): the receives that found none end, and are
+//!   submitted again as buffers come back.
 //! - Time: the turn's `io_uring_enter` takes a timeout (the next idle
-//!   sweep, back-off, or `--stats` line); the shutdown's bell is one poll
-//!   operation. `--threads N` runs N loops, one ring each.
+//!   sweep, back-off, `--work wait` timer or `--stats` line); the
+//!   shutdown's bell is one poll operation. `--threads N` runs N loops,
+//!   one ring each.
+//! - `--work` as in the readiness loops (chapter 7): `cpu` and `sleep` run
+//!   on the loop and stall it, `wait` is a timer of the loop, and with
+//!   `--offload N` a pool thread does the work and rings a doorbell the
+//!   ring polls. Bytes that arrive while a chunk is with its work wait in
+//!   the connection and become its next chunk, as the selector's next
+//!   read would.
 //!
 //! **Who owns a buffer.** While an operation is in flight the kernel owns
 //! its memory: it may write into a receive buffer, or read a send's bytes,
@@ -43,37 +59,42 @@
 //! memory handed to the kernel belongs to the [`ring::Ring`] until the
 //! completion hands it back. A received buffer is a [`ring::Buf`] that
 //! cannot be copied; `send` takes it by value and the completion returns
-//! it; only `recycle` gives it back to the kernel. And a socket is closed
+//! it; only `recycle` gives it back to the kernel. Bytes the connection
+//! keeps itself are a `Vec` moved into the send and back out of its
+//! completion, the same way. And a socket is closed
 //! only when it has no operation in flight: closing a connection shuts
 //! its socket down (which ends its receive and any blocked send at once),
 //! waits for those completions, and only then drops it. At shutdown the
 //! loop waits the same way for every operation before the ring and its
 //! memory go.
 //!
-//! Where it breaks: memory is pinned per loop (1 MiB of provided buffers,
-//! whatever the clients do), it needs Linux 6.0 or later with io_uring
+//! Where it breaks: memory is pinned per loop (4 MiB of provided buffers,
+//! whatever the clients do), and it needs Linux 6.0 or later with io_uring
 //! allowed (`kernel.io_uring_disabled`, container seccomp profiles often
-//! refuse it; then [`available`] says why and points to `--mode async`),
-//! and `--work` is not offered: a completion loop that computes stalls like
-//! any other, and chapter 7 shows that on the readiness loops.
+//! refuse it; then [`available`] says why and points to `--mode async`).
+//! And a completion loop that computes stalls like any other: completion
+//! changes how the loop waits, not what blocks it.
 //!
 //! Tutorial: `docs/tutorial/9-completion-instead-of-readiness.md`.
 
 pub mod ring;
 
-use std::collections::VecDeque;
-use std::io;
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use ring::{Buf, Completion, Kind, Ring, Token};
+use ring::{Buf, Completion, Kind, Outgoing, Ring, Token};
 
 use super::Context;
 use super::accept::{Accepted, sort};
 use super::live::{Reporter, Traffic};
+use super::offload::{Finished, Job, Offload};
 use super::selector::sweep_interval;
 use super::stall::StallWatch;
+use super::work::{Work, WorkKind};
 use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::stats::Ending;
 
@@ -140,6 +161,10 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let mut ring = Ring::new(RING_ENTRIES)?;
     ring.poll_readable(bell.as_raw_fd(), token(Kind::Bell, 0, 0))?;
     ring.accept(listener.as_raw_fd(), token(Kind::Accept, 0, 0))?;
+    let plan = match ctx.config.work {
+        Some(work) => Some(WorkPlan::new(work, ctx.config.offload, &mut ring)?),
+        None => None,
+    };
     let mut proactor = Proactor {
         ring,
         listener: &listener,
@@ -151,6 +176,8 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
             .config
             .idle_timeout
             .map(|t| Instant::now() + sweep_interval(t)),
+        plan,
+        jobs_done: 0,
         stall: ctx.stall_watch("completion"),
         reporter: ctx.reporter("completion"),
         traffic: Traffic::default(),
@@ -179,12 +206,22 @@ struct Conn {
     generation: u32,
     /// Its multishot receive is in flight.
     receiving: bool,
-    /// Its head buffer is out in a send.
+    /// A send of its bytes is in flight.
     sending: bool,
-    /// Received, not yet echoed, oldest first (the one being sent is
-    /// with the ring, not here).
-    queue: VecDeque<Buf>,
-    /// Bytes received and not echoed yet (including the one in a send).
+    /// Bytes to echo after the send in flight, oldest first, in the
+    /// connection's own memory: what the socket had no room for, and what
+    /// arrived while a send was out. Empty, and holding no memory, for a
+    /// client that reads its echoes.
+    unsent: VecDeque<Vec<u8>>,
+    /// With `--work`: a chunk of it is with its work (a timer or a pool
+    /// thread).
+    working: bool,
+    /// With `--work wait`: that chunk, while its timer runs.
+    waiting: Vec<u8>,
+    /// With `--work`: bytes that arrived while a chunk was with its work,
+    /// the next chunk.
+    unworked: Vec<u8>,
+    /// Bytes received and not echoed yet, wherever they are.
     held: usize,
     /// Its receive was cancelled for back-pressure, or ran out of buffers:
     /// submit it again when that passes.
@@ -199,6 +236,88 @@ struct Conn {
     last_active: Instant,
 }
 
+impl Conn {
+    /// Queues `bytes` to echo after everything before them.
+    fn keep(&mut self, bytes: Vec<u8>) {
+        match self.unsent.back_mut() {
+            Some(last) => last.extend_from_slice(&bytes),
+            None => self.unsent.push_back(bytes),
+        }
+    }
+}
+
+/// What `--work` needs from the loop: the work, the pool it goes to with
+/// `--offload`, and the deadlines of the clients that wait.
+struct WorkPlan {
+    work: Work,
+    /// With `--offload`: the pool.
+    pool: Option<Pool>,
+    /// Clients waiting out `wait` work: (deadline, slot, generation).
+    timers: BTreeSet<(Instant, u32, u32)>,
+}
+
+/// `--offload`: the pool threads, where they say a job is done, and the
+/// doorbell they ring then (the ring polls it).
+struct Pool {
+    offload: Offload,
+    finished: Finished<(u32, u32)>,
+    doorbell: UnixStream,
+}
+
+impl WorkPlan {
+    fn new(work: Work, offload: usize, ring: &mut Ring) -> io::Result<WorkPlan> {
+        let pool = match offload {
+            0 => None,
+            threads => {
+                let (doorbell, ringer) = UnixStream::pair()?;
+                doorbell.set_nonblocking(true)?;
+                // A full doorbell is already ringing: never block a job.
+                ringer.set_nonblocking(true)?;
+                let finished = Finished::ringing(move || {
+                    let _ = (&ringer).write(&[1]);
+                });
+                let offload = Offload::start(threads, "completion")?;
+                ring.poll_readable(doorbell.as_raw_fd(), token(Kind::Jobs, 0, 0))?;
+                Some(Pool {
+                    offload,
+                    finished,
+                    doorbell,
+                })
+            }
+        };
+        Ok(WorkPlan {
+            work,
+            pool,
+            timers: BTreeSet::new(),
+        })
+    }
+
+    /// Whether the loop goes on while a chunk is worked on (a timer, the
+    /// pool), rather than doing the work itself.
+    fn defers(&self) -> bool {
+        self.work.kind == WorkKind::Wait || self.pool.is_some()
+    }
+
+    /// Sends `chunk` of client `(slot, generation)` to its work.
+    fn start(&mut self, slot: u32, generation: u32, chunk: Vec<u8>, conn: &mut Conn, now: Instant) {
+        conn.working = true;
+        match &self.pool {
+            // `run_in_executor`: the pool works, the loop goes on.
+            Some(pool) if self.work.blocks() => pool.offload.submit(Job {
+                work: self.work,
+                data: chunk,
+                done: pool.finished.notifier((slot, generation)),
+            }),
+            // The notes' `asyncio.sleep`: a timer the loop fires.
+            _ => {
+                conn.waiting = chunk;
+                self.timers
+                    .insert((now + self.work.duration, slot, generation));
+            }
+        }
+    }
+}
+
 /// The loop and everything it owns.
 struct Proactor<'a> {
     ring: Ring,
@@ -211,6 +330,10 @@ struct Proactor<'a> {
     starved: VecDeque<(u32, u32)>,
     accept_paused_until: Option<Instant>,
     next_idle_sweep: Option<Instant>,
+    /// `--work`, if given; without it the echo path is untouched.
+    plan: Option<WorkPlan>,
+    /// Jobs the pool finished since the last `--stats` line.
+    jobs_done: u64,
     stall: StallWatch<'a>,
     reporter: Option<Reporter>,
     traffic: Traffic,
@@ -240,10 +363,19 @@ impl Proactor<'_> {
 
     fn timeout(&self) -> Option<Duration> {
         let report = self.reporter.as_ref().map(Reporter::deadline);
-        let next = [self.accept_paused_until, self.next_idle_sweep, report]
-            .into_iter()
-            .flatten()
-            .min()?;
+        let work_timer = self
+            .plan
+            .as_ref()
+            .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
+        let next = [
+            self.accept_paused_until,
+            self.next_idle_sweep,
+            work_timer,
+            report,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         Some(next.saturating_duration_since(Instant::now()))
     }
 
@@ -254,17 +386,18 @@ impl Proactor<'_> {
             self.ring.in_flight() as u64,
             self.ring.free_buffers() as u64,
         );
-        let timers = u64::from(self.accept_paused_until.is_some())
+        let timers = self.plan.as_ref().map_or(0, |p| p.timers.len() as u64)
+            + u64::from(self.accept_paused_until.is_some())
             + u64::from(self.next_idle_sweep.is_some());
+        let jobs_done = std::mem::take(&mut self.jobs_done);
         if let Some(reporter) = &mut self.reporter {
             reporter.report(now, last, |line, seconds| {
                 traffic.fill(line, seconds, open);
                 if let Some(turns) = turns {
                     turns.fill(line, seconds);
                 }
-                // Nothing wakes this loop from another thread.
                 line.count("timers", timers)
-                    .count("cross_wakeups", 0)
+                    .count("cross_wakeups", jobs_done)
                     .count("in_flight", in_flight)
                     .count("free_buffers", free);
             });
@@ -283,6 +416,7 @@ impl Proactor<'_> {
         match token.kind {
             Kind::Bell => self.ctx.shutdown.trigger(),
             Kind::Accept => self.accepted(result, more)?,
+            Kind::Jobs => self.finish_jobs(now)?,
             Kind::Cancel => {}
             Kind::Recv => {
                 let Some(conn) = live(&mut self.conns, token) else {
@@ -298,9 +432,9 @@ impl Proactor<'_> {
                 match received {
                     Some(buf) if result > 0 => {
                         conn.held += buf.len();
-                        conn.queue.push_back(buf);
                         conn.last_active = now;
                         self.traffic.read(result as usize);
+                        self.take_in(token, buf, now)?;
                     }
                     buf => {
                         match -result {
@@ -324,39 +458,97 @@ impl Proactor<'_> {
                 self.settle(token)?;
             }
             Kind::Send => {
-                let mut buf = sent.expect("a send completion returns its buffer");
-                let Some(conn) = live(&mut self.conns, token) else {
-                    self.ring.recycle(buf);
-                    return Ok(());
-                };
-                conn.sending = false;
-                if result < 0 {
-                    let e = io::Error::from_raw_os_error(-result);
-                    conn.ending.get_or_insert(Ending::Failed(e));
-                    conn.held -= buf.len();
-                    self.ring.recycle(buf);
-                } else {
-                    let n = result as usize;
-                    buf.consume(n);
-                    conn.held -= n;
-                    conn.echoed += n as u64;
-                    conn.last_active = now;
-                    self.traffic.wrote(n);
-                    if buf.is_empty() {
-                        self.ring.recycle(buf);
-                    } else {
-                        // A short send: the rest goes first.
-                        conn.queue.push_front(buf);
-                    }
-                }
+                let sent = sent.expect("a send completion returns its bytes");
+                self.sent(token, result, sent, now);
                 self.settle(token)?;
             }
         }
         Ok(())
     }
 
-    /// After any completion for a connection: send the next buffer,
-    /// pause or resume its receive, or let it go.
+    /// The bytes in `buf`, just received for `token`'s connection: echoed
+    /// from the pool buffer when nothing is before them (the common case:
+    /// no copy), otherwise kept in the connection's memory, and the buffer
+    /// goes back to the pool. With `--work`, worked on first.
+    fn take_in(&mut self, token: Token, buf: Buf, now: Instant) -> io::Result<()> {
+        let conn = self.conns[token.slot as usize]
+            .as_mut()
+            .expect("a live connection");
+        let bytes = self.ring.bytes(&buf);
+        match &mut self.plan {
+            Some(plan) if plan.defers() => {
+                if conn.working {
+                    conn.unworked.extend_from_slice(bytes);
+                } else {
+                    plan.start(token.slot, token.generation, bytes.to_vec(), conn, now);
+                }
+                self.ring.recycle(buf);
+                return Ok(());
+            }
+            // On the loop's own thread: every other client waits.
+            Some(plan) => plan.work.block(bytes, None),
+            None => {}
+        }
+        if conn.sending || !conn.unsent.is_empty() {
+            conn.keep(bytes.to_vec());
+            self.ring.recycle(buf);
+            return Ok(());
+        }
+        conn.sending = true;
+        let fd = conn.stream.as_raw_fd();
+        let send = self::token(Kind::Send, token.slot, token.generation);
+        self.ring.send(fd, Outgoing::Pool(buf), send)
+    }
+
+    /// A send of `token`'s connection completed with `result`: count what
+    /// went, and keep what did not (a short send, or a pool buffer the
+    /// socket had no room for) to go first next time.
+    fn sent(&mut self, token: Token, result: i32, sent: Outgoing, now: Instant) {
+        let Some(conn) = live(&mut self.conns, token) else {
+            if let Outgoing::Pool(buf) = sent {
+                self.ring.recycle(buf);
+            }
+            return;
+        };
+        conn.sending = false;
+        let n = match result {
+            n if n >= 0 => n as usize,
+            // The socket had no room: nothing went.
+            n if -n == libc::EAGAIN => 0,
+            errno => {
+                let e = io::Error::from_raw_os_error(-errno);
+                conn.ending.get_or_insert(Ending::Failed(e));
+                conn.held -= sent.len();
+                if let Outgoing::Pool(buf) = sent {
+                    self.ring.recycle(buf);
+                }
+                return;
+            }
+        };
+        conn.held -= n;
+        if n > 0 {
+            conn.echoed += n as u64;
+            conn.last_active = now;
+            self.traffic.wrote(n);
+        }
+        match sent {
+            Outgoing::Pool(mut buf) => {
+                buf.consume(n);
+                if !buf.is_empty() {
+                    conn.unsent.push_front(self.ring.bytes(&buf).to_vec());
+                }
+                self.ring.recycle(buf);
+            }
+            Outgoing::Own(mut bytes) if n < bytes.len() => {
+                bytes.drain(..n);
+                conn.unsent.push_front(bytes);
+            }
+            Outgoing::Own(_) => {}
+        }
+    }
+
+    /// After any completion for a connection: send what it keeps, pause
+    /// or resume its receive, or let it go.
     fn settle(&mut self, token: Token) -> io::Result<()> {
         let (slot, generation) = (token.slot, token.generation);
         let Some(Some(conn)) = self.conns.get_mut(slot as usize) else {
@@ -382,10 +574,13 @@ impl Proactor<'_> {
             return Ok(());
         }
         if !conn.sending {
-            if let Some(buf) = conn.queue.pop_front() {
+            if let Some(bytes) = conn.unsent.pop_front() {
                 conn.sending = true;
-                self.ring
-                    .send(fd, buf, self::token(Kind::Send, slot, generation))?;
+                self.ring.send(
+                    fd,
+                    Outgoing::Own(bytes),
+                    self::token(Kind::Send, slot, generation),
+                )?;
             }
         }
         let conn = self.conns[slot as usize].as_mut().expect("still here");
@@ -402,6 +597,58 @@ impl Proactor<'_> {
                 self.ring
                     .receive(fd, self::token(Kind::Recv, slot, generation))?;
             }
+        }
+        Ok(())
+    }
+
+    /// A chunk of client `(slot, generation)` is through its work: it is
+    /// echoed, and the bytes that came meanwhile go to theirs.
+    fn worked(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        chunk: Vec<u8>,
+        now: Instant,
+    ) -> io::Result<()> {
+        let token = token(Kind::Recv, slot, generation);
+        let Some(conn) = live(&mut self.conns, token) else {
+            return Ok(()); // Gone while it worked: its chunk is dropped.
+        };
+        if !conn.working {
+            return Ok(());
+        }
+        conn.working = false;
+        conn.keep(chunk);
+        if !conn.unworked.is_empty() {
+            let next = std::mem::take(&mut conn.unworked);
+            if let Some(plan) = &mut self.plan {
+                plan.start(slot, generation, next, conn, now);
+            }
+        }
+        self.settle(token)
+    }
+
+    /// The pool rang its doorbell: echoes the chunks whose work is done,
+    /// and listens for the bell again.
+    fn finish_jobs(&mut self, now: Instant) -> io::Result<()> {
+        let Some(Pool {
+            finished, doorbell, ..
+        }) = self.plan.as_mut().and_then(|p| p.pool.as_mut())
+        else {
+            return Ok(());
+        };
+        // Silence the bell before taking the jobs: a job that finishes
+        // after this rings it again, and is taken on the next turn.
+        let mut rings = [0; 64];
+        while matches!(doorbell.read(&mut rings), Ok(n) if n > 0) {}
+        let done: Vec<((u32, u32), Vec<u8>)> = finished.take().collect();
+        let fd = doorbell.as_raw_fd();
+        if !self.ctx.shutdown.is_triggered() {
+            self.ring.poll_readable(fd, token(Kind::Jobs, 0, 0))?;
+        }
+        for ((slot, generation), chunk) in done {
+            self.jobs_done += 1;
+            self.worked(slot, generation, chunk, now)?;
         }
         Ok(())
     }
@@ -481,7 +728,10 @@ impl Proactor<'_> {
             generation,
             receiving: true,
             sending: false,
-            queue: VecDeque::new(),
+            unsent: VecDeque::new(),
+            working: false,
+            waiting: Vec::new(),
+            unworked: Vec::new(),
             held: 0,
             paused: false,
             read_closed: false,
@@ -494,8 +744,8 @@ impl Proactor<'_> {
         self.ring.receive(fd, token(Kind::Recv, slot, generation))
     }
 
-    /// Drops a connection with nothing in flight: its buffers go back to
-    /// the kernel, its socket closes, its slot is free.
+    /// Drops a connection with nothing in flight: its socket closes, its
+    /// memory goes, its slot is free.
     fn reap(&mut self, slot: u32) -> io::Result<()> {
         let Some(conn) = self.conns[slot as usize].take() else {
             return Ok(());
@@ -504,9 +754,6 @@ impl Proactor<'_> {
             !conn.receiving && !conn.sending,
             "closing under an operation in flight"
         );
-        for buf in conn.queue {
-            self.ring.recycle(buf);
-        }
         self.vacant.push((slot, conn.generation));
         self.traffic.closed();
         let ending = conn.ending.unwrap_or(Ending::Closed);
@@ -525,6 +772,21 @@ impl Proactor<'_> {
     }
 
     fn run_timers(&mut self, now: Instant) -> io::Result<()> {
+        while let Some(&(at, slot, generation)) =
+            self.plan.as_ref().and_then(|plan| plan.timers.first())
+        {
+            if at > now {
+                break;
+            }
+            if let Some(plan) = &mut self.plan {
+                plan.timers.pop_first();
+            }
+            let chunk = match live(&mut self.conns, token(Kind::Recv, slot, generation)) {
+                Some(conn) => std::mem::take(&mut conn.waiting),
+                None => continue,
+            };
+            self.worked(slot, generation, chunk, now)?;
+        }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
             self.ring
@@ -537,8 +799,11 @@ impl Proactor<'_> {
                     .iter()
                     .enumerate()
                     .filter_map(|(slot, conn)| match conn {
+                        // A client whose chunk is with its work is busy, not idle.
                         Some(c)
-                            if c.ending.is_none() && now.duration_since(c.last_active) >= idle =>
+                            if c.ending.is_none()
+                                && !c.working
+                                && now.duration_since(c.last_active) >= idle =>
                         {
                             Some(slot as u32)
                         }
@@ -560,6 +825,9 @@ impl Proactor<'_> {
     fn close_all(&mut self) {
         let _ = self.ring.cancel(token(Kind::Accept, 0, 0));
         let _ = self.ring.cancel(token(Kind::Bell, 0, 0));
+        if self.plan.as_ref().is_some_and(|p| p.pool.is_some()) {
+            let _ = self.ring.cancel(token(Kind::Jobs, 0, 0));
+        }
         for slot in 0..self.conns.len() as u32 {
             let _ = self.end(slot, Ending::Shutdown);
         }

@@ -15,6 +15,9 @@
 //!   value too and keeps it until the send's completion hands it back. So
 //!   a buffer is in exactly one place: the kernel's ring, a send in flight,
 //!   or the program's hands.
+//! - Bytes a connection keeps in its own memory go out the same way: the
+//!   `Vec` is moved into the ring with the send and moved back out with
+//!   its completion; a `Vec`'s bytes do not move when the `Vec` does.
 //! - The memory itself (the buffer slab and the ring of entries) belongs
 //!   to [`Ring`] and is freed only when no operation is in flight; if one
 //!   still is when the ring is dropped, the memory is leaked instead.
@@ -59,6 +62,8 @@ pub enum Kind {
     Send = 4,
     /// A cancellation request (its own completion says nothing we need).
     Cancel = 5,
+    /// The one-shot poll of the offload pool's doorbell.
+    Jobs = 6,
 }
 
 /// An operation's identity: what for, and for which connection.
@@ -86,6 +91,7 @@ impl Token {
             2 => Kind::Bell,
             3 => Kind::Recv,
             4 => Kind::Send,
+            6 => Kind::Jobs,
             _ => Kind::Cancel,
         };
         Token {
@@ -122,6 +128,31 @@ impl Buf {
     }
 }
 
+/// What a send sends: a pool buffer as it was received (no copy), or bytes
+/// the connection keeps in memory of its own.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A provided buffer: sent only if the socket takes it at once.
+    Pool(Buf),
+    /// The connection's own bytes: the send waits for room.
+    Own(Vec<u8>),
+}
+
+impl Outgoing {
+    /// Bytes it holds.
+    pub fn len(&self) -> usize {
+        match self {
+            Outgoing::Pool(buf) => buf.len(),
+            Outgoing::Own(bytes) => bytes.len(),
+        }
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One completion, decoded.
 #[derive(Debug)]
 pub struct Completion {
@@ -134,8 +165,8 @@ pub struct Completion {
     pub more: bool,
     /// A receive's data: the buffer it filled.
     pub received: Option<Buf>,
-    /// A send's buffer, back from the kernel.
-    pub sent: Option<Buf>,
+    /// A send's bytes, back from the kernel.
+    pub sent: Option<Outgoing>,
 }
 
 /// One io_uring instance, its provided buffers, and the operations in
@@ -153,9 +184,9 @@ pub struct Ring {
     tail: u16,
     /// Buffers in the kernel's ring now.
     free: usize,
-    /// Sends in flight, with the buffer each holds, by the slot of their
+    /// Sends in flight, with the bytes each holds, by the slot of their
     /// connection (which has at most one send in flight).
-    sending: Vec<Option<Buf>>,
+    sending: Vec<Option<Outgoing>>,
     /// Operations submitted whose last completion has not come.
     in_flight: usize,
 }
@@ -262,8 +293,8 @@ impl Ring {
     /// Queues an operation, submitting the queue first if it is full.
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
         // SAFETY: each entry built in this file points only at memory
-        // this `Ring` owns until the completion (a `Buf` kept in `sending`,
-        // the slab) or at nothing; descriptors are the caller's rule (see
+        // this `Ring` owns until the completion (a `Buf` or a `Vec` kept in
+        // `sending`, the slab) or at nothing; descriptors are the caller's rule (see
         // the file's last paragraph).
         unsafe {
             if self.ring.submission().push(entry).is_err() {
@@ -293,11 +324,20 @@ impl Ring {
         self.push(&entry.user_data(token.pack()))
     }
 
-    /// Sends what is left of `buf`; the ring holds it until the completion
-    /// gives it back in [`Completion::sent`].
-    pub fn send(&mut self, socket: RawFd, buf: Buf, token: Token) -> io::Result<()> {
-        let bytes = self.bytes(&buf);
+    /// Sends what is left of `outgoing`; the ring holds it until the
+    /// completion gives it back in [`Completion::sent`].
+    ///
+    /// A pool buffer is sent with `MSG_DONTWAIT`: if the socket has no room
+    /// the send completes at once with `-EAGAIN`, and the buffer comes back
+    /// instead of waiting on a client that does not read. The pool is
+    /// shared by every client; its buffers must never wait on one.
+    pub fn send(&mut self, socket: RawFd, outgoing: Outgoing, token: Token) -> io::Result<()> {
+        let (bytes, flags) = match &outgoing {
+            Outgoing::Pool(buf) => (self.bytes(buf), libc::MSG_DONTWAIT),
+            Outgoing::Own(bytes) => (&bytes[..], 0),
+        };
         let entry = opcode::Send::new(types::Fd(socket), bytes.as_ptr(), bytes.len() as u32)
+            .flags(flags)
             .build()
             .user_data(token.pack());
         match self.push(&entry) {
@@ -307,12 +347,14 @@ impl Ring {
                     self.sending.resize_with(slot + 1, || None);
                 }
                 debug_assert!(self.sending[slot].is_none(), "two sends in flight");
-                self.sending[slot] = Some(buf);
+                self.sending[slot] = Some(outgoing);
                 Ok(())
             }
             Err(e) => {
                 // Never submitted: the buffer is still ours to give back.
-                self.recycle(buf);
+                if let Outgoing::Pool(buf) = outgoing {
+                    self.recycle(buf);
+                }
                 Err(e)
             }
         }

@@ -68,7 +68,7 @@ pub(super) struct ServerProcess {
 impl Launch {
     /// Starts the server, on CPU `cpu` if given; ours get the settings of
     /// `config` that apply to them (`--threads` and `--offload` to the
-    /// one-thread loops, `--work` to every model), and write their
+    /// loops, `--work` to every model), and write their
     /// counters for the whole run to `counters` (`--stats-json`, one final
     /// line per loop at shutdown); peers get none.
     pub(super) fn start(
