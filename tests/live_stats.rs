@@ -2,6 +2,7 @@
 //! lines on stderr and JSON lines in a file, and the counts add up to the
 //! traffic a test drives.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -109,5 +110,35 @@ fn the_pool_shows_clients_queued_for_a_worker() {
             .any(|l| l["busy"] == 2 && l["queued"] == 2)
     });
     drop(clients);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The completion loop's pool never waits on a client: one that sends and
+/// never reads is soon not read either, and every pool buffer is back with
+/// the kernel; what it is owed waits in its own memory.
+#[test]
+fn a_client_that_never_reads_holds_no_pool_buffer() {
+    if unavailable(Mode::Completion) {
+        return;
+    }
+    let (server, path) = start_counting("never-reader", Mode::Completion, &[]);
+    let client = connect(server.addr);
+    client
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    // Until the server stops reading it (a write times out), or 64 MiB.
+    let chunk = [b'x'; 64 << 10];
+    for _ in 0..1024 {
+        if (&client).write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let all = u64::from(echo_lab::serve::completion::ring::BUFFERS);
+    wait_until("a line shows every buffer free", || {
+        json_lines(&path)
+            .last()
+            .is_some_and(|l| l["free_buffers"] == all && l["open"] == 1)
+    });
+    drop(client);
     let _ = std::fs::remove_file(&path);
 }
