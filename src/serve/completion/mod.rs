@@ -237,11 +237,11 @@ struct Conn {
 }
 
 impl Conn {
-    /// Queues `bytes` to echo after everything before them.
-    fn keep(&mut self, bytes: Vec<u8>) {
+    /// Queues a copy of `bytes` to echo after everything before them.
+    fn keep(&mut self, bytes: &[u8]) {
         match self.unsent.back_mut() {
-            Some(last) => last.extend_from_slice(&bytes),
-            None => self.unsent.push_back(bytes),
+            Some(last) => last.extend_from_slice(bytes),
+            None => self.unsent.push_back(bytes.to_vec()),
         }
     }
 }
@@ -475,6 +475,12 @@ impl Proactor<'_> {
             .as_mut()
             .expect("a live connection");
         let bytes = self.ring.bytes(&buf);
+        if conn.ending.is_some() {
+            // Arrived after it was told to go: nobody will read the echo.
+            conn.held -= buf.len();
+            self.ring.recycle(buf);
+            return Ok(());
+        }
         match &mut self.plan {
             Some(plan) if plan.defers() => {
                 if conn.working {
@@ -490,7 +496,7 @@ impl Proactor<'_> {
             None => {}
         }
         if conn.sending || !conn.unsent.is_empty() {
-            conn.keep(bytes.to_vec());
+            conn.keep(bytes);
             self.ring.recycle(buf);
             return Ok(());
         }
@@ -618,7 +624,7 @@ impl Proactor<'_> {
             return Ok(());
         }
         conn.working = false;
-        conn.keep(chunk);
+        conn.keep(&chunk);
         if !conn.unworked.is_empty() {
             let next = std::mem::take(&mut conn.unworked);
             if let Some(plan) = &mut self.plan {
