@@ -27,7 +27,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -145,6 +145,15 @@ pub fn list_of(modes: &[Mode]) -> String {
             format!("{} and {last}", rest.join(", "))
         }
     }
+}
+
+/// How long a loop may wait for its next event: until the earliest of
+/// `deadlines` that is set, or forever when none is.
+pub(crate) fn until_earliest(
+    deadlines: impl IntoIterator<Item = Option<Instant>>,
+) -> Option<Duration> {
+    let next = deadlines.into_iter().flatten().min()?;
+    Some(next.saturating_duration_since(Instant::now()))
 }
 
 impl std::fmt::Display for Mode {

@@ -315,16 +315,12 @@ impl Selector<'_> {
             .as_ref()
             .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
         let report = self.reporter.as_ref().map(Reporter::deadline);
-        let next = [
+        super::until_earliest([
             self.accept_paused_until,
             self.next_idle_sweep,
             work_timer,
             report,
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        next.map(|deadline| deadline.saturating_duration_since(Instant::now()))
+        ])
     }
 
     /// Echoes the chunks whose offloaded work is done. The pool rang the

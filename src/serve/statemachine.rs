@@ -517,8 +517,7 @@ impl<'a> EventLoop<'a> {
         }
         let timer = self.timers.first().map(|&(at, _)| at);
         let report = self.reporter.as_ref().map(Reporter::deadline);
-        let next = [timer, report].into_iter().flatten().min()?;
-        Some(next.saturating_duration_since(Instant::now()))
+        super::until_earliest([timer, report])
     }
 
     /// Queues every task whose deadline has passed, to resume as timed out.

@@ -283,11 +283,7 @@ impl Chat<'_> {
 
     fn timeout(&self) -> Option<Duration> {
         let grace = self.closing.front().map(|&(at, _, _)| at);
-        let next = [self.accept_paused_until, grace]
-            .into_iter()
-            .flatten()
-            .min()?;
-        Some(next.saturating_duration_since(Instant::now()))
+        crate::serve::until_earliest([self.accept_paused_until, grace])
     }
 
     /// Deletes a client from the poller (before its socket closes), from

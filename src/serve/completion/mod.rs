@@ -367,16 +367,12 @@ impl Proactor<'_> {
             .plan
             .as_ref()
             .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
-        let next = [
+        super::until_earliest([
             self.accept_paused_until,
             self.next_idle_sweep,
             work_timer,
             report,
-        ]
-        .into_iter()
-        .flatten()
-        .min()?;
-        Some(next.saturating_duration_since(Instant::now()))
+        ])
     }
 
     fn report(&mut self, now: Instant, last: bool) {
