@@ -39,9 +39,12 @@ fn clients_over_the_limit_are_closed_at_once(mode: Mode) {
 }
 
 /// Clients that send small messages and never read hold only what their
-/// model lets each client hold: another client is still served. (A
-/// completion loop that kept a 4 KiB pool buffer for each unsent 64-byte
-/// message would hand its whole pool to two such clients.)
+/// model lets each client hold: another client is still served. (The
+/// completion loop once kept a 4 KiB pool buffer for each unsent 64-byte
+/// message, and two such clients held its whole pool when their messages
+/// came one per receive. How many come per receive depends on the two
+/// sides' speeds, so the test that pins it down reads the pool's count:
+/// `live_stats::a_client_that_never_reads_holds_no_pool_buffer`.)
 fn small_messages_never_read_starve_nobody(mode: Mode) {
     let server = BinaryServer::start(&["--mode", mode.name(), "--quiet"]);
     let flooders: Vec<TcpStream> = (0..2).map(|_| connect(server.addr)).collect();

@@ -55,7 +55,7 @@ use super::work::{Work, WorkKind};
 use super::{Context, READ_BUFFER_SIZE};
 use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted, would_block};
 use crate::poller::{Event, Events, Interest, Poller};
-use crate::stats::Ending;
+use crate::stats::{Ending, Stats};
 
 /// The most echoed bytes one client may leave unsent before we stop reading
 /// from it. 64 KiB is about what one loopback socket buffer holds: enough to
@@ -187,11 +187,9 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     };
     let mut selector = Selector {
         poller: &poller,
-        listener: &listener,
-        listener_key,
+        listener: Listener::new(&listener, listener_key),
         handlers,
         buffer: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
-        accept_paused_until: None,
         next_idle_sweep: ctx
             .config
             .idle_timeout
@@ -218,10 +216,7 @@ struct Selector<'a> {
     /// under its slab key, with the interest its handler needs now; a
     /// client is deleted from it in `close`, before its socket is dropped.
     poller: &'a Poller,
-    listener: &'a TcpListener,
-    /// The listener's key: registered for reading, or for nothing while
-    /// `accept_paused_until` is set.
-    listener_key: usize,
+    listener: Listener<'a>,
     /// The handler of each registered socket, by key: the listener, the
     /// shutdown's bell, and one `Echo` per client. A key is vacant once its
     /// client is closed, so an event for it later in the same batch is
@@ -230,8 +225,6 @@ struct Selector<'a> {
     /// One read buffer for every client: a read is echoed (or moved to the
     /// client's `unsent`) before the next read, so nothing stays in it.
     buffer: Box<[u8]>,
-    /// Set while accepting is paused after running out of descriptors.
-    accept_paused_until: Option<Instant>,
     /// When to look for idle clients next; `None` without `--idle-timeout`.
     next_idle_sweep: Option<Instant>,
     /// `--work`, if given; without it the echo path is untouched.
@@ -292,7 +285,7 @@ impl Selector<'_> {
     fn report(&mut self, now: Instant, last: bool) {
         let open = self.handlers.len().saturating_sub(2) as u64;
         let timers = self.plan.as_ref().map_or(0, |p| p.timers.len())
-            + usize::from(self.accept_paused_until.is_some())
+            + usize::from(self.listener.paused_until().is_some())
             + usize::from(self.next_idle_sweep.is_some());
         let (traffic, turns) = (&self.traffic, &mut self.stall.turns);
         let jobs_done = std::mem::take(&mut self.jobs_done);
@@ -316,7 +309,7 @@ impl Selector<'_> {
             .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
         let report = self.reporter.as_ref().map(Reporter::deadline);
         super::until_earliest([
-            self.accept_paused_until,
+            self.listener.paused_until(),
             self.next_idle_sweep,
             work_timer,
             report,
@@ -365,23 +358,10 @@ impl Selector<'_> {
 
     /// Accepts every client waiting in the backlog (the notes' `accept`).
     fn accept_clients(&mut self) -> io::Result<()> {
-        loop {
-            match accept(self.listener, &self.ctx.stats, Blocking::No) {
-                Accepted::Client(stream, peer) => self.register(stream, peer),
-                // The backlog is empty: wait for the next readiness event.
-                Accepted::Empty => return Ok(()),
-                Accepted::BackOff => {
-                    // The pending client stays in the backlog, so the
-                    // listener stays readable: keep watching it and the
-                    // loop would spin. Stop watching it for a while.
-                    let key = self.listener_key;
-                    self.poller.modify(self.listener, key, Interest::NONE)?;
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
-                    return Ok(());
-                }
-                Accepted::Fatal(e) => return Err(e),
-            }
+        while let Some((stream, peer)) = self.listener.next_client(self.poller, &self.ctx.stats)? {
+            self.register(stream, peer);
         }
+        Ok(())
     }
 
     /// Adds an admitted client to the table and to the poller, interested
@@ -431,11 +411,7 @@ impl Selector<'_> {
                 echoed
             });
         }
-        if self.accept_paused_until.is_some_and(|t| t <= now) {
-            self.accept_paused_until = None;
-            let key = self.listener_key;
-            self.poller.modify(self.listener, key, Interest::READ)?;
-        }
+        self.listener.resume_if_due(self.poller, now)?;
         if let (Some(sweep), Some(idle)) = (self.next_idle_sweep, self.ctx.config.idle_timeout) {
             if sweep <= now {
                 let idle_keys: Vec<usize> = self
@@ -475,6 +451,70 @@ impl Selector<'_> {
         for key in keys {
             self.close(key, Ending::Shutdown);
         }
+    }
+}
+
+/// A readiness loop's listener, registered level-triggered in its poller
+/// under `key`: the selector's, and the chat selector's.
+pub(crate) struct Listener<'a> {
+    socket: &'a TcpListener,
+    key: usize,
+    /// Set while accepting is paused after running out of descriptors:
+    /// the listener is then registered for nothing.
+    paused_until: Option<Instant>,
+}
+
+impl<'a> Listener<'a> {
+    /// `socket`, registered in the loop's poller under `key`.
+    pub(crate) fn new(socket: &'a TcpListener, key: usize) -> Self {
+        Listener {
+            socket,
+            key,
+            paused_until: None,
+        }
+    }
+
+    /// The next client waiting in the backlog (the notes' `accept`), or
+    /// `None` when the backlog is empty or accepting pauses.
+    ///
+    /// # Errors
+    /// If the listener is broken, or the poller fails.
+    pub(crate) fn next_client(
+        &mut self,
+        poller: &Poller,
+        stats: &Stats,
+    ) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        match accept(self.socket, stats, Blocking::No) {
+            Accepted::Client(stream, peer) => Ok(Some((stream, peer))),
+            // The backlog is empty: wait for the next readiness event.
+            Accepted::Empty => Ok(None),
+            Accepted::BackOff => {
+                // The pending client stays in the backlog, so the listener
+                // stays readable: keep watching it and the loop would spin.
+                // Stop watching it for a while.
+                poller.modify(self.socket, self.key, Interest::NONE)?;
+                self.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                Ok(None)
+            }
+            Accepted::Fatal(e) => Err(e),
+        }
+    }
+
+    /// When accepting resumes, if it is paused.
+    pub(crate) fn paused_until(&self) -> Option<Instant> {
+        self.paused_until
+    }
+
+    /// Watches the listener again once its pause is over.
+    ///
+    /// # Errors
+    /// If the poller fails.
+    pub(crate) fn resume_if_due(&mut self, poller: &Poller, now: Instant) -> io::Result<()> {
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+            poller.modify(self.socket, self.key, Interest::READ)?;
+        }
+        Ok(())
     }
 }
 

@@ -21,11 +21,10 @@ use slab::Slab;
 
 use super::CLOSE_GRACE;
 use super::room::{After, Room};
-use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted, would_block};
+use crate::net::{interrupted, would_block};
 use crate::poller::{Events, Interest, Poller};
 use crate::serve::Context;
-use crate::serve::accept::{Accepted, accept};
-use crate::serve::selector::write_some;
+use crate::serve::selector::{Listener, write_some};
 use crate::stats::Ending;
 
 /// What to do when a registered socket is ready.
@@ -70,12 +69,10 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     }
     let mut chat = Chat {
         poller: &poller,
-        listener: &listener,
-        listener_key,
+        listener: Listener::new(&listener, listener_key),
         handlers,
         room: Room::default(),
         buffer: vec![0; 4096].into_boxed_slice(),
-        accept_paused_until: None,
         closing: VecDeque::new(),
         posted: Vec::new(),
         next_id: 0,
@@ -93,14 +90,12 @@ struct Chat<'a> {
     /// Every socket in `handlers` is registered here under its slab key; a
     /// client is deleted in `close` before its socket is dropped.
     poller: &'a Poller,
-    listener: &'a TcpListener,
-    listener_key: usize,
+    listener: Listener<'a>,
     handlers: Slab<Handler>,
     /// The registry, sessions and outboxes; a member's handle is its
     /// client's key in `handlers`.
     room: Room<usize>,
     buffer: Box<[u8]>,
-    accept_paused_until: Option<Instant>,
     /// Clients that stopped sending, by deadline: (deadline, key, id).
     /// Deadlines are `now + CLOSE_GRACE`, so they come in order.
     closing: VecDeque<(Instant, usize, u64)>,
@@ -221,21 +216,10 @@ impl Chat<'_> {
     }
 
     fn accept_clients(&mut self) -> io::Result<()> {
-        loop {
-            match accept(self.listener, &self.ctx.stats, Blocking::No) {
-                Accepted::Client(stream, peer) => self.register(stream, peer),
-                Accepted::Empty => return Ok(()),
-                Accepted::BackOff => {
-                    // As the echo selector: stop watching the listener for
-                    // a while rather than spin on it.
-                    self.poller
-                        .modify(self.listener, self.listener_key, Interest::NONE)?;
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
-                    return Ok(());
-                }
-                Accepted::Fatal(e) => return Err(e),
-            }
+        while let Some((stream, peer)) = self.listener.next_client(self.poller, &self.ctx.stats)? {
+            self.register(stream, peer);
         }
+        Ok(())
     }
 
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
@@ -262,11 +246,7 @@ impl Chat<'_> {
     /// Resumes accepting after a back-off; closes clients whose grace is
     /// over.
     fn run_timers(&mut self, now: Instant) -> io::Result<()> {
-        if self.accept_paused_until.is_some_and(|t| t <= now) {
-            self.accept_paused_until = None;
-            self.poller
-                .modify(self.listener, self.listener_key, Interest::READ)?;
-        }
+        self.listener.resume_if_due(self.poller, now)?;
         while let Some(&(at, key, id)) = self.closing.front() {
             if at > now {
                 break;
@@ -283,7 +263,7 @@ impl Chat<'_> {
 
     fn timeout(&self) -> Option<Duration> {
         let grace = self.closing.front().map(|&(at, _, _)| at);
-        crate::serve::until_earliest([self.accept_paused_until, grace])
+        crate::serve::until_earliest([self.listener.paused_until(), grace])
     }
 
     /// Deletes a client from the poller (before its socket closes), from
