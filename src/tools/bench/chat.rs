@@ -246,11 +246,9 @@ pub fn run(
         .duration_since(window_start)
         .as_secs_f64()
         .max(1e-9);
-    // /proc may round a reading down after rounding the earlier one up.
     let cpu =
         |after: Duration, before: Duration| after.saturating_sub(before).as_secs_f64() / seconds;
-    // Read before the goodbyes: a thread-per-client server's threads end
-    // with their clients, and take their CPU time with them.
+    // Read at the window's end: the goodbyes are not the load measured.
     let (client_cpu, server_end) = (sys::own_cpu_time(), server_cpu(config));
     let mut results = load.finish();
     results.seconds = seconds;
