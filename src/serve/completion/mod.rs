@@ -16,9 +16,9 @@
 //!   accept call per client, no listener readiness.
 //! - **Multishot receive into a provided buffer ring**: one submission per
 //!   connection receives every message. The kernel takes a buffer from a
-//!   ring of [`ring::BUFFERS`] buffers we lent it only when data arrives, so an
-//!   idle client holds no buffer (the notes' `recv(4096)` makes its bytes
-//!   only when they come, too) and the receive is never re-armed.
+//!   ring of [`ring::BUFFERS`] buffers we lent it only when data arrives,
+//!   so an idle client holds no buffer (the notes' `recv(4096)` makes its
+//!   bytes only when they come, too) and the receive is never re-armed.
 //! - **Send from the same buffer**: the echo goes out of the buffer the
 //!   data came in, with no copy, and the buffer goes back to the kernel as
 //!   soon as the send completes.
@@ -61,12 +61,11 @@
 //! cannot be copied; `send` takes it by value and the completion returns
 //! it; only `recycle` gives it back to the kernel. Bytes the connection
 //! keeps itself are a `Vec` moved into the send and back out of its
-//! completion, the same way. And a socket is closed
-//! only when it has no operation in flight: closing a connection shuts
-//! its socket down (which ends its receive and any blocked send at once),
-//! waits for those completions, and only then drops it. At shutdown the
-//! loop waits the same way for every operation before the ring and its
-//! memory go.
+//! completion, the same way. And a socket is closed only when it has no
+//! operation in flight: closing a connection shuts its socket down (which
+//! ends its receive and any blocked send at once), waits for those
+//! completions, and only then drops it. At shutdown the loop waits the
+//! same way for every operation before the ring and its memory go.
 //!
 //! Where it breaks: memory is pinned per loop (4 MiB of provided buffers,
 //! whatever the clients do), and it needs Linux 6.0 or later with io_uring
