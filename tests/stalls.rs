@@ -148,6 +148,18 @@ fn a_client_that_leaves_during_its_job_leaks_nothing(mode: Mode) {
     wait_until("no connection is held", || server.stats().active() == 0);
 }
 
+/// A client whose chunk is with its work is busy, not idle: a wait three
+/// times `--idle-timeout` long still ends in its echo.
+fn a_client_waiting_for_its_work_is_not_idle(mode: Mode) {
+    let config = Config {
+        idle_timeout: Some(STEP),
+        ..working("wait:600ms", 0)
+    };
+    let server = start_with(mode, config);
+    let mut client = connect(server.addr());
+    assert_echo(&mut client, b"worth the wait");
+}
+
 /// Shutdown does not wait for a long job: a server whose pool computes for
 /// ten seconds still stops within two of SIGTERM, cleanly.
 fn shutdown_with_a_job_running_is_prompt(mode: Mode) {
@@ -198,6 +210,7 @@ every_model!(
     offloaded_cpu_runs_two_at_a_time,
     offloaded_work_keeps_bytes_in_order,
     a_client_that_leaves_during_its_job_leaks_nothing,
+    a_client_waiting_for_its_work_is_not_idle,
     shutdown_with_a_job_running_is_prompt,
     a_stall_is_reported,
 );
