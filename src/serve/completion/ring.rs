@@ -293,9 +293,9 @@ impl Ring {
     /// Queues an operation, submitting the queue first if it is full.
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
         // SAFETY: each entry built in this file points only at memory
-        // this `Ring` owns until the completion (a `Buf` or a `Vec` kept in
-        // `sending`, the slab) or at nothing; descriptors are the caller's rule (see
-        // the file's last paragraph).
+        // this `Ring` owns until the completion (a `Buf` or a `Vec` kept
+        // in `sending`, the slab) or at nothing; descriptors are the
+        // caller's rule (see the file's last paragraph).
         unsafe {
             if self.ring.submission().push(entry).is_err() {
                 self.ring.submit()?;
