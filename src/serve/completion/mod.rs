@@ -619,7 +619,11 @@ impl Proactor<'_> {
             return Ok(());
         }
         conn.working = false;
-        conn.keep(&chunk);
+        if conn.unsent.is_empty() {
+            conn.unsent.push_back(chunk); // No copy.
+        } else {
+            conn.keep(&chunk);
+        }
         if !conn.unworked.is_empty() {
             let next = std::mem::take(&mut conn.unworked);
             if let Some(plan) = &mut self.plan {
