@@ -136,9 +136,16 @@ pub fn run(
         }
         let (name, launch) = &servers[index];
         let counters_file = counters_dir.join(format!("{name}-{connections}-{repeat}.jsonl"));
-        let mut server = launch
-            .start(server_cpu, config, &counters_file)
-            .with_context(|| format!("starting {name}"))?;
+        let mut server = match launch.start(server_cpu, config, &counters_file) {
+            Ok(server) => server,
+            // Ctrl-C reaches the servers too (they are in our process
+            // group): one that heard it before it listened is no failure.
+            Err(_) if stop.load(Relaxed) => {
+                comparison.partial = true;
+                break;
+            }
+            Err(e) => return Err(e.context(format!("starting {name}"))),
+        };
         let bench_config = BenchConfig {
             addr: HostPort::from(server.addr),
             connections,

@@ -161,7 +161,8 @@ fn read_listening_line(child: &mut Child) -> anyhow::Result<SocketAddr> {
             .strip_prefix("listening on ")
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("unexpected first line {line:?}")),
-        _ => bail!("no `listening on` line within {SERVER_PATIENCE:?}"),
+        Ok(None | Some(Err(_))) => bail!("the server exited before it listened"),
+        Err(_) => bail!("no `listening on` line within {SERVER_PATIENCE:?}"),
     }
 }
 
