@@ -1,6 +1,7 @@
 //! The completion model (`serve --mode completion`, io_uring) where the
 //! kernel does not offer io_uring: one line pointing to `--mode async`,
-//! and the tests that need the ring say they skipped.
+//! compare going on without it, and the tests that need the ring saying
+//! they skipped.
 //!
 //! Everything else the completion model promises is in the conformance,
 //! hardening, event-loop, statistics and tool tests, which run it beside
@@ -50,4 +51,43 @@ fn tests_that_need_the_ring_skip_and_say_so() {
         out.contains("skipped: completion needs io_uring, and ECHO_LAB_NO_IO_URING is set"),
         "{out}"
     );
+}
+
+/// compare where there is no io_uring: `--modes completion` is refused at
+/// once with the same line, and `all` measures the other five, saying it
+/// left completion out.
+#[test]
+fn compare_without_io_uring_leaves_completion_out_or_refuses_it() {
+    let out = std::env::temp_dir().join(format!("echo-lab-no-ring-{}", std::process::id()));
+    let compare = |modes: &str| {
+        Command::new(binary())
+            .args(["compare", "--modes", modes, "-c", "1", "-d", "100ms"])
+            .args(["--warmup", "0s", "--out"])
+            .arg(&out)
+            .env(echo_lab::serve::completion::DISABLE_VAR, "1")
+            .output()
+            .unwrap()
+    };
+    let refused = compare("selector,completion");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(refused.stdout.is_empty(), "it ran something first");
+    assert!(
+        stderr.contains("io_uring is not available here"),
+        "{stderr}"
+    );
+
+    let all = compare("all");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&all.stdout),
+        String::from_utf8_lossy(&all.stderr),
+    );
+    assert!(all.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("compare: leaving out completion: io_uring is not available here"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("async"), "{stdout}");
+    assert!(!stdout.contains("completion "), "{stdout}");
+    let _ = std::fs::remove_dir_all(&out);
 }

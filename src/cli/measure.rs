@@ -218,7 +218,8 @@ fn chat_bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let chat = args.protocol == Protocol::Chat;
-    let modes = match args.modes.0 {
+    let all = args.modes.0 == Mode::ALL;
+    let mut modes = match args.modes.0 {
         // Sequential and completion do not chat: `all` means the models
         // that do.
         modes if chat => modes
@@ -227,6 +228,18 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
             .collect(),
         modes => modes,
     };
+    if modes.contains(&Mode::Completion) {
+        // Before minutes of other runs: `all` goes on without it, a
+        // completion asked for by name is refused.
+        if let Err(why) = serve::completion::available() {
+            let why = serve::completion::unavailable(&why);
+            if !all {
+                return Err(why.into());
+            }
+            eprintln!("compare: leaving out completion: {why}");
+            modes.retain(|&m| m != Mode::Completion);
+        }
+    }
     if chat {
         refuse_for_chat(&[
             (
