@@ -353,10 +353,10 @@ Limits (every bound on memory, per model):
                       whatever the clients; a client holds one only from
                       a receive until the echo's send returns.
   unsent bytes        selector and completion: at most 64 KiB per client,
-                      then it stops reading that client until it drains. statemachine and
-                      async never read while they hold unsent bytes, so their
-                      4 KiB buffer is the bound. Blocking models write
-                      before reading again.
+                      then it stops reading that client until it drains.
+                      statemachine and async never read while they hold
+                      unsent bytes, so their 4 KiB buffer is the bound.
+                      Blocking models write before reading again.
   --queue             threadpool: accepted clients waiting for a worker.
   --work, --offload   a client whose chunk is with its work reads nothing
                       more until it is echoed: one chunk per client (16 KiB
@@ -417,10 +417,9 @@ pub struct ServeArgs {
     pub max_connections: NonZeroUsize,
 
     /// Independent event loops (selector, statemachine, async and
-    /// completion only;
-    /// default 1), each on its own thread with its own listener on the same
-    /// port (SO_REUSEPORT): the kernel spreads new clients over them. 0 =
-    /// one per CPU.
+    /// completion only; default 1), each on its own thread with its own
+    /// listener on the same port (SO_REUSEPORT): the kernel spreads new
+    /// clients over them. 0 = one per CPU.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 
@@ -434,15 +433,15 @@ pub struct ServeArgs {
     /// `wait:2ms` waits the model's own non-blocking way (selector: a timer
     /// the loop fires; statemachine: a yielded deadline; async: an awaited
     /// timer, the notes' asyncio.sleep; completion: a timer of its ring's
-    /// wait). In sequential and threadpool a
-    /// waiting thread is blocked anyway: there `wait` is `sleep`.
+    /// wait). In sequential and threadpool a waiting thread is blocked
+    /// anyway: there `wait` is `sleep`.
     #[arg(long, value_name = "KIND:DURATION", value_parser = parse_work)]
     pub work: Option<Work>,
 
     /// Threads beside each loop that run its `cpu` and `sleep` work, so the
     /// loop goes on serving others (selector, statemachine, async and
-    /// completion only):
-    /// the notes' run_in_executor, tokio's spawn_blocking.
+    /// completion only): the notes' run_in_executor, tokio's
+    /// spawn_blocking.
     #[arg(long, value_name = "N", value_parser = parse_positive_count)]
     pub offload: Option<NonZeroUsize>,
 
