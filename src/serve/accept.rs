@@ -1,13 +1,14 @@
 //! The one accept step every model takes: turn what `accept()` returned into
 //! what the model should do next.
 //!
-//! Accepting is the same in all five models: admit the client against
+//! Accepting is the same in all six models: admit the client against
 //! `--max-connections` (and close it at once if it is one too many), prepare
 //! its socket ([`prepare_stream`]), and sort a failure into "that client is
 //! gone, accept the next", "out of descriptors, back off" or "the listener is
 //! broken, stop". Only how a model *waits* differs: a blocking thread sleeps,
 //! the selector stops watching the listener, the statemachine yields a
-//! deadline, the async acceptor awaits a timer. That difference is the lesson
+//! deadline, the async acceptor awaits a timer, the completion loop submits
+//! its accept again later. That difference is the lesson
 //! of each model, so it stays in each model's file; the sorting lives here.
 
 use std::io;

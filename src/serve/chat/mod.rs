@@ -1,4 +1,4 @@
-//! The chat server: the notes' last program, on four of the five models,
+//! The chat server: the notes' last program, on four of the six models,
 //! with shared state at last.
 //!
 //! An echo has nothing to share: each connection is its own world. A chat
