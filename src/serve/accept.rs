@@ -8,8 +8,8 @@
 //! broken, stop". Only how a model *waits* differs: a blocking thread sleeps,
 //! the selector stops watching the listener, the statemachine yields a
 //! deadline, the async acceptor awaits a timer, the completion loop submits
-//! its accept again later. That difference is the lesson
-//! of each model, so it stays in each model's file; the sorting lives here.
+//! its accept again later. That difference is the lesson of each model, so
+//! it stays in each model's file; the sorting lives here.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
