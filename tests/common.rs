@@ -310,94 +310,71 @@ pub fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
 /// turns `fn f(mode: Mode)` into a module `f` with a `#[test]` per model
 /// (`f::selector`, `f::asynchronous`, ...), so that a failing model never
 /// hides the others and each can be run alone. `every_model!(one_thread:
-/// f)` runs `f` on the one-thread models only, `every_model!(concurrent:
-/// f)` on every model that serves more than one client at once; with
-/// `backends:` (alone or after `one_thread,`) each one-thread loop runs
-/// once per readiness backend (`f::selector::poll`). A new model (or, later, a
-/// backend or a protocol) joins by one line here.
+/// f)` runs `f` on the one-thread readiness loops only, `loops:` on those
+/// and completion, `concurrent:` on every model that serves more than one
+/// client at once, `chat:` on the models that host the chat; with
+/// `backends:` (alone or after `one_thread,`, `loops,` or `concurrent,`)
+/// each readiness loop runs once per backend (`f::selector::poll`).
+///
+/// Each arm names the models that are not readiness loops; the three
+/// readiness loops and the three backends are written only in `@each`,
+/// so a new model (or, later, a backend) joins by one line.
 macro_rules! every_model {
-    // Every model; the one-thread loops once per readiness backend.
     (backends: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [
             sequential => Sequential,
             threadpool => Threadpool,
             completion => Completion,
-        ] [
-            selector => Selector,
-            statemachine => Statemachine,
-            asynchronous => Async,
-        ]);)+
+        ] backends);)+
     };
     (concurrent, backends: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [threadpool => Threadpool, completion => Completion] [
-            selector => Selector,
-            statemachine => Statemachine,
-            asynchronous => Async,
-        ]);)+
+        $(every_model!(@each $test [threadpool => Threadpool, completion => Completion] backends);)+
     };
     (one_thread, backends: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [] [
-            selector => Selector,
-            statemachine => Statemachine,
-            asynchronous => Async,
-        ]);)+
+        $(every_model!(@each $test [] backends);)+
     };
-    // Every model with a loop of its own: the readiness loops once per
-    // backend, and the completion loop.
     (loops, backends: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [completion => Completion] [
-            selector => Selector,
-            statemachine => Statemachine,
-            asynchronous => Async,
-        ]);)+
+        $(every_model!(@each $test [completion => Completion] backends);)+
     };
     (concurrent: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            threadpool => Threadpool,
-            selector => Selector,
-            statemachine => Statemachine,
-            asynchronous => Async,
-            completion => Completion,
-        ] []);)+
+        $(every_model!(@each $test [threadpool => Threadpool, completion => Completion] plain);)+
     };
-    // Every model with a loop of its own, readiness or completion.
     (loops: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            selector => Selector,
-            statemachine => Statemachine,
-            asynchronous => Async,
-            completion => Completion,
-        ] []);)+
+        $(every_model!(@each $test [completion => Completion] plain);)+
     };
-    // The models that host the chat.
     (chat: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            threadpool => Threadpool,
-            selector => Selector,
-            statemachine => Statemachine,
-            asynchronous => Async,
-        ] []);)+
+        $(every_model!(@each $test [threadpool => Threadpool] plain);)+
     };
     (one_thread: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            selector => Selector,
-            statemachine => Statemachine,
-            asynchronous => Async,
-        ] []);)+
+        $(every_model!(@each $test [] plain);)+
     };
     ($($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [
             sequential => Sequential,
             threadpool => Threadpool,
+            completion => Completion,
+        ] plain);)+
+    };
+    // The models listed, then the readiness loops: `plain`, a test each;
+    // `backends`, a test per backend.
+    (@each $test:ident [$($name:ident => $mode:ident),* $(,)?] plain) => {
+        every_model!(@tests $test [
+            $($name => $mode,)*
             selector => Selector,
             statemachine => Statemachine,
             asynchronous => Async,
-            completion => Completion,
-        ] []);)+
+        ] []);
+    };
+    (@each $test:ident [$($name:ident => $mode:ident),* $(,)?] backends) => {
+        every_model!(@tests $test [$($name => $mode,)*] [
+            selector => Selector,
+            statemachine => Statemachine,
+            asynchronous => Async,
+        ]);
     };
     // A test per model of the first list; per model and backend of the
     // second.
-    (@each $test:ident [$($name:ident => $mode:ident),* $(,)?] [$($loop:ident => $loop_mode:ident),* $(,)?]) => {
+    (@tests $test:ident [$($name:ident => $mode:ident),* $(,)?] [$($loop:ident => $loop_mode:ident),* $(,)?]) => {
         mod $test {
             $(
                 #[test]
