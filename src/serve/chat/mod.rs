@@ -33,9 +33,12 @@
 //! ```
 //!
 //! A bad line gets `error,<reason>` and nothing else happens; five in a row
-//! end the connection. A receiver owed more than 256 KiB is disconnected
-//! ([`room::Outbox`] has the policy). A client that has quit (or closed its
-//! side) gets [`CLOSE_GRACE`] to take what it is still owed.
+//! end the connection. (`name taken` and `no such user` are answered the
+//! same way but are not bad lines: they depend on other clients, and a
+//! client that leaves must not get those writing to it cut off.) A
+//! receiver owed more than 256 KiB is disconnected ([`room::Outbox`] has
+//! the policy). A client that has quit (or closed its side) gets
+//! [`CLOSE_GRACE`] to take what it is still owed.
 //!
 //! Tutorial: `docs/tutorial/8-shared-state-a-chat-server.md`.
 

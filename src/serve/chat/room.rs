@@ -19,8 +19,12 @@ use crate::stats::Ending;
 /// up is too slow: it is disconnected and its senders never wait for it.
 pub const MAX_PENDING: usize = 256 * 1024;
 
-/// Errors in a row after which a client is disconnected: a person makes a
-/// typo, a program that sends garbage keeps going.
+/// Bad lines in a row after which a client is disconnected: a person makes
+/// a typo, a program that sends garbage keeps going. Only the sender's own
+/// mistakes count (a line that does not parse, or comes out of order); a
+/// refusal that depends on other clients (`name taken`, `no such user`)
+/// does not, or a client that leaves could get those writing to it cut
+/// off.
 pub const MAX_ERRORS: u32 = 5;
 
 /// The last line a too-slow receiver is sent, if the socket takes it.
@@ -179,7 +183,9 @@ fn handle<P: Clone + PartialEq>(
         (Command::Register(wanted), None) => {
             protocol::check_name(wanted)?;
             if registry.names.contains_key(wanted) {
-                return Err("name taken");
+                // Someone else's doing, not a bad line.
+                post(me, b"error,name taken\n");
+                return Ok(None);
             }
             *name = Some(wanted.to_owned());
             registry.names.insert(wanted.to_owned(), me.clone());
@@ -210,7 +216,8 @@ fn handle<P: Clone + PartialEq>(
             match to {
                 To::One(receiver) => match registry.names.get(receiver) {
                     Some(handle) => post(handle, scratch),
-                    None => return Err("no such user"),
+                    // Perhaps it just left: not a bad line.
+                    None => post(me, b"error,no such user\n"),
                 },
                 To::Everyone => {
                     for handle in registry.names.values().filter(|h| *h != me) {
@@ -488,6 +495,35 @@ mod tests {
             drain(&mut room, b),
             "error,already registered\nbob,carol\nbob\n"
         );
+    }
+
+    /// Refusals that depend on others are answered but not counted: a
+    /// client that goes on writing to someone who left, or asks for taken
+    /// names, stays.
+    #[test]
+    fn what_others_did_is_never_held_against_a_client() {
+        let mut room = Room::default();
+        let (a, b) = (room.join(()), room.join(()));
+        say(&mut room, a, "register,alice");
+        say(&mut room, b, "register,bob");
+        room.remove(b);
+        let c = room.join(());
+        for _ in 0..2 * MAX_ERRORS {
+            assert_eq!(say(&mut room, a, "chat,bob,are you there"), After::Continue);
+            assert_eq!(say(&mut room, c, "register,alice"), After::Continue);
+        }
+        assert_eq!(
+            drain(&mut room, a),
+            format!(
+                "ok\n{}",
+                "error,no such user\n".repeat(2 * MAX_ERRORS as usize)
+            )
+        );
+        assert_eq!(
+            drain(&mut room, c),
+            "error,name taken\n".repeat(2 * MAX_ERRORS as usize)
+        );
+        assert_eq!(room.registered(), 1);
     }
 
     #[test]
