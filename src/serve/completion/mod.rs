@@ -102,11 +102,11 @@ use crate::stats::Ending;
 pub const MAX_HELD: usize = 64 * 1024;
 
 /// Submissions the ring holds at once.
-const RING_ENTRIES: u32 = 1024;
+pub(crate) const RING_ENTRIES: u32 = 1024;
 
 /// How long shutdown waits for the kernel to finish what is in flight
 /// after every socket was shut down (it takes microseconds).
-const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
+pub(crate) const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The environment variable that makes io_uring unavailable, to try the
 /// fallback message (and test it) on a machine that has io_uring.
@@ -159,18 +159,17 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let bell = ctx.shutdown.bell()?;
     let mut ring = Ring::new(RING_ENTRIES)?;
     ring.poll_readable(bell.as_raw_fd(), token(Kind::Bell, 0, 0))?;
-    ring.accept(listener.as_raw_fd(), token(Kind::Accept, 0, 0))?;
+    let acceptor = Acceptor::start(&listener, &mut ring)?;
     let plan = match ctx.config.work {
         Some(work) => Some(WorkPlan::new(work, ctx.config.offload, &mut ring)?),
         None => None,
     };
     let mut proactor = Proactor {
         ring,
-        listener: &listener,
+        acceptor,
         conns: Vec::new(),
         vacant: Vec::new(),
         starved: VecDeque::new(),
-        accept_paused_until: None,
         next_idle_sweep: ctx
             .config
             .idle_timeout
@@ -320,14 +319,13 @@ impl WorkPlan {
 /// The loop and everything it owns.
 struct Proactor<'a> {
     ring: Ring,
-    listener: &'a TcpListener,
+    acceptor: Acceptor<'a>,
     /// Connections by slot; `None` is a vacant slot.
     conns: Vec<Option<Conn>>,
     /// Vacant slots, and the generation each had last.
     vacant: Vec<(u32, u32)>,
     /// Slots whose receive ended for want of buffers.
     starved: VecDeque<(u32, u32)>,
-    accept_paused_until: Option<Instant>,
     next_idle_sweep: Option<Instant>,
     /// `--work`, if given; without it the echo path is untouched.
     plan: Option<WorkPlan>,
@@ -367,7 +365,7 @@ impl Proactor<'_> {
             .as_ref()
             .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
         super::until_earliest([
-            self.accept_paused_until,
+            self.acceptor.paused_until(),
             self.next_idle_sweep,
             work_timer,
             report,
@@ -382,7 +380,7 @@ impl Proactor<'_> {
             self.ring.free_buffers() as u64,
         );
         let timers = self.plan.as_ref().map_or(0, |p| p.timers.len() as u64)
-            + u64::from(self.accept_paused_until.is_some())
+            + u64::from(self.acceptor.paused_until().is_some())
             + u64::from(self.next_idle_sweep.is_some());
         let jobs_done = std::mem::take(&mut self.jobs_done);
         if let Some(reporter) = &mut self.reporter {
@@ -410,7 +408,14 @@ impl Proactor<'_> {
         } = done;
         match token.kind {
             Kind::Bell => self.ctx.shutdown.trigger(),
-            Kind::Accept => self.accepted(result, more)?,
+            Kind::Accept => {
+                let accepted = self
+                    .acceptor
+                    .accepted(&mut self.ring, result, more, self.ctx)?;
+                if let Some((stream, peer)) = accepted {
+                    self.register(stream, peer)?;
+                }
+            }
             Kind::Jobs => self.finish_jobs(now)?,
             Kind::Cancel => {}
             Kind::Recv => {
@@ -672,52 +677,6 @@ impl Proactor<'_> {
         Ok(())
     }
 
-    /// A client accepted by the kernel (or the accept's failure).
-    fn accepted(&mut self, result: i32, more: bool) -> io::Result<()> {
-        let accepted = if result >= 0 {
-            // SAFETY: the kernel just created this descriptor for us, and
-            // nothing else owns it.
-            let stream = unsafe { TcpStream::from_raw_fd(result) };
-            // A multishot accept does not say who connected; a client that
-            // reset already cannot say either. It is served like any other
-            // (its receive fails at once), as `accept()` serves it in the
-            // other models.
-            let peer = stream
-                .peer_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-            Ok((stream, peer))
-        } else {
-            Err(io::Error::from_raw_os_error(-result))
-        };
-        let mut rearm = !more;
-        match sort(accepted, &self.ctx.stats, Blocking::Yes) {
-            Some(Accepted::Client(stream, peer)) => self.register(stream, peer)?,
-            Some(Accepted::Empty) | None => {}
-            Some(Accepted::BackOff) => {
-                // Out of descriptors: the kernel ended the multishot
-                // accept; submit it again after a pause, not at once.
-                self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
-                rearm = false;
-            }
-            Some(Accepted::Fatal(e)) if !self.ctx.shutdown.is_triggered() => return Err(e),
-            Some(Accepted::Fatal(_)) => rearm = false,
-        }
-        if rearm {
-            return self.rearm_accept();
-        }
-        Ok(())
-    }
-
-    /// Submits the accept again (the kernel ended it), unless accepting is
-    /// paused.
-    fn rearm_accept(&mut self) -> io::Result<()> {
-        if self.accept_paused_until.is_some() {
-            return Ok(());
-        }
-        self.ring
-            .accept(self.listener.as_raw_fd(), token(Kind::Accept, 0, 0))
-    }
-
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
         let (slot, generation) = match self.vacant.pop() {
             Some((slot, last)) => (slot, last.wrapping_add(1)),
@@ -792,11 +751,7 @@ impl Proactor<'_> {
             };
             self.worked(slot, generation, chunk, now)?;
         }
-        if self.accept_paused_until.is_some_and(|t| t <= now) {
-            self.accept_paused_until = None;
-            self.ring
-                .accept(self.listener.as_raw_fd(), token(Kind::Accept, 0, 0))?;
-        }
+        self.acceptor.resume_if_due(&mut self.ring, now)?;
         if let (Some(sweep), Some(idle)) = (self.next_idle_sweep, self.ctx.config.idle_timeout) {
             if sweep <= now {
                 let idle_slots: Vec<u32> = self
@@ -849,6 +804,99 @@ impl Proactor<'_> {
                 let _ = self.complete(completion, Instant::now());
             }
         }
+    }
+}
+
+/// A completion loop's listener: one multishot accept, submitted again
+/// when the kernel ends it, and paused for [`ACCEPT_BACKOFF`] when the
+/// process runs out of descriptors. The echo loop's and the chat's.
+pub(crate) struct Acceptor<'a> {
+    socket: &'a TcpListener,
+    /// Set while accepting is paused; no accept is in flight then.
+    paused_until: Option<Instant>,
+}
+
+impl<'a> Acceptor<'a> {
+    /// Submits the multishot accept on `socket`.
+    ///
+    /// # Errors
+    /// If the ring refuses the submission.
+    pub(crate) fn start(socket: &'a TcpListener, ring: &mut Ring) -> io::Result<Self> {
+        let acceptor = Acceptor {
+            socket,
+            paused_until: None,
+        };
+        acceptor.submit(ring)?;
+        Ok(acceptor)
+    }
+
+    fn submit(&self, ring: &mut Ring) -> io::Result<()> {
+        ring.accept(self.socket.as_raw_fd(), token(Kind::Accept, 0, 0))
+    }
+
+    /// What an accept completion brought: a client to serve, admitted and
+    /// prepared, or nothing (one over the limit, one that vanished, a
+    /// back-off). Submits the accept again if the kernel ended it.
+    ///
+    /// # Errors
+    /// If the listener is broken (not during shutdown), or the ring fails.
+    pub(crate) fn accepted(
+        &mut self,
+        ring: &mut Ring,
+        result: i32,
+        more: bool,
+        ctx: &Context,
+    ) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        let accepted = if result >= 0 {
+            // SAFETY: the kernel just created this descriptor for us, and
+            // nothing else owns it.
+            let stream = unsafe { TcpStream::from_raw_fd(result) };
+            // A multishot accept does not say who connected; a client that
+            // reset already cannot say either. It is served like any other
+            // (its receive fails at once), as `accept()` serves it in the
+            // other models.
+            let peer = stream
+                .peer_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            Ok((stream, peer))
+        } else {
+            Err(io::Error::from_raw_os_error(-result))
+        };
+        let mut rearm = !more;
+        let mut client = None;
+        match sort(accepted, &ctx.stats, Blocking::Yes) {
+            Some(Accepted::Client(stream, peer)) => client = Some((stream, peer)),
+            Some(Accepted::Empty) | None => {}
+            Some(Accepted::BackOff) => {
+                // Out of descriptors: the kernel ended the multishot
+                // accept; submit it again after a pause, not at once.
+                self.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                rearm = false;
+            }
+            Some(Accepted::Fatal(e)) if !ctx.shutdown.is_triggered() => return Err(e),
+            Some(Accepted::Fatal(_)) => rearm = false,
+        }
+        if rearm && self.paused_until.is_none() {
+            self.submit(ring)?;
+        }
+        Ok(client)
+    }
+
+    /// When accepting resumes, if it is paused.
+    pub(crate) fn paused_until(&self) -> Option<Instant> {
+        self.paused_until
+    }
+
+    /// Submits the accept again once its pause is over.
+    ///
+    /// # Errors
+    /// If the ring refuses the submission.
+    pub(crate) fn resume_if_due(&mut self, ring: &mut Ring, now: Instant) -> io::Result<()> {
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+            self.submit(ring)?;
+        }
+        Ok(())
     }
 }
 
