@@ -459,9 +459,9 @@ fn the_bench_refuses_what_does_not_apply_to_chat() {
     assert!(stderr.contains("at least 2 connections"), "{stderr}");
 }
 
-/// `compare --protocol chat` sweeps the four models that host the chat
-/// (`all` leaves sequential out), loads them with the chat bench, and
-/// says so in its results.
+/// `compare --protocol chat` sweeps the models that host the chat (`all`
+/// leaves sequential out, and completion where there is no io_uring),
+/// loads them with the chat bench, and says so in its results.
 #[test]
 fn compare_sweeps_the_chat() {
     let out = std::env::temp_dir().join(format!("echo-lab-compare-chat-{}", std::process::id()));
@@ -484,7 +484,11 @@ fn compare_sweeps_the_chat() {
     assert_eq!(json["protocol"], "chat");
     let rows = json["rows"].as_array().unwrap();
     let servers: Vec<&str> = rows.iter().map(|r| r["server"].as_str().unwrap()).collect();
-    assert_eq!(servers, ["threadpool", "selector", "statemachine", "async"]);
+    let mut expected = vec!["threadpool", "selector", "statemachine", "async"];
+    if echo_lab::serve::completion::available().is_ok() {
+        expected.push("completion");
+    }
+    assert_eq!(servers, expected);
     for row in rows {
         assert_eq!(row["results"]["errors"], 0, "{row}");
         assert!(row["results"]["messages"].as_u64().unwrap() > 0, "{row}");
@@ -496,7 +500,7 @@ fn compare_sweeps_the_chat() {
     assert_eq!(status, Some(1), "{stderr}");
     assert!(
         stderr.contains(
-            "--modes does not apply to --protocol chat: neither sequential nor completion"
+            "--modes does not apply to --protocol chat: sequential does not host the chat"
         ),
         "{stderr}"
     );

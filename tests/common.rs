@@ -343,7 +343,7 @@ macro_rules! every_model {
         $(every_model!(@each $test [completion => Completion] plain);)+
     };
     (chat: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [threadpool => Threadpool] plain);)+
+        $(every_model!(@each $test [threadpool => Threadpool, completion => Completion] plain);)+
     };
     (one_thread: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [] plain);)+

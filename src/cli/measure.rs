@@ -220,11 +220,10 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let chat = args.protocol == Protocol::Chat;
     let all = args.modes.0 == Mode::ALL;
     let mut modes = match args.modes.0 {
-        // Sequential and completion do not chat: `all` means the models
-        // that do.
+        // Sequential does not chat: `all` means the models that do.
         modes if chat => modes
             .into_iter()
-            .filter(|m| !matches!(m, Mode::Sequential | Mode::Completion))
+            .filter(|&m| m != Mode::Sequential)
             .collect(),
         modes => modes,
     };
@@ -245,7 +244,7 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
             (
                 modes.is_empty(),
                 "--modes",
-                "neither sequential nor completion hosts the chat",
+                "sequential does not host the chat",
             ),
             (
                 args.work.is_some(),

@@ -53,10 +53,8 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
 /// one registry, and its clients may listen quietly for as long as they
 /// like.
 fn check_chat_flags(args: &ServeArgs) -> anyhow::Result<()> {
-    match args.mode {
-        Mode::Sequential => anyhow::bail!("{}", serve::chat::SEQUENTIAL_CANNOT_CHAT),
-        Mode::Completion => anyhow::bail!("{}", serve::chat::COMPLETION_DOES_NOT_CHAT),
-        _ => {}
+    if args.mode == Mode::Sequential {
+        anyhow::bail!("{}", serve::chat::SEQUENTIAL_CANNOT_CHAT);
     }
     refuse_for_chat(&[
         (

@@ -43,6 +43,8 @@
 //! Tutorial: `docs/tutorial/8-shared-state-a-chat-server.md`.
 
 pub mod asynchronous;
+#[cfg(target_os = "linux")]
+pub mod completion;
 pub mod protocol;
 pub mod room;
 pub mod selector;
@@ -65,7 +67,10 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub fn run(mode: Mode, listener: TcpListener, ctx: &Context) -> io::Result<()> {
     match mode {
         Mode::Sequential => Err(io::Error::other(SEQUENTIAL_CANNOT_CHAT)),
-        Mode::Completion => Err(io::Error::other(COMPLETION_DOES_NOT_CHAT)),
+        #[cfg(target_os = "linux")]
+        Mode::Completion => completion::run(listener, ctx),
+        #[cfg(not(target_os = "linux"))]
+        Mode::Completion => super::completion::run(listener, ctx),
         Mode::Threadpool => threads::run(listener, ctx),
         Mode::Selector => selector::run(listener, ctx),
         Mode::Statemachine => statemachine::run(listener, ctx),
@@ -73,9 +78,5 @@ pub fn run(mode: Mode, listener: TcpListener, ctx: &Context) -> io::Result<()> {
     }
 }
 
-/// Why `--mode completion --protocol chat` is refused.
-pub const COMPLETION_DOES_NOT_CHAT: &str =
-    "the chat runs on threadpool, selector, statemachine and async; completion serves echo only";
-
 /// Why `--mode sequential --protocol chat` is refused.
-pub const SEQUENTIAL_CANNOT_CHAT: &str = "sequential serves one client at a time, and a chat needs two connected at once: use --mode threadpool, selector, statemachine or async";
+pub const SEQUENTIAL_CANNOT_CHAT: &str = "sequential serves one client at a time, and a chat needs two connected at once: use --mode threadpool, selector, statemachine, async or completion";

@@ -167,8 +167,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let mut proactor = Proactor {
         ring,
         acceptor,
-        conns: Vec::new(),
-        vacant: Vec::new(),
+        conns: Slots::new(),
         starved: VecDeque::new(),
         next_idle_sweep: ctx
             .config
@@ -187,7 +186,8 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     served
 }
 
-fn token(kind: Kind, slot: u32, generation: u32) -> Token {
+/// The token of an operation of `kind` for connection `(slot, generation)`.
+pub(crate) fn token(kind: Kind, slot: u32, generation: u32) -> Token {
     Token {
         kind,
         slot,
@@ -200,8 +200,6 @@ struct Conn {
     /// Closed only once `receiving` and `sending` are both false.
     stream: TcpStream,
     peer: SocketAddr,
-    /// Bumped each time the slot is reused.
-    generation: u32,
     /// Its multishot receive is in flight.
     receiving: bool,
     /// A send of its bytes is in flight.
@@ -320,10 +318,7 @@ impl WorkPlan {
 struct Proactor<'a> {
     ring: Ring,
     acceptor: Acceptor<'a>,
-    /// Connections by slot; `None` is a vacant slot.
-    conns: Vec<Option<Conn>>,
-    /// Vacant slots, and the generation each had last.
-    vacant: Vec<(u32, u32)>,
+    conns: Slots<Conn>,
     /// Slots whose receive ended for want of buffers.
     starved: VecDeque<(u32, u32)>,
     next_idle_sweep: Option<Instant>,
@@ -373,7 +368,7 @@ impl Proactor<'_> {
     }
 
     fn report(&mut self, now: Instant, last: bool) {
-        let open = self.conns.iter().flatten().count() as u64;
+        let open = self.conns.len() as u64;
         let (traffic, turns) = (&self.traffic, &mut self.stall.turns);
         let (in_flight, free) = (
             self.ring.in_flight() as u64,
@@ -419,7 +414,7 @@ impl Proactor<'_> {
             Kind::Jobs => self.finish_jobs(now)?,
             Kind::Cancel => {}
             Kind::Recv => {
-                let Some(conn) = live(&mut self.conns, token) else {
+                let Some(conn) = self.conns.live(token) else {
                     // Its connection is gone: give the buffer back.
                     if let Some(buf) = received {
                         self.ring.recycle(buf);
@@ -429,30 +424,22 @@ impl Proactor<'_> {
                 if !more {
                     conn.receiving = false;
                 }
-                match received {
-                    Some(buf) if result > 0 => {
+                match Received::sort(&mut self.ring, result, received) {
+                    Received::Data(buf) => {
                         conn.held += buf.len();
                         conn.last_active = now;
-                        self.traffic.read(result as usize);
+                        self.traffic.read(buf.len());
                         self.take_in(token, buf, now)?;
                     }
-                    buf => {
-                        match -result {
-                            0 => conn.read_closed = true,
-                            // Cancelled for back-pressure or closing.
-                            libc::ECANCELED => {}
-                            libc::ENOBUFS => {
-                                conn.paused = true;
-                                self.starved.push_back((token.slot, token.generation));
-                            }
-                            errno => {
-                                let e = io::Error::from_raw_os_error(errno);
-                                conn.ending.get_or_insert(Ending::Failed(e));
-                            }
-                        }
-                        if let Some(buf) = buf {
-                            self.ring.recycle(buf);
-                        }
+                    Received::End => conn.read_closed = true,
+                    // Cancelled for back-pressure or closing.
+                    Received::Cancelled => {}
+                    Received::Starved => {
+                        conn.paused = true;
+                        self.starved.push_back((token.slot, token.generation));
+                    }
+                    Received::Failed(e) => {
+                        conn.ending.get_or_insert(Ending::Failed(e));
                     }
                 }
                 self.settle(token)?;
@@ -471,9 +458,7 @@ impl Proactor<'_> {
     /// no copy), otherwise kept in the connection's memory, and the buffer
     /// goes back to the pool. With `--work`, worked on first.
     fn take_in(&mut self, token: Token, buf: Buf, now: Instant) -> io::Result<()> {
-        let conn = self.conns[token.slot as usize]
-            .as_mut()
-            .expect("a live connection");
+        let conn = self.conns.live(token).expect("a live connection");
         let bytes = self.ring.bytes(&buf);
         if conn.ending.is_some() {
             // Arrived after it was told to go: nobody will read the echo.
@@ -510,7 +495,7 @@ impl Proactor<'_> {
     /// went, and keep what did not (a short send, or a pool buffer the
     /// socket had no room for) to go first next time.
     fn sent(&mut self, token: Token, result: i32, sent: Outgoing, now: Instant) {
-        let Some(conn) = live(&mut self.conns, token) else {
+        let Some(conn) = self.conns.live(token) else {
             if let Outgoing::Pool(buf) = sent {
                 self.ring.recycle(buf);
             }
@@ -557,7 +542,7 @@ impl Proactor<'_> {
     /// or resume its receive, or let it go.
     fn settle(&mut self, token: Token) -> io::Result<()> {
         let (slot, generation) = (token.slot, token.generation);
-        let Some(Some(conn)) = self.conns.get_mut(slot as usize) else {
+        let Some(conn) = self.conns.live(token) else {
             return Ok(());
         };
         let fd = conn.stream.as_raw_fd();
@@ -589,7 +574,7 @@ impl Proactor<'_> {
                 )?;
             }
         }
-        let conn = self.conns[slot as usize].as_mut().expect("still here");
+        let conn = self.conns.live(token).expect("still here");
         if conn.receiving && conn.held >= MAX_HELD && !conn.paused {
             // Back-pressure: stop reading a client that does not read.
             conn.paused = true;
@@ -617,7 +602,7 @@ impl Proactor<'_> {
         now: Instant,
     ) -> io::Result<()> {
         let token = token(Kind::Recv, slot, generation);
-        let Some(conn) = live(&mut self.conns, token) else {
+        let Some(conn) = self.conns.live(token) else {
             return Ok(()); // Gone while it worked: its chunk is dropped.
         };
         if !conn.working {
@@ -670,7 +655,11 @@ impl Proactor<'_> {
             let Some((slot, generation)) = self.starved.pop_front() else {
                 break;
             };
-            if live(&mut self.conns, token(Kind::Recv, slot, generation)).is_some() {
+            if self
+                .conns
+                .live(token(Kind::Recv, slot, generation))
+                .is_some()
+            {
                 self.settle(token(Kind::Recv, slot, generation))?;
             }
         }
@@ -678,18 +667,10 @@ impl Proactor<'_> {
     }
 
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
-        let (slot, generation) = match self.vacant.pop() {
-            Some((slot, last)) => (slot, last.wrapping_add(1)),
-            None => {
-                self.conns.push(None);
-                ((self.conns.len() - 1) as u32, 0)
-            }
-        };
         let fd = stream.as_raw_fd();
-        self.conns[slot as usize] = Some(Conn {
+        let (slot, generation) = self.conns.insert(Conn {
             stream,
             peer,
-            generation,
             receiving: true,
             sending: false,
             unsent: VecDeque::new(),
@@ -711,14 +692,13 @@ impl Proactor<'_> {
     /// Drops a connection with nothing in flight: its socket closes, its
     /// memory goes, its slot is free.
     fn reap(&mut self, slot: u32) -> io::Result<()> {
-        let Some(conn) = self.conns[slot as usize].take() else {
+        let Some(conn) = self.conns.remove(slot) else {
             return Ok(());
         };
         debug_assert!(
             !conn.receiving && !conn.sending,
             "closing under an operation in flight"
         );
-        self.vacant.push((slot, conn.generation));
         self.traffic.closed();
         let ending = conn.ending.unwrap_or(Ending::Closed);
         self.ctx.stats.disconnected(conn.peer, conn.echoed, ending);
@@ -727,11 +707,13 @@ impl Proactor<'_> {
 
     /// Ends `slot` with `ending`, as soon as the kernel lets go of it.
     fn end(&mut self, slot: u32, ending: Ending) -> io::Result<()> {
-        let Some(Some(conn)) = self.conns.get_mut(slot as usize) else {
+        let Some(generation) = self.conns.generation(slot) else {
             return Ok(());
         };
-        conn.ending.get_or_insert(ending);
-        let token = token(Kind::Recv, slot, conn.generation);
+        let token = token(Kind::Recv, slot, generation);
+        if let Some(conn) = self.conns.live(token) {
+            conn.ending.get_or_insert(ending);
+        }
         self.settle(token)
     }
 
@@ -745,7 +727,7 @@ impl Proactor<'_> {
             if let Some(plan) = &mut self.plan {
                 plan.timers.pop_first();
             }
-            let chunk = match live(&mut self.conns, token(Kind::Recv, slot, generation)) {
+            let chunk = match self.conns.live(token(Kind::Recv, slot, generation)) {
                 Some(conn) => std::mem::take(&mut conn.waiting),
                 None => continue,
             };
@@ -757,18 +739,13 @@ impl Proactor<'_> {
                 let idle_slots: Vec<u32> = self
                     .conns
                     .iter()
-                    .enumerate()
-                    .filter_map(|(slot, conn)| match conn {
+                    .filter(|(_, c)| {
                         // A client whose chunk is with its work is busy, not idle.
-                        Some(c)
-                            if c.ending.is_none()
-                                && !c.working
-                                && now.duration_since(c.last_active) >= idle =>
-                        {
-                            Some(slot as u32)
-                        }
-                        _ => None,
+                        c.ending.is_none()
+                            && !c.working
+                            && now.duration_since(c.last_active) >= idle
                     })
+                    .map(|(token, _)| token.slot)
                     .collect();
                 for slot in idle_slots {
                     self.end(slot, Ending::IdleTimeout)?;
@@ -788,20 +765,48 @@ impl Proactor<'_> {
         if self.plan.as_ref().is_some_and(|p| p.pool.is_some()) {
             let _ = self.ring.cancel(token(Kind::Jobs, 0, 0));
         }
-        for slot in 0..self.conns.len() as u32 {
+        let slots: Vec<u32> = self.conns.iter().map(|(token, _)| token.slot).collect();
+        for slot in slots {
             let _ = self.end(slot, Ending::Shutdown);
         }
         let deadline = Instant::now() + SHUTDOWN_PATIENCE;
-        while self.ring.in_flight() > 0 && Instant::now() < deadline {
-            if self
-                .ring
-                .submit_and_wait(Some(Duration::from_millis(100)))
-                .is_err()
-            {
-                break;
+        while let Some(batch) = self.ring.drain_round(deadline) {
+            for done in batch {
+                let _ = self.complete(done, Instant::now());
             }
-            while let Some(completion) = self.ring.next_completion() {
-                let _ = self.complete(completion, Instant::now());
+        }
+    }
+}
+
+/// What a receive's completion brought.
+pub(crate) enum Received {
+    /// Bytes, in a pool buffer.
+    Data(Buf),
+    /// The client sent its last byte.
+    End,
+    /// The receive was cancelled (back-pressure, or the connection ends).
+    Cancelled,
+    /// No pool buffer was free: submit the receive again when one is.
+    Starved,
+    Failed(io::Error),
+}
+
+impl Received {
+    /// Sorts a receive's `result`; a buffer that came without data goes
+    /// back to the kernel.
+    pub(crate) fn sort(ring: &mut Ring, result: i32, buf: Option<Buf>) -> Received {
+        match (buf, -result) {
+            (Some(buf), _) if result > 0 => Received::Data(buf),
+            (buf, errno) => {
+                if let Some(buf) = buf {
+                    ring.recycle(buf);
+                }
+                match errno {
+                    0 => Received::End,
+                    libc::ECANCELED => Received::Cancelled,
+                    libc::ENOBUFS => Received::Starved,
+                    errno => Received::Failed(io::Error::from_raw_os_error(errno)),
+                }
             }
         }
     }
@@ -900,11 +905,77 @@ impl<'a> Acceptor<'a> {
     }
 }
 
-/// The live connection `token` was for, if it is still the same one (not a
-/// newer one in the same slot).
-fn live(conns: &mut [Option<Conn>], token: Token) -> Option<&mut Conn> {
-    match conns.get_mut(token.slot as usize) {
-        Some(Some(conn)) if conn.generation == token.generation => Some(conn),
-        _ => None,
+/// Connections by slot, as the operations' tokens name them. A slot is
+/// reused once its connection is gone, under a new generation, so that a
+/// late completion for the old connection is recognised and dropped. The
+/// echo loop's table, and the chat's.
+pub(crate) struct Slots<T> {
+    /// `(generation, connection)` by slot; `None` is vacant.
+    entries: Vec<Option<(u32, T)>>,
+    /// Vacant slots, and the generation each had last.
+    vacant: Vec<(u32, u32)>,
+    /// Occupied slots.
+    len: usize,
+}
+
+impl<T> Slots<T> {
+    pub(crate) fn new() -> Self {
+        Slots {
+            entries: Vec::new(),
+            vacant: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Puts `conn` in a slot; returns the slot and its generation.
+    pub(crate) fn insert(&mut self, conn: T) -> (u32, u32) {
+        let (slot, generation) = match self.vacant.pop() {
+            Some((slot, last)) => (slot, last.wrapping_add(1)),
+            None => {
+                self.entries.push(None);
+                ((self.entries.len() - 1) as u32, 0)
+            }
+        };
+        self.entries[slot as usize] = Some((generation, conn));
+        self.len += 1;
+        (slot, generation)
+    }
+
+    /// The connection `token` was for, if it is still there (not a newer
+    /// one in the same slot).
+    pub(crate) fn live(&mut self, token: Token) -> Option<&mut T> {
+        match self.entries.get_mut(token.slot as usize) {
+            Some(Some((generation, conn))) if *generation == token.generation => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// The generation of `slot`'s connection, if it has one.
+    pub(crate) fn generation(&self, slot: u32) -> Option<u32> {
+        match self.entries.get(slot as usize) {
+            Some(Some((generation, _))) => Some(*generation),
+            _ => None,
+        }
+    }
+
+    /// Takes the connection out of `slot`, and frees the slot.
+    pub(crate) fn remove(&mut self, slot: u32) -> Option<T> {
+        let (generation, conn) = self.entries.get_mut(slot as usize)?.take()?;
+        self.vacant.push((slot, generation));
+        self.len -= 1;
+        Some(conn)
+    }
+
+    /// Every connection, with its slot and generation.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Token, &T)> {
+        self.entries.iter().enumerate().filter_map(|(slot, entry)| {
+            let (generation, conn) = entry.as_ref()?;
+            Some((token(Kind::Recv, slot as u32, *generation), conn))
+        })
+    }
+
+    /// How many connections there are.
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 }

@@ -30,7 +30,7 @@ use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
@@ -403,6 +403,18 @@ impl Ring {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// One round of waiting at shutdown, after every socket was shut
+    /// down: the completions that came, or `None` once nothing is in
+    /// flight any more, or `deadline` has passed.
+    pub fn drain_round(&mut self, deadline: Instant) -> Option<Vec<Completion>> {
+        if self.in_flight == 0 || Instant::now() >= deadline {
+            return None;
+        }
+        self.submit_and_wait(Some(Duration::from_millis(100)))
+            .ok()?;
+        Some(std::iter::from_fn(|| self.next_completion()).collect())
     }
 
     /// The next completion, if one has come.
