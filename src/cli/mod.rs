@@ -43,7 +43,7 @@ use server::serve_command;
 /// The notes' address: where every server of the notes listens.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:55555";
 
-/// echo-lab: one echo protocol, five concurrency models, and the tools to
+/// echo-lab: one echo protocol, six concurrency models, and the tools to
 /// watch and measure the difference.
 #[derive(Debug, Parser)]
 #[command(name = "echo-lab", version, about, long_about = None)]
@@ -213,9 +213,10 @@ pub struct CompareArgs {
     #[arg(long, value_name = "N", value_parser = parse_positive_count, requires = "work")]
     pub offload: Option<NonZeroUsize>,
     /// What the servers speak. `chat`: our models that host it
-    /// (threadpool, selector, statemachine, async) with `serve --protocol
-    /// chat`, loaded by `bench --protocol chat`; msg/s is lines delivered,
-    /// latency is from send to receipt. `--modes all` means those four.
+    /// (threadpool, selector, statemachine, async, completion) with `serve
+    /// --protocol chat`, loaded by `bench --protocol chat`; msg/s is lines
+    /// delivered, latency is from send to receipt. `--modes all` means
+    /// those five.
     #[arg(long, value_enum, default_value_t = Protocol::Echo)]
     pub protocol: Protocol,
     /// Servers to compare the others with, e.g. `tokio`: adds ratio columns
@@ -388,7 +389,7 @@ pub struct ServeArgs {
     /// `chat`: the notes' chat, one command per line (`register,NAME` ->
     /// ok; `list` -> the names; `chat,NAME,TEXT` -> NAME gets
     /// `from,SENDER,TEXT`, `*` for everyone else; `quit`), on threadpool (a
-    /// thread per client), selector, statemachine and async.
+    /// thread per client), selector, statemachine, async and completion.
     #[arg(long, value_enum, default_value_t = Protocol::Echo)]
     pub protocol: Protocol,
 

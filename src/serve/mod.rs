@@ -1,5 +1,5 @@
 //! The six servers: one echo protocol, six concurrency models (and a chat
-//! on four of them).
+//! on five of them).
 //!
 //! Every model is started the same way: [`run`] hands it a listener built by
 //! [`crate::net::bind_listener`] and a [`Context`] (its settings, the

@@ -1,4 +1,4 @@
-//! The chat server: the notes' last program, on four of the six models,
+//! The chat server: the notes' last program, on five of the six models,
 //! with shared state at last.
 //!
 //! An echo has nothing to share: each connection is its own world. A chat
@@ -11,7 +11,8 @@
 //!   or leave at any moment; each client's outbox has its own lock, and a
 //!   writer thread of its own so that no sender ever waits on a slow
 //!   receiver's socket.
-//! - [`selector`], [`statemachine`], [`asynchronous`]: one thread. The
+//! - [`selector`], [`statemachine`], [`asynchronous`] and (on Linux)
+//!   `completion`: one thread. The
 //!   [`room::Room`] is plain data the loop owns: no lock, no `Arc`, because
 //!   only one piece of code runs at a time, and between two waits nobody
 //!   else can see it half-changed. (The statemachine and async tasks are
