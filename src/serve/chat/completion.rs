@@ -108,7 +108,7 @@ impl Chat<'_> {
             while let Some(done) = self.ring.next_completion() {
                 self.complete(done, now)?;
             }
-            self.deliver(now)?;
+            self.deliver()?;
             self.rearm_starved()?;
             self.run_timers(now)?;
         }
@@ -194,8 +194,14 @@ impl Chat<'_> {
             return Ok(());
         };
         client.sending = false;
-        let Outgoing::Own(mut bytes) = sent else {
-            unreachable!("the chat sends only bytes of its own");
+        let mut bytes = match sent {
+            Outgoing::Own(bytes) => bytes,
+            // The chat sends only bytes of its own; were it a pool buffer,
+            // it would go back.
+            Outgoing::Pool(buf) => {
+                self.ring.recycle(buf);
+                return Ok(());
+            }
         };
         if result < 0 {
             let e = io::Error::from_raw_os_error(-result);
@@ -217,7 +223,7 @@ impl Chat<'_> {
 
     /// Every client posted to in this turn gets a send, unless one is in
     /// flight (its completion sends what came meanwhile).
-    fn deliver(&mut self, _now: Instant) -> io::Result<()> {
+    fn deliver(&mut self) -> io::Result<()> {
         let mut posted = std::mem::take(&mut self.posted);
         self.room.take_woken(|_, member| posted.push(member.handle));
         for &slot in &posted {
