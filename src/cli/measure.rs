@@ -44,12 +44,7 @@ pub(super) fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
         server_pid: None,
     };
     bench::validate(&config)?;
-    let bar = progress_bar();
-    let results = bench::run(&config, |done, echoed| {
-        bar.set_position((done * 1000.0) as u64);
-        bar.set_message(format!("{echoed} echoes"));
-    })?;
-    bar.finish_and_clear();
+    let results = with_progress("echoes", |progress| bench::run(&config, progress))?;
     let report = BenchReport {
         parameters: config,
         results,
@@ -168,6 +163,21 @@ fn progress_bar() -> indicatif::ProgressBar {
     bar
 }
 
+/// Runs a bench, handing it what to call with its progress (the share of
+/// the run done, and how many `what` so far), under the bar above.
+fn with_progress<T>(
+    what: &str,
+    run: impl FnOnce(&mut dyn FnMut(f64, u64)) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let bar = progress_bar();
+    let result = run(&mut |done, count| {
+        bar.set_position((done * 1000.0) as u64);
+        bar.set_message(format!("{count} {what}"));
+    });
+    bar.finish_and_clear();
+    result
+}
+
 /// `bench --protocol chat`: the chat load, one client thread.
 fn chat_bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
     refuse_for_chat(&[
@@ -201,12 +211,7 @@ fn chat_bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
         server_pid: None,
     };
     chat::validate(&config)?;
-    let bar = progress_bar();
-    let results = chat::run(&config, |done, delivered| {
-        bar.set_position((done * 1000.0) as u64);
-        bar.set_message(format!("{delivered} lines delivered"));
-    })?;
-    bar.finish_and_clear();
+    let results = with_progress("lines delivered", |progress| chat::run(&config, progress))?;
     let report = ChatBenchReport {
         parameters: config,
         results,

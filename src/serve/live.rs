@@ -244,6 +244,15 @@ impl<C: Counter> Traffic<C> {
             .count("messages", messages)
             .value("msgs/s", messages as f64 / seconds, 0);
     }
+
+    /// A loop's first fields: its traffic, then its turns (when it counts
+    /// them, with `--stats`).
+    pub fn fill_loop(&self, line: &mut Line, seconds: f64, open: u64, turns: Option<&mut Turns>) {
+        self.fill(line, seconds, open);
+        if let Some(turns) = turns {
+            turns.fill(line, seconds);
+        }
+    }
 }
 
 /// A run queue's life between two lines: its length at each turn of the

@@ -291,10 +291,7 @@ impl Selector<'_> {
         let jobs_done = std::mem::take(&mut self.jobs_done);
         if let Some(reporter) = &mut self.reporter {
             reporter.report(now, last, |line, seconds| {
-                traffic.fill(line, seconds, open);
-                if let Some(turns) = turns {
-                    turns.fill(line, seconds);
-                }
+                traffic.fill_loop(line, seconds, open, turns.as_mut());
                 line.count("timers", timers as u64)
                     .count("cross_wakeups", jobs_done);
             });

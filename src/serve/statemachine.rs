@@ -313,10 +313,7 @@ impl<'a> EventLoop<'a> {
         if let Some(reporter) = &mut self.reporter {
             reporter.report(now, last, |line, seconds| {
                 // The stopper and the acceptor are tasks too.
-                traffic.fill(line, seconds, tasks.saturating_sub(2));
-                if let Some(turns) = turns {
-                    turns.fill(line, seconds);
-                }
+                traffic.fill_loop(line, seconds, tasks.saturating_sub(2), turns.as_mut());
                 line.count("tasks", tasks)
                     .count("timers", timers)
                     .count("cross_wakeups", cross_wakeups);

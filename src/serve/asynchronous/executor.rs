@@ -190,10 +190,8 @@ impl<'a> Executor<'a> {
         reporter.report(now, last, |line, seconds| {
             // The accept loop is the main future, not a task: every task
             // is a client.
-            traffic.fill(line, seconds, tasks);
-            if let Some(turns) = stall.as_mut().and_then(|s| s.turns.as_mut()) {
-                turns.fill(line, seconds);
-            }
+            let turns = stall.as_mut().and_then(|s| s.turns.as_mut());
+            traffic.fill_loop(line, seconds, tasks, turns);
             line.count("tasks", tasks)
                 .count("timers", self.reactor.timers() as u64)
                 .count(

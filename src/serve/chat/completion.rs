@@ -196,10 +196,9 @@ impl Chat<'_> {
         client.sending = false;
         let mut bytes = match sent {
             Outgoing::Own(bytes) => bytes,
-            // The chat sends only bytes of its own; were it a pool buffer,
-            // it would go back.
-            Outgoing::Pool(buf) => {
-                self.ring.recycle(buf);
+            // The chat sends only bytes of its own.
+            pool => {
+                self.ring.release(pool);
                 return Ok(());
             }
         };

@@ -380,10 +380,7 @@ impl Proactor<'_> {
         let jobs_done = std::mem::take(&mut self.jobs_done);
         if let Some(reporter) = &mut self.reporter {
             reporter.report(now, last, |line, seconds| {
-                traffic.fill(line, seconds, open);
-                if let Some(turns) = turns {
-                    turns.fill(line, seconds);
-                }
+                traffic.fill_loop(line, seconds, open, turns.as_mut());
                 line.count("timers", timers)
                     .count("cross_wakeups", jobs_done)
                     .count("in_flight", in_flight)
@@ -496,9 +493,7 @@ impl Proactor<'_> {
     /// socket had no room for) to go first next time.
     fn sent(&mut self, token: Token, result: i32, sent: Outgoing, now: Instant) {
         let Some(conn) = self.conns.live(token) else {
-            if let Outgoing::Pool(buf) = sent {
-                self.ring.recycle(buf);
-            }
+            self.ring.release(sent);
             return;
         };
         conn.sending = false;
@@ -510,9 +505,7 @@ impl Proactor<'_> {
                 let e = io::Error::from_raw_os_error(-errno);
                 conn.ending.get_or_insert(Ending::Failed(e));
                 conn.held -= sent.len();
-                if let Outgoing::Pool(buf) = sent {
-                    self.ring.recycle(buf);
-                }
+                self.ring.release(sent);
                 return;
             }
         };

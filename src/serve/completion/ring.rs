@@ -280,6 +280,14 @@ impl Ring {
         self.publish();
     }
 
+    /// Lets go of what a send held: a pool buffer goes back to the kernel,
+    /// bytes of the connection's own are dropped.
+    pub fn release(&mut self, outgoing: Outgoing) {
+        if let Outgoing::Pool(buf) = outgoing {
+            self.recycle(buf);
+        }
+    }
+
     /// Buffers the kernel can fill now.
     pub fn free_buffers(&self) -> usize {
         self.free
@@ -352,9 +360,7 @@ impl Ring {
             }
             Err(e) => {
                 // Never submitted: the buffer is still ours to give back.
-                if let Outgoing::Pool(buf) = outgoing {
-                    self.recycle(buf);
-                }
+                self.release(outgoing);
                 Err(e)
             }
         }
