@@ -382,6 +382,7 @@ fn what_the_chat_cannot_do_is_refused() {
 fn chat_bench(addr: SocketAddr, connections: usize) -> ChatBenchConfig {
     ChatBenchConfig {
         addr: addr.into(),
+        hogs: 0,
         connections,
         duration: Duration::from_millis(300),
         warmup: Duration::from_millis(100),

@@ -115,6 +115,7 @@ fn offloaded_work_keeps_bytes_in_order(mode: Mode) {
     let server = start_with(mode, working("sleep:1ms", 4));
     let config = BenchConfig {
         addr: server.addr().into(),
+        hogs: 0,
         connections: 8,
         idle: 0,
         duration: Duration::from_millis(700),

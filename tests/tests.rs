@@ -11,6 +11,7 @@ mod completion;
 mod concurrency;
 mod conformance;
 mod event_loops;
+mod fairness;
 mod hardening;
 mod live_stats;
 mod stalls;

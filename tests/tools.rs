@@ -18,6 +18,7 @@ fn short_bench(addr: HostPort, connections: usize) -> BenchConfig {
         addr,
         connections,
         idle: 0,
+        hogs: 0,
         duration: Duration::from_millis(300),
         warmup: Duration::from_millis(100),
         size: 512,

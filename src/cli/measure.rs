@@ -34,6 +34,7 @@ pub(super) fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
         addr: args.addr,
         connections: args.connections as usize,
         idle: args.idle,
+        hogs: args.hogs,
         duration: args.duration,
         warmup: args.warmup,
         size: args.size.unwrap_or(bench::DEFAULT_MESSAGE_SIZE),
@@ -208,6 +209,7 @@ fn chat_bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         warmup: args.warmup,
         depth: args.depth as usize,
+        hogs: args.hogs,
         server_pid: None,
     };
     chat::validate(&config)?;
@@ -286,6 +288,7 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
         repeat: usize::from(args.repeat),
         server_threads: args.server_threads,
         idle: args.idle,
+        hogs: args.hogs,
         poller: args.poller,
         work: args.work,
         offload: args.offload.map_or(0, NonZeroUsize::get),

@@ -128,6 +128,12 @@ pub struct BenchArgs {
     /// idle client (serve --poller).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub idle: usize,
+    /// More connections that send without pause throughout (64 KiB blocks
+    /// back to back, reading what comes back on another thread): noisy
+    /// neighbours. The report's latencies are the measured connections'
+    /// only: whether a server still gives them their turn.
+    #[arg(long, value_name = "K", default_value_t = 0, value_parser = parse_hogs)]
+    pub hogs: usize,
     /// The measured time.
     #[arg(long, short, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
     pub duration: Duration,
@@ -201,6 +207,10 @@ pub struct CompareArgs {
     /// bench --idle: this many more connections, silent, for every run.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub idle: usize,
+    /// bench --hogs: this many more connections that send without pause,
+    /// for every run; latencies are the measured connections'.
+    #[arg(long, value_name = "K", default_value_t = 0, value_parser = parse_hogs)]
+    pub hogs: usize,
     /// serve --poller for the one-thread models it starts.
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub poller: Option<Backend>,
@@ -266,6 +276,21 @@ pub struct ModeList(pub Vec<Mode>);
 /// A comma-separated list of counts given as one value.
 #[derive(Clone, Debug)]
 pub struct Counts(pub Vec<usize>);
+
+/// Hogs for bench and compare: each is a connection and two threads, so a
+/// few are enough to show a loop's fairness, and a hundred is plenty.
+fn parse_hogs(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n <= MAX_HOGS => Ok(n),
+        Ok(_) => Err(format!(
+            "at most {MAX_HOGS}: each hog is a connection and two threads"
+        )),
+        Err(_) => Err(format!("expected a number of connections, 0 to {MAX_HOGS}")),
+    }
+}
+
+/// The most `--hogs`.
+const MAX_HOGS: usize = 100;
 
 /// A duration, or a bare `0` for "off".
 fn parse_threshold(text: &str) -> Result<Duration, String> {
@@ -465,6 +490,13 @@ pub struct ServeArgs {
     /// every wait (the notes' select loop).
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub poller: Option<Backend>,
+
+    /// The async model's cooperative budget: a task may complete N reads
+    /// and writes each time it runs, then it yields to the others (tokio's
+    /// coop budget; default 128). 0 turns it off: a client that sends
+    /// without pause then keeps the loop to itself (async only).
+    #[arg(long, value_name = "N")]
+    pub budget: Option<u32>,
 
     /// Every INTERVAL (1s if not given), one line of counters per loop or
     /// pool on stderr, in its model's terms: traffic for all; waits, events

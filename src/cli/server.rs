@@ -4,7 +4,7 @@ use super::*;
 
 /// The flags that belong to some models only, and those models. Giving one
 /// to another model is an error, not a flag silently ignored.
-const MODEL_FLAGS: [(&str, &[Mode]); 7] = [
+const MODEL_FLAGS: [(&str, &[Mode]); 8] = [
     ("--workers", &[Mode::Threadpool]),
     ("--queue", &[Mode::Threadpool]),
     ("--global-lock", &[Mode::Threadpool]),
@@ -12,6 +12,7 @@ const MODEL_FLAGS: [(&str, &[Mode]); 7] = [
     ("--offload", &Mode::LOOPS),
     ("--slow-handler", &Mode::LOOPS),
     ("--poller", &Mode::ONE_THREAD),
+    ("--budget", &[Mode::Async]),
 ];
 
 /// Refuses a model-specific flag given to a model it does not apply to.
@@ -24,6 +25,7 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
         args.offload.is_some(),
         args.slow_handler.is_some(),
         args.poller.is_some(),
+        args.budget.is_some(),
     ];
     for ((flag, models), given) in MODEL_FLAGS.into_iter().zip(given) {
         if given && !models.contains(&args.mode) {
@@ -108,6 +110,9 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Some(threshold) => Some(threshold),
         },
         poller: args.poller.unwrap_or_default(),
+        budget: args
+            .budget
+            .unwrap_or(serve::asynchronous::reactor::DEFAULT_BUDGET),
         stats: args
             .stats
             .or(args.stats_json.is_some().then_some(Duration::from_secs(1))),

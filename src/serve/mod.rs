@@ -193,6 +193,9 @@ pub struct Config {
     pub slow_handler: Option<Duration>,
     /// The readiness backend the one-thread loops wait with.
     pub poller: Backend,
+    /// The async model's cooperative budget: I/O operations a task may
+    /// complete per poll before it yields (0: no budget).
+    pub budget: u32,
     /// `--stats`: a line of counters per loop every this long.
     pub stats: Option<Duration>,
     /// `--stats-json`: the same lines, as JSON, into this file.
@@ -254,6 +257,7 @@ impl Default for Config {
             global_lock: false,
             slow_handler: Some(DEFAULT_SLOW_HANDLER),
             poller: Backend::default(),
+            budget: asynchronous::reactor::DEFAULT_BUDGET,
             stats: None,
             stats_json: None,
             protocol: Protocol::Echo,
@@ -317,8 +321,16 @@ impl Context {
     /// The stall watch of the one-thread loop called `model`: it warns
     /// past `--slow-handler` and counts turns for `--stats`.
     pub fn stall_watch(&self, model: &'static str) -> stall::StallWatch<'_> {
-        stall::StallWatch::new(model, self.config.slow_handler, &self.stats)
-            .counting_turns(self.config.stats.is_some())
+        let config = &self.config;
+        let blocking_work = config.work.is_some_and(|w| w.blocks()) && config.offload == 0;
+        let advice = match model {
+            _ if blocking_work => stall::Advice::BlockingWork,
+            "async" if config.budget == 0 => stall::Advice::NoBudget,
+            _ => stall::Advice::NeverIdle,
+        };
+        stall::StallWatch::new(model, config.slow_handler, &self.stats)
+            .advising(advice)
+            .counting_turns(config.stats.is_some())
     }
 
     /// The lock a blocking worker computes under: the global lock with

@@ -29,6 +29,14 @@
 //! whatever it leaves is reported again by the next wait. A steady exchange
 //! costs one `read`, one `write` and a share of one wait.
 //!
+//! That one read is also what makes the loop fair. A turn calls each ready
+//! socket's handler once, and a handler reads at most [`READ_BUFFER_SIZE`]
+//! bytes and echoes them: a client that sends without pause has more
+//! waiting, but it is reported again at the next wait and served then,
+//! beside everyone else who is ready. No client gets a second read before
+//! the others have had their first (`tests/fairness.rs` holds every model
+//! to that, with four such clients and a fifth that is timed).
+//!
 //! Its limit: handlers run one at a time on one thread, so a handler that
 //! computes for a long time stalls every other client; and one core is all
 //! it uses. Shutdown: the loop watches the shutdown's bell like a socket

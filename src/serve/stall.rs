@@ -31,8 +31,45 @@ pub struct StallWatch<'a> {
     /// Stalls since that line.
     unreported: u64,
     stats: &'a Stats,
+    /// What the warning advises: the remedies for blocking work, or, when
+    /// the loop runs none, what else keeps a loop from waiting.
+    advice: Advice,
     /// With `--stats`: the turns counted for the next line.
     pub turns: Option<Turns>,
+}
+
+/// Why a loop may have run long without waiting, as far as it can know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Advice {
+    /// Its handlers do blocking `--work` on the loop's own thread: that is
+    /// the likely stall.
+    BlockingWork,
+    /// Nothing it runs blocks: its ready work never ran out (clients that
+    /// never pause, or very many ready at once).
+    NeverIdle,
+    /// As `NeverIdle`, in the async model with its cooperative budget off:
+    /// one task may keep the loop to itself.
+    NoBudget,
+}
+
+impl Advice {
+    fn text(self) -> &'static str {
+        match self {
+            Advice::BlockingWork => {
+                "Move blocking work off the loop (--offload N), wait without blocking (--work wait:...), \
+                 or run more loops (--threads N)."
+            }
+            Advice::NeverIdle => {
+                "No handler blocked (there is no blocking --work on this loop): it never ran out of ready \
+                 clients to serve, as when clients send without pause or very many are ready at once; \
+                 more loops (--threads N) share them."
+            }
+            Advice::NoBudget => {
+                "No handler blocked: with --budget 0 a task whose client sends without pause never \
+                 yields, and keeps the loop to itself; the default budget makes it take turns."
+            }
+        }
+    }
 }
 
 impl<'a> StallWatch<'a> {
@@ -45,8 +82,15 @@ impl<'a> StallWatch<'a> {
             warned: None,
             unreported: 0,
             stats,
+            advice: Advice::BlockingWork,
             turns: None,
         }
+    }
+
+    /// What its warning advises.
+    pub fn advising(mut self, advice: Advice) -> Self {
+        self.advice = advice;
+        self
     }
 
     /// Also counts the loop's turns, for `--stats`.
@@ -105,11 +149,10 @@ impl<'a> StallWatch<'a> {
             n => format!(" ({n} more since the last warning)"),
         };
         eprintln!(
-            "warning: the {} loop ran {}ms without waiting: every other client of it waited as long{others}. \
-             Move blocking work off the loop (--offload N), wait without blocking (--work wait:...), \
-             or run more loops (--threads N).",
+            "warning: the {} loop ran {}ms without waiting: every other client of it waited as long{others}. {}",
             self.model,
-            ran.as_millis()
+            ran.as_millis(),
+            self.advice.text()
         );
         self.warned = Some(now);
     }

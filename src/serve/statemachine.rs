@@ -42,6 +42,14 @@
 //! its wait (the idle timeout), and is resumed with [`Resume::TimedOut`] if
 //! it passes first.
 //!
+//! The loop is fair for the same reason the notes' is: a task reads once
+//! per resume, then yields `WAIT_READ` again, even when more has arrived,
+//! and the loop resumes it only at its next turn, after every task that was
+//! ready before it. A client that sends without pause cannot keep its task
+//! running: every message goes through the loop. (The async model's tasks
+//! do not yield on their own when their socket stays ready, and need a
+//! budget instead: see its executor.)
+//!
 //! Its limit is the selector's: one thread, so a task that computes for a
 //! long time between two yields stalls every other task. Shutdown: one
 //! more task, `Stopper`, waits to read the shutdown's bell (which a

@@ -4,10 +4,12 @@
 //! - [`probe`]: a timeline of who waits for whom.
 //! - [`bench`](mod@bench): a load generator that verifies every byte.
 //! - [`compare`]: every model under the same load, in one table and chart.
+//! - [`hogs`]: clients that never pause, beside a bench's measured ones.
 //! - [`interrupt`]: Ctrl-C for a tool with child processes: stop them first.
 
 pub mod bench;
 pub mod client;
 pub mod compare;
+pub mod hogs;
 pub mod interrupt;
 pub mod probe;

@@ -17,8 +17,19 @@
 //! executor's may wake a task, and then calls `Poller::notify()` to interrupt
 //! the executor's wait. Wakes from the executor's own thread never need that.
 //!
-//! A production runtime would add work stealing across threads, cooperative
-//! budgets so that one task cannot hog a tick, and join handles.
+//! Fairness comes from two bounds. A task may complete only so many I/O
+//! operations per poll (the reactor's cooperative budget, `--budget`):
+//! then its `await` answers `Pending`, it wakes itself, and it runs again in
+//! the next tick, behind every task that was ready before it. And a tick
+//! polls at most `POLLS_PER_TICK` tasks before the executor asks the
+//! reactor what else became ready, so readiness is heard even while the
+//! ready queue never empties. Without the budget, a client that sends
+//! without pause keeps its task's `recv` and `write_all` completing at
+//! once, the task never suspends, and every other client waits for as long
+//! as that client keeps sending (chapter 5 shows it).
+//!
+//! A production runtime would add work stealing across threads and join
+//! handles.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -41,6 +52,14 @@ type Task<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 
 /// The id the future given to [`Executor::block_on`] is woken with.
 const MAIN: usize = usize::MAX;
+
+/// Task polls per tick at most, before the executor asks the reactor
+/// (without blocking) what became ready. A tick already polls only the
+/// tasks that were ready when it began; this bounds it when thousands are
+/// (tokio checks for I/O every 61 polls). With the cooperative budget it
+/// bounds how long readiness can go unheard: 128 polls of at most
+/// [`DEFAULT_BUDGET`](super::reactor::DEFAULT_BUDGET) operations each.
+const POLLS_PER_TICK: usize = 128;
 
 /// Runs futures on this thread until the one given to `block_on` completes.
 /// Tasks may borrow anything that outlives `'a`; any still running when the
@@ -262,7 +281,17 @@ impl<'a> Executor<'a> {
                 queue.turn(tick.len());
                 queue.wakes += tick.len() as u64;
             }
+            let mut polls = 0;
             while let Some(id) = tick.pop_front() {
+                if polls == POLLS_PER_TICK {
+                    // Enough for one tick: the rest go first in the next
+                    // one, after the reactor has been asked what is ready.
+                    tick.push_front(id);
+                    self.requeue_first(&mut tick);
+                    break;
+                }
+                polls += 1;
+                self.reactor.budget().refill();
                 if id == MAIN {
                     self.queue.borrow_mut().polls += 1;
                     main_waker.queued.store(false, Ordering::Release);
@@ -307,6 +336,19 @@ impl<'a> Executor<'a> {
             if self.report.borrow().is_some() {
                 self.report(Instant::now(), false);
             }
+        }
+    }
+
+    /// Puts the ids left in `tick` back at the front of the ready queue, in
+    /// their order, ahead of the tasks woken during the tick.
+    fn requeue_first(&self, tick: &mut VecDeque<usize>) {
+        let mut ready = self
+            .ready
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while let Some(id) = tick.pop_back() {
+            ready.push_front(id);
         }
     }
 
@@ -543,6 +585,46 @@ mod tests {
         assert_eq!(got.get(), Some(3));
         assert_eq!(executor.tasks(), 0);
         assert_eq!(reactor.sources(), 0);
+    }
+
+    /// A task whose socket is always ready yields once its budget is
+    /// spent: with a budget of 2, ten operations take five polls after the
+    /// one that waits for the first readiness (without a budget: one).
+    #[test]
+    fn a_spent_budget_makes_a_task_yield() {
+        let polls = Rc::new(Cell::new(0));
+        let done = Rc::new(Cell::new(false));
+        let (reactor, executor) = executor();
+        reactor.set_budget(2);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        server_side.set_nonblocking(true).unwrap();
+        client.write_all(b"x").unwrap();
+        let stream = Async::new(server_side, &reactor).unwrap();
+        let (counted, finished) = (polls.clone(), done.clone());
+        executor.spawn(async move {
+            let operations = async {
+                for _ in 0..10 {
+                    stream.readable().await.unwrap();
+                }
+            };
+            let mut operations = pin!(operations);
+            poll_fn(|cx| {
+                counted.set(counted.get() + 1);
+                operations.as_mut().poll(cx)
+            })
+            .await;
+            finished.set(true);
+        });
+        executor
+            .block_on(async {
+                while !done.get() {
+                    yield_now().await;
+                }
+            })
+            .unwrap();
+        assert_eq!(polls.get(), 6);
     }
 
     /// Timers fire in the order of their deadlines, not of their creation.

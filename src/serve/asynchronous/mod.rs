@@ -69,6 +69,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     };
     let traffic = Traffic::default();
     let reactor = Reactor::new(ctx.config.poller)?;
+    reactor.set_budget(ctx.config.budget);
     let executor = Executor::new(reactor.clone())
         .watching_stalls(ctx.stall_watch("async"))
         .reporting(ctx.reporter("async"), &traffic);

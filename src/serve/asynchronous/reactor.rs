@@ -42,6 +42,12 @@ use crate::net::{interrupted, would_block};
 use crate::poller::{Backend, Events, Interest, Poller};
 use crate::serve::buffers::{BufferPool, Lease, TASK_BUFFER_SIZE};
 
+/// I/O operations a task may complete per poll before it must yield
+/// (`serve --budget`): tokio's number. An echo spends two per message (a
+/// read and a write), so a client that never pauses gets 64 echoes of up to
+/// 4 KiB, about a quarter of a millisecond, before the others' turn.
+pub const DEFAULT_BUDGET: u32 = 128;
+
 /// The kernel side of the runtime: one poller, the registered sockets, the
 /// pending timers, and the read buffers lent to tasks that hold data.
 pub struct Reactor {
@@ -64,6 +70,49 @@ pub struct Reactor {
     /// Read buffers lent to tasks while they hold data (see
     /// [`BufferPool`]).
     buffers: BufferPool,
+    /// The cooperative budget of the task being polled: how many more I/O
+    /// operations it may complete before it must yield.
+    budget: Budget,
+}
+
+/// The cooperative budget (tokio's `coop`): a task may complete at most
+/// `per_poll` I/O operations each time it is polled. Spent, every [`Async`]
+/// operation answers `Pending` (after waking its task), so the task's
+/// `await` returns to the executor and the task goes to the back of the
+/// ready queue, behind everyone else who is ready.
+///
+/// Why it is needed: an I/O future returns `Pending` only when the kernel
+/// says `WouldBlock`. A client that sends without pause and reads its
+/// echoes at once keeps its socket readable and writable forever, so its
+/// task's `recv` and `write_all` always complete, its `loop` never
+/// suspends, and nobody else runs. The notes' asyncio escapes this by
+/// design (a stream's reader waits for the loop's callback to fill its
+/// buffer, once a turn); our futures talk to the socket directly, as
+/// tokio's do, and so need what tokio has: a budget.
+pub(super) struct Budget {
+    /// Operations allowed per poll; `None` (`--budget 0`) turns it off.
+    per_poll: Cell<Option<u32>>,
+    /// Operations left for the task being polled.
+    left: Cell<u32>,
+}
+
+impl Budget {
+    /// Refills the budget before a task is polled.
+    pub(super) fn refill(&self) {
+        if let Some(per_poll) = self.per_poll.get() {
+            self.left.set(per_poll);
+        }
+    }
+
+    /// Whether the task may do one more operation.
+    fn allows(&self) -> bool {
+        self.per_poll.get().is_none() || self.left.get() > 0
+    }
+
+    /// One operation completed.
+    fn spend(&self) {
+        self.left.set(self.left.get().saturating_sub(1));
+    }
 }
 
 /// One registered socket: what is known of its readiness, and who waits.
@@ -160,7 +209,23 @@ impl Reactor {
             next_timer_id: Cell::new(0),
             events: RefCell::new(Events::new()),
             buffers: BufferPool::new(),
+            budget: Budget {
+                per_poll: Cell::new(Some(DEFAULT_BUDGET)),
+                left: Cell::new(DEFAULT_BUDGET),
+            },
         }))
+    }
+
+    /// Sets the cooperative budget: at most `per_poll` I/O operations per
+    /// poll of a task; 0 turns the budget off (`serve --budget`).
+    pub fn set_budget(&self, per_poll: u32) {
+        self.budget.per_poll.set((per_poll > 0).then_some(per_poll));
+        self.budget.left.set(per_poll);
+    }
+
+    /// The budget the executor refills before each poll.
+    pub(super) fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// The poller, so that another thread can interrupt a wait with
@@ -295,13 +360,21 @@ impl<T: AsFd> Async<T> {
     }
 
     /// Runs `op` while the socket is known to be ready in `direction`;
-    /// on `WouldBlock`, forgets that readiness and waits for the poller to report it again.
+    /// on `WouldBlock`, forgets that readiness and waits for the poller to
+    /// report it again. A task whose [`Budget`] is spent gets `Pending`
+    /// with its waker already woken: it yields, and runs again after the
+    /// others (the readiness it knew of is kept).
     fn poll_io<R>(
         &self,
         cx: &mut Context<'_>,
         direction: Direction,
         mut op: impl FnMut(&T) -> io::Result<R>,
     ) -> Poll<io::Result<R>> {
+        let budget = &self.reactor.budget;
+        if !budget.allows() {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         loop {
             if !self.source.ready(direction).get() {
                 self.source.waiter(direction).wait(cx.waker());
@@ -310,7 +383,10 @@ impl<T: AsFd> Async<T> {
             match op(&self.io) {
                 Err(e) if would_block(&e) => self.not_ready(direction),
                 Err(e) if interrupted(&e) => {}
-                result => return Poll::Ready(result),
+                result => {
+                    budget.spend();
+                    return Poll::Ready(result);
+                }
             }
         }
     }

@@ -43,6 +43,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let traffic = Traffic::default();
     let room = AsyncRoom::default();
     let reactor = Reactor::new(ctx.config.poller)?;
+    reactor.set_budget(ctx.config.budget);
     let executor = Executor::new(reactor.clone()).watching_stalls(ctx.stall_watch("async"));
     let listener = Async::new(listener, &reactor)?;
     let accepting = accept_clients(
@@ -93,12 +94,17 @@ impl Member<'_> {
     /// Listens and speaks until the client stops sending, then gives it
     /// the close grace to take what it is owed.
     async fn talk(&self, stream: &Async<TcpStream>, reactor: &Rc<Reactor>) -> Ending {
+        // Speaking is polled first: each time the task runs it writes what
+        // it owes before it reads more, and the cooperative budget then
+        // bounds how much it reads. (The other way round, a client that
+        // sends without pause spends the whole budget on reading, and its
+        // replies pile up until it is cut off as too slow.)
         let speaking = poll_fn(|cx| self.poll_speak(stream, cx, false));
-        let stopped = match select(self.listen(stream), speaking).await {
-            Either::Left(Ok(after)) => after,
+        let stopped = match select(speaking, self.listen(stream)).await {
+            Either::Right(Ok(after)) => after,
             Either::Left(Err(e)) | Either::Right(Err(e)) => return Ending::Failed(e),
             // Cut off: its last bytes get the close grace, as after a quit.
-            Either::Right(Ok(())) => After::TooSlow,
+            Either::Left(Ok(())) => After::TooSlow,
         };
         let rest = poll_fn(|cx| self.poll_speak(stream, cx, true));
         match timeout(reactor, CLOSE_GRACE, rest).await {

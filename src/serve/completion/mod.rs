@@ -37,6 +37,12 @@
 //! - **Buffers running out** (`ENOBUFS`, more arrivals in one turn than
 //!   there are buffers): the receives that found none end, and are
 //!   submitted again as buffers come back.
+//! - **Fairness**: a turn handles the completions already posted, each at
+//!   most one 4 KiB buffer, then submits and waits again. A client that
+//!   sends without pause adds completions to the queue as everyone else
+//!   does, in the order the data arrived; it cannot keep the loop from the
+//!   others' completions behind its own. (`tests/fairness.rs` holds every
+//!   model to that.)
 //! - Time: the turn's `io_uring_enter` takes a timeout (the next idle
 //!   sweep, back-off, `--work wait` timer or `--stats` line); the
 //!   shutdown's bell is one poll operation. `--threads N` runs N loops,

@@ -26,8 +26,10 @@ use super::{BenchResults, CONNECT_PHASE_LIMIT, DRAIN_LIMIT, ERROR_SAMPLES, Envir
 use crate::net::{connect, connect_patiently, interrupted, would_block};
 use crate::parse::HostPort;
 use crate::poller::{Events, Interest, Poller};
+use crate::serve::Protocol;
 use crate::stats::counted;
 use crate::sys;
+use crate::tools::hogs::Hogs;
 
 /// What to run.
 #[derive(Clone, Debug, Serialize)]
@@ -45,6 +47,9 @@ pub struct ChatBenchConfig {
     pub warmup: Duration,
     /// Lines each client keeps in flight.
     pub depth: usize,
+    /// More clients that send without pause, not measured (see
+    /// [`hogs`](crate::tools::hogs)).
+    pub hogs: usize,
     /// A server process on this machine whose CPU use to measure.
     pub server_pid: Option<u32>,
 }
@@ -72,6 +77,8 @@ pub struct ChatResults {
     pub client_cpu: f64,
     /// The server's, when its process was given.
     pub server_cpu: Option<f64>,
+    /// Bytes that came back to the hogs over the whole run.
+    pub hogs_received: u64,
 }
 
 impl ChatResults {
@@ -95,6 +102,7 @@ impl From<ChatResults> for BenchResults {
             client_cpu: chat.client_cpu,
             server_cpu: chat.server_cpu,
             served_connections: chat.served,
+            hogs_received: chat.hogs_received,
             ..BenchResults::default()
         }
     }
@@ -179,6 +187,7 @@ pub fn run(
         };
         clients.push(register(stream, &format!("{prefix}-{i}"))?);
     }
+    let hogs = Hogs::start(&config.addr, config.hogs, Protocol::Chat)?;
     let poller = Poller::new(crate::poller::Backend::default())?;
     for (key, client) in clients.iter().enumerate() {
         client.stream.set_nonblocking(true)?;
@@ -257,6 +266,7 @@ pub fn run(
     results.server_cpu = server_end
         .zip(server_start)
         .map(|(after, before)| cpu(after, before));
+    results.hogs_received = hogs.received();
     Ok(results)
 }
 
@@ -470,6 +480,9 @@ pub fn render(report: &ChatBenchReport) -> String {
         text.push_str(&format!(", server CPU {server:.2} cores"));
     }
     text.push('\n');
+    if p.hogs > 0 {
+        text.push_str(super::report::hogs_line(p.hogs, r.hogs_received).trim_start());
+    }
     if r.errors == 0 {
         text.push_str("every delivered line checked: right receiver, right sender, in order, whole, none lost\n");
     } else {
@@ -496,6 +509,7 @@ mod tests {
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
             depth: 1,
+            hogs: 0,
             server_pid: None,
         };
         assert!(validate(&config).is_err());

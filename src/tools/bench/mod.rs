@@ -51,7 +51,9 @@ use worker::Worker;
 
 use crate::net::{connect, connect_patiently};
 use crate::parse::HostPort;
+use crate::serve::Protocol;
 use crate::sys;
+use crate::tools::hogs::Hogs;
 
 /// The default message size.
 pub const DEFAULT_MESSAGE_SIZE: usize = 512;
@@ -87,6 +89,10 @@ pub struct BenchConfig {
     /// More connections that connect and stay silent for the whole run:
     /// the C10K shape, where most clients are idle.
     pub idle: usize,
+    /// More connections that send without pause for the whole run (see
+    /// [`hogs`](crate::tools::hogs)); the latencies are the measured
+    /// connections' only: the noisy-neighbour view.
+    pub hogs: usize,
     /// The measured window.
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
@@ -180,6 +186,8 @@ pub fn run_until(
     }
     // Held open, silent, until the run ends.
     let _idle = open_idle(config)?;
+    // Sending without pause until the run ends.
+    let hogs = Hogs::start(&config.addr, config.hogs, Protocol::Echo)?;
     let echoed = AtomicU64::new(0);
     let start = Instant::now();
     let window = Window {
@@ -247,6 +255,7 @@ pub fn run_until(
         Ok(results)
     })?;
     results.connect_failures = connect_failures;
+    results.hogs_received = hogs.received();
     if results.served_connections == 0 && results.errors == 0 && !stop.load(Relaxed) {
         let opened = config.connections as u64 - connect_failures;
         results.error_samples.insert(

@@ -92,6 +92,9 @@ pub struct BenchResults {
     /// The server's CPU use over the same window, in cores, when its
     /// process was given (`server_pid`) and could be read.
     pub server_cpu: Option<f64>,
+    /// Bytes that came back to the `--hogs` over the whole run.
+    #[serde(default)]
+    pub hogs_received: u64,
 }
 
 impl BenchResults {
@@ -292,6 +295,7 @@ impl WorkerResult {
             skipped_sends: self.skipped,
             client_cpu,
             server_cpu: None,
+            hogs_received: 0,
         }
     }
 }
@@ -337,6 +341,9 @@ pub fn render(report: &BenchReport) -> String {
             p.idle
         );
     }
+    if p.hogs > 0 {
+        out += &hogs_line(p.hogs, r.hogs_received);
+    }
     if r.abandoned_connections > 0 {
         out += &format!(
             "  abandoned    {}: {} waited through the whole window unanswered\n",
@@ -355,4 +362,13 @@ pub fn render(report: &BenchReport) -> String {
         out += &format!("  error: {sample}\n");
     }
     out
+}
+
+/// The report's line on the `--hogs`: how many, and that they were served.
+pub(crate) fn hogs_line(hogs: usize, received: u64) -> String {
+    format!(
+        "  hogs         {hogs} more sending without pause ({:.1} MiB came back to them); \
+         the latencies are the measured connections' only, the client CPU includes the hogs'\n",
+        received as f64 / (1024.0 * 1024.0)
+    )
 }

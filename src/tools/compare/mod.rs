@@ -76,6 +76,8 @@ pub struct CompareConfig {
     pub server_threads: usize,
     /// Silent connections beside the active ones, for every run.
     pub idle: usize,
+    /// Connections that send without pause beside the measured ones.
+    pub hogs: usize,
     /// `--poller` for our one-thread models; their default if `None`.
     pub poller: Option<Backend>,
     /// `--work` for every echo-lab server (not for `--also` peers).
@@ -126,6 +128,7 @@ pub fn run(
         offload: config.offload,
         poller: config.poller.map(|b| b.name().to_owned()),
         idle: config.idle,
+        hogs: config.hogs,
         environment: Environment::current(),
     };
     for (repeat, connections, index) in schedule(servers.len(), &config.connections, config.repeat)
@@ -150,6 +153,7 @@ pub fn run(
             addr: HostPort::from(server.addr),
             connections,
             idle: config.idle,
+            hogs: config.hogs,
             duration: config.duration,
             warmup: config.warmup,
             size: config.size,
@@ -199,6 +203,7 @@ fn chat_run(echo: &BenchConfig) -> anyhow::Result<bench::BenchResults> {
         duration: echo.duration,
         warmup: echo.warmup,
         depth: 1,
+        hogs: echo.hogs,
         server_pid: echo.server_pid,
     };
     if let Some(cpu) = echo.pin_cpu {

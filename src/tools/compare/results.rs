@@ -110,6 +110,9 @@ pub struct Comparison {
     /// Silent connections beside the active ones in every run.
     #[serde(default)]
     pub idle: usize,
+    /// Connections sending without pause beside the measured ones.
+    #[serde(default)]
+    pub hogs: usize,
     /// Where it ran.
     pub environment: Environment,
 }
@@ -272,6 +275,7 @@ impl Comparison {
             offload: 0,
             poller: None,
             idle: 0,
+            hogs: 0,
             environment: Environment::current(),
         }
     }
