@@ -61,6 +61,70 @@ fn bench_holds_idle_connections_beside_the_active_ones() {
     }
 }
 
+/// `bench --hogs` runs its hogs beside the measured connections for the
+/// whole run: the server holds them all, the hogs are echoed to, and the
+/// measured connections are served and verified regardless; the report
+/// says so.
+#[test]
+fn bench_runs_hogs_beside_the_measured_connections() {
+    let server = start(Mode::Async);
+    let mut config = short_bench(server.addr().into(), 2);
+    config.hogs = 3;
+    let results = bench::run(&config, |_, _| {}).unwrap();
+    assert_eq!(results.errors, 0, "{results:?}");
+    assert_eq!(results.served_connections, 2);
+    assert!(results.hogs_received > 0, "{results:?}");
+    assert_eq!(server.stats().peak(), 5);
+    let report = bench::BenchReport {
+        parameters: config,
+        results,
+        environment: bench::Environment::current(),
+    };
+    assert!(bench::render(&report).contains("hogs         3 more sending without pause"));
+}
+
+/// `compare --hogs` gives every run its hogs, says so above the table and
+/// records it in results.json; the chat's hogs speak the chat.
+#[test]
+fn compare_runs_hogs_beside_every_run() {
+    for protocol in ["echo", "chat"] {
+        let out = std::env::temp_dir().join(format!(
+            "echo-lab-compare-hogs-{protocol}-{}",
+            std::process::id()
+        ));
+        let (status, stdout, stderr) = run_binary(&[
+            "compare",
+            "--protocol",
+            protocol,
+            "--modes",
+            "selector,async",
+            "-c",
+            "2",
+            "-d",
+            "300ms",
+            "--warmup",
+            "0s",
+            "--hogs",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(status, Some(0), "{stdout}{stderr}");
+        assert!(stdout.contains("# 2 hogs beside every run"), "{stdout}");
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["hogs"], 2);
+        for row in json["rows"].as_array().unwrap() {
+            assert!(
+                row["results"]["hogs_received"].as_u64().unwrap() > 0,
+                "{row}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
 /// bench's open loop keeps its schedule and verifies just the same.
 #[test]
 fn bench_open_loop_at_a_fixed_rate() {

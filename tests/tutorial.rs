@@ -19,7 +19,8 @@
 //!   `contains "TEXT"`, `exit N` (of the block's last command; otherwise
 //!   every command must exit 0), `staircase`, `all-at-once`, `third-waits`,
 //!   `one-at-a-time` and `two-at-a-time` (echoes 100 ms or more apart, one
-//!   or two at a time).
+//!   or two at a time), `max-under DURATION` (a bench's slowest echo, the
+//!   `max` of its latency line, is shorter).
 //! - `<!-- needs: io_uring -->` before a block: it runs only where the
 //!   completion model can (elsewhere the test says it skipped it, and why).
 //! - An `<!-- excerpt: PATH -->` comment before a ```` ```rust ```` block
@@ -48,6 +49,7 @@ enum Expect {
     ThirdWaits,
     OneAtATime,
     TwoAtATime,
+    MaxUnder(Duration),
 }
 
 #[derive(Debug)]
@@ -74,6 +76,10 @@ fn parse_expect(text: &str) -> Expect {
     let text = text.trim();
     if let Some(quoted) = text.strip_prefix("contains ") {
         return Expect::Contains(quoted.trim().trim_matches('"').to_owned());
+    }
+    if let Some(bound) = text.strip_prefix("max-under ") {
+        let bound = echo_lab::parse::parse_duration(bound.trim()).expect("a duration");
+        return Expect::MaxUnder(bound);
     }
     if let Some(code) = text.strip_prefix("exit ") {
         return Expect::Exit(code.trim().parse().expect("exit code"));
@@ -203,12 +209,25 @@ fn probe_rows(output: &str) -> Vec<(f64, f64, f64)> {
         .collect()
 }
 
+/// The `max` of a bench report's latency line (`... max 4.647ms`).
+fn bench_max(output: &str) -> Option<Duration> {
+    let line = output
+        .lines()
+        .find(|l| l.trim_start().starts_with("latency"))?;
+    let ms = line.split("max ").nth(1)?.trim().strip_suffix("ms")?;
+    Some(Duration::from_secs_f64(ms.parse::<f64>().ok()? / 1000.0))
+}
+
 fn check_expect(place: &str, expect: &Expect, output: &str, statuses: &[i32]) {
     let rows = probe_rows(output);
     let shown = format!("{place}: expected {expect:?}; output:\n{output}");
     match expect {
         Expect::Contains(text) => assert!(output.contains(text.as_str()), "{shown}"),
         Expect::Exit(code) => assert_eq!(statuses.last(), Some(code), "{shown}"),
+        Expect::MaxUnder(bound) => {
+            let max = bench_max(output).unwrap_or_else(|| panic!("no latency line: {shown}"));
+            assert!(max < *bound, "{shown}");
+        }
         Expect::Staircase => {
             let mut rows = rows;
             assert!(rows.len() >= 2, "{shown}");

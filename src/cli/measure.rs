@@ -315,6 +315,12 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
         Environment::current().headline(),
         compare::placement(&config).2
     );
+    if config.hogs > 0 {
+        println!(
+            "# {} beside every run; latencies are the measured connections'",
+            counted(config.hogs as u64, "hog")
+        );
+    }
     print!("{}", compare::header());
     let comparison = compare::run(&config, interrupt.flag(), |row| {
         print!("{}", compare::render_row(row));
