@@ -12,6 +12,11 @@
 #      connections on one shared core.
 #   1d. 10 active and 5,000 idle connections (bench --idle) on each backend:
 #      poll(2) against epoll and polling.
+#   1e. The async model's cooperative budget on (default) and off
+#      (--budget 0), and on --poller epoll, against tokio and raw epoll at
+#      100 and 1,000 connections on one shared core (CPU per message); then
+#      one measured connection beside four that never pause (bench --hogs
+#      4), each model and tokio: the measured connection's p99 and max.
 #   2. sequential and threadpool at 1 connection against a minimal blocking
 #      thread-per-connection server.
 #   3. Syscalls per echoed message at 100 connections, server side and the
@@ -79,6 +84,36 @@ echo "## 1d. 10 active clients and 5,000 idle ones, the selector on each backend
     -c 10 --idle 5000 --duration "$DURATION" --warmup 500ms --repeat 3 --shared-core \
     --baseline selector-epoll --out "$OUT/idle" | sed -n '/^medians/,$p'
 echo
+echo "## 1e. The async budget (on, off) and backend, one shared core"
+"$LAB" compare --modes async \
+    --also "async-budget0=$LAB serve --mode async --budget 0 --addr 127.0.0.1:{port} --quiet" \
+    --also "async-epoll=$LAB serve --mode async --poller epoll --addr 127.0.0.1:{port} --quiet" \
+    --also "$TOKIO" --also "$RAW" -c 100,1000 "${COMMON[@]}" --shared-core \
+    --baseline tokio,async-epoll --out "$OUT/budget" | sed -n '/^medians/,$p'
+echo
+echo "One measured connection beside four hogs (bench --hogs 4, 3 s, unpinned):"
+echo
+echo "| server | p99 | max |"
+echo "| --- | ---: | ---: |"
+hog_row() {
+    local name=$1; shift
+    "$@" > "$OUT.hog.listening" 2>/dev/null &
+    local server=$!
+    until grep -q listening "$OUT.hog.listening" 2>/dev/null; do sleep 0.05; done
+    local addr
+    addr=$(sed -n 's/^listening on //p' "$OUT.hog.listening")
+    "$LAB" bench --addr "$addr" -c 1 --hogs 4 --duration 3s --warmup 0s 2>/dev/null \
+        | awk -v n="$name" '/latency/ { print "| " n " | " $7 " | " $11 " |" }'
+    kill -TERM "$server"; wait "$server" 2>/dev/null || true
+}
+for mode in selector statemachine async completion threadpool; do
+    hog_row "$mode" "$LAB" serve --mode "$mode" --addr 127.0.0.1:0 --quiet
+done
+hog_row "async --budget 0" "$LAB" serve --mode async --budget 0 --addr 127.0.0.1:0 --quiet
+hog_row "tokio current_thread" target/release/examples/tokio_echo 0
+rm -f "$OUT.hog.listening"
+echo
+
 echo "## 2. Blocking models at 1 connection vs a blocking thread-per-connection server, pinned apart"
 "$LAB" compare --modes sequential,threadpool --also "$BLOCKING" \
     -c 1 "${COMMON[@]}" --pin --baseline blocking --out "$OUT/blocking" \
