@@ -481,7 +481,8 @@ fn compare_sweeps_the_chat() {
     ]);
     assert_eq!(status, Some(0), "{stdout}{stderr}");
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("latest/results.json")).unwrap())
+            .unwrap();
     assert_eq!(json["protocol"], "chat");
     let rows = json["rows"].as_array().unwrap();
     let servers: Vec<&str> = rows.iter().map(|r| r["server"].as_str().unwrap()).collect();

@@ -111,9 +111,10 @@ fn compare_runs_hogs_beside_every_run() {
         ]);
         assert_eq!(status, Some(0), "{stdout}{stderr}");
         assert!(stdout.contains("# 2 hogs beside every run"), "{stdout}");
-        let json: Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
-                .unwrap();
+        let json: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("latest/results.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(json["hogs"], 2);
         for row in json["rows"].as_array().unwrap() {
             assert!(
@@ -554,7 +555,8 @@ fn ctrl_c_on_compare_stops_its_servers_and_keeps_what_was_measured() {
         assert!(!running(server), "server {server} outlived compare");
     }
     let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("latest/results.json")).unwrap())
+            .unwrap();
     assert_eq!(json["partial"], true);
     assert!(!json["rows"].as_array().unwrap().is_empty(), "{json}");
     let _ = std::fs::remove_dir_all(&out);
@@ -582,12 +584,65 @@ fn compare_passes_work_to_its_servers() {
     ]);
     assert_eq!(status, Some(0), "{stdout}{stderr}");
     let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("latest/results.json")).unwrap())
+            .unwrap();
     assert_eq!(json["work"], "sleep:20ms");
     for row in json["rows"].as_array().unwrap() {
         let rate = row["results"]["messages_per_sec"].as_f64().unwrap();
         assert!(rate > 0.0 && rate <= 55.0, "{row}");
     }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Two compares into one `--out` (chapter 7's, then chapter 8's chat):
+/// each keeps its own directory, `latest` names the second, the first is
+/// still there, and the chat run shows and records no counters, because
+/// its servers wrote none (it used to read the first run's back).
+#[test]
+fn a_second_compare_keeps_the_first_and_shows_only_its_own_numbers() {
+    let out = std::env::temp_dir().join(format!("echo-lab-compare-twice-{}", std::process::id()));
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "compare", "--modes", "selector", "-c", "2", "-d", "300ms", "--warmup", "0s", "--out",
+        ];
+        args.push(out.to_str().unwrap());
+        args.extend_from_slice(extra);
+        let (status, stdout, stderr) = run_binary(&args);
+        assert_eq!(status, Some(0), "{stdout}{stderr}");
+        stdout
+    };
+    let first = run(&["--work", "cpu:1ms"]);
+    let second = run(&["--protocol", "chat"]);
+    assert!(second.contains("names the latest run"), "{second}");
+    let runs: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("run-"))
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let read = |path: std::path::PathBuf| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let latest = read(out.join("latest/results.json"));
+    assert_eq!(latest["protocol"], "chat");
+    for row in latest["rows"].as_array().unwrap() {
+        assert!(row["counters"].is_null(), "{row}");
+    }
+    let chat_row = second
+        .lines()
+        .find(|l| l.starts_with("selector "))
+        .expect("a row");
+    let fields: Vec<&str> = chat_row.split_whitespace().collect();
+    assert_eq!(&fields[7..9], ["-", "-"], "{chat_row}");
+    // The first run is intact, with the counters its servers wrote.
+    let first_dir = runs
+        .iter()
+        .map(|name| out.join(name))
+        .find(|dir| dir.canonicalize().unwrap() != out.join("latest").canonicalize().unwrap())
+        .unwrap();
+    let earlier = read(first_dir.join("results.json"));
+    assert_eq!(earlier["work"], "cpu:1ms", "{first}");
+    assert!(!earlier["rows"][0]["counters"].is_null());
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -616,7 +671,7 @@ fn saved_results_describe_themselves_and_can_be_held_against_each_other() {
     ]);
     assert_eq!(status, Some(0), "{stdout}{stderr}");
     assert!(stdout.starts_with("# echo-lab "), "{stdout}");
-    let text = std::fs::read_to_string(old.join("results.json")).unwrap();
+    let text = std::fs::read_to_string(old.join("latest/results.json")).unwrap();
     let mut json: Value = serde_json::from_str(&text).unwrap();
     let env = &json["environment"];
     for field in ["version", "command", "cpu_model", "kernel", "date"] {
@@ -631,7 +686,7 @@ fn saved_results_describe_themselves_and_can_be_held_against_each_other() {
             .unwrap()
             .contains("compare --modes selector")
     );
-    std::fs::remove_file(old.join("throughput.svg")).unwrap();
+    std::fs::remove_file(old.join("latest/throughput.svg")).unwrap();
     let (status, stdout, _) = run_binary(&["report", old.to_str().unwrap()]);
     assert_eq!(status, Some(0), "{stdout}");
     assert_eq!(
@@ -642,7 +697,7 @@ fn saved_results_describe_themselves_and_can_be_held_against_each_other() {
         2,
         "{stdout}"
     );
-    assert!(old.join("throughput.svg").exists());
+    assert!(old.join("latest/throughput.svg").exists());
     let (status, stdout, _) = run_binary(&[
         "report",
         old.to_str().unwrap(),
@@ -701,7 +756,8 @@ fn compare_writes_json_csv_and_chart() {
     ]);
     assert_eq!(status, Some(0), "{stdout}{stderr}");
     let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("latest/results.json")).unwrap())
+            .unwrap();
     let rows = json["rows"].as_array().unwrap();
     let keys: Vec<(String, u64)> = rows
         .iter()
@@ -738,13 +794,13 @@ fn compare_writes_json_csv_and_chart() {
             _ => assert!(counters.is_null(), "{row}"),
         }
     }
-    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let csv = std::fs::read_to_string(out.join("latest/results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 6, "{csv}");
     assert!(
         csv.lines().next().unwrap().ends_with(",server_cpu"),
         "{csv}"
     );
-    let svg = std::fs::read_to_string(out.join("throughput.svg")).unwrap();
+    let svg = std::fs::read_to_string(out.join("latest/throughput.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("selector") && svg.contains("peer"));
     assert!(
         stdout.contains("only 1 of 4 connections served"),

@@ -133,15 +133,8 @@ pub(super) fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
     }
     let repeat = comparison.rows.iter().map(|r| r.repeat).max().unwrap_or(1);
     print_medians(&comparison, repeat, &args.baseline);
-    let chart = if args.dir.is_dir() {
-        args.dir.clone()
-    } else {
-        args.dir
-            .parent()
-            .map_or_else(PathBuf::new, Path::to_path_buf)
-    };
-    compare::write_chart(&comparison, &chart)?;
-    println!("\nredrew throughput.svg in {}", chart.display());
+    compare::write_chart(&comparison, &comparison.dir)?;
+    println!("\nredrew throughput.svg in {}", comparison.dir.display());
     let slower = hold_against(&comparison, &args.judge)?;
     Ok(if slower {
         ExitCode::FAILURE
@@ -331,8 +324,9 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
     }
     print_medians(&comparison, config.repeat, &args.baseline);
     println!(
-        "\nwrote results.json, results.csv and throughput.svg to {}",
-        config.out.display()
+        "\nwrote results.json, results.csv and throughput.svg to {} ({} names the latest run; earlier runs stay beside it)",
+        comparison.dir.display(),
+        config.out.join(compare::LATEST).display()
     );
     let slower = hold_against(&comparison, &args.judge)?;
     if let Some(code) = interrupt.exit_code() {

@@ -10,7 +10,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -233,7 +233,10 @@ pub struct CompareArgs {
     /// to the table of medians.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub baseline: Vec<String>,
-    /// Where to write results.json, results.csv and throughput.svg.
+    /// Where runs go: each run writes results.json, results.csv and
+    /// throughput.svg to a new directory of its own under DIR
+    /// (run-<UTC time>), and DIR/latest names the last; nothing is
+    /// overwritten.
     #[arg(long, value_name = "DIR", default_value = "echo-lab-results")]
     pub out: PathBuf,
     /// Holding the run against an earlier one.
@@ -244,7 +247,8 @@ pub struct CompareArgs {
 /// `--against` and `--fail-if-slower`, for compare and report.
 #[derive(Debug, Args)]
 pub struct JudgeArgs {
-    /// An earlier results.json (or its directory): print each cell's change,
+    /// An earlier results.json (or its run's directory, or an --out
+    /// directory: its latest run): print each cell's change,
     /// called real only where it exceeds both runs' spread over repeats.
     #[arg(long, value_name = "RESULTS")]
     pub against: Option<PathBuf>,
@@ -257,7 +261,8 @@ pub struct JudgeArgs {
 /// `echo-lab report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// A directory compare wrote (or its results.json).
+    /// A run's directory (or its results.json, or an --out directory: its
+    /// latest run).
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
     /// Servers to compare the others with, as for compare.

@@ -46,7 +46,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use report::WorkerResult;
-pub use report::{BenchReport, BenchResults, Environment, Latency, render};
+pub use report::{BenchReport, BenchResults, Environment, Latency, render, utc_now};
 use worker::Worker;
 
 use crate::net::{connect, connect_patiently};

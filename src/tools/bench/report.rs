@@ -191,7 +191,7 @@ fn command_line() -> String {
 }
 
 /// Now, UTC, as `2026-11-26T14:20:05Z`.
-fn utc_now() -> String {
+pub fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

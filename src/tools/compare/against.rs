@@ -8,7 +8,7 @@
 //! overlap; a difference inside the spread is noise, whatever its size. A
 //! run of one repeat has no spread, so its changes are left undecided.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
@@ -44,20 +44,33 @@ pub enum Verdict {
     Undecided,
 }
 
-/// Reads a `results.json`, or the one in a directory.
+/// The `results.json` that `path` names: the file itself, the one in a
+/// run's directory, or, for compare's `--out` directory, the latest run's.
+pub fn results_file(path: &Path) -> PathBuf {
+    if !path.is_dir() {
+        return path.to_owned();
+    }
+    let here = path.join("results.json");
+    let latest = path.join(super::output::LATEST).join("results.json");
+    if !here.exists() && latest.exists() {
+        latest
+    } else {
+        here
+    }
+}
+
+/// Reads the comparison that `path` names (see [`results_file`]).
 ///
 /// # Errors
 /// The file cannot be read or is not a comparison.
 pub fn load(path: &Path) -> anyhow::Result<Comparison> {
-    let file = if path.is_dir() {
-        path.join("results.json")
-    } else {
-        path.to_owned()
-    };
+    let file = results_file(path);
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a results.json of compare", file.display()))
+    let mut comparison: Comparison = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a results.json of compare", file.display()))?;
+    comparison.dir = file.parent().map_or_else(PathBuf::new, Path::to_path_buf);
+    Ok(comparison)
 }
 
 /// The cost of one run in microseconds per message: the server's CPU time

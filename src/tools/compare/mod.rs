@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-pub use output::{header, render_medians, render_row, write_chart, write_files};
+pub use output::{LATEST, header, render_medians, render_row, write_chart, write_files};
 pub use results::{Comparison, Counters, Median, Ratio, Row, medians};
 pub use servers::{Peer, SERVER_PATIENCE, parse_peer};
 
@@ -84,7 +84,8 @@ pub struct CompareConfig {
     pub work: Option<Work>,
     /// `--offload` for our one-thread models, with `work`.
     pub offload: usize,
-    /// Where the files go.
+    /// Where the runs go: each in a directory of its own, `latest` naming
+    /// the last one.
     pub out: PathBuf,
 }
 
@@ -99,8 +100,11 @@ pub fn run(
     stop: &AtomicBool,
     mut on_row: impl FnMut(&Row),
 ) -> anyhow::Result<Comparison> {
-    // Before minutes of runs, not after them.
-    let counters_dir = config.out.join("counters");
+    // Before minutes of runs, not after them. Every run has a directory
+    // of its own, so nothing an earlier run wrote is overwritten, or read
+    // back as if this run had measured it.
+    let dir = output::new_run_directory(&config.out)?;
+    let counters_dir = dir.join("counters");
     std::fs::create_dir_all(&counters_dir)
         .with_context(|| format!("creating {}", counters_dir.display()))?;
     let (server_cpu, client_cpu, placement) = placement(config);
@@ -130,6 +134,7 @@ pub fn run(
         idle: config.idle,
         hogs: config.hogs,
         environment: Environment::current(),
+        dir: dir.clone(),
     };
     for (repeat, connections, index) in schedule(servers.len(), &config.connections, config.repeat)
     {
@@ -185,12 +190,13 @@ pub fn run(
             repeat,
             results,
             note,
-            counters: Counters::read(&counters_file),
+            counters: server.counters.as_deref().and_then(Counters::read),
         };
         on_row(&row);
         comparison.rows.push(row);
     }
-    output::write_files(&comparison, &config.out)?;
+    output::write_files(&comparison, &dir)?;
+    output::mark_latest(&config.out, &dir)?;
     Ok(comparison)
 }
 

@@ -2,11 +2,57 @@
 //! in markdown, and the files (`results.json`, `results.csv`,
 //! `throughput.svg`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
 use super::results::{Comparison, Median, Row};
+
+/// What names the last run in an `--out` directory: a symbolic link to its
+/// directory, so that `--against echo-lab-results/latest` (or just
+/// `echo-lab-results`) always means the run before.
+pub const LATEST: &str = "latest";
+
+/// Makes a new directory for a run under `out`, named for the moment it
+/// started (`run-20261203T211538Z`, with `-2`, `-3`, ... if two start in
+/// the same second).
+///
+/// # Errors
+/// It cannot be created (a file in the way, no permission).
+pub fn new_run_directory(out: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let stamp: String = crate::tools::bench::utc_now()
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    for n in 1.. {
+        let name = match n {
+            1 => format!("run-{stamp}"),
+            n => format!("run-{stamp}-{n}"),
+        };
+        let dir = out.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
+    unreachable!("some suffix is free")
+}
+
+/// Points `out/latest` at `run`, replacing the link to the run before.
+///
+/// # Errors
+/// Something other than our link is in the way, or it cannot be made.
+pub fn mark_latest(out: &Path, run: &Path) -> anyhow::Result<()> {
+    let link = out.join(LATEST);
+    if link.is_symlink() {
+        std::fs::remove_file(&link).with_context(|| format!("replacing {}", link.display()))?;
+    }
+    let name = run.file_name().context("a run directory has a name")?;
+    std::os::unix::fs::symlink(name, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), run.display()))
+}
 
 /// The medians as a markdown table, with a ratio column per baseline.
 pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {

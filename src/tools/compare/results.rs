@@ -107,6 +107,10 @@ pub struct Comparison {
     /// The one-thread loops' readiness backend (`None`: their default).
     #[serde(default)]
     pub poller: Option<String>,
+    /// The directory this run's files are in (not saved: it is where the
+    /// file is).
+    #[serde(skip)]
+    pub dir: std::path::PathBuf,
     /// Silent connections beside the active ones in every run.
     #[serde(default)]
     pub idle: usize,
@@ -277,6 +281,7 @@ impl Comparison {
             idle: 0,
             hogs: 0,
             environment: Environment::current(),
+            dir: std::path::PathBuf::new(),
         }
     }
 }

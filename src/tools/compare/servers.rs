@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -63,6 +63,9 @@ pub(super) struct ServerProcess {
     pub(super) addr: SocketAddr,
     /// Ours must exit 0 on SIGTERM; a peer may simply die of it.
     ours: bool,
+    /// Where it was told to write its counters, if it was: nothing else is
+    /// read as its counters.
+    pub(super) counters: Option<PathBuf>,
 }
 
 impl Launch {
@@ -77,6 +80,7 @@ impl Launch {
         config: &CompareConfig,
         counters: &Path,
     ) -> anyhow::Result<ServerProcess> {
+        let mut counters_file = None;
         let (mut command, peer_port) = match self {
             Launch::Model(mode) => {
                 let mut c =
@@ -95,6 +99,7 @@ impl Launch {
                 } else {
                     // One line at shutdown, for the whole run.
                     c.args(["--stats", "100000s", "--stats-json"]).arg(counters);
+                    counters_file = Some(counters.to_owned());
                 }
                 let one_thread = mode.blocking() == crate::net::Blocking::No;
                 if one_thread {
@@ -136,6 +141,7 @@ impl Launch {
             child: command.spawn().context("spawning the server")?,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ours: peer_port.is_none(),
+            counters: counters_file,
         };
         // On failure, dropping `server` kills the child.
         server.addr = match peer_port {
