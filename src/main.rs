@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before anything else: a stop signal waits until `serve` has its
+    // handlers (the other commands let it through at once).
+    let _ = echo_lab::sys::hold_stop_signals();
     let cli = echo_lab::cli::Cli::parse();
     match echo_lab::cli::run(cli) {
         Ok(code) => code,

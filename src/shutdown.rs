@@ -193,10 +193,14 @@ pub fn trigger_on_signals(shutdown: &Shutdown, watcher: bool) -> anyhow::Result<
                 low_level::exit(128 + signal);
             }
         };
-        // SAFETY: the handler does only async-signal-safe things: an
-        // atomic swap, and `_exit`.
-        unsafe { low_level::register(signal, first_or_exit) }
-            .and_then(|_| pipe::register(signal, shutdown.inner.ringer.try_clone()?))
+        // The bell first: a signal that arrives between the two
+        // registrations must ring it. (The other way round, it was
+        // recorded as the first and rang nothing, and the server ran on
+        // until a second signal.)
+        pipe::register(signal, shutdown.inner.ringer.try_clone()?)
+            // SAFETY: the handler does only async-signal-safe things: an
+            // atomic swap, and `_exit`.
+            .and_then(|_| unsafe { low_level::register(signal, first_or_exit) })
             .context("installing signal handlers")?;
     }
     if watcher {

@@ -154,6 +154,76 @@ fn sigterm_with_clients_exits_cleanly(mode: Mode) {
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
 
+/// A SIGTERM at any moment of a server's start, from its `exec` to just
+/// after `listening on`, stops it cleanly: exit 0 and the summary, never
+/// the default action's death (status 143) nor a signal heard and then
+/// forgotten (a server that runs on). The moments are spread over the
+/// start-up as this machine times it, by a fixed pseudo-random sequence.
+///
+/// Before `main`, while the kernel and the loader start the process, no
+/// program can catch a signal. So the child is started as `main` would
+/// leave it from its first line, holding SIGINT and SIGTERM back (a mask
+/// survives `exec`): a signal in that first half-millisecond waits, and
+/// the server must take it up once its handlers are in place.
+fn sigterm_during_start_up_is_never_lost(mode: Mode) {
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
+    // How long a start takes here, to spread the signals over it.
+    let started = Instant::now();
+    let server = BinaryServer::start(&["--mode", mode.name(), "--quiet"]);
+    let start_up = started.elapsed();
+    drop(server);
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    for attempt in 0..TRIES {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // From 0 to 1.5 start-ups: the last third lands after `listening`.
+        let delay = start_up.mul_f64((seed % 1000) as f64 / 1000.0 * 1.5);
+        let mut command = Command::new(crate::common::binary());
+        command
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--quiet",
+                "--mode",
+                mode.name(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: pthread_sigmask is one, and
+        // the closure allocates nothing.
+        unsafe { command.pre_exec(echo_lab::sys::hold_stop_signals) };
+        let child = command.spawn().unwrap();
+        std::thread::sleep(delay);
+        echo_lab::sys::signal(child.id(), libc::SIGTERM).unwrap();
+        let signalled = Instant::now();
+        let output = crate::common::wait_with_patience(child);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "attempt {attempt}, SIGTERM {delay:?} into the start: {}; stderr: {stderr}",
+            output.status
+        );
+        assert!(
+            stderr.contains("shutting down after"),
+            "attempt {attempt}, {delay:?}: no summary; stderr: {stderr}"
+        );
+        // README promises 2 s; a loaded test machine gets more room.
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "attempt {attempt}"
+        );
+    }
+}
+
+/// Signals per model in [`sigterm_during_start_up_is_never_lost`].
+const TRIES: usize = 60;
+
 /// SIGINT (Ctrl-C) does the same as SIGTERM.
 fn sigint_exits_cleanly(mode: Mode) {
     let server = BinaryServer::start(&["--mode", mode.name(), "--quiet"]);
@@ -268,3 +338,5 @@ every_model!(
     out_of_descriptors_backs_off_and_recovers,
     a_broken_listener_stops_the_server_with_an_error,
 );
+
+every_model!(sigterm_during_start_up_is_never_lost);

@@ -26,7 +26,7 @@ use crate::parse::{
 use crate::poller::Backend;
 use crate::serve::work::{Work, parse_work};
 use crate::serve::{self, Config, Context, Mode, Protocol};
-use crate::shutdown::trigger_on_signals;
+use crate::shutdown::{Shutdown, trigger_on_signals};
 use crate::stats::counted;
 use crate::tools::bench::{self, BenchConfig, BenchReport, Environment};
 use crate::tools::compare::{self, CompareConfig, Peer, parse_peer};
@@ -522,6 +522,10 @@ pub struct ServeArgs {
 /// # Errors
 /// Whatever stopped the command, with context for one clear line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        // Held back by `main` for serve's sake: the tools take the default.
+        let _ = crate::sys::release_stop_signals();
+    }
     match cli.command {
         Command::Serve(args) => serve_command(args),
         Command::Client(args) => {

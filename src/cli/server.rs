@@ -88,6 +88,14 @@ fn check_chat_flags(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // First of all, the handlers: a SIGINT or SIGTERM from here on rings
+    // the shutdown's bell, which the server hears as soon as it serves.
+    // One that came earlier (`main` held it back) is delivered when they
+    // are let through, below.
+    let shutdown = Shutdown::new().context("preparing the shutdown")?;
+    // A blocking model has no event loop to hear the signal bell.
+    trigger_on_signals(&shutdown, args.mode.blocking() == Blocking::Yes)?;
+    crate::sys::release_stop_signals().context("letting stop signals through")?;
     check_model_flags(&args)?;
     if args.mode == Mode::Completion {
         // Before listening: a machine without io_uring gets one line.
@@ -126,9 +134,7 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         protocol: args.protocol,
     };
     let listeners = serve::bind(args.mode, &args.addr, &config)?;
-    let ctx = Context::new(config).context("preparing the shutdown")?;
-    // A blocking model has no event loop to hear the signal bell.
-    trigger_on_signals(&ctx.shutdown, args.mode.blocking() == Blocking::Yes)?;
+    let ctx = Context::with_shutdown(config, shutdown);
     let local = listeners.local_addr()?;
     announce(&format!("listening on {local}"));
     if let Some(notice) = exposure_notice(local) {

@@ -286,17 +286,23 @@ impl Context {
     /// # Errors
     /// If the shutdown's bell cannot be made (out of descriptors).
     pub fn new(config: Config) -> io::Result<Self> {
+        Ok(Self::with_shutdown(config, Shutdown::new()?))
+    }
+
+    /// A context with fresh counters that stops when `shutdown` is
+    /// triggered (made early, so that signals reach it from the start).
+    pub fn with_shutdown(config: Config, shutdown: Shutdown) -> Self {
         let mut stats = Stats::new(config.quiet, config.max_connections.get());
         if config.protocol == Protocol::Chat {
             stats = stats.sending();
         }
-        Ok(Context {
+        Context {
             config,
-            shutdown: Shutdown::new()?,
+            shutdown,
             stats,
             global_lock: Mutex::new(()),
             traffic: live::Traffic::default(),
-        })
+        }
     }
 }
 
