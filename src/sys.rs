@@ -227,6 +227,44 @@ pub fn signal_group(leader: u32, signal: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::kill(-pid, signal) })
 }
 
+/// Holds SIGINT and SIGTERM back on this thread: one that arrives stays
+/// pending, neither handled nor acted on by default, until
+/// [`release_stop_signals`]. `main` calls it first of all, so that a
+/// server stopped at any moment of its start is stopped by its own
+/// handlers (with a summary and exit 0), never killed by the default
+/// action before they exist. Threads started meanwhile inherit the mask.
+///
+/// # Errors
+/// As `pthread_sigmask(3)`.
+pub fn hold_stop_signals() -> io::Result<()> {
+    stop_signals_mask(libc::SIG_BLOCK)
+}
+
+/// Lets SIGINT and SIGTERM through again on this thread; one that arrived
+/// while they were held is delivered now.
+///
+/// # Errors
+/// As `pthread_sigmask(3)`.
+pub fn release_stop_signals() -> io::Result<()> {
+    stop_signals_mask(libc::SIG_UNBLOCK)
+}
+
+fn stop_signals_mask(how: libc::c_int) -> io::Result<()> {
+    // SAFETY: `set` is a local sigset_t that sigemptyset initialises before
+    // anything reads it; pthread_sigmask only reads it, and we pass no
+    // old-set pointer.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        match libc::pthread_sigmask(how, &set, std::ptr::null_mut()) {
+            0 => Ok(()),
+            error => Err(io::Error::from_raw_os_error(error)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,43 +308,5 @@ mod tests {
             signal(pid, 0).unwrap_err().raw_os_error(),
             Some(libc::ESRCH)
         );
-    }
-}
-
-/// Holds SIGINT and SIGTERM back on this thread: one that arrives stays
-/// pending, neither handled nor acted on by default, until
-/// [`release_stop_signals`]. `main` calls it first of all, so that a
-/// server stopped at any moment of its start is stopped by its own
-/// handlers (with a summary and exit 0), never killed by the default
-/// action before they exist. Threads started meanwhile inherit the mask.
-///
-/// # Errors
-/// As `pthread_sigmask(3)`.
-pub fn hold_stop_signals() -> io::Result<()> {
-    stop_signals_mask(libc::SIG_BLOCK)
-}
-
-/// Lets SIGINT and SIGTERM through again on this thread; one that arrived
-/// while they were held is delivered now.
-///
-/// # Errors
-/// As `pthread_sigmask(3)`.
-pub fn release_stop_signals() -> io::Result<()> {
-    stop_signals_mask(libc::SIG_UNBLOCK)
-}
-
-fn stop_signals_mask(how: libc::c_int) -> io::Result<()> {
-    // SAFETY: `set` is a local sigset_t that sigemptyset initialises before
-    // anything reads it; pthread_sigmask only reads it, and we pass no
-    // old-set pointer.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        match libc::pthread_sigmask(how, &set, std::ptr::null_mut()) {
-            0 => Ok(()),
-            error => Err(io::Error::from_raw_os_error(error)),
-        }
     }
 }
