@@ -272,7 +272,12 @@ fn check_expect(place: &str, expect: &Expect, output: &str, statuses: &[i32]) {
 fn run_chapter(name: &str) {
     let path = root().join("docs/tutorial").join(name);
     let text = std::fs::read_to_string(&path).unwrap();
-    let (mut blocks, excerpts) = parse_chapter(&text);
+    run_chapter_text(name, &text);
+}
+
+/// Runs the blocks of a chapter's `text` and checks what it promises.
+fn run_chapter_text(name: &str, text: &str) {
+    let (mut blocks, excerpts) = parse_chapter(text);
     if blocks.iter().any(|b| b.needs_ring)
         && crate::common::unavailable(echo_lab::serve::Mode::Completion)
     {
@@ -370,6 +375,17 @@ fn run_chapter(name: &str) {
                     "{place}: a server did not exit cleanly:\n{segment}"
                 );
             }
+            // Another background command: stopped by the block's `kill`
+            // (143), or done by then (0); anything else is its own failure.
+            if let Some(job) = line
+                .strip_prefix("@@job 0 ")
+                .and_then(|s| s.strip_suffix("@@"))
+            {
+                assert!(
+                    job == "0" || job == "143",
+                    "{place}: a background command failed (status {job}):\n{segment}"
+                );
+            }
         }
         let expected_exit = block.expects.iter().any(|e| matches!(e, Expect::Exit(_)));
         let must_succeed = if expected_exit {
@@ -385,6 +401,28 @@ fn run_chapter(name: &str) {
             check_expect(&place, expect, segment, &statuses);
         }
     }
+}
+
+/// The test itself fails when any command of a block fails, its first
+/// included, and when a background command fails before the block stops
+/// it, not only when an `expect:` is missed.
+#[test]
+fn a_failing_command_fails_the_chapter() {
+    for (what, text) in [
+        ("a first command", "```sh\nfalse\necho fine\n```\n"),
+        (
+            "a later command",
+            "```sh\necho fine\nls /no/such/file\n```\n",
+        ),
+        (
+            "a background command",
+            "```sh\n(exit 3) &\nsleep 0.2\nkill %1\n```\n",
+        ),
+    ] {
+        let ran = std::panic::catch_unwind(|| run_chapter_text("broken.md", text));
+        assert!(ran.is_err(), "{what} failed and the chapter passed");
+    }
+    run_chapter_text("fine.md", "```sh\necho fine\nsleep 5 &\nkill %1\n```\n");
 }
 
 macro_rules! chapters {
