@@ -18,6 +18,17 @@ fn assert_fails(args: &[&str], code: i32, words: &str) {
     );
 }
 
+/// A `--work` whose kind is right and whose duration is wrong gets one
+/// clause about the duration, not two "expected ..." run together.
+#[test]
+fn a_bad_work_duration_is_one_clear_clause() {
+    assert_fails(&["serve", "--work", "cpu:abc"], 2, "the duration 'abc'");
+    let (_, _, stderr) = run_binary(&["serve", "--work", "cpu:abc"]);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert_eq!(first.matches("expected").count(), 1, "{first}");
+    assert_fails(&["serve", "--work", "hot:1ms"], 2, "expected cpu:DURATION");
+}
+
 /// A port in use: exit 1 and one line that names the address, for every
 /// model and every `--threads`, even when the holder shares its port with
 /// SO_REUSEPORT (which would let a second `--threads` group join it).

@@ -67,7 +67,8 @@ pub fn parse_work(text: &str) -> Result<Work, String> {
         _ => return Err(format!("unknown kind '{kind}': {WORK_FORMS}")),
     };
     let duration =
-        parse_positive_duration(duration).map_err(|e| format!("'{text}': {e}; {WORK_FORMS}"))?;
+        // The kind was right: say only what is wrong with the duration.
+        parse_positive_duration(duration).map_err(|e| format!("'{text}': the duration {e}"))?;
     Ok(Work { kind, duration })
 }
 
