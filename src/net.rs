@@ -108,7 +108,11 @@ fn first_that_binds<T>(
     }
     match last_error {
         Some((candidate, e)) if e.kind() == io::ErrorKind::AddrInUse => {
-            bail!("cannot listen on {candidate}: address already in use")
+            bail!(
+                "cannot listen on {candidate}: address already in use (another server holds it: stop it, \
+                 or pick another port with --addr 127.0.0.1:PORT or ECHO_LAB_ADDR=127.0.0.1:PORT; \
+                 port 0 picks a free one)"
+            )
         }
         Some((candidate, e)) => Err(e).with_context(|| format!("cannot listen on {candidate}")),
         None => bail!("'{addr}' resolved to no address"),

@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 
-use crate::common::{BinaryServer, run_binary};
+use crate::common::{BinaryServer, binary, run_binary};
 
 /// Asserts a clean failure: the expected exit code, the expected words on
 /// stderr, and no panic or backtrace.
@@ -56,12 +56,75 @@ fn port_in_use_names_the_address() {
             let (status, stdout, stderr) = run_binary(&command);
             assert_eq!(status, Some(1), "{command:?}: {stderr}");
             assert_eq!(stdout, "");
-            assert_eq!(
-                stderr,
-                format!("echo-lab: cannot listen on {addr}: address already in use\n")
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.starts_with(&format!(
+                    "echo-lab: cannot listen on {addr}: address already in use (another server holds it"
+                )),
+                "{stderr}"
             );
+            assert!(stderr.contains("ECHO_LAB_ADDR=127.0.0.1:PORT"), "{stderr}");
         }
     }
+}
+
+/// `ECHO_LAB_ADDR` is every subcommand's default address: a server
+/// started with it listens there, and a client, a probe and a bench given
+/// only the variable find it; `--addr` still wins over it.
+#[test]
+fn echo_lab_addr_moves_every_subcommand() {
+    use std::process::{Command, Stdio};
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = Command::new(binary())
+        .args(["serve", "--quiet"])
+        .env("ECHO_LAB_ADDR", &addr)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), format!("listening on {addr}"));
+    for args in [
+        &["probe", "--clients", "2", "--hold", "0s"][..],
+        &["bench", "-c", "2", "-d", "200ms", "--warmup", "0s"],
+    ] {
+        let output = Command::new(binary())
+            .args(args)
+            .env("ECHO_LAB_ADDR", &addr)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+    }
+    // `--addr` wins: nothing listens on port 1.
+    let refused = Command::new(binary())
+        .args([
+            "probe",
+            "--addr",
+            "127.0.0.1:1",
+            "--clients",
+            "1",
+            "--timeout",
+            "1s",
+        ])
+        .env("ECHO_LAB_ADDR", &addr)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let _ = server.kill();
+    let _ = server.wait();
 }
 
 /// A second `serve --threads 2` on the port of a running one is refused:

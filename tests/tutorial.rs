@@ -338,6 +338,9 @@ fn run_chapter_text(name: &str, text: &str) {
     let mut child = Command::new("bash")
         .arg("-c")
         .arg(&script)
+        // The chapters' commands use the notes' address, which the test
+        // moves to `port`; a reader's own setting must not move it again.
+        .env("ECHO_LAB_ADDR", format!("127.0.0.1:{port}"))
         .current_dir(&scratch)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

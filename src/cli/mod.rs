@@ -43,6 +43,11 @@ use server::serve_command;
 /// The notes' address: where every server of the notes listens.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:55555";
 
+/// The environment variable every subcommand reads as its default address
+/// (`--addr` still wins): set it once to move the server and the tools off
+/// the notes' port together.
+pub const ADDR_VARIABLE: &str = "ECHO_LAB_ADDR";
+
 /// echo-lab: one echo protocol, six concurrency models, and the tools to
 /// watch and measure the difference.
 #[derive(Debug, Parser)]
@@ -75,7 +80,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// The server, as HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+    #[arg(long, value_name = "HOST:PORT", env = ADDR_VARIABLE, default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: HostPort,
     /// How long the server may stay silent while it owes an echo (or after
     /// the input ended) before the client gives up with an error. Waiting
@@ -96,7 +101,7 @@ pub struct ClientArgs {
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// The server, as HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+    #[arg(long, value_name = "HOST:PORT", env = ADDR_VARIABLE, default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: HostPort,
     /// Clients started at once.
     #[arg(long, value_name = "N", default_value = "3", value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -118,7 +123,7 @@ pub struct ProbeArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The server, as HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+    #[arg(long, value_name = "HOST:PORT", env = ADDR_VARIABLE, default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: HostPort,
     /// Connections, opened before the run.
     #[arg(long, short, value_name = "C", default_value = "10", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -412,7 +417,7 @@ pub struct ServeArgs {
 
     /// Where to listen, as HOST:PORT. Port 0 picks a free port; the real one
     /// is printed as `listening on HOST:PORT`.
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+    #[arg(long, value_name = "HOST:PORT", env = ADDR_VARIABLE, default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: HostPort,
 
     /// What the server speaks. `echo`: every byte back to its sender.
