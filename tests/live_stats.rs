@@ -18,9 +18,14 @@ fn json_lines(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
-/// The sum of `key` over every line.
+/// The sum of `key` over the interval lines (not the final one, which is
+/// the whole run's).
 fn total(lines: &[Value], key: &str) -> u64 {
-    lines.iter().map(|l| l[key].as_u64().unwrap_or(0)).sum()
+    lines
+        .iter()
+        .filter(|l| l["final"] == false)
+        .map(|l| l[key].as_u64().unwrap_or(0))
+        .sum()
 }
 
 /// Starts `mode` (with `extra` flags) writing `--stats` lines every 100 ms
@@ -36,9 +41,12 @@ fn start_counting(test: &str, mode: Mode, extra: &[&str]) -> (BinaryServer, Path
     (BinaryServer::start(&args), path)
 }
 
-/// Three clients, four messages each: the lines add up to 3 accepted, 3
-/// closed and 12 messages of 100 bytes each way, whichever model, and the
-/// last line is the final one.
+/// Three clients, four messages each: the interval lines add up to 3
+/// accepted, 3 closed and 12 messages of 100 bytes each way, whichever
+/// model; the last line is the final one, and it is the whole run's: the
+/// same totals, and its rate over the whole run (not scaled up from the
+/// last short interval, nor zero for a pool whose lines took every count
+/// before it).
 fn counts_add_up_to_the_traffic(mode: Mode) {
     let (server, path) = start_counting("traffic", mode, &[]);
     for client in 0..3 {
@@ -56,7 +64,22 @@ fn counts_add_up_to_the_traffic(mode: Mode) {
     assert_eq!(total(&lines, "messages"), 12, "{lines:?}");
     assert_eq!(total(&lines, "bytes_in"), 1200, "{lines:?}");
     assert_eq!(total(&lines, "bytes_out"), 1200, "{lines:?}");
-    assert_eq!(lines.last().unwrap()["final"], true, "{lines:?}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["final"], true, "{lines:?}");
+    for (key, expected) in [
+        ("accepted", 3),
+        ("closed", 3),
+        ("messages", 12),
+        ("bytes_in", 1200),
+        ("bytes_out", 1200),
+    ] {
+        assert_eq!(last[key], expected, "{key}: {last}");
+    }
+    let whole_run = last["seconds"].as_f64().unwrap();
+    let interval_seconds: f64 = lines.iter().filter_map(|l| l["seconds"].as_f64()).sum();
+    assert!(whole_run >= interval_seconds / 2.0 - 0.01, "{lines:?}");
+    let rate = last["msgs/s"].as_f64().unwrap();
+    assert!((rate - 12.0 / whole_run).abs() <= 1.0, "{last}");
     assert!(stderr.contains(&format!("final {mode}:")), "{stderr}");
     assert!(stderr.contains(&format!("stats {mode}:")), "{stderr}");
     let _ = std::fs::remove_file(&path);

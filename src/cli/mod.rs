@@ -513,7 +513,9 @@ pub struct ServeArgs {
     /// per wait, busy share and the longest turn for the one-thread loops;
     /// tasks and the ready queue for statemachine and async; busy workers,
     /// queued clients and the longest wait for a worker for threadpool; the
-    /// kernel's accept queue for sequential. A final line at shutdown.
+    /// kernel's accept queue for sequential. A final line at shutdown is the
+    /// whole run's: counts summed, rates over the whole run, the longest turn
+    /// of all.
     #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s", value_parser = parse_positive_duration)]
     pub stats: Option<Duration>,
 

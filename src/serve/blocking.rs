@@ -160,7 +160,7 @@ pub fn report_every<'scope, F>(
     mut fill: F,
 ) -> Option<Report<'scope, F>>
 where
-    F: FnMut(&mut Line, f64) + Send + 'scope,
+    F: FnMut(&mut Line) + Send + 'scope,
 {
     let interval = ctx.config.stats?;
     let mut reporter = ctx.reporter(name)?;
@@ -176,7 +176,7 @@ where
 /// The reporter thread of a blocking model.
 pub struct Report<'scope, F>(std::thread::ScopedJoinHandle<'scope, (Reporter, F)>);
 
-impl<F: FnMut(&mut Line, f64)> Report<'_, F> {
+impl<F: FnMut(&mut Line)> Report<'_, F> {
     /// Waits for the reporter (the shutdown has been triggered) and writes
     /// the final line.
     pub fn finish(self) {

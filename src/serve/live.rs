@@ -10,6 +10,12 @@
 //! This file holds what every model shares: when a line is due, and how a
 //! line is written.
 //!
+//! A model names each field with its kind ([`Line::count`],
+//! [`Line::gauge`], [`Line::rate`], ...), not as finished text, because the
+//! reporter adds every line into the run's totals: the final line at
+//! shutdown is the whole run (its counts summed, its rates over its whole
+//! length, its longest turn the longest of all), not the last interval.
+//!
 //! Tutorial: `docs/tutorial/2-a-pool-of-threads.md`,
 //! `docs/tutorial/3-readiness-and-epoll.md`,
 //! `docs/tutorial/5-async-await-from-the-ground-up.md`.
@@ -47,19 +53,26 @@ pub struct Reporter {
     /// The loop's name in every line: `selector`, `async-1`, `threadpool`.
     name: String,
     interval: Duration,
+    /// When the loop started: the final line covers the run from here.
+    started: Instant,
     /// When the last line (or the start) was.
     since: Instant,
     json: Option<JsonSink>,
+    /// Every line so far, added up field by field, for the final line.
+    run: Line,
 }
 
 impl Reporter {
     /// A reporter for the loop `name`, every `interval`.
     pub fn new(name: impl Into<String>, interval: Duration, json: Option<JsonSink>) -> Self {
+        let now = Instant::now();
         Reporter {
             name: name.into(),
             interval,
-            since: Instant::now(),
+            started: now,
+            since: now,
             json,
+            run: Line::default(),
         }
     }
 
@@ -73,54 +86,178 @@ impl Reporter {
         now >= self.deadline()
     }
 
-    /// Writes one line: `fill` adds the fields, given the seconds the line
-    /// covers (for rates). `last` marks the final line at shutdown.
-    pub fn report(&mut self, now: Instant, last: bool, fill: impl FnOnce(&mut Line, f64)) {
-        let seconds = now.duration_since(self.since).as_secs_f64().max(1e-9);
-        self.since = now;
+    /// Writes one line: `fill` adds the fields of the interval since the
+    /// last line. `last` marks the final line at shutdown, which shows the
+    /// whole run instead: every line added up, over the run's length.
+    pub fn report(&mut self, now: Instant, last: bool, fill: impl FnOnce(&mut Line)) {
         let mut line = Line::default();
-        fill(&mut line, seconds);
+        fill(&mut line);
+        self.run.add(&line);
+        let (shown, from) = if last {
+            (&self.run, self.started)
+        } else {
+            (&line, self.since)
+        };
+        let seconds = now.duration_since(from).as_secs_f64().max(1e-9);
+        self.since = now;
+        let (text, json) = shown.render(seconds);
         let label = if last { "final" } else { "stats" };
-        eprintln!("{label} {}:{}", self.name, line.text);
-        if let Some(json) = &self.json {
-            json.write(&format!(
-                "{{\"loop\":\"{}\",\"final\":{last},\"seconds\":{seconds:.3}{}}}",
-                self.name, line.json
+        eprintln!("{label} {}:{text}", self.name);
+        if let Some(sink) = &self.json {
+            sink.write(&format!(
+                "{{\"loop\":\"{}\",\"final\":{last},\"seconds\":{seconds:.3}{json}}}",
+                self.name
             ));
         }
     }
 }
 
-/// One line's fields, as text and as JSON at once.
+/// One line's fields, each with what it measures, so that lines add up.
 #[derive(Default)]
 pub struct Line {
-    text: String,
-    json: String,
+    fields: Vec<(&'static str, Field)>,
+}
+
+/// What a field measures, and so how the run's total is made of lines.
+#[derive(Clone, Copy, Debug)]
+enum Field {
+    /// Events since the last line (`accepted`): the run's is the sum.
+    Count(u64),
+    /// A state now (`open`, `tasks`): the run's is the one at its end.
+    Gauge(u64),
+    /// Events per second (`msgs/s`): `count` since the last line, over the
+    /// line's seconds; the run's is the summed count over the whole run.
+    Rate { count: f64, digits: usize },
+    /// `part / whole` (`events/wait`), both since the last line; the
+    /// run's divides the sums.
+    Ratio {
+        part: f64,
+        whole: f64,
+        digits: usize,
+    },
+    /// Seconds spent so since the last line, as a percentage of the line's
+    /// seconds (`busy%`).
+    Share { seconds: f64, digits: usize },
+    /// The largest since the last line (`longest_ms`); the run's largest.
+    Max { value: f64, digits: usize },
 }
 
 impl Line {
-    /// A whole number: `open=3`.
-    pub fn count(&mut self, key: &str, value: u64) -> &mut Self {
-        let _ = write!(self.text, " {key}={value}");
-        let _ = write!(self.json, ",\"{key}\":{value}");
+    fn push(&mut self, key: &'static str, field: Field) -> &mut Self {
+        self.fields.push((key, field));
         self
     }
 
-    /// A measured quantity, shown with `digits` decimals: `events/wait=1.8`.
-    pub fn value(&mut self, key: &str, value: f64, digits: usize) -> &mut Self {
-        let value = if value.is_finite() { value } else { 0.0 };
-        let _ = write!(self.text, " {key}={value:.digits$}");
-        let _ = write!(self.json, ",\"{key}\":{value:.digits$}");
-        self
+    /// Events since the last line: `accepted=3`.
+    pub fn count(&mut self, key: &'static str, n: u64) -> &mut Self {
+        self.push(key, Field::Count(n))
     }
-}
 
-/// `part / whole`, or 0 when there is no whole.
-pub fn ratio(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
+    /// A state as it is now: `open=3`.
+    pub fn gauge(&mut self, key: &'static str, n: u64) -> &mut Self {
+        self.push(key, Field::Gauge(n))
+    }
+
+    /// `count` events since the last line, shown per second: `msgs/s=1200`.
+    pub fn rate(&mut self, key: &'static str, count: u64, digits: usize) -> &mut Self {
+        let count = count as f64;
+        self.push(key, Field::Rate { count, digits })
+    }
+
+    /// `part / whole` since the last line (0 with no whole):
+    /// `events/wait=1.80`.
+    pub fn ratio(&mut self, key: &'static str, part: u64, whole: u64, digits: usize) -> &mut Self {
+        let (part, whole) = (part as f64, whole as f64);
+        self.push(
+            key,
+            Field::Ratio {
+                part,
+                whole,
+                digits,
+            },
+        )
+    }
+
+    /// `spent` of the line's time, shown as a percentage: `busy%=12.5`.
+    pub fn share(&mut self, key: &'static str, spent: Duration, digits: usize) -> &mut Self {
+        let seconds = spent.as_secs_f64();
+        self.push(key, Field::Share { seconds, digits })
+    }
+
+    /// The largest value since the last line: `longest_ms=0.25`.
+    pub fn max(&mut self, key: &'static str, value: f64, digits: usize) -> &mut Self {
+        self.push(key, Field::Max { value, digits })
+    }
+
+    /// Adds `line` into this running total, field by field (a field this
+    /// total does not have yet is appended in `line`'s order).
+    fn add(&mut self, line: &Line) {
+        for &(key, field) in &line.fields {
+            let Some((_, total)) = self.fields.iter_mut().find(|(k, _)| *k == key) else {
+                self.fields.push((key, field));
+                continue;
+            };
+            *total = match (*total, field) {
+                (Field::Count(a), Field::Count(b)) => Field::Count(a + b),
+                (Field::Rate { count: a, .. }, Field::Rate { count: b, digits }) => Field::Rate {
+                    count: a + b,
+                    digits,
+                },
+                (
+                    Field::Ratio { part, whole, .. },
+                    Field::Ratio {
+                        part: p,
+                        whole: w,
+                        digits,
+                    },
+                ) => Field::Ratio {
+                    part: part + p,
+                    whole: whole + w,
+                    digits,
+                },
+                (Field::Share { seconds: a, .. }, Field::Share { seconds: b, digits }) => {
+                    Field::Share {
+                        seconds: a + b,
+                        digits,
+                    }
+                }
+                (Field::Max { value: a, .. }, Field::Max { value: b, digits }) => Field::Max {
+                    value: a.max(b),
+                    digits,
+                },
+                // A gauge, or a key whose kind changed: the latest stands.
+                (_, latest) => latest,
+            };
+        }
+    }
+
+    /// The fields as text and as JSON, over `seconds`.
+    fn render(&self, seconds: f64) -> (String, String) {
+        let (mut text, mut json) = (String::new(), String::new());
+        for &(key, field) in &self.fields {
+            let (value, digits) = match field {
+                Field::Count(n) | Field::Gauge(n) => {
+                    let _ = write!(text, " {key}={n}");
+                    let _ = write!(json, ",\"{key}\":{n}");
+                    continue;
+                }
+                Field::Rate { count, digits } => (count / seconds, digits),
+                Field::Ratio {
+                    part,
+                    whole,
+                    digits,
+                } => (if whole > 0.0 { part / whole } else { 0.0 }, digits),
+                Field::Share {
+                    seconds: spent,
+                    digits,
+                } => (spent / seconds * 100.0, digits),
+                Field::Max { value, digits } => (value, digits),
+            };
+            let value = if value.is_finite() { value } else { 0.0 };
+            let _ = write!(text, " {key}={value:.digits$}");
+            let _ = write!(json, ",\"{key}\":{value:.digits$}");
+        }
+        (text, json)
     }
 }
 
@@ -157,12 +294,16 @@ impl Turns {
     }
 
     /// Adds the loop's fields to `line` and starts counting afresh.
-    pub fn fill(&mut self, line: &mut Line, seconds: f64) {
-        line.value("waits/s", self.waits as f64 / seconds, 0)
-            .value("events/wait", ratio(self.events, self.waits), 2)
-            .value("busy%", self.busy.as_secs_f64() / seconds * 100.0, 1)
-            .value("longest_ms", self.longest.as_secs_f64() * 1000.0, 2);
-        *self = Turns::default();
+    pub fn fill(&mut self, line: &mut Line) {
+        line.rate("waits/s", self.waits, 0)
+            .ratio("events/wait", self.events, self.waits, 2)
+            .share("busy%", self.busy, 1)
+            .max("longest_ms", self.longest.as_secs_f64() * 1000.0, 2);
+        let woke = self.woke;
+        *self = Turns {
+            woke,
+            ..Turns::default()
+        };
     }
 }
 
@@ -234,23 +375,23 @@ impl<C: Counter> Traffic<C> {
 
     /// Adds the fields every model shows, with `open` clients now, and
     /// starts counting afresh.
-    pub fn fill(&self, line: &mut Line, seconds: f64, open: u64) {
+    pub fn fill(&self, line: &mut Line, open: u64) {
         let messages = self.messages.take();
-        line.count("open", open)
+        line.gauge("open", open)
             .count("accepted", self.accepted.take())
             .count("closed", self.closed.take())
             .count("bytes_in", self.bytes_in.take())
             .count("bytes_out", self.bytes_out.take())
             .count("messages", messages)
-            .value("msgs/s", messages as f64 / seconds, 0);
+            .rate("msgs/s", messages, 0);
     }
 
     /// A loop's first fields: its traffic, then its turns (when it counts
     /// them, with `--stats`).
-    pub fn fill_loop(&self, line: &mut Line, seconds: f64, open: u64, turns: Option<&mut Turns>) {
-        self.fill(line, seconds, open);
+    pub fn fill_loop(&self, line: &mut Line, open: u64, turns: Option<&mut Turns>) {
+        self.fill(line, open);
         if let Some(turns) = turns {
-            turns.fill(line, seconds);
+            turns.fill(line);
         }
     }
 }
@@ -282,9 +423,38 @@ impl ReadyQueue {
 
     /// Adds the queue's fields to `line` and starts counting afresh.
     pub fn fill(&mut self, line: &mut Line) {
-        line.value("ready_mean", ratio(self.queued, self.turns), 2)
-            .count("ready_max", self.longest)
-            .value("polls/wake", ratio(self.polls, self.wakes), 2);
+        line.ratio("ready_mean", self.queued, self.turns, 2)
+            .max("ready_max", self.longest as f64, 0)
+            .ratio("polls/wake", self.polls, self.wakes, 2);
         *self = ReadyQueue::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines add up by kind: counts sum, a gauge keeps the latest, a rate
+    /// and a share are over the total's seconds, a ratio divides the sums,
+    /// a maximum keeps the largest.
+    #[test]
+    fn lines_add_up_to_the_run() {
+        let mut run = Line::default();
+        for (n, open, longest) in [(10, 5, 2.0), (30, 1, 1.0)] {
+            let mut line = Line::default();
+            line.count("messages", n)
+                .gauge("open", open)
+                .rate("msgs/s", n, 0)
+                .ratio("events/wait", n, 10, 1)
+                .share("busy%", Duration::from_millis(n), 0)
+                .max("longest_ms", longest, 1);
+            run.add(&line);
+        }
+        let (text, json) = run.render(2.0);
+        assert_eq!(
+            text,
+            " messages=40 open=1 msgs/s=20 events/wait=2.0 busy%=2 longest_ms=2.0"
+        );
+        assert!(json.starts_with(",\"messages\":40,\"open\":1,"), "{json}");
     }
 }

@@ -298,9 +298,9 @@ impl Selector<'_> {
         let (traffic, turns) = (&self.traffic, &mut self.stall.turns);
         let jobs_done = std::mem::take(&mut self.jobs_done);
         if let Some(reporter) = &mut self.reporter {
-            reporter.report(now, last, |line, seconds| {
-                traffic.fill_loop(line, seconds, open, turns.as_mut());
-                line.count("timers", timers as u64)
+            reporter.report(now, last, |line| {
+                traffic.fill_loop(line, open, turns.as_mut());
+                line.gauge("timers", timers as u64)
                     .count("cross_wakeups", jobs_done);
             });
         }

@@ -29,11 +29,11 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     std::thread::scope(|scope| {
         // --stats: the one client served, and the others waiting in the
         // kernel's accept queue (which Linux can count).
-        let report = report_every(scope, ctx, "sequential", move |line, seconds| {
-            ctx.traffic.fill(line, seconds, ctx.stats.active());
-            line.count("serving", ctx.stats.active());
+        let report = report_every(scope, ctx, "sequential", move |line| {
+            ctx.traffic.fill(line, ctx.stats.active());
+            line.gauge("serving", ctx.stats.active());
             if let Some(waiting) = crate::sys::accept_queue(&*listener) {
-                line.count("accept_queue", u64::from(waiting));
+                line.gauge("accept_queue", u64::from(waiting));
             }
         });
         for (stream, peer) in &mut clients {

@@ -319,11 +319,11 @@ impl<'a> EventLoop<'a> {
         let (traffic, turns, queue) = (self.traffic, &mut self.stall.turns, &mut self.queue);
         let cross_wakeups = std::mem::take(&mut self.cross_wakeups);
         if let Some(reporter) = &mut self.reporter {
-            reporter.report(now, last, |line, seconds| {
+            reporter.report(now, last, |line| {
                 // The stopper and the acceptor are tasks too.
-                traffic.fill_loop(line, seconds, tasks.saturating_sub(2), turns.as_mut());
-                line.count("tasks", tasks)
-                    .count("timers", timers)
+                traffic.fill_loop(line, tasks.saturating_sub(2), turns.as_mut());
+                line.gauge("tasks", tasks)
+                    .gauge("timers", timers)
                     .count("cross_wakeups", cross_wakeups);
                 queue.fill(line);
             });

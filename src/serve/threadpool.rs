@@ -54,12 +54,12 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         // --stats: the notes' long-running clients, visible as they hold
         // every worker and the others queue.
         let (waiting, pool) = (jobs.clone(), &pool);
-        let report = report_every(scope, ctx, "threadpool", move |line, seconds| {
-            ctx.traffic.fill(line, seconds, ctx.stats.active());
-            line.count("workers", ctx.config.workers.get() as u64)
-                .count("busy", pool.busy.load(Relaxed))
-                .count("queued", waiting.len() as u64)
-                .value(
+        let report = report_every(scope, ctx, "threadpool", move |line| {
+            ctx.traffic.fill(line, ctx.stats.active());
+            line.gauge("workers", ctx.config.workers.get() as u64)
+                .gauge("busy", pool.busy.load(Relaxed))
+                .gauge("queued", waiting.len() as u64)
+                .max(
                     "longest_wait_ms",
                     pool.longest_wait_us.swap(0, Relaxed) as f64 / 1000.0,
                     1,

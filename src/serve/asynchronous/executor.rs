@@ -206,13 +206,13 @@ impl<'a> Executor<'a> {
         let tasks = self.tasks() as u64;
         let mut stall = self.stall.borrow_mut();
         let mut queue = self.queue.borrow_mut();
-        reporter.report(now, last, |line, seconds| {
+        reporter.report(now, last, |line| {
             // The accept loop is the main future, not a task: every task
             // is a client.
             let turns = stall.as_mut().and_then(|s| s.turns.as_mut());
-            traffic.fill_loop(line, seconds, tasks, turns);
-            line.count("tasks", tasks)
-                .count("timers", self.reactor.timers() as u64)
+            traffic.fill_loop(line, tasks, turns);
+            line.gauge("tasks", tasks)
+                .gauge("timers", self.reactor.timers() as u64)
                 .count(
                     "cross_wakeups",
                     self.ready.notified.swap(0, Ordering::Relaxed),

@@ -385,12 +385,12 @@ impl Proactor<'_> {
             + u64::from(self.next_idle_sweep.is_some());
         let jobs_done = std::mem::take(&mut self.jobs_done);
         if let Some(reporter) = &mut self.reporter {
-            reporter.report(now, last, |line, seconds| {
-                traffic.fill_loop(line, seconds, open, turns.as_mut());
-                line.count("timers", timers)
+            reporter.report(now, last, |line| {
+                traffic.fill_loop(line, open, turns.as_mut());
+                line.gauge("timers", timers)
                     .count("cross_wakeups", jobs_done)
-                    .count("in_flight", in_flight)
-                    .count("free_buffers", free);
+                    .gauge("in_flight", in_flight)
+                    .gauge("free_buffers", free);
             });
         }
     }
