@@ -262,6 +262,64 @@ fn probe_shows_the_sequential_staircase() {
     }
 }
 
+/// Rows are numbered in the order the clients were served: against the
+/// staircase of a loop that sleeps 200 ms per echo, client 1's echo came
+/// first, client 2's next, and so on, whatever order the threads started.
+#[test]
+fn probe_numbers_clients_in_the_order_served() {
+    let config = echo_lab::serve::Config {
+        work: Some(echo_lab::serve::work::parse_work("sleep:100ms").unwrap()),
+        slow_handler: None,
+        ..quiet()
+    };
+    let server = start_with(Mode::Selector, config);
+    let report = echo_lab::tools::probe::run(&echo_lab::tools::probe::ProbeConfig {
+        addr: server.addr().into(),
+        clients: 5,
+        hold: Duration::ZERO,
+        timeout: PATIENCE,
+    });
+    assert!(report.all_ok(), "{report:?}");
+    let echoes: Vec<(usize, f64)> = report
+        .clients
+        .iter()
+        .map(|c| (c.client, c.echoed.unwrap()))
+        .collect();
+    for (i, pair) in echoes.windows(2).enumerate() {
+        assert_eq!(pair[0].0, i + 1, "{echoes:?}");
+        assert!(pair[0].1 <= pair[1].1, "{echoes:?}");
+    }
+}
+
+/// A server that closes its clients during their hold (an idle timeout
+/// shorter than the hold) is shown doing so: each client is marked closed
+/// by the server, at the moment it happened, not at the end of the hold.
+#[test]
+fn probe_shows_a_close_by_the_server() {
+    let config = echo_lab::serve::Config {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..pool_of(2)
+    };
+    let server = start_with(Mode::Threadpool, config);
+    let report = echo_lab::tools::probe::run(&echo_lab::tools::probe::ProbeConfig {
+        addr: server.addr().into(),
+        clients: 3,
+        hold: Duration::from_secs(10),
+        timeout: PATIENCE,
+    });
+    assert!(report.all_ok(), "{report:?}");
+    for c in &report.clients {
+        assert!(c.closed_by_server, "{c:?}");
+        assert!(
+            c.closed.unwrap() < 9.0,
+            "held past the server's close: {c:?}"
+        );
+    }
+    let text = echo_lab::tools::probe::render(&report);
+    assert!(text.contains("3 of 3 closed by the server"), "{text}");
+    assert!(text.contains('!'), "{text}");
+}
+
 /// Against `selector`, every echo arrives before any client closes.
 #[test]
 fn probe_shows_the_event_loop_serving_all_at_once() {

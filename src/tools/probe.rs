@@ -3,6 +3,11 @@
 //! the connection for a while, and closes. The timeline shows who was
 //! served while whom waited: a staircase for the sequential model, a
 //! waiting third client for a pool of two, all at once for a readiness loop.
+//!
+//! Rows are numbered in the order the clients were served (by when their
+//! echo came back), so a staircase reads as one. A server that closes a
+//! client during its hold (an idle timeout, a crash) is shown where it
+//! happened, not hidden behind the hold the client meant to keep.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -36,8 +41,12 @@ pub struct ClientTimeline {
     pub connected: Option<f64>,
     /// When the whole echo was back.
     pub echoed: Option<f64>,
-    /// When the client closed.
+    /// When the connection ended: the client closed it after its hold, or
+    /// the server closed it first (see `closed_by_server`).
     pub closed: Option<f64>,
+    /// The server ended the connection during the hold (end of stream or a
+    /// reset), at `closed`.
+    pub closed_by_server: bool,
     /// When it failed, if it did.
     pub failed: Option<f64>,
     /// What went wrong, if anything.
@@ -85,16 +94,65 @@ pub fn run(config: &ProbeConfig) -> ProbeReport {
                     connected: None,
                     echoed: None,
                     closed: None,
+                    closed_by_server: false,
                     failed: Some(origin.elapsed().as_secs_f64()),
                     error: Some("the client thread panicked".into()),
                 })
             })
-            .collect()
+            .collect::<Vec<_>>()
     });
+    let clients = in_order_served(clients);
     ProbeReport {
         addr: config.addr.to_string(),
         hold: config.hold.as_secs_f64(),
         clients,
+    }
+}
+
+/// Sorts the timelines by when each client was served (its echo, else its
+/// failure), then by when it connected, and numbers them 1, 2, ... in that
+/// order: the threads start in no particular order, the service does.
+fn in_order_served(mut clients: Vec<ClientTimeline>) -> Vec<ClientTimeline> {
+    let key = |c: &ClientTimeline| {
+        (
+            c.echoed.or(c.failed).unwrap_or(f64::MAX),
+            c.connected.unwrap_or(f64::MAX),
+        )
+    };
+    clients.sort_by(|a, b| {
+        let (a, b) = (key(a), key(b));
+        a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1))
+    });
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.client = i + 1;
+    }
+    clients
+}
+
+/// Holds the connection for `hold`, reading: returns whether the server
+/// ended it first (end of stream or a reset). Bytes the server was not
+/// asked for are an error.
+fn hold_open(stream: &mut std::net::TcpStream, hold: Duration) -> anyhow::Result<bool> {
+    let until = Instant::now() + hold;
+    let mut byte = [0; 1];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut byte) {
+            Ok(0) => return Ok(true),
+            Ok(_) => anyhow::bail!("the server sent bytes nobody asked for during the hold"),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(true),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -105,6 +163,7 @@ fn probe_one(config: &ProbeConfig, client: usize, origin: Instant) -> ClientTime
         connected: None,
         echoed: None,
         closed: None,
+        closed_by_server: false,
         failed: None,
         error: None,
     };
@@ -126,7 +185,7 @@ fn probe_one(config: &ProbeConfig, client: usize, origin: Instant) -> ClientTime
             anyhow::bail!("wrong echo: {:?}", String::from_utf8_lossy(&echo));
         }
         timeline.echoed = Some(since());
-        std::thread::sleep(config.hold);
+        timeline.closed_by_server = hold_open(&mut stream, config.hold)?;
         drop(stream);
         timeline.closed = Some(since());
         Ok(())
@@ -139,8 +198,9 @@ fn probe_one(config: &ProbeConfig, client: usize, origin: Instant) -> ClientTime
 }
 
 /// One client's row of the chart: `.` while it waits for its echo, `#` when
-/// the echo arrives, `=` while it holds the connection, `x` where it failed.
-/// A client that never connected is an `x` at the instant it gave up.
+/// the echo arrives, `=` while it holds the connection, `!` where the
+/// server closed it, `x` where it failed. A client that never connected is
+/// an `x` at the instant it gave up.
 fn chart_row(c: &ClientTimeline, column: impl Fn(f64) -> usize, width: usize) -> String {
     let mut row = vec![' '; width];
     let failed = c.failed.map(&column);
@@ -164,6 +224,9 @@ fn chart_row(c: &ClientTimeline, column: impl Fn(f64) -> usize, width: usize) ->
             None => '.',
         };
     }
+    if c.closed_by_server {
+        row[to] = '!';
+    }
     if let Some(at) = failed {
         row[at.min(width - 1)] = 'x';
     }
@@ -184,9 +247,14 @@ pub fn render(report: &ProbeReport) -> String {
     let _ = writeln!(out, "client  connected    echoed    closed    failed");
     let show = |t: Option<f64>| t.map_or_else(|| "-".to_owned(), |t| format!("{t:.3}s"));
     for c in &report.clients {
+        let by_server = if c.closed_by_server {
+            "  closed by the server"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "{:>6} {:>10} {:>9} {:>9} {:>9}",
+            "{:>6} {:>10} {:>9} {:>9} {:>9}{by_server}",
             c.client,
             show(c.connected),
             show(c.echoed),
@@ -219,8 +287,16 @@ pub fn render(report: &ProbeReport) -> String {
     }
     let _ = writeln!(
         out,
-        "legend: . connected, waiting for the echo   # echo arrived   = holding   x failed"
+        "legend: . connected, waiting for the echo   # echo arrived   = holding   ! closed by the server   x failed"
     );
+    let dropped = report.clients.iter().filter(|c| c.closed_by_server).count();
+    if dropped > 0 {
+        let _ = writeln!(
+            out,
+            "{dropped} of {n} closed by the server before their {:.1}s hold was over",
+            report.hold
+        );
+    }
     let failed = report.clients.iter().filter(|c| c.error.is_some()).count();
     if failed == 0 {
         let _ = writeln!(out, "all {n} echoes correct");
