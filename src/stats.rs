@@ -205,6 +205,12 @@ impl Stats {
         self.bytes.load(Relaxed)
     }
 
+    /// Clients that left before taking every echo (a reset, a broken pipe):
+    /// what `bench` counts as the connections it gave up on.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned.load(Relaxed)
+    }
+
     /// Clients turned away over the connection limit.
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Relaxed)

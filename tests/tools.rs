@@ -126,6 +126,24 @@ fn compare_runs_hogs_beside_every_run() {
     }
 }
 
+/// bench and the server count the same abandoned clients: against a pool
+/// of two that serves two connections and leaves six waiting, bench gives
+/// up on six, and the server, once it has met them all, says six clients
+/// abandoned it (each is closed with a reset, so the server cannot take
+/// one for a client that left in good order).
+#[test]
+fn bench_and_server_agree_on_abandoned_clients() {
+    let server = start_with(Mode::Threadpool, pool_of(2));
+    let mut config = short_bench(server.addr().into(), 8);
+    config.threads = 1;
+    let results = bench::run(&config, |_, _| {}).unwrap();
+    assert_eq!(results.abandoned_connections, 6, "{results:?}");
+    wait_until("the server has met every client", || {
+        server.stats().served() == 8 && server.stats().active() == 0
+    });
+    assert_eq!(server.stats().abandoned(), 6);
+}
+
 /// bench's open loop keeps its schedule and verifies just the same.
 #[test]
 fn bench_open_loop_at_a_fixed_rate() {

@@ -177,6 +177,15 @@ impl<'a> Worker<'a> {
                 .count() as u64;
             self.result.starved += waited_throughout;
             self.result.abandoned += u64::from(waited_throughout > 0);
+            if waited_throughout > 0 {
+                // Given up on: it will close with a reset (SO_LINGER 0),
+                // which is how the server tells a client that abandoned it
+                // from one that left in good order. A plain close would
+                // look like the latter: the server would read the waiting
+                // message, write its echo into a socket nobody reads, and
+                // count a clean close, so the two ends would disagree.
+                let _ = socket2::SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+            }
             self.result.served += u64::from(conn.owed.completed() > 0);
         }
         // Collect what served connections still have in flight, then close:
