@@ -116,8 +116,45 @@ fn loops_report_their_waits(mode: Mode) {
     let _ = std::fs::remove_file(&path);
 }
 
+/// `busy%` is the loop thread's CPU share, the same measure for every loop:
+/// idle, a loop is not busy; echoing 50 clients flat out, it is, the
+/// completion loop too, though its reads and writes happen inside its wait
+/// (time between waits alone called it 2% busy at 139k messages a second).
+fn busy_is_the_loops_cpu_share(mode: Mode) {
+    let (server, path) = start_counting("busy", mode, &[]);
+    wait_until("an idle line", || json_lines(&path).len() >= 2);
+    let idle = json_lines(&path)[1]["busy%"].as_f64().unwrap();
+    assert!(idle < 5.0, "{mode} idle: {idle}");
+    let mut config = echo_lab::tools::bench::BenchConfig {
+        addr: server.addr.into(),
+        connections: 50,
+        idle: 0,
+        hogs: 0,
+        duration: Duration::from_millis(700),
+        warmup: Duration::ZERO,
+        size: 512,
+        depth: 4,
+        rate: None,
+        threads: 1,
+        pin_cpu: None,
+        server_pid: None,
+    };
+    config.server_pid = Some(server.child.id());
+    let results = echo_lab::tools::bench::run(&config, |_, _| {}).unwrap();
+    assert_eq!(results.errors, 0);
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let busiest = json_lines(&path)
+        .iter()
+        .filter(|l| l["final"] == false)
+        .filter_map(|l| l["busy%"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(busiest > 20.0, "{mode} under load: {busiest}");
+    let _ = std::fs::remove_file(&path);
+}
+
 every_model!(counts_add_up_to_the_traffic);
-every_model!(loops: loops_report_their_waits);
+every_model!(loops: loops_report_their_waits, busy_is_the_loops_cpu_share);
 
 /// A pool of two with four long-lived clients: two busy workers, two
 /// clients queued for them, the notes' long-running-client problem as it

@@ -131,6 +131,7 @@ pub(super) fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
     for row in &comparison.rows {
         print!("{}", compare::render_row(row));
     }
+    print!("\n{}", compare::LEGEND);
     let repeat = comparison.rows.iter().map(|r| r.repeat).max().unwrap_or(1);
     print_medians(&comparison, repeat, &args.baseline);
     compare::write_chart(&comparison, &comparison.dir)?;
@@ -319,6 +320,7 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
         print!("{}", compare::render_row(row));
         let _ = std::io::stdout().flush();
     })?;
+    print!("\n{}", compare::LEGEND);
     for unclean in &comparison.unclean_exits {
         println!("did not stop cleanly: {unclean}");
     }

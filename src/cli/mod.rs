@@ -173,6 +173,7 @@ pub struct BenchArgs {
 
 /// `echo-lab compare`.
 #[derive(Debug, Args)]
+#[command(after_long_help = compare::LEGEND)]
 pub struct CompareArgs {
     /// Models to run: a comma-separated list, or `all`.
     #[arg(long, value_name = "LIST|all", default_value = "all", value_parser = parse_modes)]

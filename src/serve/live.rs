@@ -262,18 +262,37 @@ impl Line {
 }
 
 /// What every one-thread loop counts about its own turns: waits, events,
-/// time busy between waits, the longest turn. Fed by the loop at each wait.
-#[derive(Default)]
+/// the longest turn, and how busy its thread was. Fed by the loop at each
+/// wait; made on the loop's own thread.
+///
+/// `busy%` is the loop thread's CPU time over the line's wall time, kernel
+/// time included, read from the thread's CPU clock when a line is written.
+/// So it means the same for every loop: a readiness loop's reads and
+/// writes are system calls between its waits, but a completion loop's are
+/// done by the kernel inside its wait (`io_uring_enter`), and time between
+/// waits alone would call that loop idle while it works.
 pub struct Turns {
     /// Waits since the last line.
     pub waits: u64,
     /// Events those waits returned.
     pub events: u64,
-    /// Time spent between waits (running handlers or tasks).
-    pub busy: Duration,
     /// The longest single turn.
     pub longest: Duration,
     woke: Option<Instant>,
+    /// The thread's CPU clock at the last line (or at the start).
+    cpu_at: Duration,
+}
+
+impl Default for Turns {
+    fn default() -> Self {
+        Turns {
+            waits: 0,
+            events: 0,
+            longest: Duration::ZERO,
+            woke: None,
+            cpu_at: crate::sys::thread_cpu_time(),
+        }
+    }
 }
 
 impl Turns {
@@ -288,21 +307,23 @@ impl Turns {
     pub fn waiting(&mut self, now: Instant) {
         if let Some(woke) = self.woke.take() {
             let turn = now.saturating_duration_since(woke);
-            self.busy += turn;
             self.longest = self.longest.max(turn);
         }
     }
 
     /// Adds the loop's fields to `line` and starts counting afresh.
     pub fn fill(&mut self, line: &mut Line) {
+        let cpu = crate::sys::thread_cpu_time();
         line.rate("waits/s", self.waits, 0)
             .ratio("events/wait", self.events, self.waits, 2)
-            .share("busy%", self.busy, 1)
+            .share("busy%", cpu.saturating_sub(self.cpu_at), 1)
             .max("longest_ms", self.longest.as_secs_f64() * 1000.0, 2);
-        let woke = self.woke;
         *self = Turns {
-            woke,
-            ..Turns::default()
+            waits: 0,
+            events: 0,
+            longest: Duration::ZERO,
+            woke: self.woke,
+            cpu_at: cpu,
         };
     }
 }

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-pub use output::{LATEST, header, render_medians, render_row, write_chart, write_files};
+pub use output::{LATEST, LEGEND, header, render_medians, render_row, write_chart, write_files};
 pub use results::{Comparison, Counters, Median, Ratio, Row, medians};
 pub use servers::{Peer, SERVER_PATIENCE, parse_peer};
 

@@ -96,6 +96,21 @@ pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
     out
 }
 
+/// What the table's columns mean: printed under it, and in `compare
+/// --help`.
+pub const LEGEND: &str = "\
+columns: msg/s  echoes (chat: lines delivered) per second of the measured window
+         p50, p99  latency of the measured connections (from send to echo)
+         errors  connections with a wrong, lost or late byte, or a failed connect
+         ev/wait  per wait of a loop, the sockets (completion: completions) it handed
+                  back; below 1 when waits end for a timer or a wake-up from another
+                  thread (--offload), with no socket
+         busy%  the loop thread's CPU time over the run's wall time, kernel time
+                included (completion's I/O, done inside its wait, counts too)
+         -  not measured in this run: not one of our loops, or a server that
+            counts nothing of the kind (the chat, the blocking models)
+";
+
 /// The table's header line.
 pub fn header() -> String {
     format!(
