@@ -1,5 +1,8 @@
-//! `throughput.svg`: messages per second and p99 latency against the number
-//! of connections, one line per server, both axes logarithmic.
+//! `throughput.svg`: messages per second (lines delivered, for the chat)
+//! and p99 latency against the number of connections, one line per server,
+//! both axes logarithmic; with one connection count, a bar per server. The
+//! servers' names and colours are in a strip under the plots, where they
+//! cover no point.
 //!
 //! Every plotted value is readable: the x axis is labelled at each
 //! connection count measured, and the y axis at round values close enough
@@ -10,9 +13,10 @@ use std::path::Path;
 
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::results::{Comparison, medians};
-use crate::serve::Mode;
+use crate::serve::{Mode, Protocol};
 
 /// Points of one server: (connections, value, every connection served).
 type Series = Vec<(f64, f64, bool)>;
@@ -52,35 +56,164 @@ pub fn draw(comparison: &Comparison, path: &Path) -> anyhow::Result<()> {
             .or_default()
             .push((x, median.p99_us / 1000.0, all_served));
     }
-    let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
+    let unit = match comparison.protocol {
+        Protocol::Echo => "messages/s",
+        Protocol::Chat => "lines delivered/s",
+    };
+    let root = SVGBackend::new(path, (1200, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
-    let (left, right) = root.split_horizontally(600);
-    let (left, note) = left.split_vertically(470);
-    let (right, _) = right.split_vertically(470);
-    panel(
-        &left,
-        "Throughput (messages/s, higher is better)",
-        "messages/s (log scale)",
-        &throughput,
-        &order,
-    )?;
-    panel(
-        &right,
-        "p99 latency (ms, lower is better)",
-        "p99 latency, ms (log scale)",
-        &p99,
-        &order,
-    )?;
-    let hollow = throughput.values().flatten().any(|&(_, _, served)| !served);
+    let (plots, below) = root.split_vertically(470);
+    let (left, right) = plots.split_horizontally(600);
+    let one_count = {
+        let mut counts: Vec<u64> = throughput
+            .values()
+            .flatten()
+            .map(|&(x, _, _)| x as u64)
+            .collect();
+        counts.sort_unstable();
+        counts.dedup();
+        (counts.len() == 1).then(|| counts[0])
+    };
+    let throughput_title = format!("Throughput ({unit}, higher is better)");
+    match one_count {
+        // One connection count: lines of one point each would sit on top
+        // of each other; bars side by side say the same plainly.
+        Some(connections) => {
+            let x_label = format!("{connections} connections");
+            bars(
+                &left,
+                &throughput_title,
+                unit,
+                &x_label,
+                &throughput,
+                &order,
+            )?;
+            bars(
+                &right,
+                "p99 latency (ms, lower is better)",
+                "p99 latency, ms",
+                &x_label,
+                &p99,
+                &order,
+            )?;
+        }
+        None => {
+            panel(
+                &left,
+                &throughput_title,
+                &format!("{unit} (log scale)"),
+                &throughput,
+                &order,
+            )?;
+            panel(
+                &right,
+                "p99 latency (ms, lower is better)",
+                "p99 latency, ms (log scale)",
+                &p99,
+                &order,
+            )?;
+        }
+    }
+    legend(&below, &throughput, &order)?;
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+/// The servers' colours and names in a strip under the plots, where they
+/// cover no point; and the note on hollow points when there are any.
+fn legend(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    series: &BTreeMap<String, Series>,
+    order: &[String],
+) -> anyhow::Result<()> {
+    let style = ("sans-serif", 15).into_text_style(area);
+    let mut names: Vec<&String> = series.keys().collect();
+    names.sort_by_key(|name| order.iter().position(|o| o == *name));
+    let (mut x, mut y) = (90, 10);
+    for name in names {
+        let color = colour(name, order);
+        let width = 40 + 9 * name.len() as i32;
+        if x + width > 1180 {
+            (x, y) = (90, y + 24);
+        }
+        area.draw(&PathElement::new(
+            [(x, y + 8), (x + 24, y + 8)],
+            color.stroke_width(3),
+        ))
+        .map_err(plot_error)?;
+        area.draw_text(name, &style, (x + 30, y))
+            .map_err(plot_error)?;
+        x += width;
+    }
+    let hollow = series.values().flatten().any(|&(_, _, served)| !served);
     if hollow {
-        note.draw_text(
-            "hollow points: not every connection was served (the model makes the rest wait)",
-            &("sans-serif", 14).into_text_style(&note),
-            (90, 5),
+        area.draw_text(
+            "hollow points and pale bars: not every connection was served (the model makes the rest wait)",
+            &("sans-serif", 14).into_text_style(area),
+            (90, y + 30),
         )
         .map_err(plot_error)?;
     }
-    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+/// A server's colour: ours keep theirs in every chart, others follow.
+fn colour(name: &str, order: &[String]) -> RGBAColor {
+    let index = order.iter().position(|o| o == name).unwrap_or(0);
+    COLOURS[index % COLOURS.len()].to_rgba()
+}
+
+/// One bar per server, for a run with one connection count.
+fn bars(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    y_label: &str,
+    x_label: &str,
+    series: &BTreeMap<String, Series>,
+    order: &[String],
+) -> anyhow::Result<()> {
+    let mut bars: Vec<(&String, f64, bool)> = series
+        .iter()
+        .filter_map(|(name, points)| points.first().map(|&(_, y, served)| (name, y, served)))
+        .collect();
+    bars.sort_by_key(|(name, _, _)| order.iter().position(|o| o == *name));
+    let top = bars.iter().map(|b| b.1).fold(0.0_f64, f64::max).max(1e-9) * 1.15;
+    // Bar i is centred on x = i; its server's name is written under it.
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5..bars.len() as f64 - 0.5, 0.0..top)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .bold_line_style(BLACK.mix(0.12))
+        .light_line_style(TRANSPARENT)
+        .x_labels(0)
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .y_label_formatter(&|y| format_number(*y))
+        .draw()
+        .map_err(plot_error)?;
+    chart
+        .draw_series(bars.iter().enumerate().map(|(i, &(name, value, served))| {
+            let color = colour(name, order);
+            let fill = if served { color } else { color.mix(0.35) };
+            let x = i as f64;
+            Rectangle::new([(x - 0.4, 0.0), (x + 0.4, value)], fill.filled())
+        }))
+        .map_err(plot_error)?;
+    let style = ("sans-serif", 13)
+        .into_text_style(area)
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    for (i, (name, _, _)) in bars.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(i as f64, 0.0));
+        let (left, top) = area.get_base_pixel();
+        area.draw_text(name, &style, (x - left, y - top + 6))
+            .map_err(plot_error)?;
+    }
     Ok(())
 }
 
@@ -134,16 +267,13 @@ fn panel(
         .map_err(plot_error)?;
     configure(&mut chart, y_label)?;
     for (name, points) in series {
-        let index = order.iter().position(|o| o == name).unwrap_or(0);
-        let color = COLOURS[index % COLOURS.len()].to_rgba();
+        let color = colour(name, order);
         chart
             .draw_series(LineSeries::new(
                 points.iter().map(|&(x, y, _)| (x, y)),
                 color.stroke_width(2),
             ))
-            .map_err(plot_error)?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+            .map_err(plot_error)?;
         chart
             .draw_series(points.iter().map(|&(x, y, all_served)| {
                 let style = if all_served {
@@ -155,13 +285,6 @@ fn panel(
             }))
             .map_err(plot_error)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(plot_error)?;
     Ok(())
 }
 
@@ -269,46 +392,77 @@ mod tests {
         }
     }
 
-    fn comparison(served: u64) -> Comparison {
-        let row = |server: &str, rate: f64| {
+    fn comparison(served: u64, counts: &[usize]) -> Comparison {
+        let row = |server: &str, rate: f64, connections: usize| {
             let mut results = crate::tools::bench::BenchResults {
                 messages: 1000,
                 messages_per_sec: rate,
-                served_connections: served,
+                served_connections: served.min(connections as u64),
                 ..Default::default()
             };
             results.latency_us.p99 = 100.0;
             super::super::results::Row {
                 server: server.to_owned(),
-                connections: 10,
+                connections,
                 repeat: 1,
                 results,
                 note: None,
                 counters: None,
             }
         };
-        Comparison::of_rows(vec![row("selector", 90_000.0), row("tokio", 120_000.0)])
+        let mut rows = Vec::new();
+        for &count in counts {
+            rows.push(row("selector", 90_000.0, count));
+            rows.push(row("tokio", 120_000.0, count));
+        }
+        Comparison::of_rows(rows)
     }
 
-    /// One connection count: the axis is labelled at it (not at 1), the
-    /// axes say they are logarithmic, and the note on hollow points shows
-    /// only when a point is hollow.
+    fn drawn(comparison: &Comparison) -> String {
+        let path = std::env::temp_dir().join(format!(
+            "echo-lab-chart-{}-{:?}.svg",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        draw(comparison, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        svg
+    }
+
+    /// Several connection counts: log axes, labelled at each count
+    /// measured (not at 1), round values on y; the servers named once each
+    /// in the strip below the plots.
     #[test]
     fn the_chart_labels_what_it_plots() {
-        let path = std::env::temp_dir().join(format!("echo-lab-chart-{}.svg", std::process::id()));
-        draw(&comparison(10), &path).unwrap();
-        let svg = std::fs::read_to_string(&path).unwrap();
+        let svg = drawn(&comparison(1000, &[10, 100]));
         assert!(svg.contains("log scale"), "{svg}");
         assert!(
-            svg.contains(">\n10\n<") && !svg.contains(">\n1\n<"),
+            svg.contains(">\n10\n<") && svg.contains(">\n100\n<"),
             "{svg}"
         );
+        assert!(!svg.contains(">\n1\n<"), "{svg}");
         assert!(svg.contains(">\n100k\n<"), "{svg}");
+        assert!(svg.contains("messages/s (log scale)"), "{svg}");
+        assert_eq!(svg.matches(">\nselector\n<").count(), 1, "{svg}");
         assert!(!svg.contains("hollow points"), "{svg}");
-        draw(&comparison(3), &path).unwrap();
-        let svg = std::fs::read_to_string(&path).unwrap();
+        let svg = drawn(&comparison(3, &[10, 100]));
         assert!(svg.contains("hollow points"), "{svg}");
-        let _ = std::fs::remove_file(&path);
+    }
+
+    /// One connection count: a bar per server, named under it, the count
+    /// on the axis; a chat run counts lines delivered, not messages.
+    #[test]
+    fn one_count_draws_bars_in_the_protocols_unit() {
+        let mut one = comparison(10, &[10]);
+        let svg = drawn(&one);
+        assert!(!svg.contains("log scale"), "{svg}");
+        assert!(svg.contains("10 connections"), "{svg}");
+        assert!(svg.matches("<rect").count() >= 2, "{svg}");
+        one.protocol = Protocol::Chat;
+        let svg = drawn(&one);
+        assert!(svg.contains("lines delivered/s"), "{svg}");
+        assert!(!svg.contains("messages/s"), "{svg}");
     }
 
     #[test]
