@@ -1,5 +1,6 @@
-//! echo-lab: one TCP echo protocol (RFC 862), five concurrency models, and
-//! the tools to watch and measure the difference.
+//! echo-lab: one TCP echo protocol (RFC 862), six concurrency models (and
+//! the notes' chat on five of them), and the tools to watch and measure the
+//! difference.
 //!
 //! This crate is teaching code: each model lives whole in one file, and the
 //! files read in the order of the notes they follow. Read the modules in
@@ -16,7 +17,9 @@
 //!    notes: [`serve::sequential`], [`serve::threadpool`],
 //!    [`serve::selector`], [`serve::statemachine`], [`serve::asynchronous`]
 //!    (with its [executor](serve::asynchronous::executor) and
-//!    [reactor](serve::asynchronous::reactor)).
+//!    [reactor](serve::asynchronous::reactor)), then `serve::completion`
+//!    (one io_uring, Linux), and [`serve::chat`], the notes' chat, where
+//!    the models meet shared state.
 //! 4. [`tools`]: the instruments that talk to any echo server:
 //!    [`tools::client`], [`tools::probe`], [`tools::bench`] (a load generator
 //!    that verifies every byte) and [`tools::compare`].

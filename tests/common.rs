@@ -317,8 +317,10 @@ pub fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
 /// each readiness loop runs once per backend (`f::selector::poll`).
 ///
 /// Each arm names the models that are not readiness loops; the three
-/// readiness loops and the three backends are written only in `@each`,
-/// so a new model (or, later, a backend) joins by one line.
+/// readiness loops and the three backends are written only in `@each`, so
+/// a new readiness loop or backend joins by one line there. A new model of
+/// another kind is added to each arm whose set includes it (every set is
+/// named once: `chat:` is `concurrent:`).
 macro_rules! every_model {
     (backends: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [
@@ -342,8 +344,9 @@ macro_rules! every_model {
     (loops: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [completion => Completion] plain);)+
     };
+    // The models that host the chat are the concurrent ones.
     (chat: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [threadpool => Threadpool, completion => Completion] plain);)+
+        every_model!(concurrent: $($test),+);
     };
     (one_thread: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [] plain);)+

@@ -373,44 +373,79 @@ pub fn parse_modes(text: &str) -> Result<ModeList, String> {
         .map(ModeList)
 }
 
-/// What bounds a server's memory, shown after `serve --help`.
-const SERVE_LIMITS: &str = "\
+/// What bounds a server's memory, shown after `serve --help`: every number
+/// is the constant the code uses, so the text cannot drift from it.
+fn serve_limits() -> String {
+    use crate::serve::buffers::{MAX_IDLE_BUFFERS, TASK_BUFFER_SIZE};
+    use crate::serve::chat::{CLOSE_GRACE, protocol::MAX_LINE, room::MAX_PENDING, threads};
+    use crate::serve::{READ_BUFFER_SIZE, selector::MAX_UNSENT};
+    let kib = |bytes: usize| format!("{} KiB", bytes / 1024);
+    #[cfg(target_os = "linux")]
+    let completion = {
+        use crate::serve::completion::ring::{BUFFER_SIZE, BUFFERS};
+        let buffers = usize::from(BUFFERS);
+        format!(
+            "{buffers} buffers of {} ({} MiB) per loop",
+            kib(BUFFER_SIZE),
+            buffers * BUFFER_SIZE >> 20
+        )
+    };
+    #[cfg(not(target_os = "linux"))]
+    let completion = String::from("a ring's buffers per loop (Linux)");
+    format!(
+        "\
 Limits (every bound on memory, per model):
   --max-connections   clients held at once, every model; more are accepted
                       and closed at once. (sequential never holds more than
                       1, threadpool more than workers + queue + 1: beyond
                       that, clients wait in the kernel's backlog.)
-  read buffer         16 KiB per read: one per thread (sequential,
+  read buffer         {read} per read: one per thread (sequential,
                       threadpool), one shared by all clients (selector);
-                      4 KiB lent to a client task (statemachine, async)
+                      {task} lent to a client task (statemachine, async)
                       from its loop's pool while it holds data; a client
                       waiting to speak holds none, and the pool keeps at
-                      most 256 idle buffers (1 MiB). completion: 1,024
-                      buffers of 4 KiB (4 MiB) per loop lent to the kernel,
-                      whatever the clients; a client holds one only from
-                      a receive until the echo's send returns.
-  unsent bytes        selector and completion: at most 64 KiB per client,
+                      most {idle} idle buffers ({idle_bytes}).
+                      completion: {completion}
+                      lent to the kernel, whatever the clients; a client
+                      holds one only from a receive until the echo's send
+                      returns.
+  unsent bytes        selector and completion: at most {unsent} per client,
                       then it stops reading that client until it drains.
                       statemachine and async never read while they hold
-                      unsent bytes, so their 4 KiB buffer is the bound.
+                      unsent bytes, so their {task} buffer is the bound.
                       Blocking models write before reading again.
   --queue             threadpool: accepted clients waiting for a worker.
   --work, --offload   a client whose chunk is with its work reads nothing
-                      more until it is echoed: one chunk per client (16 KiB
+                      more until it is echoed: one chunk per client ({read}
                       at most; a copy of it on the pool with --offload).
-                      completion reads on meanwhile, up to the 64 KiB above.
+                      completion reads on meanwhile, up to the {unsent} above.
   --idle-timeout      off by default; a slow client is bounded by the
                       buffers above, not by time.
-  --protocol chat     each client's outbox holds at most 256 KiB of lines
+  --protocol chat     each client's outbox holds at most {pending} of lines
                       owed to it (the thread per client also holds one
                       chunk it is writing); past that the client is cut
-                      off, with 5 s to take its last line. Lines are at
-                      most 4 KiB. threadpool: two threads per client,
-                      128 KiB of stack each.";
+                      off, with {grace} s to take its last line. Lines are at
+                      most {line}. threadpool: two threads per client,
+                      {stack} of stack each.",
+        read = kib(READ_BUFFER_SIZE),
+        task = kib(TASK_BUFFER_SIZE),
+        idle = MAX_IDLE_BUFFERS,
+        idle_bytes = if MAX_IDLE_BUFFERS * TASK_BUFFER_SIZE >= 1 << 20 {
+            format!("{} MiB", MAX_IDLE_BUFFERS * TASK_BUFFER_SIZE >> 20)
+        } else {
+            kib(MAX_IDLE_BUFFERS * TASK_BUFFER_SIZE)
+        },
+        unsent = kib(MAX_UNSENT),
+        pending = kib(MAX_PENDING),
+        grace = CLOSE_GRACE.as_secs(),
+        line = kib(MAX_LINE),
+        stack = kib(threads::STACK_SIZE),
+    )
+}
 
 /// `echo-lab serve`.
 #[derive(Debug, Args)]
-#[command(after_long_help = SERVE_LIMITS)]
+#[command(after_long_help = serve_limits())]
 pub struct ServeArgs {
     /// The concurrency model.
     #[arg(long, default_value = "selector", value_parser = mode_parser())]
@@ -490,7 +525,7 @@ pub struct ServeArgs {
     /// Warn (on stderr, at most once a second, even with --quiet) when a
     /// one-thread loop runs this long without waiting: every other client
     /// waited as long. 0 turns the warning off. Default 100ms (selector,
-    /// statemachine and async only).
+    /// statemachine, async and completion only).
     #[arg(long, value_name = "DURATION", value_parser = parse_threshold)]
     pub slow_handler: Option<Duration>,
 

@@ -11,7 +11,7 @@ const MODEL_FLAGS: [(&str, &[Mode]); 8] = [
     ("--threads", &Mode::LOOPS),
     ("--offload", &Mode::LOOPS),
     ("--slow-handler", &Mode::LOOPS),
-    ("--poller", &Mode::ONE_THREAD),
+    ("--poller", &Mode::READINESS),
     ("--budget", &[Mode::Async]),
 ];
 

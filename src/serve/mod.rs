@@ -14,7 +14,8 @@
 //! 5. [`asynchronous`]: async/await on an executor and reactor of our own.
 //! 6. [`completion`]: one thread, one io_uring: completions, not readiness.
 //!
-//! [`chat`] is the notes' chat server on models 2 to 5.
+//! [`chat`] is the notes' chat server on models 2 to 6 (all but
+//! sequential).
 //!
 //! [`accept`] is what all six share: the one accept step (admit, prepare,
 //! sort the failures). [`work`] is `--work`, what a handler does with each
@@ -90,8 +91,10 @@ impl Mode {
         Mode::Completion,
     ];
 
-    /// The models that serve every client from one readiness loop.
-    pub const ONE_THREAD: [Mode; 3] = [Mode::Selector, Mode::Statemachine, Mode::Async];
+    /// The models that serve every client from one readiness loop (the
+    /// ones `--poller` applies to; completion is one thread too, but waits
+    /// for completions, not readiness).
+    pub const READINESS: [Mode; 3] = [Mode::Selector, Mode::Statemachine, Mode::Async];
 
     /// The models that serve every client from one loop of their own,
     /// readiness or completion: `--threads` runs several.
@@ -275,8 +278,10 @@ pub struct Context {
     pub stats: Stats,
     /// The thread pool's `--global-lock`: held while a worker computes.
     pub global_lock: Mutex<()>,
-    /// What the blocking models' threads count for `--stats` (the
-    /// one-thread loops keep their own).
+    /// What the blocking models' threads count for `--stats`. The chat's
+    /// selector and completion loops count into it too (the chat has no
+    /// `--stats` yet, so nothing reads it there); the echo loops keep
+    /// their own counters, on their own thread.
     pub traffic: live::Traffic<std::sync::atomic::AtomicU64>,
 }
 

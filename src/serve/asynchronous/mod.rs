@@ -30,7 +30,8 @@
 //! client, triggers the shutdown when it hears it and returns; dropping the
 //! executor drops every client task, which closes its socket.
 //!
-//! Next: the tools that measure the five models side by side.
+//! Next: `completion`, one io_uring instead of readiness; then the tools
+//! that measure the six models side by side.
 //!
 //! Tutorial: `docs/tutorial/5-async-await-from-the-ground-up.md`.
 

@@ -41,7 +41,7 @@ use crate::stats::Ending;
 
 /// The stack of each client's two threads: they hold a 4 KiB buffer and
 /// a few frames, and ten thousand clients are twenty thousand threads.
-const STACK_SIZE: usize = 128 * 1024;
+pub const STACK_SIZE: usize = 128 * 1024;
 
 /// Serves the chat with two threads per client until shutdown.
 ///
