@@ -387,7 +387,7 @@ fn serve_limits() -> String {
         format!(
             "{buffers} buffers of {} ({} MiB) per loop",
             kib(BUFFER_SIZE),
-            buffers * BUFFER_SIZE >> 20
+            (buffers * BUFFER_SIZE) >> 20
         )
     };
     #[cfg(not(target_os = "linux"))]
@@ -431,7 +431,7 @@ Limits (every bound on memory, per model):
         task = kib(TASK_BUFFER_SIZE),
         idle = MAX_IDLE_BUFFERS,
         idle_bytes = if MAX_IDLE_BUFFERS * TASK_BUFFER_SIZE >= 1 << 20 {
-            format!("{} MiB", MAX_IDLE_BUFFERS * TASK_BUFFER_SIZE >> 20)
+            format!("{} MiB", (MAX_IDLE_BUFFERS * TASK_BUFFER_SIZE) >> 20)
         } else {
             kib(MAX_IDLE_BUFFERS * TASK_BUFFER_SIZE)
         },
