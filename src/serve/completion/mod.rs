@@ -74,7 +74,7 @@
 //! same way for every operation before the ring and its memory go.
 //!
 //! Where it breaks: memory is pinned per loop (4 MiB of provided buffers,
-//! whatever the clients do), and it needs Linux 6.0 or later with io_uring
+//! whatever the clients do), and it needs Linux 6.1 or later with io_uring
 //! allowed (`kernel.io_uring_disabled`, container seccomp profiles often
 //! refuse it; then [`available`] says why and points to `--mode async`).
 //! And a completion loop that computes stalls like any other: completion
@@ -122,7 +122,7 @@ pub const DISABLE_VAR: &str = "ECHO_LAB_NO_IO_URING";
 /// in words for a one-line error.
 ///
 /// # Errors
-/// Why not: the variable above is set, the kernel is older than 6.0, or
+/// Why not: the variable above is set, the kernel is older than 6.1, or
 /// it refuses io_uring or its buffer ring.
 pub fn available() -> Result<(), String> {
     if std::env::var_os(DISABLE_VAR).is_some() {
@@ -134,9 +134,11 @@ pub fn available() -> Result<(), String> {
         .split(['.', '-'])
         .map(|n| n.parse::<u32>().unwrap_or(0));
     let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    if version < (6, 0) {
+    // Multishot receive came in 6.0; DEFER_TASKRUN, which the ring is set
+    // up with, in 6.1 (on 6.0 the setup fails with a bare EINVAL).
+    if version < (6, 1) {
         return Err(format!(
-            "Linux {}.{} is older than 6.0, which multishot receive needs",
+            "Linux {}.{} is older than 6.1, which the ring's deferred completion work (DEFER_TASKRUN) needs",
             version.0, version.1
         ));
     }
@@ -145,6 +147,9 @@ pub fn available() -> Result<(), String> {
             "the kernel refused io_uring (kernel.io_uring_disabled, or a seccomp filter)".to_owned()
         }
         Some(libc::ENOSYS) => "this kernel has no io_uring".to_owned(),
+        Some(libc::EINVAL) => format!(
+            "the kernel refused the ring's setup ({e}): it wants SINGLE_ISSUER and DEFER_TASKRUN (Linux 6.1) and a provided buffer ring"
+        ),
         _ => format!("the kernel refused an io_uring: {e}"),
     })
 }
