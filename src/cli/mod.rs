@@ -241,7 +241,7 @@ pub struct CompareArgs {
     pub baseline: Vec<String>,
     /// Where runs go: each run writes results.json, results.csv and
     /// throughput.svg to a new directory of its own under DIR
-    /// (run-<UTC time>), and DIR/latest names the last; nothing is
+    /// (`run-<UTC time>`), and DIR/latest names the last; nothing is
     /// overwritten.
     #[arg(long, value_name = "DIR", default_value = "echo-lab-results")]
     pub out: PathBuf,
