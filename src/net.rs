@@ -5,7 +5,7 @@
 //! prepares every accepted connection. The models receive what these return
 //! and never parse an address themselves.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
@@ -139,6 +139,19 @@ pub fn prepare_stream(stream: &TcpStream, blocking: Blocking) -> io::Result<()> 
 /// wait for readiness and try again.
 pub fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// One `write()`: returns how many bytes the socket took, 0 if it would
+/// block. A partial write is normal for a non-blocking socket.
+pub fn write_some(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+    loop {
+        match stream.write(data) {
+            Ok(n) => return Ok(n),
+            Err(e) if would_block(&e) => return Ok(0),
+            Err(e) if interrupted(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// `EINTR`: a signal arrived while the call waited. Nothing happened; retry.

@@ -482,7 +482,7 @@ fn chapters_and_modules_link_each_other() {
         ("src/serve/threadpool.rs", "2-a-pool-of-threads.md"),
         ("src/serve/selector.rs", "3-readiness-and-epoll.md"),
         (
-            "src/serve/statemachine.rs",
+            "src/serve/statemachine/mod.rs",
             "4-generators-are-state-machines.md",
         ),
         (

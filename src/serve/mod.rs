@@ -49,8 +49,10 @@ pub mod completion;
 #[cfg(not(target_os = "linux"))]
 #[path = "completion_elsewhere.rs"]
 pub mod completion;
+pub mod deadlines;
 pub mod live;
 pub mod offload;
+pub mod readiness;
 pub mod selector;
 pub mod sequential;
 pub mod stall;
@@ -148,15 +150,6 @@ pub fn list_of(modes: &[Mode]) -> String {
             format!("{} and {last}", rest.join(", "))
         }
     }
-}
-
-/// How long a loop may wait for its next event: until the earliest of
-/// `deadlines` that is set, or forever when none is.
-pub(crate) fn until_earliest(
-    deadlines: impl IntoIterator<Item = Option<Instant>>,
-) -> Option<Duration> {
-    let next = deadlines.into_iter().flatten().min()?;
-    Some(next.saturating_duration_since(Instant::now()))
 }
 
 impl std::fmt::Display for Mode {

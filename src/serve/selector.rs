@@ -55,13 +55,14 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::accept::{Accepted, accept};
+use super::deadlines::sweep_interval;
 use super::live::{Reporter, Traffic};
+use super::readiness::Listener;
 use super::offload::{Finished, Job, Offload};
 use super::stall::StallWatch;
 use super::work::{Work, WorkKind};
 use super::{Context, READ_BUFFER_SIZE};
-use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted, would_block};
+use crate::net::{interrupted, would_block, write_some};
 use crate::poller::{Event, Events, Interest, Poller};
 use crate::stats::{Ending, Stats};
 
@@ -313,7 +314,7 @@ impl Selector<'_> {
             .as_ref()
             .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
         let report = self.reporter.as_ref().map(Reporter::deadline);
-        super::until_earliest([
+        super::deadlines::until_earliest([
             self.listener.paused_until(),
             self.next_idle_sweep,
             work_timer,
@@ -459,77 +460,6 @@ impl Selector<'_> {
     }
 }
 
-/// A readiness loop's listener, registered level-triggered in its poller
-/// under `key`: the selector's, and the chat selector's.
-pub(crate) struct Listener<'a> {
-    socket: &'a TcpListener,
-    key: usize,
-    /// Set while accepting is paused after running out of descriptors:
-    /// the listener is then registered for nothing.
-    paused_until: Option<Instant>,
-}
-
-impl<'a> Listener<'a> {
-    /// `socket`, registered in the loop's poller under `key`.
-    pub(crate) fn new(socket: &'a TcpListener, key: usize) -> Self {
-        Listener {
-            socket,
-            key,
-            paused_until: None,
-        }
-    }
-
-    /// The next client waiting in the backlog (the notes' `accept`), or
-    /// `None` when the backlog is empty or accepting pauses.
-    ///
-    /// # Errors
-    /// If the listener is broken, or the poller fails.
-    pub(crate) fn next_client(
-        &mut self,
-        poller: &Poller,
-        stats: &Stats,
-    ) -> io::Result<Option<(TcpStream, SocketAddr)>> {
-        match accept(self.socket, stats, Blocking::No) {
-            Accepted::Client(stream, peer) => Ok(Some((stream, peer))),
-            // The backlog is empty: wait for the next readiness event.
-            Accepted::Empty => Ok(None),
-            Accepted::BackOff => {
-                // The pending client stays in the backlog, so the listener
-                // stays readable: keep watching it and the loop would spin.
-                // Stop watching it for a while.
-                poller.modify(self.socket, self.key, Interest::NONE)?;
-                self.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
-                Ok(None)
-            }
-            Accepted::Fatal(e) => Err(e),
-        }
-    }
-
-    /// When accepting resumes, if it is paused.
-    pub(crate) fn paused_until(&self) -> Option<Instant> {
-        self.paused_until
-    }
-
-    /// Watches the listener again once its pause is over.
-    ///
-    /// # Errors
-    /// If the poller fails.
-    pub(crate) fn resume_if_due(&mut self, poller: &Poller, now: Instant) -> io::Result<()> {
-        if self.paused_until.is_some_and(|t| t <= now) {
-            self.paused_until = None;
-            poller.modify(self.socket, self.key, Interest::READ)?;
-        }
-        Ok(())
-    }
-}
-
-/// Idle clients are found by a sweep over every connection; sweeping four
-/// times per timeout closes a client between 1 and 1.25 timeouts after its
-/// last activity, and costs one pass over the table per quarter timeout.
-pub(crate) fn sweep_interval(idle_timeout: Duration) -> Duration {
-    (idle_timeout / 4).max(Duration::from_millis(1))
-}
-
 /// Adds what a connection did between two snapshots of its
 /// [`Connection::counts`] to the loop's traffic.
 fn count(traffic: &Traffic, before: (u64, u64, u64), after: (u64, u64, u64)) {
@@ -665,15 +595,3 @@ impl Connection {
     }
 }
 
-/// One `write()`: returns how many bytes the socket took, 0 if it would
-/// block. A partial write is normal for a non-blocking socket.
-pub(crate) fn write_some(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
-    loop {
-        match stream.write(data) {
-            Ok(n) => return Ok(n),
-            Err(e) if would_block(&e) => return Ok(0),
-            Err(e) if interrupted(&e) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}

@@ -27,9 +27,10 @@ use super::CLOSE_GRACE;
 use super::room::{After, Room};
 use crate::serve::Context;
 use crate::serve::completion::ring::{Completion, Kind, Outgoing, Ring, Token};
-use crate::serve::completion::{
-    self, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token,
+use crate::serve::completion::kit::{
+    Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token,
 };
+use crate::serve::completion;
 use crate::stats::Ending;
 
 /// Serves the chat from this thread until shutdown.
@@ -117,7 +118,7 @@ impl Chat<'_> {
 
     fn timeout(&self) -> Option<Duration> {
         let grace = self.closing.front().map(|&(at, _, _)| at);
-        crate::serve::until_earliest([self.acceptor.paused_until(), grace])
+        crate::serve::deadlines::until_earliest([self.acceptor.paused_until(), grace])
     }
 
     fn complete(&mut self, done: Completion, now: Instant) -> io::Result<()> {
@@ -127,13 +128,14 @@ impl Chat<'_> {
             more,
             received,
             sent,
+            accepted,
         } = done;
         match token.kind {
             Kind::Bell => self.ctx.shutdown.trigger(),
             Kind::Accept => {
                 if let Some((stream, peer)) =
                     self.acceptor
-                        .accepted(&mut self.ring, result, more, self.ctx)?
+                        .accepted(&mut self.ring, Accept { stream: accepted, result, more }, self.ctx)?
                 {
                     self.register(stream, peer)?;
                 }

@@ -21,10 +21,10 @@ use slab::Slab;
 
 use super::CLOSE_GRACE;
 use super::room::{After, Room};
-use crate::net::{interrupted, would_block};
+use crate::net::{interrupted, would_block, write_some};
 use crate::poller::{Events, Interest, Poller};
 use crate::serve::Context;
-use crate::serve::selector::{Listener, write_some};
+use crate::serve::readiness::Listener;
 use crate::stats::Ending;
 
 /// What to do when a registered socket is ready.
@@ -263,7 +263,7 @@ impl Chat<'_> {
 
     fn timeout(&self) -> Option<Duration> {
         let grace = self.closing.front().map(|&(at, _, _)| at);
-        crate::serve::until_earliest([self.listener.paused_until(), grace])
+        crate::serve::deadlines::until_earliest([self.listener.paused_until(), grace])
     }
 
     /// Deletes a client from the poller (before its socket closes), from

@@ -23,11 +23,10 @@ use std::time::Instant;
 
 use super::CLOSE_GRACE;
 use super::room::{After, Room};
-use crate::net::{interrupted, would_block};
+use crate::net::{interrupted, would_block, write_some};
 use crate::serve::Context;
 use crate::serve::buffers::BufferPool;
 use crate::serve::live::Traffic;
-use crate::serve::selector::write_some;
 use crate::serve::statemachine::{self, Coroutine, Resume, Step, Wait};
 use crate::stats::{Ending, Stats};
 

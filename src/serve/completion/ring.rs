@@ -28,7 +28,8 @@
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::io;
-use std::os::fd::RawFd;
+use std::net::TcpStream;
+use std::os::fd::{FromRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
@@ -167,6 +168,9 @@ pub struct Completion {
     pub received: Option<Buf>,
     /// A send's bytes, back from the kernel.
     pub sent: Option<Outgoing>,
+    /// An accept's new client: the descriptor the kernel made for us,
+    /// owned from here on (closed if nobody takes it).
+    pub accepted: Option<TcpStream>,
 }
 
 /// One io_uring instance, its provided buffers, and the operations in
@@ -447,12 +451,19 @@ impl Ring {
                 .and_then(Option::take),
             _ => None,
         };
+        let accepted = (token.kind == Kind::Accept && result >= 0).then(|| {
+            // SAFETY: an accept's non-negative result is a descriptor the
+            // kernel has just created for this completion; nothing else
+            // knows it, so the stream is its only owner.
+            unsafe { TcpStream::from_raw_fd(result) }
+        });
         Some(Completion {
             token,
             result,
             more,
             received,
             sent,
+            accepted,
         })
     }
 }

@@ -60,6 +60,10 @@
 //!
 //! Tutorial: `docs/tutorial/4-generators-are-state-machines.md`.
 
+pub mod echo;
+
+pub use echo::run;
+
 use std::cell::Cell;
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
@@ -183,19 +187,6 @@ pub trait Coroutine<'a> {
     fn take_job(&mut self) -> Option<(Work, Vec<u8>)> {
         None
     }
-}
-
-/// Serves every client from this thread until shutdown.
-///
-/// # Errors
-/// If the poller fails or the listener breaks.
-pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
-    let buffers = BufferPool::new();
-    let traffic = Traffic::default();
-    let fatal = Cell::new(None);
-    serve(&listener, ctx, &traffic, &fatal, |stream, peer| {
-        Box::new(Echo::new(stream, peer, ctx, &buffers, &traffic))
-    })
 }
 
 /// Runs the loop with the stopper and an acceptor that makes a task of
@@ -522,7 +513,7 @@ impl<'a> EventLoop<'a> {
         }
         let timer = self.timers.first().map(|&(at, _)| at);
         let report = self.reporter.as_ref().map(Reporter::deadline);
-        super::until_earliest([timer, report])
+        super::deadlines::until_earliest([timer, report])
     }
 
     /// Queues every task whose deadline has passed, to resume as timed out.
@@ -608,198 +599,5 @@ impl<'a> Coroutine<'a> for Acceptor<'a> {
 
     fn source(&self) -> BorrowedFd<'_> {
         self.listener.as_fd()
-    }
-}
-
-/// Where a client task is suspended: the points of the generator above.
-#[derive(Debug)]
-pub enum EchoState<'a> {
-    /// Created, not yet run: the generator before its first `next()`.
-    Start,
-    /// At `yield 'WAIT_READ', sock`.
-    WaitRead,
-    /// At `yield 'WAIT_WRITE', sock`, with the generator's local `data`,
-    /// of which `data[sent..]` is still to send.
-    WaitWrite {
-        /// The bytes received, in a buffer borrowed from the loop.
-        data: Lease<'a>,
-        /// Bytes of `data` already written.
-        sent: usize,
-    },
-    /// With `--work`, between `recv` and `sendall`: at `yield 'SLEEP',
-    /// until` (wait work) or `yield 'RUN_IN_EXECUTOR', job` (offloaded
-    /// work), holding the `data` it will echo when resumed.
-    Working {
-        /// The bytes received, to echo once the work is done.
-        data: Lease<'a>,
-    },
-}
-
-/// The notes' `handle_client` generator, as a state machine.
-struct Echo<'a> {
-    state: EchoState<'a>,
-    sock: TcpStream,
-    buffers: &'a BufferPool,
-    peer: SocketAddr,
-    bytes: u64,
-    idle_timeout: Option<Duration>,
-    stats: &'a Stats,
-    /// The loop's `--stats` traffic.
-    traffic: &'a Traffic,
-    /// `--work`, and whether its blocking kinds go to the offload pool.
-    work: Option<Work>,
-    offload: bool,
-    /// The job handed to the loop with [`Wait::Offload`], until it takes it.
-    job: Option<(Work, Vec<u8>)>,
-    /// How the task ended, logged when it is dropped; `None` means the loop
-    /// dropped it at shutdown.
-    ending: Option<Ending>,
-}
-
-impl<'a> Echo<'a> {
-    fn new(
-        sock: TcpStream,
-        peer: SocketAddr,
-        ctx: &'a Context,
-        buffers: &'a BufferPool,
-        traffic: &'a Traffic,
-    ) -> Self {
-        Echo {
-            state: EchoState::Start,
-            sock,
-            buffers,
-            peer,
-            bytes: 0,
-            idle_timeout: ctx.config.idle_timeout,
-            stats: &ctx.stats,
-            traffic,
-            work: ctx.config.work,
-            offload: ctx.config.offload > 0,
-            job: None,
-            ending: None,
-        }
-    }
-
-    /// Starts `--work` on the chunk just received, which the task holds in
-    /// [`EchoState::Working`]. Returns what to yield, or `None` if the work
-    /// was done right here, on the loop's thread, and the chunk can go.
-    fn start_work(&mut self, work: Work, data: &[u8]) -> Option<Wait> {
-        match work.kind {
-            // The notes' `yield` of a deadline: the loop resumes us then.
-            WorkKind::Wait => Some(Wait::Sleep(Instant::now() + work.duration)),
-            // `run_in_executor`: the pool works on a copy, the loop goes on.
-            _ if self.offload => {
-                self.job = Some((work, data.to_vec()));
-                Some(Wait::Offload)
-            }
-            // On the loop's own thread: every other task waits.
-            _ => {
-                work.block(data, None);
-                None
-            }
-        }
-    }
-
-    /// `yield 'WAIT_READ', sock`, with the idle deadline if there is one.
-    fn wait_read(&self) -> Wait {
-        Wait::Read {
-            until: self.idle_timeout.map(|t| Instant::now() + t),
-        }
-    }
-
-    /// `yield 'WAIT_WRITE', sock`, with the idle deadline if there is one.
-    fn wait_write(&self) -> Wait {
-        Wait::Write {
-            until: self.idle_timeout.map(|t| Instant::now() + t),
-        }
-    }
-
-    fn finish(&mut self, ending: Ending) -> Wait {
-        self.ending = Some(ending);
-        Wait::Done
-    }
-}
-
-impl<'a> Coroutine<'a> for Echo<'a> {
-    fn resume(&mut self, how: Resume, _step: &mut Step<'_, 'a>) -> Wait {
-        let working = matches!(self.state, EchoState::Working { .. });
-        if how == Resume::TimedOut && !working {
-            return self.finish(Ending::IdleTimeout);
-        }
-        loop {
-            match &mut self.state {
-                // Resumed after the work: on to `sendall(data)`.
-                EchoState::Working { .. } => {
-                    let state = std::mem::replace(&mut self.state, EchoState::WaitRead);
-                    if let EchoState::Working { data } = state {
-                        self.state = EchoState::WaitWrite { data, sent: 0 };
-                    }
-                }
-                EchoState::Start => {
-                    self.state = EchoState::WaitRead;
-                    return self.wait_read();
-                }
-                // Resumed after `yield 'WAIT_READ'`: `data = sock.recv(4096)`.
-                EchoState::WaitRead => {
-                    let mut data = self.buffers.lend();
-                    match self.sock.read(&mut data) {
-                        // `if not data: break`
-                        Ok(0) => return self.finish(Ending::Closed),
-                        // On to `yield 'WAIT_WRITE'`, but try the write first.
-                        Ok(len) => {
-                            data.truncate(len);
-                            self.traffic.read(len);
-                            if let Some(work) = self.work {
-                                // `--work` first (see chapter 7).
-                                let wait = self.start_work(work, &data);
-                                self.state = EchoState::Working { data };
-                                if let Some(wait) = wait {
-                                    return wait;
-                                }
-                                continue;
-                            }
-                            self.state = EchoState::WaitWrite { data, sent: 0 };
-                        }
-                        // Woken, but not readable after all: wait again.
-                        Err(e) if would_block(&e) => return self.wait_read(),
-                        Err(e) if interrupted(&e) => {}
-                        Err(e) => return self.finish(Ending::Failed(e)),
-                    }
-                }
-                // `sock.sendall(data)`, one write at a time.
-                EchoState::WaitWrite { data, sent } => match self.sock.write(&data[*sent..]) {
-                    Ok(n) => {
-                        self.bytes += n as u64;
-                        self.traffic.wrote(n);
-                        *sent += n;
-                        if *sent == data.len() {
-                            // Back to the top of `while True`; dropping
-                            // `data` gives its buffer back to the loop.
-                            self.state = EchoState::WaitRead;
-                            return self.wait_read();
-                        }
-                    }
-                    Err(e) if would_block(&e) => return self.wait_write(),
-                    Err(e) if interrupted(&e) => {}
-                    Err(e) => return self.finish(Ending::Failed(e)),
-                },
-            }
-        }
-    }
-
-    fn source(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
-    }
-
-    fn take_job(&mut self) -> Option<(Work, Vec<u8>)> {
-        self.job.take()
-    }
-}
-
-impl Drop for Echo<'_> {
-    fn drop(&mut self) {
-        self.traffic.closed();
-        let ending = self.ending.take().unwrap_or(Ending::Shutdown);
-        self.stats.disconnected(self.peer, self.bytes, ending);
     }
 }

@@ -1,0 +1,640 @@
+//! The echo on the completion loop: one ring, a multishot receive per
+//! client into the pool's buffers, the echo sent from the buffer it came
+//! in (see the module above for the whole design). The chat's completion
+//! loop stands on the same [`kit`](super::kit).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use super::kit::{Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token};
+use super::ring::{Buf, Completion, Kind, Outgoing, Ring, Token};
+use super::{available, unavailable};
+use crate::serve::Context;
+use crate::serve::deadlines::sweep_interval;
+use crate::serve::live::{Reporter, Traffic};
+use crate::serve::offload::{Finished, Job, Offload};
+use crate::serve::stall::StallWatch;
+use crate::serve::work::{Work, WorkKind};
+use crate::stats::Ending;
+
+/// The most bytes one client may have received and not yet had echoed
+/// before its receive is cancelled: as the selector's unsent cap.
+pub const MAX_HELD: usize = 64 * 1024;
+
+/// Serves every client from this thread until shutdown.
+///
+/// # Errors
+/// If io_uring is not available, or the ring or the listener fails.
+pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    available().map_err(|why| unavailable(&why))?;
+    let bell = ctx.shutdown.bell()?;
+    let mut ring = Ring::new(RING_ENTRIES)?;
+    ring.poll_readable(bell.as_raw_fd(), token(Kind::Bell, 0, 0))?;
+    let acceptor = Acceptor::start(&listener, &mut ring)?;
+    let plan = match ctx.config.work {
+        Some(work) => Some(WorkPlan::new(work, ctx.config.offload, &mut ring)?),
+        None => None,
+    };
+    let mut proactor = Proactor {
+        ring,
+        acceptor,
+        conns: Slots::new(),
+        starved: VecDeque::new(),
+        next_idle_sweep: ctx
+            .config
+            .idle_timeout
+            .map(|t| Instant::now() + sweep_interval(t)),
+        plan,
+        jobs_done: 0,
+        stall: ctx.stall_watch("completion"),
+        reporter: ctx.reporter("completion"),
+        traffic: Traffic::default(),
+        ctx,
+    };
+    let served = proactor.serve();
+    proactor.close_all();
+    proactor.report(Instant::now(), true);
+    served
+}
+
+/// One client, and what of it is with the kernel.
+struct Conn {
+    /// Closed only once `receiving` and `sending` are both false.
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Its multishot receive is in flight.
+    receiving: bool,
+    /// A send of its bytes is in flight.
+    sending: bool,
+    /// Bytes to echo after the send in flight, oldest first, in the
+    /// connection's own memory: what the socket had no room for, and what
+    /// arrived while a send was out. Empty, and holding no memory, for a
+    /// client that reads its echoes.
+    unsent: VecDeque<Vec<u8>>,
+    /// With `--work`: a chunk of it is with its work (a timer or a pool
+    /// thread).
+    working: bool,
+    /// With `--work wait`: that chunk, while its timer runs.
+    waiting: Vec<u8>,
+    /// With `--work`: bytes that arrived while a chunk was with its work,
+    /// the next chunk.
+    unworked: Vec<u8>,
+    /// Bytes received and not echoed yet, wherever they are.
+    held: usize,
+    /// Its receive was cancelled for back-pressure, or ran out of buffers:
+    /// submit it again when that passes.
+    paused: bool,
+    /// The client sent its last byte.
+    read_closed: bool,
+    /// Set once it must go; it goes when nothing of it is in flight.
+    ending: Option<Ending>,
+    /// Its socket was shut down and its receive cancelled, to end them.
+    shut: bool,
+    echoed: u64,
+    last_active: Instant,
+}
+
+impl Conn {
+    /// Queues a copy of `bytes` to echo after everything before them.
+    fn keep(&mut self, bytes: &[u8]) {
+        match self.unsent.back_mut() {
+            Some(last) => last.extend_from_slice(bytes),
+            None => self.unsent.push_back(bytes.to_vec()),
+        }
+    }
+}
+
+/// What `--work` needs from the loop: the work, the pool it goes to with
+/// `--offload`, and the deadlines of the clients that wait.
+struct WorkPlan {
+    work: Work,
+    /// With `--offload`: the pool.
+    pool: Option<Pool>,
+    /// Clients waiting out `wait` work: (deadline, slot, generation).
+    timers: BTreeSet<(Instant, u32, u32)>,
+}
+
+/// `--offload`: the pool threads, where they say a job is done, and the
+/// doorbell they ring then (the ring polls it).
+struct Pool {
+    offload: Offload,
+    finished: Finished<(u32, u32)>,
+    doorbell: UnixStream,
+}
+
+impl WorkPlan {
+    fn new(work: Work, offload: usize, ring: &mut Ring) -> io::Result<WorkPlan> {
+        let pool = match offload {
+            0 => None,
+            threads => {
+                let (doorbell, ringer) = UnixStream::pair()?;
+                doorbell.set_nonblocking(true)?;
+                // A full doorbell is already ringing: never block a job.
+                ringer.set_nonblocking(true)?;
+                let finished = Finished::ringing(move || {
+                    let _ = (&ringer).write(&[1]);
+                });
+                let offload = Offload::start(threads, "completion")?;
+                ring.poll_readable(doorbell.as_raw_fd(), token(Kind::Jobs, 0, 0))?;
+                Some(Pool {
+                    offload,
+                    finished,
+                    doorbell,
+                })
+            }
+        };
+        Ok(WorkPlan {
+            work,
+            pool,
+            timers: BTreeSet::new(),
+        })
+    }
+
+    /// Whether the loop goes on while a chunk is worked on (a timer, the
+    /// pool), rather than doing the work itself.
+    fn defers(&self) -> bool {
+        self.work.kind == WorkKind::Wait || self.pool.is_some()
+    }
+
+    /// Sends `chunk` of client `(slot, generation)` to its work.
+    fn start(&mut self, slot: u32, generation: u32, chunk: Vec<u8>, conn: &mut Conn, now: Instant) {
+        conn.working = true;
+        match &self.pool {
+            // `run_in_executor`: the pool works, the loop goes on.
+            Some(pool) if self.work.blocks() => pool.offload.submit(Job {
+                work: self.work,
+                data: chunk,
+                done: pool.finished.notifier((slot, generation)),
+            }),
+            // The notes' `asyncio.sleep`: a timer the loop fires.
+            _ => {
+                conn.waiting = chunk;
+                self.timers
+                    .insert((now + self.work.duration, slot, generation));
+            }
+        }
+    }
+}
+
+/// The loop and everything it owns.
+struct Proactor<'a> {
+    ring: Ring,
+    acceptor: Acceptor<'a>,
+    conns: Slots<Conn>,
+    /// Slots whose receive ended for want of buffers.
+    starved: VecDeque<(u32, u32)>,
+    next_idle_sweep: Option<Instant>,
+    /// `--work`, if given; without it the echo path is untouched.
+    plan: Option<WorkPlan>,
+    /// Jobs the pool finished since the last `--stats` line.
+    jobs_done: u64,
+    stall: StallWatch<'a>,
+    reporter: Option<Reporter>,
+    traffic: Traffic,
+    ctx: &'a Context,
+}
+
+impl Proactor<'_> {
+    fn serve(&mut self) -> io::Result<()> {
+        while !self.ctx.shutdown.is_triggered() {
+            self.stall.waiting();
+            self.ring.submit_and_wait(self.timeout())?;
+            let now = Instant::now();
+            let mut completions = 0;
+            while let Some(completion) = self.ring.next_completion() {
+                completions += 1;
+                self.complete(completion, now)?;
+            }
+            self.stall.woke(now, completions);
+            self.rearm_starved()?;
+            self.run_timers(now)?;
+            if self.reporter.as_ref().is_some_and(|r| r.due(now)) {
+                self.report(now, false);
+            }
+        }
+        Ok(())
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        let report = self.reporter.as_ref().map(Reporter::deadline);
+        let work_timer = self
+            .plan
+            .as_ref()
+            .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
+        super::deadlines::until_earliest([
+            self.acceptor.paused_until(),
+            self.next_idle_sweep,
+            work_timer,
+            report,
+        ])
+    }
+
+    fn report(&mut self, now: Instant, last: bool) {
+        let open = self.conns.len() as u64;
+        let (traffic, turns) = (&self.traffic, &mut self.stall.turns);
+        let (in_flight, free) = (
+            self.ring.in_flight() as u64,
+            self.ring.free_buffers() as u64,
+        );
+        let timers = self.plan.as_ref().map_or(0, |p| p.timers.len() as u64)
+            + u64::from(self.acceptor.paused_until().is_some())
+            + u64::from(self.next_idle_sweep.is_some());
+        let jobs_done = std::mem::take(&mut self.jobs_done);
+        if let Some(reporter) = &mut self.reporter {
+            reporter.report(now, last, |line| {
+                traffic.fill_loop(line, open, turns.as_mut());
+                line.gauge("timers", timers)
+                    .count("cross_wakeups", jobs_done)
+                    .gauge("in_flight", in_flight)
+                    .gauge("free_buffers", free);
+            });
+        }
+    }
+
+    /// What one completion means.
+    fn complete(&mut self, done: Completion, now: Instant) -> io::Result<()> {
+        let Completion {
+            token,
+            result,
+            more,
+            received,
+            sent,
+            accepted,
+        } = done;
+        match token.kind {
+            Kind::Bell => self.ctx.shutdown.trigger(),
+            Kind::Accept => {
+                let accepted = self
+                    .acceptor
+                    .accepted(&mut self.ring, Accept { stream: accepted, result, more }, self.ctx)?;
+                if let Some((stream, peer)) = accepted {
+                    self.register(stream, peer)?;
+                }
+            }
+            Kind::Jobs => self.finish_jobs(now)?,
+            Kind::Cancel => {}
+            Kind::Recv => {
+                let Some(conn) = self.conns.live(token) else {
+                    // Its connection is gone: give the buffer back.
+                    if let Some(buf) = received {
+                        self.ring.recycle(buf);
+                    }
+                    return Ok(());
+                };
+                if !more {
+                    conn.receiving = false;
+                }
+                match Received::sort(&mut self.ring, result, received) {
+                    Received::Data(buf) => {
+                        conn.held += buf.len();
+                        conn.last_active = now;
+                        self.traffic.read(buf.len());
+                        self.take_in(token, buf, now)?;
+                    }
+                    Received::End => conn.read_closed = true,
+                    // Cancelled for back-pressure or closing.
+                    Received::Cancelled => {}
+                    Received::Starved => {
+                        conn.paused = true;
+                        self.starved.push_back((token.slot, token.generation));
+                    }
+                    Received::Failed(e) => {
+                        conn.ending.get_or_insert(Ending::Failed(e));
+                    }
+                }
+                self.settle(token)?;
+            }
+            Kind::Send => {
+                let sent = sent.expect("a send completion returns its bytes");
+                self.sent(token, result, sent, now);
+                self.settle(token)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes in `buf`, just received for `token`'s connection: echoed
+    /// from the pool buffer when nothing is before them (the common case:
+    /// no copy), otherwise kept in the connection's memory, and the buffer
+    /// goes back to the pool. With `--work`, worked on first.
+    fn take_in(&mut self, token: Token, buf: Buf, now: Instant) -> io::Result<()> {
+        let conn = self.conns.live(token).expect("a live connection");
+        let bytes = self.ring.bytes(&buf);
+        if conn.ending.is_some() {
+            // Arrived after it was told to go: nobody will read the echo.
+            conn.held -= buf.len();
+            self.ring.recycle(buf);
+            return Ok(());
+        }
+        match &mut self.plan {
+            Some(plan) if plan.defers() => {
+                if conn.working {
+                    conn.unworked.extend_from_slice(bytes);
+                } else {
+                    plan.start(token.slot, token.generation, bytes.to_vec(), conn, now);
+                }
+                self.ring.recycle(buf);
+                return Ok(());
+            }
+            // On the loop's own thread: every other client waits.
+            Some(plan) => plan.work.block(bytes, None),
+            None => {}
+        }
+        if conn.sending || !conn.unsent.is_empty() {
+            conn.keep(bytes);
+            self.ring.recycle(buf);
+            return Ok(());
+        }
+        conn.sending = true;
+        let fd = conn.stream.as_raw_fd();
+        let send = self::token(Kind::Send, token.slot, token.generation);
+        self.ring.send(fd, Outgoing::Pool(buf), send)
+    }
+
+    /// A send of `token`'s connection completed with `result`: count what
+    /// went, and keep what did not (a short send, or a pool buffer the
+    /// socket had no room for) to go first next time.
+    fn sent(&mut self, token: Token, result: i32, sent: Outgoing, now: Instant) {
+        let Some(conn) = self.conns.live(token) else {
+            self.ring.release(sent);
+            return;
+        };
+        conn.sending = false;
+        let n = match result {
+            n if n >= 0 => n as usize,
+            // The socket had no room: nothing went.
+            n if -n == libc::EAGAIN => 0,
+            errno => {
+                let e = io::Error::from_raw_os_error(-errno);
+                conn.ending.get_or_insert(Ending::Failed(e));
+                conn.held -= sent.len();
+                self.ring.release(sent);
+                return;
+            }
+        };
+        conn.held -= n;
+        if n > 0 {
+            conn.echoed += n as u64;
+            conn.last_active = now;
+            self.traffic.wrote(n);
+        }
+        match sent {
+            Outgoing::Pool(mut buf) => {
+                buf.consume(n);
+                if !buf.is_empty() {
+                    conn.unsent.push_front(self.ring.bytes(&buf).to_vec());
+                }
+                self.ring.recycle(buf);
+            }
+            Outgoing::Own(mut bytes) if n < bytes.len() => {
+                bytes.drain(..n);
+                conn.unsent.push_front(bytes);
+            }
+            Outgoing::Own(_) => {}
+        }
+    }
+
+    /// After any completion for a connection: send what it keeps, pause
+    /// or resume its receive, or let it go.
+    fn settle(&mut self, token: Token) -> io::Result<()> {
+        let (slot, generation) = (token.slot, token.generation);
+        let Some(conn) = self.conns.live(token) else {
+            return Ok(());
+        };
+        let fd = conn.stream.as_raw_fd();
+        if conn.ending.is_none() && conn.read_closed && conn.held == 0 && !conn.receiving {
+            // Half-closed, and every byte is back: done.
+            conn.ending = Some(Ending::Closed);
+        }
+        if conn.ending.is_some() {
+            if !conn.receiving && !conn.sending {
+                return self.reap(slot);
+            }
+            if !std::mem::replace(&mut conn.shut, true) {
+                // Its receive and any send end at once.
+                let _ = conn.stream.shutdown(Shutdown::Both);
+                if conn.receiving {
+                    self.ring
+                        .cancel(self::token(Kind::Recv, slot, generation))?;
+                }
+            }
+            return Ok(());
+        }
+        if !conn.sending {
+            if let Some(bytes) = conn.unsent.pop_front() {
+                conn.sending = true;
+                self.ring.send(
+                    fd,
+                    Outgoing::Own(bytes),
+                    self::token(Kind::Send, slot, generation),
+                )?;
+            }
+        }
+        let conn = self.conns.live(token).expect("still here");
+        if conn.receiving && conn.held >= MAX_HELD && !conn.paused {
+            // Back-pressure: stop reading a client that does not read.
+            conn.paused = true;
+            self.ring
+                .cancel(self::token(Kind::Recv, slot, generation))?;
+        } else if !conn.receiving && !conn.read_closed && conn.held < MAX_HELD / 2 {
+            let starved = conn.paused && self.ring.free_buffers() == 0;
+            if !starved {
+                conn.paused = false;
+                conn.receiving = true;
+                self.ring
+                    .receive(fd, self::token(Kind::Recv, slot, generation))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A chunk of client `(slot, generation)` is through its work: it is
+    /// echoed, and the bytes that came meanwhile go to theirs.
+    fn worked(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        chunk: Vec<u8>,
+        now: Instant,
+    ) -> io::Result<()> {
+        let token = token(Kind::Recv, slot, generation);
+        let Some(conn) = self.conns.live(token) else {
+            return Ok(()); // Gone while it worked: its chunk is dropped.
+        };
+        if !conn.working {
+            return Ok(());
+        }
+        conn.working = false;
+        if conn.unsent.is_empty() {
+            conn.unsent.push_back(chunk); // No copy.
+        } else {
+            conn.keep(&chunk);
+        }
+        if !conn.unworked.is_empty() {
+            let next = std::mem::take(&mut conn.unworked);
+            if let Some(plan) = &mut self.plan {
+                plan.start(slot, generation, next, conn, now);
+            }
+        }
+        self.settle(token)
+    }
+
+    /// The pool rang its doorbell: echoes the chunks whose work is done,
+    /// and listens for the bell again.
+    fn finish_jobs(&mut self, now: Instant) -> io::Result<()> {
+        let Some(Pool {
+            finished, doorbell, ..
+        }) = self.plan.as_mut().and_then(|p| p.pool.as_mut())
+        else {
+            return Ok(());
+        };
+        // Silence the bell before taking the jobs: a job that finishes
+        // after this rings it again, and is taken on the next turn.
+        let mut rings = [0; 64];
+        while matches!(doorbell.read(&mut rings), Ok(n) if n > 0) {}
+        let done: Vec<((u32, u32), Vec<u8>)> = finished.take().collect();
+        let fd = doorbell.as_raw_fd();
+        if !self.ctx.shutdown.is_triggered() {
+            self.ring.poll_readable(fd, token(Kind::Jobs, 0, 0))?;
+        }
+        for ((slot, generation), chunk) in done {
+            self.jobs_done += 1;
+            self.worked(slot, generation, chunk, now)?;
+        }
+        Ok(())
+    }
+
+    /// Submits again the receives that ran out of buffers, while there
+    /// are buffers to receive into.
+    fn rearm_starved(&mut self) -> io::Result<()> {
+        while self.ring.free_buffers() > 0 {
+            let Some((slot, generation)) = self.starved.pop_front() else {
+                break;
+            };
+            if self
+                .conns
+                .live(token(Kind::Recv, slot, generation))
+                .is_some()
+            {
+                self.settle(token(Kind::Recv, slot, generation))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn register(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+        let fd = stream.as_raw_fd();
+        let (slot, generation) = self.conns.insert(Conn {
+            stream,
+            peer,
+            receiving: true,
+            sending: false,
+            unsent: VecDeque::new(),
+            working: false,
+            waiting: Vec::new(),
+            unworked: Vec::new(),
+            held: 0,
+            paused: false,
+            read_closed: false,
+            ending: None,
+            shut: false,
+            echoed: 0,
+            last_active: Instant::now(),
+        });
+        self.traffic.accepted();
+        self.ring.receive(fd, token(Kind::Recv, slot, generation))
+    }
+
+    /// Drops a connection with nothing in flight: its socket closes, its
+    /// memory goes, its slot is free.
+    fn reap(&mut self, slot: u32) -> io::Result<()> {
+        let Some(conn) = self.conns.remove(slot) else {
+            return Ok(());
+        };
+        debug_assert!(
+            !conn.receiving && !conn.sending,
+            "closing under an operation in flight"
+        );
+        self.traffic.closed();
+        let ending = conn.ending.unwrap_or(Ending::Closed);
+        self.ctx.stats.disconnected(conn.peer, conn.echoed, ending);
+        Ok(())
+    }
+
+    /// Ends `slot` with `ending`, as soon as the kernel lets go of it.
+    fn end(&mut self, slot: u32, ending: Ending) -> io::Result<()> {
+        let Some(generation) = self.conns.generation(slot) else {
+            return Ok(());
+        };
+        let token = token(Kind::Recv, slot, generation);
+        if let Some(conn) = self.conns.live(token) {
+            conn.ending.get_or_insert(ending);
+        }
+        self.settle(token)
+    }
+
+    fn run_timers(&mut self, now: Instant) -> io::Result<()> {
+        while let Some(&(at, slot, generation)) =
+            self.plan.as_ref().and_then(|plan| plan.timers.first())
+        {
+            if at > now {
+                break;
+            }
+            if let Some(plan) = &mut self.plan {
+                plan.timers.pop_first();
+            }
+            let chunk = match self.conns.live(token(Kind::Recv, slot, generation)) {
+                Some(conn) => std::mem::take(&mut conn.waiting),
+                None => continue,
+            };
+            self.worked(slot, generation, chunk, now)?;
+        }
+        self.acceptor.resume_if_due(&mut self.ring, now)?;
+        if let (Some(sweep), Some(idle)) = (self.next_idle_sweep, self.ctx.config.idle_timeout) {
+            if sweep <= now {
+                let idle_slots: Vec<u32> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| {
+                        // A client whose chunk is with its work is busy, not idle.
+                        c.ending.is_none()
+                            && !c.working
+                            && now.duration_since(c.last_active) >= idle
+                    })
+                    .map(|(token, _)| token.slot)
+                    .collect();
+                for slot in idle_slots {
+                    self.end(slot, Ending::IdleTimeout)?;
+                }
+                self.next_idle_sweep = Some(now + sweep_interval(idle));
+            }
+        }
+        Ok(())
+    }
+
+    /// At shutdown: ends every connection and the accept, then waits until
+    /// the kernel has finished with every operation, so that no memory or
+    /// descriptor goes while it is still in use.
+    fn close_all(&mut self) {
+        let _ = self.ring.cancel(token(Kind::Accept, 0, 0));
+        let _ = self.ring.cancel(token(Kind::Bell, 0, 0));
+        if self.plan.as_ref().is_some_and(|p| p.pool.is_some()) {
+            let _ = self.ring.cancel(token(Kind::Jobs, 0, 0));
+        }
+        let slots: Vec<u32> = self.conns.iter().map(|(token, _)| token.slot).collect();
+        for slot in slots {
+            let _ = self.end(slot, Ending::Shutdown);
+        }
+        let deadline = Instant::now() + SHUTDOWN_PATIENCE;
+        while let Some(batch) = self.ring.drain_round(deadline) {
+            for done in batch {
+                let _ = self.complete(done, Instant::now());
+            }
+        }
+    }
+}
+

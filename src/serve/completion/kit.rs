@@ -1,0 +1,245 @@
+//! The completion kit: what every completion loop needs besides its ring
+//! (the echo's and the chat's): the operations' tokens, the sort of a
+//! receive's result, the multishot accept that pauses on running out of
+//! descriptors, and a generational table of connections, so that a late
+//! completion for a connection that is gone is recognised.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use super::ring::{Buf, Kind, Ring, Token};
+use crate::net::{ACCEPT_BACKOFF, Blocking};
+use crate::serve::Context;
+use crate::serve::accept::{Accepted, sort};
+
+/// Submissions the ring holds at once.
+pub(crate) const RING_ENTRIES: u32 = 1024;
+
+/// How long shutdown waits for the kernel to finish what is in flight
+/// after every socket was shut down (it takes microseconds).
+pub(crate) const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The token of an operation of `kind` for connection `(slot, generation)`.
+pub(crate) fn token(kind: Kind, slot: u32, generation: u32) -> Token {
+    Token {
+        kind,
+        slot,
+        generation,
+    }
+}
+
+/// What a receive's completion brought.
+pub(crate) enum Received {
+    /// Bytes, in a pool buffer.
+    Data(Buf),
+    /// The client sent its last byte.
+    End,
+    /// The receive was cancelled (back-pressure, or the connection ends).
+    Cancelled,
+    /// No pool buffer was free: submit the receive again when one is.
+    Starved,
+    Failed(io::Error),
+}
+
+impl Received {
+    /// Sorts a receive's `result`; a buffer that came without data goes
+    /// back to the kernel.
+    pub(crate) fn sort(ring: &mut Ring, result: i32, buf: Option<Buf>) -> Received {
+        match (buf, -result) {
+            (Some(buf), _) if result > 0 => Received::Data(buf),
+            (buf, errno) => {
+                if let Some(buf) = buf {
+                    ring.recycle(buf);
+                }
+                match errno {
+                    0 => Received::End,
+                    libc::ECANCELED => Received::Cancelled,
+                    libc::ENOBUFS => Received::Starved,
+                    errno => Received::Failed(io::Error::from_raw_os_error(errno)),
+                }
+            }
+        }
+    }
+}
+
+/// What an accept's completion brought, for [`Acceptor::accepted`].
+pub(crate) struct Accept {
+    /// The new client, if the accept succeeded.
+    pub stream: Option<TcpStream>,
+    /// The completion's result: `-errno` when it failed.
+    pub result: i32,
+    /// The multishot accept goes on.
+    pub more: bool,
+}
+
+/// A completion loop's listener: one multishot accept, submitted again
+/// when the kernel ends it, and paused for [`ACCEPT_BACKOFF`] when the
+/// process runs out of descriptors. The echo loop's and the chat's.
+pub(crate) struct Acceptor<'a> {
+    socket: &'a TcpListener,
+    /// Set while accepting is paused; no accept is in flight then.
+    paused_until: Option<Instant>,
+}
+
+impl<'a> Acceptor<'a> {
+    /// Submits the multishot accept on `socket`.
+    ///
+    /// # Errors
+    /// If the ring refuses the submission.
+    pub(crate) fn start(socket: &'a TcpListener, ring: &mut Ring) -> io::Result<Self> {
+        let acceptor = Acceptor {
+            socket,
+            paused_until: None,
+        };
+        acceptor.submit(ring)?;
+        Ok(acceptor)
+    }
+
+    fn submit(&self, ring: &mut Ring) -> io::Result<()> {
+        ring.accept(self.socket.as_raw_fd(), token(Kind::Accept, 0, 0))
+    }
+
+    /// What an accept completion brought: a client to serve, admitted and
+    /// prepared, or nothing (one over the limit, one that vanished, a
+    /// back-off). Submits the accept again if the kernel ended it.
+    ///
+    /// # Errors
+    /// If the listener is broken (not during shutdown), or the ring fails.
+    pub(crate) fn accepted(
+        &mut self,
+        ring: &mut Ring,
+        completion: Accept,
+        ctx: &Context,
+    ) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        let Accept {
+            stream,
+            result,
+            more,
+        } = completion;
+        let accepted = match stream {
+            Some(stream) => {
+                // A multishot accept does not say who connected; a client
+                // that reset already cannot say either. It is served like
+                // any other (its receive fails at once), as `accept()`
+                // serves it in the other models.
+                let peer = stream
+                    .peer_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                Ok((stream, peer))
+            }
+            None => Err(io::Error::from_raw_os_error(-result)),
+        };
+        let mut rearm = !more;
+        let mut client = None;
+        match sort(accepted, &ctx.stats, Blocking::Yes) {
+            Some(Accepted::Client(stream, peer)) => client = Some((stream, peer)),
+            Some(Accepted::Empty) | None => {}
+            Some(Accepted::BackOff) => {
+                // Out of descriptors: the kernel ended the multishot
+                // accept; submit it again after a pause, not at once.
+                self.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                rearm = false;
+            }
+            Some(Accepted::Fatal(e)) if !ctx.shutdown.is_triggered() => return Err(e),
+            Some(Accepted::Fatal(_)) => rearm = false,
+        }
+        if rearm && self.paused_until.is_none() {
+            self.submit(ring)?;
+        }
+        Ok(client)
+    }
+
+    /// When accepting resumes, if it is paused.
+    pub(crate) fn paused_until(&self) -> Option<Instant> {
+        self.paused_until
+    }
+
+    /// Submits the accept again once its pause is over.
+    ///
+    /// # Errors
+    /// If the ring refuses the submission.
+    pub(crate) fn resume_if_due(&mut self, ring: &mut Ring, now: Instant) -> io::Result<()> {
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+            self.submit(ring)?;
+        }
+        Ok(())
+    }
+}
+
+/// Connections by slot, as the operations' tokens name them. A slot is
+/// reused once its connection is gone, under a new generation, so that a
+/// late completion for the old connection is recognised and dropped. The
+/// echo loop's table, and the chat's.
+pub(crate) struct Slots<T> {
+    /// `(generation, connection)` by slot; `None` is vacant.
+    entries: Vec<Option<(u32, T)>>,
+    /// Vacant slots, and the generation each had last.
+    vacant: Vec<(u32, u32)>,
+    /// Occupied slots.
+    len: usize,
+}
+
+impl<T> Slots<T> {
+    pub(crate) fn new() -> Self {
+        Slots {
+            entries: Vec::new(),
+            vacant: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Puts `conn` in a slot; returns the slot and its generation.
+    pub(crate) fn insert(&mut self, conn: T) -> (u32, u32) {
+        let (slot, generation) = match self.vacant.pop() {
+            Some((slot, last)) => (slot, last.wrapping_add(1)),
+            None => {
+                self.entries.push(None);
+                ((self.entries.len() - 1) as u32, 0)
+            }
+        };
+        self.entries[slot as usize] = Some((generation, conn));
+        self.len += 1;
+        (slot, generation)
+    }
+
+    /// The connection `token` was for, if it is still there (not a newer
+    /// one in the same slot).
+    pub(crate) fn live(&mut self, token: Token) -> Option<&mut T> {
+        match self.entries.get_mut(token.slot as usize) {
+            Some(Some((generation, conn))) if *generation == token.generation => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// The generation of `slot`'s connection, if it has one.
+    pub(crate) fn generation(&self, slot: u32) -> Option<u32> {
+        match self.entries.get(slot as usize) {
+            Some(Some((generation, _))) => Some(*generation),
+            _ => None,
+        }
+    }
+
+    /// Takes the connection out of `slot`, and frees the slot.
+    pub(crate) fn remove(&mut self, slot: u32) -> Option<T> {
+        let (generation, conn) = self.entries.get_mut(slot as usize)?.take()?;
+        self.vacant.push((slot, generation));
+        self.len -= 1;
+        Some(conn)
+    }
+
+    /// Every connection, with its slot and generation.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Token, &T)> {
+        self.entries.iter().enumerate().filter_map(|(slot, entry)| {
+            let (generation, conn) = entry.as_ref()?;
+            Some((token(Kind::Recv, slot as u32, *generation), conn))
+        })
+    }
+
+    /// How many connections there are.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}

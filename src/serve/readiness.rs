@@ -1,0 +1,78 @@
+//! The readiness kit: what the readiness loops (the selector, and the
+//! chat's selector) share, so that neither reaches into the other's file.
+//! Today that is the listener: accept the next client, and pause on running
+//! out of descriptors without spinning. (The statemachine and async
+//! runtimes accept through their own tasks, as the notes' do.)
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Instant;
+
+use super::accept::{Accepted, accept};
+use crate::net::{ACCEPT_BACKOFF, Blocking};
+use crate::poller::{Interest, Poller};
+use crate::stats::Stats;
+
+/// A readiness loop's listener, registered level-triggered in its poller
+/// under `key`: the selector's, and the chat selector's.
+pub(crate) struct Listener<'a> {
+    socket: &'a TcpListener,
+    key: usize,
+    /// Set while accepting is paused after running out of descriptors:
+    /// the listener is then registered for nothing.
+    paused_until: Option<Instant>,
+}
+
+impl<'a> Listener<'a> {
+    /// `socket`, registered in the loop's poller under `key`.
+    pub(crate) fn new(socket: &'a TcpListener, key: usize) -> Self {
+        Listener {
+            socket,
+            key,
+            paused_until: None,
+        }
+    }
+
+    /// The next client waiting in the backlog (the notes' `accept`), or
+    /// `None` when the backlog is empty or accepting pauses.
+    ///
+    /// # Errors
+    /// If the listener is broken, or the poller fails.
+    pub(crate) fn next_client(
+        &mut self,
+        poller: &Poller,
+        stats: &Stats,
+    ) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        match accept(self.socket, stats, Blocking::No) {
+            Accepted::Client(stream, peer) => Ok(Some((stream, peer))),
+            // The backlog is empty: wait for the next readiness event.
+            Accepted::Empty => Ok(None),
+            Accepted::BackOff => {
+                // The pending client stays in the backlog, so the listener
+                // stays readable: keep watching it and the loop would spin.
+                // Stop watching it for a while.
+                poller.modify(self.socket, self.key, Interest::NONE)?;
+                self.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                Ok(None)
+            }
+            Accepted::Fatal(e) => Err(e),
+        }
+    }
+
+    /// When accepting resumes, if it is paused.
+    pub(crate) fn paused_until(&self) -> Option<Instant> {
+        self.paused_until
+    }
+
+    /// Watches the listener again once its pause is over.
+    ///
+    /// # Errors
+    /// If the poller fails.
+    pub(crate) fn resume_if_due(&mut self, poller: &Poller, now: Instant) -> io::Result<()> {
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+            poller.modify(self.socket, self.key, Interest::READ)?;
+        }
+        Ok(())
+    }
+}
