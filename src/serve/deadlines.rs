@@ -13,9 +13,7 @@ pub fn sweep_interval(idle_timeout: Duration) -> Duration {
 
 /// How long a loop may wait for its next event: until the earliest of
 /// `deadlines` that is set, or forever when none is.
-pub fn until_earliest(
-    deadlines: impl IntoIterator<Item = Option<Instant>>,
-) -> Option<Duration> {
+pub fn until_earliest(deadlines: impl IntoIterator<Item = Option<Instant>>) -> Option<Duration> {
     let next = deadlines.into_iter().flatten().min()?;
     Some(next.saturating_duration_since(Instant::now()))
 }

@@ -48,7 +48,7 @@
 //! Tutorial: `docs/tutorial/3-readiness-and-epoll.md`.
 
 use std::collections::BTreeSet;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,14 +57,14 @@ use slab::Slab;
 
 use super::deadlines::sweep_interval;
 use super::live::{Reporter, Traffic};
-use super::readiness::Listener;
 use super::offload::{Finished, Job, Offload};
+use super::readiness::Listener;
 use super::stall::StallWatch;
 use super::work::{Work, WorkKind};
 use super::{Context, READ_BUFFER_SIZE};
 use crate::net::{interrupted, would_block, write_some};
 use crate::poller::{Event, Events, Interest, Poller};
-use crate::stats::{Ending, Stats};
+use crate::stats::Ending;
 
 /// The most echoed bytes one client may leave unsent before we stop reading
 /// from it. 64 KiB is about what one loopback socket buffer holds: enough to
@@ -594,4 +594,3 @@ impl Connection {
         Ok(())
     }
 }
-

@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 use super::CLOSE_GRACE;
 use super::room::{After, Room};
 use crate::serve::Context;
-use crate::serve::completion::ring::{Completion, Kind, Outgoing, Ring, Token};
+use crate::serve::completion;
 use crate::serve::completion::kit::{
     Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token,
 };
-use crate::serve::completion;
+use crate::serve::completion::ring::{Completion, Kind, Outgoing, Ring, Token};
 use crate::stats::Ending;
 
 /// Serves the chat from this thread until shutdown.
@@ -133,10 +133,15 @@ impl Chat<'_> {
         match token.kind {
             Kind::Bell => self.ctx.shutdown.trigger(),
             Kind::Accept => {
-                if let Some((stream, peer)) =
-                    self.acceptor
-                        .accepted(&mut self.ring, Accept { stream: accepted, result, more }, self.ctx)?
-                {
+                if let Some((stream, peer)) = self.acceptor.accepted(
+                    &mut self.ring,
+                    Accept {
+                        stream: accepted,
+                        result,
+                        more,
+                    },
+                    self.ctx,
+                )? {
                     self.register(stream, peer)?;
                 }
             }

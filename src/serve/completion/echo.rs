@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -225,7 +225,7 @@ impl Proactor<'_> {
             .plan
             .as_ref()
             .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
-        super::deadlines::until_earliest([
+        crate::serve::deadlines::until_earliest([
             self.acceptor.paused_until(),
             self.next_idle_sweep,
             work_timer,
@@ -268,9 +268,15 @@ impl Proactor<'_> {
         match token.kind {
             Kind::Bell => self.ctx.shutdown.trigger(),
             Kind::Accept => {
-                let accepted = self
-                    .acceptor
-                    .accepted(&mut self.ring, Accept { stream: accepted, result, more }, self.ctx)?;
+                let accepted = self.acceptor.accepted(
+                    &mut self.ring,
+                    Accept {
+                        stream: accepted,
+                        result,
+                        more,
+                    },
+                    self.ctx,
+                )?;
                 if let Some((stream, peer)) = accepted {
                     self.register(stream, peer)?;
                 }
@@ -637,4 +643,3 @@ impl Proactor<'_> {
         }
     }
 }
-

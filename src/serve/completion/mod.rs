@@ -90,7 +90,6 @@ pub use echo::{MAX_HELD, run};
 
 use std::io;
 
-use kit::RING_ENTRIES;
 use ring::Ring;
 
 /// The environment variable that makes io_uring unavailable, to try the
@@ -139,4 +138,3 @@ pub fn unavailable(why: &str) -> io::Error {
         "io_uring is not available here: {why}; --mode async serves the same clients with readiness"
     ))
 }
-

@@ -17,14 +17,14 @@
 //!
 //! Rust has no stable generators, so we write by hand what a compiler makes
 //! of one: a state machine. Each point where the generator can be suspended
-//! becomes a variant of an enum ([`EchoState`]), the locals that live across
+//! becomes a variant of an enum ([`EchoState`](echo::EchoState)), the locals that live across
 //! a `yield` become its fields, and `next()` becomes [`Coroutine::resume`],
 //! which runs until the task must wait and returns a [`Wait`]: the yielded
 //! `('WAIT_READ', sock)`. A suspended task is nothing but that enum: no
 //! stack, no thread. It is smaller than the generator, too: CPython keeps a
 //! suspended generator's frame, so at `WAIT_READ` it still holds the `data`
 //! of the last message; our `WaitRead` has no `data` at all. A task borrows
-//! a buffer from the loop's [`BufferPool`] when its socket is readable and
+//! a buffer from the loop's [`BufferPool`](crate::serve::buffers::BufferPool) when its socket is readable and
 //! gives it back once everything is written, so a client waiting to speak
 //! holds no buffer.
 //!
@@ -66,7 +66,7 @@ pub use echo::run;
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, VecDeque};
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -77,15 +77,13 @@ use slab::Slab;
 
 use super::Context;
 use super::accept::{Accepted, accept};
-use super::buffers::{BufferPool, Lease};
 use super::live::{ReadyQueue, Reporter, Traffic};
 use super::offload::{Finished, Job, Offload};
 use super::stall::StallWatch;
-use super::work::{Work, WorkKind};
-use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted, would_block};
+use super::work::Work;
+use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::poller::{Events, Interest, Poller};
 use crate::shutdown::Shutdown;
-use crate::stats::{Ending, Stats};
 
 /// What a task yields when it cannot go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
