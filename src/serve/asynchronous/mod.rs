@@ -11,7 +11,7 @@
 //!     sock.close()
 //! ```
 //!
-//! `handle_client` below is that function. The compiler turns it into a
+//! `handle_client` in [`echo`] is that function. The compiler turns it into a
 //! state machine like the one we wrote by hand in the statemachine model:
 //! each `.await` is a point where it can suspend, and the locals that live
 //! across one (the buffer, the byte count) become fields of the future.
@@ -24,6 +24,10 @@
 //!   awaited like any I/O.
 //! - [`executor`]: tasks, wakers and the ready queue, and `block_on`.
 //!
+//! This file adds the notes' `run_server`, [`accept_clients`], which
+//! spawns a task per client; [`echo`] makes those tasks for the echo, and
+//! the chat makes its own.
+//!
 //! Its limit is every single-threaded loop's: a task that computes for a
 //! long time without awaiting stalls all the others. Shutdown: the accept
 //! loop awaits the shutdown's bell (which a signal rings) beside the next
@@ -35,78 +39,26 @@
 //!
 //! Tutorial: `docs/tutorial/5-async-await-from-the-ground-up.md`.
 
+pub mod echo;
 pub mod executor;
 pub mod reactor;
+
+pub use echo::run;
 
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::pin::pin;
 use std::rc::Rc;
-use std::time::Duration;
 
-use executor::{Either, Executor, Spawner, select};
-use reactor::{Async, Reactor, TimedOut, sleep, timeout};
+use executor::{Either, Spawner, select};
+use reactor::{Async, Reactor, sleep};
 
 use super::Context;
 use super::accept::{Accepted, sort};
 use super::live::Traffic;
-use super::offload::Offload;
-use super::work::WorkKind;
 use crate::net::{ACCEPT_BACKOFF, Blocking};
-use crate::stats::{Ending, Stats};
-
-/// Serves every client from this thread until shutdown.
-///
-/// # Errors
-/// If the poller fails or the listener breaks.
-pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
-    // Made before the executor, so that it outlives every task.
-    let pool = match (ctx.config.work, ctx.config.offload) {
-        (Some(work), threads) if work.blocks() && threads > 0 => {
-            Some(Offload::start(threads, "async")?)
-        }
-        _ => None,
-    };
-    let traffic = Traffic::default();
-    let reactor = Reactor::new(ctx.config.poller)?;
-    reactor.set_budget(ctx.config.budget);
-    let executor = Executor::new(reactor.clone())
-        .watching_stalls(ctx.stall_watch("async"))
-        .reporting(ctx.reporter("async"), &traffic);
-    let listener = Async::new(listener, &reactor)?;
-    let clients = Clients {
-        ctx,
-        reactor: &reactor,
-        pool: pool.as_ref(),
-        traffic: &traffic,
-    };
-    let accepting = accept_clients(
-        listener,
-        ctx,
-        &reactor,
-        &traffic,
-        executor.spawner(),
-        |stream, peer| handle_client(stream, peer, clients),
-    );
-    let served = executor.block_on(accepting);
-    // Cancel every client task still running (closing its socket), then
-    // write the last line.
-    executor.cancel_all();
-    executor.report(std::time::Instant::now(), true);
-    drop(executor);
-    served?
-}
-
-/// What every client task shares: the settings and counters, the reactor,
-/// and the offload pool if there is one.
-#[derive(Clone, Copy)]
-struct Clients<'a> {
-    ctx: &'a Context,
-    reactor: &'a Rc<Reactor>,
-    pool: Option<&'a Offload>,
-    traffic: &'a Traffic,
-}
+use crate::stats::Ending;
 
 /// The notes' `run_server`: accept clients and spawn the task `client`
 /// makes for each, until the shutdown is triggered. (The chat spawns
@@ -155,83 +107,5 @@ pub async fn accept_clients<'a, F: Future<Output = ()> + 'a>(
             }
             Some(Accepted::Fatal(e)) => return Err(e),
         }
-    }
-}
-
-/// The notes' `handle_client`: echo until the client leaves.
-async fn handle_client(stream: Async<TcpStream>, peer: SocketAddr, clients: Clients<'_>) {
-    let Clients {
-        ctx,
-        reactor,
-        pool,
-        traffic,
-    } = clients;
-    let idle = ctx.config.idle_timeout;
-    let mut log = ConnectionLog {
-        stats: &ctx.stats,
-        traffic,
-        peer,
-        bytes: 0,
-        ending: None,
-    };
-    let ending = loop {
-        let data = match limit(idle, reactor, stream.recv()).await {
-            Ok(Ok(data)) if data.is_empty() => break Ending::Closed,
-            Ok(Ok(data)) => data,
-            Ok(Err(e)) => break Ending::Failed(e),
-            Err(TimedOut) => break Ending::IdleTimeout,
-        };
-        traffic.read(data.len());
-        if let Some(work) = ctx.config.work {
-            // `--work` before the echo (see chapter 7).
-            match (work.kind, pool) {
-                // The notes' `await asyncio.sleep(...)`: other tasks run.
-                (WorkKind::Wait, _) => sleep(reactor, work.duration).await,
-                // `await loop.run_in_executor(pool, job)`.
-                (_, Some(pool)) => drop(pool.run(work, data.to_vec()).await),
-                // `time.sleep` or computing inside the coroutine: the
-                // whole loop waits.
-                (_, None) => work.block(&data, None),
-            }
-        }
-        match limit(idle, reactor, stream.write_all(&data)).await {
-            Ok(Ok(())) => {
-                log.bytes += data.len() as u64;
-                traffic.wrote(data.len());
-            }
-            Ok(Err(e)) => break Ending::Failed(e),
-            Err(TimedOut) => break Ending::IdleTimeout,
-        }
-    };
-    log.ending = Some(ending);
-}
-
-/// Awaits `future`, for at most `idle` if an idle timeout is set.
-async fn limit<F: Future>(
-    idle: Option<Duration>,
-    reactor: &Rc<Reactor>,
-    future: F,
-) -> Result<F::Output, TimedOut> {
-    match idle {
-        Some(duration) => timeout(reactor, duration, future).await,
-        None => Ok(future.await),
-    }
-}
-
-/// Logs the end of a connection when its task ends, however it ends:
-/// returning, or dropped by the executor at shutdown (cancelled).
-struct ConnectionLog<'a> {
-    stats: &'a Stats,
-    traffic: &'a Traffic,
-    peer: SocketAddr,
-    bytes: u64,
-    ending: Option<Ending>,
-}
-
-impl Drop for ConnectionLog<'_> {
-    fn drop(&mut self) {
-        self.traffic.closed();
-        let ending = self.ending.take().unwrap_or(Ending::Shutdown);
-        self.stats.disconnected(self.peer, self.bytes, ending);
     }
 }
