@@ -206,13 +206,18 @@ pub fn trigger_on_signals(shutdown: &Shutdown, watcher: bool) -> anyhow::Result<
     if watcher {
         let bell = shutdown.bell().context("starting the signal watcher")?;
         let poller = Poller::new(Backend::default()).context("starting the signal watcher")?;
-        // SAFETY: the watcher thread owns the bell and deletes it from the
-        // poller before both are dropped.
-        unsafe { poller.add(&bell, 0, Interest::READ) }.context("starting the signal watcher")?;
         let shutdown = shutdown.clone();
+        // The thread registers the bell (the guard lives with the poller
+        // it borrows) and says whether it could before it waits.
+        let (started, start) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
+                let _watched = match poller.register(&bell, 0, Interest::READ) {
+                    Ok(watched) => watched,
+                    Err(e) => return drop(started.send(Err(e))),
+                };
+                let _ = started.send(Ok(()));
                 let mut events = Events::new();
                 loop {
                     match poller.wait(&mut events, None) {
@@ -222,8 +227,11 @@ pub fn trigger_on_signals(shutdown: &Shutdown, watcher: bool) -> anyhow::Result<
                         Err(e) => break eprintln!("echo-lab: the signal watcher failed: {e}"),
                     }
                 }
-                let _ = poller.delete(&bell);
             })
+            .context("starting the signal watcher")?;
+        start
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the signal watcher ended at once")))
             .context("starting the signal watcher")?;
     }
     Ok(())
@@ -237,12 +245,9 @@ mod tests {
     /// Events a fresh poller reports for `bell` without waiting.
     fn rings(bell: &UnixStream) -> usize {
         let poller = Poller::new(Backend::default()).unwrap();
-        // SAFETY: deleted below, before `bell` can close.
-        unsafe { poller.add(bell, 0, Interest::READ) }.unwrap();
+        let _watched = poller.register(bell, 0, Interest::READ).unwrap();
         let mut events = Events::new();
-        let ready = poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
-        poller.delete(bell).unwrap();
-        ready
+        poller.wait(&mut events, Some(Duration::ZERO)).unwrap()
     }
 
     /// The bell is silent until the trigger, then readable for every

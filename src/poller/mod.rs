@@ -147,6 +147,60 @@ impl Events {
     }
 }
 
+/// A source registered with a [`Poller`] by [`Poller::register`]: it is
+/// watched for exactly as long as this guard lives. Dropping the guard
+/// deletes the source from the poller and only then drops the source, so
+/// a registration can never outlive its socket, whatever path a loop takes
+/// to close it (an error, a timeout, shutdown).
+pub struct Registered<'p, T: AsFd> {
+    poller: &'p Poller,
+    /// The watched source (a socket, or a borrow of one).
+    source: T,
+    key: usize,
+}
+
+impl<T: AsFd> Registered<'_, T> {
+    /// The key its events carry.
+    pub fn key(&self) -> usize {
+        self.key
+    }
+
+    /// Changes what it is watched for.
+    ///
+    /// # Errors
+    /// As [`Poller::modify`].
+    pub fn modify(&self, interest: Interest) -> io::Result<()> {
+        self.poller.modify(&self.source, self.key, interest)
+    }
+}
+
+impl<T: AsFd> std::ops::Deref for Registered<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.source
+    }
+}
+
+impl<T: AsFd> std::ops::DerefMut for Registered<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.source
+    }
+}
+
+impl<T: AsFd> AsFd for Registered<'_, T> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.source.as_fd()
+    }
+}
+
+impl<T: AsFd> Drop for Registered<'_, T> {
+    fn drop(&mut self) {
+        // Before `source` closes: that is the rule this type keeps.
+        let _ = self.poller.delete(&self.source);
+    }
+}
+
 /// A readiness poller with the backend chosen when it was made.
 #[derive(Debug)]
 pub struct Poller {
@@ -194,8 +248,34 @@ impl Poller {
         }
     }
 
+    /// Watches `source` for `interest`, level-triggered, under `key` (any
+    /// value but `usize::MAX`), for as long as the returned guard lives:
+    /// the guard owns `source` (or a borrow of it) and deletes it from the
+    /// poller when dropped, before the source can close. The safe way to
+    /// register, as async-io's `Async<T>`: the rule [`Poller::add`] states
+    /// is kept by the type.
+    ///
+    /// # Errors
+    /// As [`Poller::add`].
+    pub fn register<T: AsFd>(
+        &self,
+        source: T,
+        key: usize,
+        interest: Interest,
+    ) -> io::Result<Registered<'_, T>> {
+        // SAFETY: the guard owns `source` and deletes it in `drop`, which
+        // runs before its fields (the source among them) are dropped.
+        unsafe { self.add(&source, key, interest)? };
+        Ok(Registered {
+            poller: self,
+            source,
+            key,
+        })
+    }
+
     /// Watches `source` for `interest`, level-triggered, reporting it under
-    /// `key` (any value but `usize::MAX`).
+    /// `key` (any value but `usize::MAX`). [`Poller::register`] is the
+    /// safe way; this is for a source whose owner keeps the rule itself.
     ///
     /// # Safety
     /// `source` must be [deleted](Poller::delete) before it is closed.

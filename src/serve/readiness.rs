@@ -10,27 +10,32 @@ use std::time::Instant;
 
 use super::accept::{Accepted, accept};
 use crate::net::{ACCEPT_BACKOFF, Blocking};
-use crate::poller::{Interest, Poller};
+use crate::poller::{Interest, Poller, Registered};
 use crate::stats::Stats;
 
 /// A readiness loop's listener, registered level-triggered in its poller
-/// under `key`: the selector's, and the chat selector's.
+/// for as long as it lives: the selector's, and the chat selector's.
 pub(crate) struct Listener<'a> {
-    socket: &'a TcpListener,
-    key: usize,
+    socket: Registered<'a, &'a TcpListener>,
     /// Set while accepting is paused after running out of descriptors:
     /// the listener is then registered for nothing.
     paused_until: Option<Instant>,
 }
 
 impl<'a> Listener<'a> {
-    /// `socket`, registered in the loop's poller under `key`.
-    pub(crate) fn new(socket: &'a TcpListener, key: usize) -> Self {
-        Listener {
-            socket,
-            key,
+    /// `socket`, registered in `poller` under `key`, to read.
+    ///
+    /// # Errors
+    /// If the poller refuses it.
+    pub(crate) fn register(
+        poller: &'a Poller,
+        socket: &'a TcpListener,
+        key: usize,
+    ) -> io::Result<Self> {
+        Ok(Listener {
+            socket: poller.register(socket, key, Interest::READ)?,
             paused_until: None,
-        }
+        })
     }
 
     /// The next client waiting in the backlog (the notes' `accept`), or
@@ -40,10 +45,9 @@ impl<'a> Listener<'a> {
     /// If the listener is broken, or the poller fails.
     pub(crate) fn next_client(
         &mut self,
-        poller: &Poller,
         stats: &Stats,
     ) -> io::Result<Option<(TcpStream, SocketAddr)>> {
-        match accept(self.socket, stats, Blocking::No) {
+        match accept(&self.socket, stats, Blocking::No) {
             Accepted::Client(stream, peer) => Ok(Some((stream, peer))),
             // The backlog is empty: wait for the next readiness event.
             Accepted::Empty => Ok(None),
@@ -51,7 +55,7 @@ impl<'a> Listener<'a> {
                 // The pending client stays in the backlog, so the listener
                 // stays readable: keep watching it and the loop would spin.
                 // Stop watching it for a while.
-                poller.modify(self.socket, self.key, Interest::NONE)?;
+                self.socket.modify(Interest::NONE)?;
                 self.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                 Ok(None)
             }
@@ -68,10 +72,10 @@ impl<'a> Listener<'a> {
     ///
     /// # Errors
     /// If the poller fails.
-    pub(crate) fn resume_if_due(&mut self, poller: &Poller, now: Instant) -> io::Result<()> {
+    pub(crate) fn resume_if_due(&mut self, now: Instant) -> io::Result<()> {
         if self.paused_until.is_some_and(|t| t <= now) {
             self.paused_until = None;
-            poller.modify(self.socket, self.key, Interest::READ)?;
+            self.socket.modify(Interest::READ)?;
         }
         Ok(())
     }

@@ -63,7 +63,7 @@ use super::stall::StallWatch;
 use super::work::{Work, WorkKind};
 use super::{Context, READ_BUFFER_SIZE};
 use crate::net::{interrupted, would_block, write_some};
-use crate::poller::{Event, Events, Interest, Poller};
+use crate::poller::{Event, Events, Interest, Poller, Registered};
 use crate::stats::Ending;
 
 /// The most echoed bytes one client may leave unsent before we stop reading
@@ -73,19 +73,19 @@ use crate::stats::Ending;
 pub const MAX_UNSENT: usize = 64 * 1024;
 
 /// What to do when a registered socket is ready: the notes' callback.
-enum Handler {
+enum Handler<'a> {
     /// The listener is readable: accept the waiting clients.
     Accept,
     /// The shutdown bell rang (a signal, or `Shutdown::trigger`): stop.
     Stop,
     /// A client is readable or writable: echo what can be echoed.
-    Echo(Connection),
+    Echo(Connection<'a>),
 }
 
 /// One client and the bytes it is owed.
-struct Connection {
-    /// Registered in the poller until `Selector::close` deletes it.
-    stream: TcpStream,
+struct Connection<'a> {
+    /// Registered in the poller for as long as the connection lives.
+    stream: Registered<'a, TcpStream>,
     /// Who it is, for the log.
     peer: SocketAddr,
     /// Echoed bytes the socket has not taken yet, oldest first.
@@ -170,12 +170,8 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let mut handlers = Slab::new();
     let listener_key = handlers.insert(Handler::Accept);
     let bell_key = handlers.insert(Handler::Stop);
-    // SAFETY: both are deleted at the end of this function, before they
-    // close.
-    unsafe {
-        poller.add(&listener, listener_key, Interest::READ)?;
-        poller.add(&bell, bell_key, Interest::READ)?;
-    }
+    // Watched until this function returns (the guard deletes it).
+    let _bell = poller.register(&bell, bell_key, Interest::READ)?;
 
     let plan = match ctx.config.work {
         Some(work) => {
@@ -196,7 +192,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     };
     let mut selector = Selector {
         poller: &poller,
-        listener: Listener::new(&listener, listener_key),
+        listener: Listener::register(&poller, &listener, listener_key)?,
         handlers,
         buffer: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
         next_idle_sweep: ctx
@@ -214,23 +210,21 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let served = selector.serve();
     selector.close_all();
     selector.report(Instant::now(), true);
-    poller.delete(&bell)?;
-    poller.delete(&listener)?;
     served
 }
 
 /// The loop and everything it owns.
 struct Selector<'a> {
     /// Every socket in `handlers` is registered here, level-triggered,
-    /// under its slab key, with the interest its handler needs now; a
-    /// client is deleted from it in `close`, before its socket is dropped.
+    /// under its slab key, with the interest its handler needs now; each
+    /// client's `Registered` socket deletes itself from it when dropped.
     poller: &'a Poller,
     listener: Listener<'a>,
     /// The handler of each registered socket, by key: the listener, the
     /// shutdown's bell, and one `Echo` per client. A key is vacant once its
     /// client is closed, so an event for it later in the same batch is
     /// recognised as stale.
-    handlers: Slab<Handler>,
+    handlers: Slab<Handler<'a>>,
     /// One read buffer for every client: a read is echoed (or moved to the
     /// client's `unsent`) before the next read, so nothing stays in it.
     buffer: Box<[u8]>,
@@ -341,7 +335,7 @@ impl Selector<'_> {
         key: usize,
         id: u64,
         now: Instant,
-        echo: impl FnOnce(&mut Connection, Instant) -> io::Result<()>,
+        echo: impl FnOnce(&mut Connection<'_>, Instant) -> io::Result<()>,
     ) {
         let Some(Handler::Echo(conn)) = self.handlers.get_mut(key) else {
             return; // Gone while it worked: its chunk is dropped.
@@ -364,7 +358,7 @@ impl Selector<'_> {
 
     /// Accepts every client waiting in the backlog (the notes' `accept`).
     fn accept_clients(&mut self) -> io::Result<()> {
-        while let Some((stream, peer)) = self.listener.next_client(self.poller, &self.ctx.stats)? {
+        while let Some((stream, peer)) = self.listener.next_client(&self.ctx.stats)? {
             self.register(stream, peer);
         }
         Ok(())
@@ -375,12 +369,14 @@ impl Selector<'_> {
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
         let entry = self.handlers.vacant_entry();
         let key = entry.key();
-        // SAFETY: `close` (also at shutdown, from `close_all`) deletes it
-        // from the poller before it drops the connection.
-        if let Err(e) = unsafe { self.poller.add(&stream, key, Interest::READ) } {
-            self.ctx.stats.disconnected(peer, 0, Ending::Failed(e));
-            return;
-        }
+        // Watched until the connection is dropped (in `close`).
+        let stream = match self.poller.register(stream, key, Interest::READ) {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.ctx.stats.disconnected(peer, 0, Ending::Failed(e));
+                return;
+            }
+        };
         entry.insert(Handler::Echo(Connection {
             stream,
             peer,
@@ -417,7 +413,7 @@ impl Selector<'_> {
                 echoed
             });
         }
-        self.listener.resume_if_due(self.poller, now)?;
+        self.listener.resume_if_due(now)?;
         if let (Some(sweep), Some(idle)) = (self.next_idle_sweep, self.ctx.config.idle_timeout) {
             if sweep <= now {
                 let idle_keys: Vec<usize> = self
@@ -447,8 +443,10 @@ impl Selector<'_> {
     fn close(&mut self, key: usize, ending: Ending) {
         if let Some(Handler::Echo(conn)) = self.handlers.try_remove(key) {
             self.traffic.closed();
-            let _ = self.poller.delete(&conn.stream);
-            self.ctx.stats.disconnected(conn.peer, conn.bytes, ending);
+            let (peer, bytes) = (conn.peer, conn.bytes);
+            // Dropping it deletes it from the poller, then closes it.
+            drop(conn);
+            self.ctx.stats.disconnected(peer, bytes, ending);
         }
     }
 
@@ -467,7 +465,7 @@ fn count(traffic: &Traffic, before: (u64, u64, u64), after: (u64, u64, u64)) {
     traffic.wrote((after.2 - before.2) as usize);
 }
 
-impl Connection {
+impl Connection<'_> {
     /// Reads, bytes read and bytes written so far.
     fn counts(&self) -> (u64, u64, u64) {
         (self.reads, self.received, self.bytes)

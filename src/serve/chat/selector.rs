@@ -22,23 +22,23 @@ use slab::Slab;
 use super::CLOSE_GRACE;
 use super::room::{After, Room};
 use crate::net::{interrupted, would_block, write_some};
-use crate::poller::{Events, Interest, Poller};
+use crate::poller::{Events, Interest, Poller, Registered};
 use crate::serve::Context;
 use crate::serve::readiness::Listener;
 use crate::stats::Ending;
 
 /// What to do when a registered socket is ready.
-enum Handler {
+enum Handler<'a> {
     Accept,
     Stop,
-    Client(Client),
+    Client(Client<'a>),
 }
 
 /// One client's socket; what it says and is owed is in the room, under
 /// `member`.
-struct Client {
-    /// Registered in the poller until `Chat::close` deletes it.
-    stream: TcpStream,
+struct Client<'a> {
+    /// Registered in the poller for as long as the client lives.
+    stream: Registered<'a, TcpStream>,
     peer: SocketAddr,
     member: usize,
     /// `None` while it may send; otherwise why it stopped (quit or end of
@@ -61,15 +61,11 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let mut handlers = Slab::new();
     let listener_key = handlers.insert(Handler::Accept);
     let bell_key = handlers.insert(Handler::Stop);
-    // SAFETY: both are deleted at the end of this function, before they
-    // close.
-    unsafe {
-        poller.add(&listener, listener_key, Interest::READ)?;
-        poller.add(&bell, bell_key, Interest::READ)?;
-    }
+    // Watched until this function returns (the guard deletes it).
+    let _bell = poller.register(&bell, bell_key, Interest::READ)?;
     let mut chat = Chat {
         poller: &poller,
-        listener: Listener::new(&listener, listener_key),
+        listener: Listener::register(&poller, &listener, listener_key)?,
         handlers,
         room: Room::default(),
         buffer: vec![0; 4096].into_boxed_slice(),
@@ -80,18 +76,16 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     };
     let served = chat.serve();
     chat.close_all();
-    poller.delete(&bell)?;
-    poller.delete(&listener)?;
     served
 }
 
 /// The loop and everything it owns, the chat included.
 struct Chat<'a> {
-    /// Every socket in `handlers` is registered here under its slab key; a
-    /// client is deleted in `close` before its socket is dropped.
+    /// Every socket in `handlers` is registered here under its slab key;
+    /// each client's `Registered` socket deletes itself when dropped.
     poller: &'a Poller,
     listener: Listener<'a>,
-    handlers: Slab<Handler>,
+    handlers: Slab<Handler<'a>>,
     /// The registry, sessions and outboxes; a member's handle is its
     /// client's key in `handlers`.
     room: Room<usize>,
@@ -216,7 +210,7 @@ impl Chat<'_> {
     }
 
     fn accept_clients(&mut self) -> io::Result<()> {
-        while let Some((stream, peer)) = self.listener.next_client(self.poller, &self.ctx.stats)? {
+        while let Some((stream, peer)) = self.listener.next_client(&self.ctx.stats)? {
             self.register(stream, peer);
         }
         Ok(())
@@ -225,11 +219,11 @@ impl Chat<'_> {
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
         let entry = self.handlers.vacant_entry();
         let key = entry.key();
-        // SAFETY: `close` (also at shutdown, from `close_all`) deletes it
-        // from the poller before it drops the stream.
-        if let Err(e) = unsafe { self.poller.add(&stream, key, Interest::READ) } {
-            return self.ctx.stats.disconnected(peer, 0, Ending::Failed(e));
-        }
+        // Watched until the client is dropped (in `close`).
+        let stream = match self.poller.register(stream, key, Interest::READ) {
+            Ok(stream) => stream,
+            Err(e) => return self.ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
+        };
         self.ctx.traffic.accepted();
         entry.insert(Handler::Client(Client {
             stream,
@@ -246,7 +240,7 @@ impl Chat<'_> {
     /// Resumes accepting after a back-off; closes clients whose grace is
     /// over.
     fn run_timers(&mut self, now: Instant) -> io::Result<()> {
-        self.listener.resume_if_due(self.poller, now)?;
+        self.listener.resume_if_due(now)?;
         while let Some(&(at, key, id)) = self.closing.front() {
             if at > now {
                 break;
@@ -270,12 +264,12 @@ impl Chat<'_> {
     /// the table and from the room (its name is free), and logs the end.
     fn close(&mut self, key: usize, ending: Ending) {
         if let Some(Handler::Client(client)) = self.handlers.try_remove(key) {
-            let _ = self.poller.delete(&client.stream);
+            let (peer, bytes) = (client.peer, client.bytes);
             self.room.remove(client.member);
+            // Dropping it deletes it from the poller, then closes it.
+            drop(client);
             self.ctx.traffic.closed();
-            self.ctx
-                .stats
-                .disconnected(client.peer, client.bytes, ending);
+            self.ctx.stats.disconnected(peer, bytes, ending);
         }
     }
 

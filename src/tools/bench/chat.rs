@@ -25,7 +25,7 @@ use serde::Serialize;
 use super::{BenchResults, CONNECT_PHASE_LIMIT, DRAIN_LIMIT, ERROR_SAMPLES, Environment, Latency};
 use crate::net::{connect, connect_patiently, interrupted, would_block};
 use crate::parse::HostPort;
-use crate::poller::{Events, Interest, Poller};
+use crate::poller::{Events, Interest, Poller, Registered};
 use crate::serve::Protocol;
 use crate::stats::counted;
 use crate::sys;
@@ -134,8 +134,9 @@ pub fn validate(config: &ChatBenchConfig) -> anyhow::Result<()> {
 }
 
 /// One client of the load.
-struct Client {
-    stream: TcpStream,
+struct Client<'p> {
+    /// Watched by the load's poller for as long as it lives.
+    stream: Registered<'p, TcpStream>,
     /// The unfinished line read so far.
     partial: Vec<u8>,
     /// Bytes the socket has not taken yet.
@@ -149,9 +150,9 @@ struct Client {
 }
 
 /// The load and its tally.
-struct Load {
-    clients: Vec<Client>,
-    poller: Poller,
+struct Load<'p> {
+    clients: Vec<Client<'p>>,
+    poller: &'p Poller,
     /// Every name is `<prefix>-<index>`: unique to this run.
     prefix: String,
     /// When sending may go on; after it, only the drain.
@@ -177,6 +178,7 @@ pub fn run(
     validate(config)?;
     let prefix = format!("b{:x}", std::process::id());
     let deadline = Instant::now() + CONNECT_PHASE_LIMIT;
+    let poller = Poller::new(crate::poller::Backend::default())?;
     let mut clients = Vec::with_capacity(config.connections);
     for i in 0..config.connections {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -185,21 +187,16 @@ pub fn run(
         } else {
             connect(&config.addr, left)?
         };
-        clients.push(register(stream, &format!("{prefix}-{i}"))?);
+        let stream = register(stream, &format!("{prefix}-{i}"))?;
+        stream.set_nonblocking(true)?;
+        clients.push(Client::new(poller.register(stream, i, Interest::READ)?));
     }
     let hogs = Hogs::start(&config.addr, config.hogs, Protocol::Chat)?;
-    let poller = Poller::new(crate::poller::Backend::default())?;
-    for (key, client) in clients.iter().enumerate() {
-        client.stream.set_nonblocking(true)?;
-        // SAFETY: `Load` owns both; it deletes every stream from the
-        // poller (in `finish`) before the streams close.
-        unsafe { poller.add(&client.stream, key, Interest::READ)? };
-    }
     let started = Instant::now();
     let window_start = started + config.warmup;
     let mut load = Load {
         clients,
-        poller,
+        poller: &poller,
         prefix,
         sending: true,
         started,
@@ -275,7 +272,7 @@ fn server_cpu(config: &ChatBenchConfig) -> Option<Duration> {
 }
 
 /// Registers `name` on a fresh connection and waits for its `ok`.
-fn register(stream: TcpStream, name: &str) -> anyhow::Result<Client> {
+fn register(stream: TcpStream, name: &str) -> anyhow::Result<TcpStream> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(CONNECT_PHASE_LIMIT))?;
     (&stream).write_all(format!("register,{name}\n").as_bytes())?;
@@ -290,18 +287,25 @@ fn register(stream: TcpStream, name: &str) -> anyhow::Result<Client> {
             reply.trim_end()
         );
     }
-    Ok(Client {
-        stream,
-        partial: Vec::new(),
-        unsent: Vec::new(),
-        interest: Interest::READ,
-        in_flight: VecDeque::new(),
-        next_seq: 0,
-        served: false,
-    })
+    Ok(stream)
 }
 
-impl Load {
+impl<'p> Client<'p> {
+    /// A registered client, watched for reading.
+    fn new(stream: Registered<'p, TcpStream>) -> Self {
+        Client {
+            stream,
+            partial: Vec::new(),
+            unsent: Vec::new(),
+            interest: Interest::READ,
+            in_flight: VecDeque::new(),
+            next_seq: 0,
+            served: false,
+        }
+    }
+}
+
+impl Load<'_> {
     /// Sends client `sender`'s next line to a random other client.
     fn send_next(&mut self, sender: usize) {
         // xorshift64: cheap, and good enough to spread receivers.
@@ -448,10 +452,11 @@ impl Load {
             self.results.lost = lost;
             self.error(format!("{} never delivered", counted(lost, "line")));
         }
+        // Each client's socket leaves the poller, then closes, as the load
+        // is dropped.
         for client in &self.clients {
-            let _ = self.poller.delete(&client.stream);
             let _ = client.stream.set_nonblocking(false);
-            let _ = (&client.stream).write_all(b"quit\n");
+            let _ = (&*client.stream).write_all(b"quit\n");
         }
         self.results.latency_us = Latency::of(&self.histogram);
         self.results

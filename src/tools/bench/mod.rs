@@ -51,6 +51,7 @@ use worker::Worker;
 
 use crate::net::{connect, connect_patiently};
 use crate::parse::HostPort;
+use crate::poller::{Backend, Poller};
 use crate::serve::Protocol;
 use crate::sys;
 use crate::tools::hogs::Hogs;
@@ -205,7 +206,10 @@ pub fn run_until(
             .map(|share| {
                 let echoed = &echoed;
                 let window = &window;
-                scope.spawn(move || Worker::new(config, share, window, echoed, stop)?.run())
+                scope.spawn(move || {
+                    let poller = Poller::new(Backend::default())?;
+                    Worker::new(config, &poller, share, window, echoed, stop)?.run()
+                })
             })
             .collect();
         // Sample CPU use, ours and the server's, at the edges of the

@@ -20,13 +20,14 @@ use super::report::WorkerResult;
 use super::verify::Expected;
 use super::{BenchConfig, DRAIN_LIMIT, MAX_UNECHOED_BYTES, MIN_MESSAGE_SIZE, Window};
 use crate::net::{interrupted, would_block};
-use crate::poller::{Backend, Events, Interest, Poller};
+use crate::poller::{Events, Interest, Poller, Registered};
 use crate::sys;
 use crate::tools::interrupt::CHECK_INTERVAL;
 
 /// One connection of the load.
-struct Connection {
-    stream: TcpStream,
+struct Connection<'p> {
+    /// Watched by the worker's poller for as long as it lives.
+    stream: Registered<'p, TcpStream>,
     id: u32,
     next_seq: u64,
     /// Bytes queued to send, from `sent` on.
@@ -39,7 +40,7 @@ struct Connection {
     due: Instant,
 }
 
-impl Connection {
+impl Connection<'_> {
     /// Appends message `next_seq` to the queue; its bytes carry the
     /// connection id and sequence number, then a pattern derived from both.
     fn queue_message(&mut self, size: usize, started: Instant) {
@@ -78,8 +79,8 @@ pub(super) struct Worker<'a> {
     echoed: &'a AtomicU64,
     /// Set to end the run early (Ctrl-C in `compare`).
     stop: &'a AtomicBool,
-    poller: Poller,
-    connections: Vec<Option<Connection>>,
+    poller: &'a Poller,
+    connections: Vec<Option<Connection<'a>>>,
     /// Open loop: connections by the instant their next message is due.
     schedule: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Open loop: time between two messages of one connection.
@@ -92,6 +93,7 @@ pub(super) struct Worker<'a> {
 impl<'a> Worker<'a> {
     pub(super) fn new(
         config: &'a BenchConfig,
+        poller: &'a Poller,
         share: Vec<(u32, TcpStream)>,
         window: &'a Window,
         echoed: &'a AtomicU64,
@@ -100,7 +102,6 @@ impl<'a> Worker<'a> {
         if let Some(cpu) = config.pin_cpu {
             sys::pin_current_thread(cpu).with_context(|| format!("running on CPU {cpu}"))?;
         }
-        let poller = Poller::new(Backend::default())?;
         // Each connection sends at rate / connections; their first messages
         // are spread over one period so they do not all start together.
         let period = config
@@ -123,7 +124,7 @@ impl<'a> Worker<'a> {
                 p.mul_f64(id as f64 / config.connections as f64)
             });
             let mut conn = Connection {
-                stream,
+                stream: poller.register(stream, key, Interest::READ)?,
                 id,
                 next_seq: 0,
                 out: Vec::with_capacity(config.size * config.depth),
@@ -132,9 +133,6 @@ impl<'a> Worker<'a> {
                 watching_write: false,
                 due: window.start + phase,
             };
-            // SAFETY: `close` and `Drop for Worker` delete every source
-            // before its stream is dropped.
-            unsafe { worker.poller.add(&conn.stream, key, Interest::READ)? };
             if period.is_some() {
                 worker.schedule.push(Reverse((conn.due, key)));
             } else {
@@ -192,7 +190,7 @@ impl<'a> Worker<'a> {
         // closing a socket with unread data would reset it.
         self.draining = true;
         let drain_until = Instant::now() + DRAIN_LIMIT;
-        let in_flight = |c: &Connection| c.owed.completed() > 0 && c.owed.unechoed_bytes() > 0;
+        let in_flight = |c: &Connection<'_>| c.owed.completed() > 0 && c.owed.unechoed_bytes() > 0;
         while !self.stop.load(Relaxed) && self.connections.iter().flatten().any(in_flight) {
             let now = Instant::now();
             if now >= drain_until {
@@ -303,7 +301,7 @@ impl<'a> Worker<'a> {
 
     /// Runs `io` on a connection, then watches for writability only while
     /// bytes wait to be sent; a failure closes the connection as an error.
-    fn after_io(&mut self, key: usize, io: impl FnOnce(&mut Connection) -> io::Result<()>) {
+    fn after_io(&mut self, key: usize, io: impl FnOnce(&mut Connection<'_>) -> io::Result<()>) {
         let Some(conn) = self.connections[key].as_mut() else {
             return;
         };
@@ -326,7 +324,6 @@ impl<'a> Worker<'a> {
 
     fn close(&mut self, key: usize, error: Option<String>) {
         if let Some(conn) = self.connections[key].take() {
-            let _ = self.poller.delete(&conn.stream);
             // Connections still open when the window ended were counted then.
             if !self.draining {
                 self.result.served += u64::from(conn.owed.completed() > 0);
@@ -334,14 +331,6 @@ impl<'a> Worker<'a> {
         }
         if let Some(what) = error {
             self.result.error(what);
-        }
-    }
-}
-
-impl Drop for Worker<'_> {
-    fn drop(&mut self) {
-        for conn in self.connections.iter().flatten() {
-            let _ = self.poller.delete(&conn.stream);
         }
     }
 }
