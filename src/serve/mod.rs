@@ -23,21 +23,20 @@
 //! blocking work to, and [`stall`] the warning when it did not. [`buffers`] is what the last two share: read buffers
 //! a loop lends to its tasks only while they hold data.
 
-use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::net::{Blocking, DEFAULT_BACKLOG, bind_listener, claim_port};
+use crate::net::{Blocking, bind_listener, claim_port};
 use crate::parse::HostPort;
-use crate::poller::Backend;
-use crate::shutdown::Shutdown;
 use crate::stats::Stats;
-use work::Work;
+
+pub use context::{
+    Config, Context, DEFAULT_MAX_CONNECTIONS, DEFAULT_QUEUE, DEFAULT_SLOW_HANDLER, DEFAULT_WORKERS,
+    Protocol, READ_BUFFER_SIZE,
+};
 
 pub mod accept;
 pub mod asynchronous;
@@ -49,6 +48,7 @@ pub mod completion;
 #[cfg(not(target_os = "linux"))]
 #[path = "completion_elsewhere.rs"]
 pub mod completion;
+mod context;
 pub mod deadlines;
 pub mod live;
 pub mod offload;
@@ -59,10 +59,6 @@ pub mod stall;
 pub mod statemachine;
 pub mod threadpool;
 pub mod work;
-
-/// How many bytes a model reads from a socket at once: one `read()` moves up
-/// to this much, so a 16 MiB payload takes about a thousand reads.
-pub const READ_BUFFER_SIZE: usize = 16 * 1024;
 
 /// The concurrency models, in the order the notes introduce them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -155,213 +151,6 @@ pub fn list_of(modes: &[Mode]) -> String {
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// The settings a user chooses for a server.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Threads in the thread pool (the notes use 20).
-    pub workers: NonZeroUsize,
-    /// Accepted clients that may wait for a free worker before the acceptor
-    /// stops accepting and further clients wait in the kernel's backlog.
-    pub queue: usize,
-    /// The `listen()` backlog.
-    pub backlog: u32,
-    /// Disconnect a client that sent nothing (or took nothing) for this long.
-    pub idle_timeout: Option<Duration>,
-    /// Clients served at once; more are accepted and closed at once.
-    pub max_connections: NonZeroUsize,
-    /// Independent event loops (one-thread models only), each on its own
-    /// thread with its own listener; 0 means one per CPU.
-    pub threads: usize,
-    /// Silence the per-connection log lines.
-    pub quiet: bool,
-    /// What a handler does with each chunk before echoing it.
-    pub work: Option<Work>,
-    /// Threads beside each one-thread loop that run its blocking `work`
-    /// (0: none, the loop runs it itself).
-    pub offload: usize,
-    /// Thread pool: every worker holds one lock while it computes, a
-    /// stand-in for CPython's GIL.
-    pub global_lock: bool,
-    /// Warn when a one-thread loop runs longer than this without waiting.
-    pub slow_handler: Option<Duration>,
-    /// The readiness backend the one-thread loops wait with.
-    pub poller: Backend,
-    /// The async model's cooperative budget: I/O operations a task may
-    /// complete per poll before it yields (0: no budget).
-    pub budget: u32,
-    /// `--stats`: a line of counters per loop every this long.
-    pub stats: Option<Duration>,
-    /// `--stats-json`: the same lines, as JSON, into this file.
-    pub stats_json: Option<live::JsonSink>,
-    /// What the server speaks: echo, or the chat.
-    pub protocol: Protocol,
-}
-
-/// What a server speaks.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// RFC 862: every byte comes back to its sender.
-    #[default]
-    Echo,
-    /// The notes' chat: register, list, chat, quit (see [`chat`]).
-    Chat,
-}
-
-/// The default `--slow-handler`: asyncio's debug mode warns of a callback
-/// slower than 100 ms, and so do we.
-pub const DEFAULT_SLOW_HANDLER: Duration = Duration::from_millis(100);
-
-/// The notes' thread pool size: `ThreadPoolExecutor(max_workers=20)`.
-pub const DEFAULT_WORKERS: NonZeroUsize = NonZeroUsize::new(20).unwrap();
-
-/// Clients a server holds at once by default. Each costs a descriptor and
-/// buffers (see each model's limits); 10,000 stays within a 20,000-descriptor
-/// limit and a few hundred MiB in the worst case.
-pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
-
-/// How many accepted clients may wait for a worker by default. Each holds a
-/// descriptor and a little kernel memory; beyond it, the kernel's backlog
-/// holds them at no cost to us.
-pub const DEFAULT_QUEUE: usize = 16;
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            workers: DEFAULT_WORKERS,
-            queue: DEFAULT_QUEUE,
-            backlog: DEFAULT_BACKLOG,
-            idle_timeout: None,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            threads: 1,
-            quiet: false,
-            work: None,
-            offload: 0,
-            global_lock: false,
-            slow_handler: Some(DEFAULT_SLOW_HANDLER),
-            poller: Backend::default(),
-            budget: asynchronous::reactor::DEFAULT_BUDGET,
-            stats: None,
-            stats_json: None,
-            protocol: Protocol::Echo,
-        }
-    }
-}
-
-/// What every model receives besides its listener.
-pub struct Context {
-    /// The user's settings.
-    pub config: Config,
-    /// Triggered to stop the server.
-    pub shutdown: Shutdown,
-    /// Counters and the per-connection log.
-    pub stats: Stats,
-    /// The thread pool's `--global-lock`: held while a worker computes.
-    pub global_lock: Mutex<()>,
-    /// What the blocking models' threads count for `--stats`. The chat's
-    /// selector and completion loops count into it too (the chat has no
-    /// `--stats` yet, so nothing reads it there); the echo loops keep
-    /// their own counters, on their own thread.
-    pub traffic: live::Traffic<std::sync::atomic::AtomicU64>,
-}
-
-impl Context {
-    /// A context with a fresh shutdown handle and fresh counters.
-    ///
-    /// # Errors
-    /// If the shutdown's bell cannot be made (out of descriptors).
-    pub fn new(config: Config) -> io::Result<Self> {
-        Ok(Self::with_shutdown(config, Shutdown::new()?))
-    }
-
-    /// A context with fresh counters that stops when `shutdown` is
-    /// triggered (made early, so that signals reach it from the start).
-    pub fn with_shutdown(config: Config, shutdown: Shutdown) -> Self {
-        let mut stats = Stats::new(config.quiet, config.max_connections.get());
-        if config.protocol == Protocol::Chat {
-            stats = stats.sending();
-        }
-        Context {
-            config,
-            shutdown,
-            stats,
-            global_lock: Mutex::new(()),
-            traffic: live::Traffic::default(),
-        }
-    }
-}
-
-impl Context {
-    /// A `--stats` reporter for the loop called `name`, if `--stats` is on.
-    pub fn reporter(&self, name: &str) -> Option<live::Reporter> {
-        let interval = self.config.stats?;
-        let name = match std::thread::current().name() {
-            // With --threads, each loop's thread is named `{mode}-{i}`.
-            Some(thread) if thread.starts_with(name) && thread != format!("{name}-server") => {
-                thread.to_owned()
-            }
-            _ => name.to_owned(),
-        };
-        Some(live::Reporter::new(
-            name,
-            interval,
-            self.config.stats_json.clone(),
-        ))
-    }
-
-    /// The stall watch of the one-thread loop called `model`: it warns
-    /// past `--slow-handler` and counts turns for `--stats`.
-    pub fn stall_watch(&self, model: &'static str) -> stall::StallWatch<'_> {
-        let config = &self.config;
-        let blocking_work = config.work.is_some_and(|w| w.blocks()) && config.offload == 0;
-        let advice = match model {
-            _ if blocking_work => stall::Advice::BlockingWork,
-            "async" if config.budget == 0 => stall::Advice::NoBudget,
-            _ => stall::Advice::NeverIdle,
-        };
-        stall::StallWatch::new(model, config.slow_handler, &self.stats)
-            .advising(advice)
-            .counting_turns(config.stats.is_some())
-    }
-
-    /// The lock a blocking worker computes under: the global lock with
-    /// `--global-lock`, none otherwise.
-    pub fn work_lock(&self) -> Option<&Mutex<()>> {
-        self.config.global_lock.then_some(&self.global_lock)
-    }
-}
-
-impl Config {
-    /// How many loops `mode` runs: `threads` (0: one per CPU) for the
-    /// one-thread models, always 1 for the blocking ones.
-    ///
-    /// # Errors
-    /// `threads` other than 1 for a blocking model.
-    pub fn loops(&self, mode: Mode) -> anyhow::Result<usize> {
-        match (mode.blocking(), self.threads) {
-            (Blocking::Yes, 1) => Ok(1),
-            (Blocking::Yes, _) => {
-                bail!(
-                    "--threads applies to {} only, not to {mode}",
-                    list_of(&Mode::LOOPS)
-                )
-            }
-            (Blocking::No, 0) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
-            (Blocking::No, n) => Ok(n),
-        }
     }
 }
 
