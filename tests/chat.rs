@@ -82,6 +82,8 @@ impl Chatter {
     }
 }
 
+/// Registering follows the rules on every model: nothing before it, no
+/// empty or overlong name, no name twice, one name per connection.
 fn registration_rules(mode: Mode) {
     let server = chat_server(mode);
     let mut alice = Chatter::connect(server.addr());
@@ -110,6 +112,9 @@ fn registration_rules(mode: Mode) {
     assert_eq!(other.ask(&format!("register,{}", "é".repeat(32))), "ok");
 }
 
+/// `list` names everyone registered; a direct line reaches its receiver
+/// whole (commas in the text kept), `*` everyone but the sender, and a
+/// name nobody holds is answered with an error.
 fn list_and_delivery(mode: Mode) {
     let server = chat_server(mode);
     let mut carol = Chatter::named(server.addr(), "carol");
@@ -129,6 +134,8 @@ fn list_and_delivery(mode: Mode) {
     assert_eq!(alice.line(), "from,alice,note to self");
 }
 
+/// A name is freed by `quit` (and nothing after it is read) and by
+/// leaving without it, at once, for anyone to take.
 fn quit_and_disconnect_free_the_name(mode: Mode) {
     let server = chat_server(mode);
     let mut alice = Chatter::named(server.addr(), "alice");
@@ -151,6 +158,7 @@ fn quit_and_disconnect_free_the_name(mode: Mode) {
     });
 }
 
+/// Every kind of bad line gets its own error, and the connection goes on.
 fn each_bad_input_is_answered(mode: Mode) {
     let server = chat_server(mode);
     let mut alice = Chatter::named(server.addr(), "alice");
@@ -185,6 +193,9 @@ fn each_bad_input_is_answered(mode: Mode) {
     assert_eq!(bob.line(), "from,alice,last");
 }
 
+/// A client that sends nothing but garbage is told so and disconnected
+/// after the allowed errors in a row; what it sends after is not carried
+/// out, and its name is freed.
 fn garbage_gets_a_client_disconnected(mode: Mode) {
     let server = chat_server(mode);
     let mut bob = Chatter::named(server.addr(), "bob");
@@ -341,10 +352,14 @@ every_model!(
 
 every_model!(one_thread, backends: delivery_on_every_backend);
 
+/// Delivery does not depend on how a loop waits: the same test on every
+/// readiness backend.
 fn delivery_on_every_backend(mode: Mode) {
     list_and_delivery(mode);
 }
 
+/// Flags that make no sense for the chat are refused, each with why, not
+/// silently ignored.
 #[test]
 fn what_the_chat_cannot_do_is_refused() {
     for (args, says) in [
@@ -440,6 +455,7 @@ fn the_bench_catches_a_line_delivered_to_the_wrong_client() {
     );
 }
 
+/// `bench --protocol chat` refuses the echo's flags, each with why.
 #[test]
 fn the_bench_refuses_what_does_not_apply_to_chat() {
     for (flag, value) in [
@@ -554,6 +570,7 @@ fn the_client_shows_incoming_lines_while_its_user_types() {
     assert_eq!(bob.ask("list"), "bob");
 }
 
+/// `client --name` without `--protocol chat` is refused: a name means a chat.
 #[test]
 fn the_clients_name_needs_the_chat() {
     let (code, _, stderr) = run_binary(&["client", "--name", "alice"]);

@@ -125,11 +125,26 @@ pub fn assert_closed_by_server(stream: &mut TcpStream) {
 
 /// Polls `condition` until it holds or [`PATIENCE`] runs out. For state that
 /// lives inside the server (counters) and has no event a test could wait on.
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(10));
+pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    assert!(
+        poll_until(PATIENCE, condition),
+        "timed out waiting until {what}"
+    );
+}
+
+/// Polls `condition` every few milliseconds until it holds (`true`) or
+/// `limit` passes (`false`): the one deadline loop of the tests, for those
+/// that say more than [`wait_until`] when time runs out.
+pub fn poll_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -218,18 +233,18 @@ impl BinaryServer {
     ) -> (std::process::ExitStatus, Duration, String) {
         echo_lab::sys::signal(self.child.id(), signal).expect("signal the server");
         let sent = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let elapsed = sent.elapsed();
-                let stderr = self.stderr.take().unwrap().join().unwrap();
-                return (status, elapsed, stderr);
-            }
-            assert!(
-                sent.elapsed() < deadline,
-                "echo-lab did not exit within {deadline:?} of signal {signal}"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
+        let mut status = None;
+        let exited = poll_until(deadline, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(
+            exited,
+            "echo-lab did not exit within {deadline:?} of signal {signal}"
+        );
+        let elapsed = sent.elapsed();
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        (status.unwrap(), elapsed, stderr)
     }
 
     /// Threads the process runs right now.
@@ -277,13 +292,9 @@ pub fn open_descriptors(pid: u32) -> usize {
 /// Waits for `child` to exit, for at most [`PATIENCE`], and collects its
 /// output; kills it and fails the test if it does not exit.
 pub fn wait_with_patience(mut child: Child) -> std::process::Output {
-    let deadline = Instant::now() + PATIENCE;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("a child process did not finish within {PATIENCE:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
+    if !poll_until(PATIENCE, || child.try_wait().unwrap().is_some()) {
+        let _ = child.kill();
+        panic!("a child process did not finish within {PATIENCE:?}");
     }
     child.wait_with_output().unwrap()
 }

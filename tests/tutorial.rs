@@ -30,9 +30,9 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::binary;
+use crate::common::{binary, poll_until};
 
 const ALLOWED_CARGO: [&str; 3] = [
     "cargo build --release",
@@ -347,13 +347,11 @@ fn run_chapter_text(name: &str, text: &str) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{name}: the chapter's commands did not finish in 180 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !poll_until(Duration::from_secs(180), || {
+        child.try_wait().unwrap().is_some()
+    }) {
+        let _ = child.kill();
+        panic!("{name}: the chapter's commands did not finish in 180 s");
     }
     let output = String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned();
     let _ = std::fs::remove_dir_all(&scratch);

@@ -31,7 +31,9 @@
 //!   load (its messages, its writes, its reads);
 //! - `verify`: the check of every echoed byte against the bytes sent;
 //! - `report`: what a run measured ([`BenchResults`], [`Latency`]), where
-//!   ([`Environment`]), and the text report ([`render`]).
+//!   ([`Environment`]), and the text report ([`render`]);
+//! - [`chat`]: `bench --protocol chat`, its parameters and report in
+//!   `mod.rs`, its load in `load.rs`.
 
 pub mod chat;
 mod report;

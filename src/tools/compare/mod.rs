@@ -19,11 +19,12 @@
 //! - `results`: the rows, the whole comparison as `results.json` holds it,
 //!   and the medians and ratios over repeats;
 //! - `output`: the table, the markdown medians, and the files written;
-//! - `chart`: `throughput.svg`;
+//! - `chart`: `throughput.svg`, and `axis`, its ticks and number labels;
 //! - `against`: this run held against an earlier one (`--against`,
 //!   `echo-lab report`), change by change, real or noise.
 
 pub mod against;
+mod axis;
 mod chart;
 mod output;
 mod results;
