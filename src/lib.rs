@@ -1,4 +1,4 @@
-//! echo-lab: one TCP echo protocol (RFC 862), six concurrency models (and
+//! echo-lab: one TCP echo protocol (RFC 862), seven concurrency models (and
 //! the notes' chat on five of them), and the tools to watch and measure the
 //! difference.
 //!
@@ -14,7 +14,7 @@
 //!    [`sys`], the few system calls outside the poller (limits, CPU time,
 //!    placement, signals).
 //! 3. [`serve`]: the models, each in its own file, in the order of the
-//!    notes: [`serve::sequential`], [`serve::threadpool`],
+//!    notes: [`serve::sequential`], [`serve::threads`], [`serve::threadpool`],
 //!    [`serve::selector`], [`serve::statemachine`], [`serve::asynchronous`]
 //!    (with its [executor](serve::asynchronous::executor) and
 //!    [reactor](serve::asynchronous::reactor)), then `serve::completion`

@@ -336,12 +336,17 @@ macro_rules! every_model {
     (backends: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [
             sequential => Sequential,
+            threads => Threads,
             threadpool => Threadpool,
             completion => Completion,
         ] backends);)+
     };
     (concurrent, backends: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [threadpool => Threadpool, completion => Completion] backends);)+
+        $(every_model!(@each $test [
+            threads => Threads,
+            threadpool => Threadpool,
+            completion => Completion,
+        ] backends);)+
     };
     (one_thread, backends: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [] backends);)+
@@ -350,7 +355,11 @@ macro_rules! every_model {
         $(every_model!(@each $test [completion => Completion] backends);)+
     };
     (concurrent: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [threadpool => Threadpool, completion => Completion] plain);)+
+        $(every_model!(@each $test [
+            threads => Threads,
+            threadpool => Threadpool,
+            completion => Completion,
+        ] plain);)+
     };
     (loops: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [completion => Completion] plain);)+
@@ -365,6 +374,7 @@ macro_rules! every_model {
     ($($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [
             sequential => Sequential,
+            threads => Threads,
             threadpool => Threadpool,
             completion => Completion,
         ] plain);)+

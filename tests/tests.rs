@@ -15,5 +15,6 @@ mod fairness;
 mod hardening;
 mod live_stats;
 mod stalls;
+mod threads;
 mod tools;
 mod tutorial;

@@ -477,6 +477,7 @@ fn chapters_and_modules_link_each_other() {
     }
     for (module, chapter) in [
         ("src/serve/sequential.rs", "1-one-client-at-a-time.md"),
+        ("src/serve/threads.rs", "2-a-pool-of-threads.md"),
         ("src/serve/threadpool.rs", "2-a-pool-of-threads.md"),
         ("src/serve/selector.rs", "3-readiness-and-epoll.md"),
         (

@@ -300,6 +300,19 @@ fn parse_hogs(text: &str) -> Result<usize, String> {
     }
 }
 
+/// `--stack-size`: a size, big enough for the echo's buffer and frames.
+fn parse_stack_size(text: &str) -> Result<usize, String> {
+    const MIN: usize = 64 * 1024;
+    let size = parse_size(text)?;
+    if size < MIN {
+        return Err(format!(
+            "at least {}KiB: a client's thread holds a 16 KiB buffer and its frames",
+            MIN / 1024
+        ));
+    }
+    Ok(size)
+}
+
 /// The most `--hogs`.
 const MAX_HOGS: usize = 100;
 
@@ -377,7 +390,7 @@ pub fn parse_modes(text: &str) -> Result<ModeList, String> {
 /// is the constant the code uses, so the text cannot drift from it.
 fn serve_limits() -> String {
     use crate::serve::buffers::{MAX_IDLE_BUFFERS, TASK_BUFFER_SIZE};
-    use crate::serve::chat::{CLOSE_GRACE, protocol::MAX_LINE, room::MAX_PENDING, threads};
+    use crate::serve::chat::{CLOSE_GRACE, protocol::MAX_LINE, room::MAX_PENDING};
     use crate::serve::{READ_BUFFER_SIZE, selector::MAX_UNSENT};
     let kib = |bytes: usize| format!("{} KiB", bytes / 1024);
     #[cfg(target_os = "linux")]
@@ -425,8 +438,11 @@ Limits (every bound on memory, per model):
                       owed to it (the thread per client also holds one
                       chunk it is writing); past that the client is cut
                       off, with {grace} s to take its last line. Lines are at
-                      most {line}. threadpool: two threads per client,
-                      {stack} of stack each.",
+                      most {line}. threads and threadpool: two threads per
+                      client, {stack} of stack each (--stack-size).
+  threads             a thread per client, {stack} of stack each by
+                      default (--stack-size): --max-connections bounds
+                      them.",
         read = kib(READ_BUFFER_SIZE),
         task = kib(TASK_BUFFER_SIZE),
         idle = MAX_IDLE_BUFFERS,
@@ -439,7 +455,7 @@ Limits (every bound on memory, per model):
         pending = kib(MAX_PENDING),
         grace = CLOSE_GRACE.as_secs(),
         line = kib(MAX_LINE),
-        stack = kib(threads::STACK_SIZE),
+        stack = kib(crate::serve::threads::DEFAULT_STACK_SIZE),
     )
 }
 
@@ -516,6 +532,12 @@ pub struct ServeArgs {
     /// spawn_blocking.
     #[arg(long, value_name = "N", value_parser = parse_positive_count)]
     pub offload: Option<NonZeroUsize>,
+
+    /// The stack each client's thread gets (threads only; default 128KiB):
+    /// the cost this model shows. At least 64KiB, enough for the echo's
+    /// 16 KiB buffer and its frames.
+    #[arg(long, value_name = "SIZE", value_parser = parse_stack_size)]
+    pub stack_size: Option<usize>,
 
     /// Every worker holds one shared lock while it does `cpu` work, and
     /// releases it to sleep (threadpool only): a stand-in for CPython's GIL.
@@ -635,7 +657,7 @@ mod tests {
 
     #[test]
     fn mode_lists() {
-        assert_eq!(parse_modes("all").unwrap().0.len(), 6);
+        assert_eq!(parse_modes("all").unwrap().0.len(), 7);
         assert_eq!(
             parse_modes("selector,generator").unwrap().0,
             [Mode::Selector, Mode::Statemachine]

@@ -4,7 +4,7 @@ use super::*;
 
 /// The flags that belong to some models only, and those models. Giving one
 /// to another model is an error, not a flag silently ignored.
-const MODEL_FLAGS: [(&str, &[Mode]); 8] = [
+const MODEL_FLAGS: [(&str, &[Mode]); 9] = [
     ("--workers", &[Mode::Threadpool]),
     ("--queue", &[Mode::Threadpool]),
     ("--global-lock", &[Mode::Threadpool]),
@@ -13,6 +13,7 @@ const MODEL_FLAGS: [(&str, &[Mode]); 8] = [
     ("--slow-handler", &Mode::LOOPS),
     ("--poller", &Mode::READINESS),
     ("--budget", &[Mode::Async]),
+    ("--stack-size", &[Mode::Threads]),
 ];
 
 /// Refuses a model-specific flag given to a model it does not apply to.
@@ -26,6 +27,7 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
         args.slow_handler.is_some(),
         args.poller.is_some(),
         args.budget.is_some(),
+        args.stack_size.is_some(),
     ];
     for ((flag, models), given) in MODEL_FLAGS.into_iter().zip(given) {
         if given && !models.contains(&args.mode) {
@@ -111,6 +113,9 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         quiet: args.quiet,
         work: args.work,
         offload: args.offload.map_or(0, NonZeroUsize::get),
+        stack_size: args
+            .stack_size
+            .unwrap_or(serve::threads::DEFAULT_STACK_SIZE),
         global_lock: args.global_lock,
         slow_handler: match args.slow_handler {
             None => Some(serve::DEFAULT_SLOW_HANDLER),

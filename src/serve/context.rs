@@ -45,6 +45,8 @@ pub struct Config {
     /// Threads beside each one-thread loop that run its blocking `work`
     /// (0: none, the loop runs it itself).
     pub offload: usize,
+    /// The stack of each client thread (`threads`).
+    pub stack_size: usize,
     /// Thread pool: every worker holds one lock while it computes, a
     /// stand-in for CPython's GIL.
     pub global_lock: bool,
@@ -113,6 +115,7 @@ impl Default for Config {
             quiet: false,
             work: None,
             offload: 0,
+            stack_size: super::threads::DEFAULT_STACK_SIZE,
             global_lock: false,
             slow_handler: Some(DEFAULT_SLOW_HANDLER),
             poller: Backend::default(),

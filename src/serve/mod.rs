@@ -1,4 +1,4 @@
-//! The six servers: one echo protocol, six concurrency models (and a chat
+//! The seven servers: one echo protocol, seven concurrency models (and a chat
 //! on five of them).
 //!
 //! Every model is started the same way: [`run`] hands it a listener built by
@@ -8,16 +8,18 @@
 //!
 //! Read the models in the order of the notes:
 //! 1. [`sequential`]: one client at a time.
-//! 2. [`threadpool`]: a fixed pool of blocking threads.
-//! 3. [`selector`]: one thread, a readiness loop, a handler per socket.
-//! 4. [`statemachine`]: the same loop driving hand-written generators.
-//! 5. [`asynchronous`]: async/await on an executor and reactor of our own.
-//! 6. [`completion`]: one thread, one io_uring: completions, not readiness.
+//! 2. [`threads`]: a blocking thread per client, unbounded.
+//! 3. [`threadpool`]: a fixed pool of blocking threads.
+//! 4. [`selector`]: one thread, a readiness loop, a handler per socket.
+//! 5. [`statemachine`]: the same loop driving hand-written generators.
+//! 6. [`asynchronous`]: async/await on an executor and reactor of our own.
+//! 7. [`completion`]: one thread, one io_uring: completions, not readiness.
 //!
-//! [`chat`] is the notes' chat server on models 2 to 6 (all but
-//! sequential).
+//! [`chat`] is the notes' chat server on models 2 to 7 (all but
+//! sequential; on `threads` and `threadpool` it is the same thread per
+//! client).
 //!
-//! [`accept`] is what all six share: the one accept step (admit, prepare,
+//! [`accept`] is what all seven share: the one accept step (admit, prepare,
 //! sort the failures). [`work`] is `--work`, what a handler does with each
 //! chunk before echoing it; [`offload`] the pool a one-thread loop hands
 //! blocking work to, and [`stall`] the warning when it did not. [`buffers`] is what the last two share: read buffers
@@ -58,6 +60,7 @@ pub mod sequential;
 pub mod stall;
 pub mod statemachine;
 pub mod threadpool;
+pub mod threads;
 pub mod work;
 
 /// The concurrency models, in the order the notes introduce them.
@@ -65,6 +68,8 @@ pub mod work;
 pub enum Mode {
     /// One client at a time: accept, echo until it leaves, accept the next.
     Sequential,
+    /// A thread per client, as many as there are clients.
+    Threads,
     /// A fixed pool of threads, each blocking on one client; a bounded queue.
     Threadpool,
     /// One thread, a readiness loop, a handler per ready socket.
@@ -80,8 +85,9 @@ pub enum Mode {
 
 impl Mode {
     /// Every model, in the order of the notes.
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Sequential,
+        Mode::Threads,
         Mode::Threadpool,
         Mode::Selector,
         Mode::Statemachine,
@@ -107,6 +113,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Sequential => "sequential",
+            Mode::Threads => "threads",
             Mode::Threadpool => "threadpool",
             Mode::Selector => "selector",
             Mode::Statemachine => "statemachine",
@@ -119,7 +126,7 @@ impl Mode {
     /// readiness and needs non-blocking sockets.
     pub fn blocking(self) -> Blocking {
         match self {
-            Mode::Sequential | Mode::Threadpool => Blocking::Yes,
+            Mode::Sequential | Mode::Threads | Mode::Threadpool => Blocking::Yes,
             Mode::Selector | Mode::Statemachine | Mode::Async | Mode::Completion => Blocking::No,
         }
     }
@@ -237,6 +244,7 @@ fn run_one(mode: Mode, listener: TcpListener, ctx: &Context) -> anyhow::Result<(
     let served = match mode {
         _ if ctx.config.protocol == Protocol::Chat => chat::run(mode, listener, ctx),
         Mode::Sequential => sequential::run(listener, ctx),
+        Mode::Threads => threads::run(listener, ctx),
         Mode::Threadpool => threadpool::run(listener, ctx),
         Mode::Selector => selector::run(listener, ctx),
         Mode::Statemachine => statemachine::run(listener, ctx),

@@ -9,7 +9,8 @@
 //! `--idle-timeout` frees it). Shutdown wakes the blocked `accept()` or
 //! `read()` by shutting the socket down.
 //!
-//! Next: [`super::threadpool`], which serves several clients at once.
+//! Next: [`super::threads`], a thread per client; then [`super::threadpool`],
+//! which bounds the threads.
 //!
 //! Tutorial: `docs/tutorial/1-one-client-at-a-time.md`.
 

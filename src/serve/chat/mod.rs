@@ -72,7 +72,8 @@ pub fn run(mode: Mode, listener: TcpListener, ctx: &Context) -> io::Result<()> {
         Mode::Completion => completion::run(listener, ctx),
         #[cfg(not(target_os = "linux"))]
         Mode::Completion => super::completion::run(listener, ctx),
-        Mode::Threadpool => threads::run(listener, ctx),
+        // A thread per client either way: the chat's pool is unbounded.
+        Mode::Threads | Mode::Threadpool => threads::run(listener, ctx),
         Mode::Selector => selector::run(listener, ctx),
         Mode::Statemachine => statemachine::run(listener, ctx),
         Mode::Async => asynchronous::run(listener, ctx),
@@ -80,4 +81,4 @@ pub fn run(mode: Mode, listener: TcpListener, ctx: &Context) -> io::Result<()> {
 }
 
 /// Why `--mode sequential --protocol chat` is refused.
-pub const SEQUENTIAL_CANNOT_CHAT: &str = "sequential serves one client at a time, and a chat needs two connected at once: use --mode threadpool, selector, statemachine, async or completion";
+pub const SEQUENTIAL_CANNOT_CHAT: &str = "sequential serves one client at a time, and a chat needs two connected at once: use --mode threads, threadpool, selector, statemachine, async or completion";

@@ -39,10 +39,6 @@ use crate::serve::Context;
 use crate::serve::blocking::Clients;
 use crate::stats::Ending;
 
-/// The stack of each client's two threads: they hold a 4 KiB buffer and
-/// a few frames, and ten thousand clients are twenty thousand threads.
-pub const STACK_SIZE: usize = 128 * 1024;
-
 /// Serves the chat with two threads per client until shutdown.
 ///
 /// # Errors
@@ -55,7 +51,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
             let registry = &registry;
             let started = thread::Builder::new()
                 .name(format!("chat-{peer}"))
-                .stack_size(STACK_SIZE)
+                .stack_size(ctx.config.stack_size)
                 .spawn_scoped(scope, move || serve(stream, peer, registry, ctx));
             if let Err(e) = started {
                 ctx.traffic.closed();
@@ -146,7 +142,7 @@ fn serve(
     let ending = thread::scope(|scope| {
         let writer = thread::Builder::new()
             .name(format!("chat-{peer}-writer"))
-            .stack_size(STACK_SIZE)
+            .stack_size(ctx.config.stack_size)
             .spawn_scoped(scope, || write_out(&me))?;
         let read = read_lines(&stream, &me, registry);
         // Whatever ended the reading: the writer sends what is left, but

@@ -1,0 +1,69 @@
+//! The thread-per-client model: every accepted client gets a thread of its
+//! own, which runs the notes' blocking `handle_client` until the client
+//! leaves. Python's `socketserver.ThreadingTCPServer`, the classic Apache
+//! model, and the step between the sequential server and the pool in the
+//! code behind the notes' first article.
+//!
+//! Nothing is bounded but `--max-connections`: a thousand clients are a
+//! thousand threads, each with a stack (`--stack-size`, [`DEFAULT_STACK_SIZE`]
+//! by default: the memory is reserved at once and touched as it is used)
+//! and a kernel task the scheduler must switch between. That cost is what
+//! this model is here to show; the pool bounds it, the loops avoid it.
+//!
+//! Shutdown shuts every client's socket down (its hook wakes the blocked
+//! thread), stops accepting, and waits for every client thread to end.
+//!
+//! Next: `threadpool`, which caps the threads and queues the rest.
+//!
+//! Tutorial: `docs/tutorial/2-a-pool-of-threads.md`.
+
+use std::io;
+use std::net::TcpListener;
+use std::thread;
+
+use super::Context;
+use super::blocking::{Clients, handle_client, report_every};
+use crate::stats::Ending;
+
+/// The stack each client thread gets by default. The echo needs its 16 KiB
+/// read buffer and a few frames; Rust's default of 2 MiB per thread would
+/// reserve 2 GiB of address space for a thousand clients. Linux touches
+/// only the pages used, so what a client really costs shows in the
+/// server's resident memory, not here.
+pub const DEFAULT_STACK_SIZE: usize = 128 * 1024;
+
+/// Serves every client on a thread of its own until shutdown.
+///
+/// # Errors
+/// If the listener breaks.
+pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
+    let mut clients = Clients::new(listener, ctx);
+    thread::scope(|outer| {
+        // --stats: the clients served right now are the threads serving.
+        let report = report_every(outer, ctx, "threads", move |line| {
+            ctx.traffic.fill(line, ctx.stats.active());
+            line.gauge("threads", ctx.stats.active());
+        });
+        // Every client thread ends inside this scope, so that the final
+        // line counts them all.
+        thread::scope(|scope| {
+            for (stream, peer) in &mut clients {
+                let spawned = thread::Builder::new()
+                    .name("client".into())
+                    .stack_size(ctx.config.stack_size)
+                    .spawn_scoped(scope, move || handle_client(stream, peer, ctx));
+                if let Err(e) = spawned {
+                    // No thread for it (out of memory or of the kernel's
+                    // task limit): the client is closed and the next one
+                    // accepted, as a failed connection.
+                    ctx.traffic.closed();
+                    ctx.stats.disconnected(peer, 0, Ending::Failed(e));
+                }
+            }
+        });
+        if let Some(report) = report {
+            report.finish();
+        }
+    });
+    clients.finish()
+}
