@@ -18,18 +18,19 @@
 //! Dropping [`Hogs`] stops them: it shuts their sockets down, which wakes
 //! both threads from their blocking calls, and joins them.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use crate::net::connect_patiently;
 use crate::parse::HostPort;
 use crate::serve::Protocol;
+use crate::tools::bench::chat::register;
 
 /// Bytes a hog writes per `write()`: as much as a socket buffer takes in
 /// one go, so the hog never waits on itself.
@@ -64,12 +65,14 @@ impl Hogs {
         for i in 0..count {
             let stream = connect_patiently(addr, START_LIMIT)
                 .with_context(|| format!("connecting hog {} of {count}", i + 1))?;
-            let block = match protocol {
-                Protocol::Echo => vec![b'h'; BLOCK],
+            let (stream, block) = match protocol {
+                Protocol::Echo => (stream, vec![b'h'; BLOCK]),
                 Protocol::Chat => {
                     let name = format!("hog{}-{i}", std::process::id());
-                    register(&stream, &name)?;
-                    chat_block(&name)
+                    let stream = register(stream, &name)?;
+                    // The hog's reader waits as long as the run lasts.
+                    stream.set_read_timeout(None)?;
+                    (stream, chat_block(&name))
                 }
             };
             hogs.spawn(stream, block)?;
@@ -124,25 +127,6 @@ impl Drop for Hogs {
             let _ = thread.join();
         }
     }
-}
-
-/// Registers a chat hog under `name`.
-fn register(mut stream: &TcpStream, name: &str) -> anyhow::Result<()> {
-    stream.set_read_timeout(Some(START_LIMIT))?;
-    stream.write_all(format!("register,{name}\n").as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(stream)
-        .take(4096)
-        .read_line(&mut reply)
-        .with_context(|| format!("registering hog {name}"))?;
-    if reply != "ok\n" {
-        bail!(
-            "registering hog {name}: the server answered {:?}, not ok (is it serving --protocol chat?)",
-            reply.trim_end()
-        );
-    }
-    stream.set_read_timeout(None)?;
-    Ok(())
 }
 
 /// A block of whole `chat` lines from `name` to a name nobody holds.

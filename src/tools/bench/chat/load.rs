@@ -157,8 +157,10 @@ fn server_cpu(config: &ChatBenchConfig) -> Option<Duration> {
     config.server_pid.and_then(sys::process_cpu_time)
 }
 
-/// Registers `name` on a fresh connection and waits for its `ok`.
-fn register(stream: TcpStream, name: &str) -> anyhow::Result<TcpStream> {
+/// Registers `name` on a fresh connection and waits for its `ok` (the
+/// load's clients, and `bench --hogs`'s chat hogs). The stream is left
+/// with a read timeout of [`CONNECT_PHASE_LIMIT`].
+pub(crate) fn register(stream: TcpStream, name: &str) -> anyhow::Result<TcpStream> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(CONNECT_PHASE_LIMIT))?;
     (&stream).write_all(format!("register,{name}\n").as_bytes())?;

@@ -15,6 +15,7 @@
 
 mod load;
 
+pub(crate) use load::register;
 pub use load::run;
 
 use std::time::Duration;
