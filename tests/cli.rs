@@ -18,6 +18,22 @@ fn assert_fails(args: &[&str], code: i32, words: &str) {
     );
 }
 
+/// `--version` names the version and, built from a git checkout, the
+/// commit (as the build recorded it for saved results).
+#[test]
+fn version_names_the_commit() {
+    let (code, stdout, _) = run_binary(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.starts_with(&format!("echo-lab {}", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
+    let commit = option_env!("ECHO_LAB_GIT_COMMIT").unwrap_or_default();
+    if !commit.is_empty() {
+        assert!(stdout.contains(&format!("(commit {commit})")), "{stdout}");
+    }
+}
+
 /// A `--work` whose kind is right and whose duration is wrong gets one
 /// clause about the duration, not two "expected ..." run together.
 #[test]

@@ -51,7 +51,7 @@ pub const ADDR_VARIABLE: &str = "ECHO_LAB_ADDR";
 /// echo-lab: one echo protocol, six concurrency models, and the tools to
 /// watch and measure the difference.
 #[derive(Debug, Parser)]
-#[command(name = "echo-lab", version, about, long_about = None)]
+#[command(name = "echo-lab", version = env!("ECHO_LAB_VERSION"), about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
