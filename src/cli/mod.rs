@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::builder::PossibleValue;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::net::Blocking;
 use crate::parse::{
@@ -74,6 +74,20 @@ pub enum Command {
     /// Re-print a saved compare run's table and redraw its chart, without
     /// running anything; --against an earlier run.
     Report(ReportArgs),
+    /// Print a completion script for SHELL (bash, zsh, fish, powershell,
+    /// elvish), from the same definitions as --help.
+    Completions(CompletionsArgs),
+    /// Print echo-lab's man page (roff), from the same definitions as
+    /// --help.
+    Man,
+}
+
+/// `echo-lab completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `echo-lab client`.
@@ -608,6 +622,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench_command(args),
         Command::Compare(args) => compare_command(args),
         Command::Report(args) => report_command(args),
+        Command::Completions(args) => {
+            let mut command = Cli::command();
+            clap_complete::generate(args.shell, &mut command, "echo-lab", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            std::io::stdout().write_all(&page)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
