@@ -458,7 +458,7 @@ fn chapters_and_modules_link_each_other() {
     let mut chapters: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n != "README.md")
+        .filter(|n| n.ends_with(".md") && n.starts_with(|c: char| c.is_ascii_digit()))
         .collect();
     chapters.sort();
     assert_eq!(chapters.len(), 10);
@@ -628,4 +628,121 @@ fn check_synopsis(file: &Path, synopsis: &str) {
             file.display()
         );
     }
+}
+
+/// The tutorial reads as a book (`mdbook serve docs/tutorial`): its
+/// SUMMARY lists every chapter, in order, and nothing else.
+#[test]
+fn the_summary_lists_every_chapter() {
+    let dir = root().join("docs/tutorial");
+    let summary = std::fs::read_to_string(dir.join("SUMMARY.md")).unwrap();
+    let mut chapters: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".md") && name.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    chapters.sort();
+    let listed: Vec<String> = links(&summary)
+        .into_iter()
+        .filter(|target| target != "README.md")
+        .collect();
+    assert_eq!(listed, chapters, "SUMMARY.md against the chapters on disk");
+}
+
+/// Every relative link in README.md and docs/ points at a file that
+/// exists, and every `#anchor` into a Markdown file at one of its
+/// headings (as GitHub and mdBook make anchors of them).
+#[test]
+fn every_relative_link_and_anchor_resolves() {
+    let mut files = vec![root().join("README.md")];
+    for dir in ["docs", "docs/tutorial"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "md") {
+                files.push(path);
+            }
+        }
+    }
+    let mut checked = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for target in links(&text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (path, anchor) = match target.split_once('#') {
+                Some((path, anchor)) => (path, Some(anchor)),
+                None => (target.as_str(), None),
+            };
+            let resolved = if path.is_empty() {
+                file.clone()
+            } else {
+                file.parent().unwrap().join(path)
+            };
+            assert!(
+                resolved.exists(),
+                "{}: link to {target} finds nothing",
+                file.display()
+            );
+            if let (Some(anchor), true) = (anchor, resolved.extension().is_some_and(|e| e == "md"))
+            {
+                let headings = std::fs::read_to_string(&resolved).unwrap();
+                let anchors: Vec<String> = headings
+                    .lines()
+                    .filter_map(|l| l.strip_prefix('#'))
+                    .map(|h| slug(h.trim_start_matches('#')))
+                    .collect();
+                assert!(
+                    anchors.iter().any(|a| a == anchor),
+                    "{}: no heading #{anchor} in {}",
+                    file.display(),
+                    resolved.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} links found: is the parser broken?"
+    );
+}
+
+/// The targets of the Markdown links `[text](target)` in `text`, outside
+/// code blocks.
+fn links(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut in_fence = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find("](") {
+            let after = &rest[at + 2..];
+            let Some(end) = after.find(')') else { break };
+            found.push(after[..end].to_owned());
+            rest = &after[end..];
+        }
+    }
+    found
+}
+
+/// A heading's anchor as GitHub and mdBook make it: lower case, spaces to
+/// dashes, other punctuation dropped.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
 }
