@@ -338,6 +338,49 @@ fn probe_shows_a_close_by_the_server() {
     assert!(text.contains('!'), "{text}");
 }
 
+/// `probe --svg` draws the timeline it prints: the picture has a row for
+/// each client of the JSON, labelled in the same order, and an echo mark
+/// for each client echoed.
+#[test]
+fn probe_draws_the_timeline_it_reports() {
+    let server = start(Mode::Sequential);
+    let svg = std::env::temp_dir().join(format!("echo-lab-probe-{}.svg", std::process::id()));
+    let (code, stdout, stderr) = run_binary(&[
+        "probe",
+        "--addr",
+        &server.addr().to_string(),
+        "--clients",
+        "3",
+        "--hold",
+        "100ms",
+        "--json",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    let clients = json["clients"].as_array().unwrap();
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    let rows: Vec<usize> = picture
+        .match_indices(">\nclient ")
+        .filter_map(|(at, _)| {
+            let rest = &picture[at + 9..];
+            rest[..rest.find('\n')?].parse().ok()
+        })
+        .collect();
+    let expected: Vec<usize> = clients
+        .iter()
+        .map(|c| c["client"].as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(rows, expected, "{picture}");
+    assert_eq!(
+        picture.matches("<circle").count(),
+        clients.len(),
+        "{picture}"
+    );
+}
+
 /// Against `selector`, every echo arrives before any client closes.
 #[test]
 fn probe_shows_the_event_loop_serving_all_at_once() {

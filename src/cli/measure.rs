@@ -14,6 +14,10 @@ pub(super) fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(args.hold.saturating_mul(clients as u32) + Duration::from_secs(5)),
     };
     let report = probe::run(&config);
+    if let Some(path) = &args.svg {
+        crate::tools::probe_svg::draw(&report, path)
+            .with_context(|| format!("drawing {}", path.display()))?;
+    }
     if args.json {
         announce(&serde_json::to_string_pretty(&report)?);
     } else {

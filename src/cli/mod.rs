@@ -131,6 +131,10 @@ pub struct ProbeArgs {
     /// Print the timeline as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the timeline as a picture into FILE (SVG): a row per
+    /// client, its wait for the echo and its hold on a time axis.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 /// `echo-lab bench`.

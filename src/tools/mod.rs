@@ -1,7 +1,8 @@
 //! The instruments: they talk to any echo server, ours or not.
 //!
 //! - [`client`]: type and see the echo, or pipe a file through.
-//! - [`probe`]: a timeline of who waits for whom.
+//! - [`probe`]: a timeline of who waits for whom, and [`probe_svg`], the
+//!   same timeline as a picture.
 //! - [`bench`](mod@bench): a load generator that verifies every byte.
 //! - [`compare`]: every model under the same load, in one table and chart.
 //! - [`hogs`]: clients that never pause, beside a bench's measured ones.
@@ -13,3 +14,4 @@ pub mod compare;
 pub mod hogs;
 pub mod interrupt;
 pub mod probe;
+pub mod probe_svg;
