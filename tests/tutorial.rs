@@ -19,7 +19,10 @@
 //!   `contains "TEXT"`, `exit N` (of the block's last command; otherwise
 //!   every command must exit 0), `staircase`, `all-at-once`, `third-waits`,
 //!   `one-at-a-time` and `two-at-a-time` (echoes 100 ms or more apart, one
-//!   or two at a time), `max-under DURATION` (a bench's slowest echo, the
+//!   or two at a time), `picture NAME` (the block drew NAME with `probe
+//!   --svg`, and the picture the chapter shows, `docs/tutorial/img/NAME`,
+//!   has the same rows and marks, so it cannot drift from the code),
+//!   `max-under DURATION` (a bench's slowest echo, the
 //!   `max` of its latency line, is shorter).
 //! - `<!-- needs: io_uring -->` before a block: it runs only where the
 //!   completion model can (elsewhere the test says it skipped it, and why).
@@ -50,6 +53,7 @@ enum Expect {
     OneAtATime,
     TwoAtATime,
     MaxUnder(Duration),
+    Picture(String),
 }
 
 #[derive(Debug)]
@@ -76,6 +80,9 @@ fn parse_expect(text: &str) -> Expect {
     let text = text.trim();
     if let Some(quoted) = text.strip_prefix("contains ") {
         return Expect::Contains(quoted.trim().trim_matches('"').to_owned());
+    }
+    if let Some(name) = text.strip_prefix("picture ") {
+        return Expect::Picture(name.trim().to_owned());
     }
     if let Some(bound) = text.strip_prefix("max-under ") {
         let bound = echo_lab::parse::parse_duration(bound.trim()).expect("a duration");
@@ -209,6 +216,24 @@ fn probe_rows(output: &str) -> Vec<(f64, f64, f64)> {
         .collect()
 }
 
+/// What a probe picture shows, timing aside: its row labels in order and
+/// how many of each mark (echoes, closes by the server, bars).
+fn picture_signature(svg: &str) -> (Vec<String>, usize, usize, usize) {
+    let labels = svg
+        .match_indices(">\nclient ")
+        .filter_map(|(at, _)| {
+            let rest = &svg[at + 2..];
+            Some(rest[..rest.find('\n')?].to_owned())
+        })
+        .collect();
+    (
+        labels,
+        svg.matches("<circle").count(),
+        svg.matches("<polygon").count(),
+        svg.matches("<rect").count(),
+    )
+}
+
 /// The `max` of a bench report's latency line (`... max 4.647ms`).
 fn bench_max(output: &str) -> Option<Duration> {
     let line = output
@@ -224,6 +249,8 @@ fn check_expect(place: &str, expect: &Expect, output: &str, statuses: &[i32]) {
     match expect {
         Expect::Contains(text) => assert!(output.contains(text.as_str()), "{shown}"),
         Expect::Exit(code) => assert_eq!(statuses.last(), Some(code), "{shown}"),
+        // Checked against the file, once the whole chapter has run.
+        Expect::Picture(_) => {}
         Expect::MaxUnder(bound) => {
             let max = bench_max(output).unwrap_or_else(|| panic!("no latency line: {shown}"));
             assert!(max < *bound, "{shown}");
@@ -354,6 +381,24 @@ fn run_chapter_text(name: &str, text: &str) {
         panic!("{name}: the chapter's commands did not finish in 180 s");
     }
     let output = String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned();
+    // The pictures the blocks drew, read before the scratch goes.
+    for expect in blocks.iter().flat_map(|b| &b.expects) {
+        if let Expect::Picture(name) = expect {
+            let drawn = std::fs::read_to_string(scratch.join(name))
+                .unwrap_or_else(|e| panic!("{name}: the chapter's block drew no picture: {e}"));
+            let shown = std::fs::read_to_string(root().join("docs/tutorial/img").join(name))
+                .unwrap_or_else(|e| panic!("docs/tutorial/img/{name}: {e}"));
+            assert_eq!(
+                picture_signature(&drawn),
+                picture_signature(&shown),
+                "{name}: the picture the chapter shows no longer matches what the command draws"
+            );
+            assert!(
+                text.contains(&format!("](img/{name})")),
+                "{name}: the chapter does not show it"
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     let segments: Vec<&str> = output.split("@@block ").skip(1).collect();
     assert_eq!(segments.len(), blocks.len(), "{name}: output:\n{output}");
