@@ -383,7 +383,6 @@ fn what_the_chat_cannot_do_is_refused() {
             &["--mode", "async", "--work", "cpu:1ms"],
             "--work does not apply",
         ),
-        (&["--mode", "async", "--stats"], "--stats does not apply"),
     ] {
         let mut full = vec!["serve", "--protocol", "chat", "--addr", "127.0.0.1:0"];
         full.extend_from_slice(args);

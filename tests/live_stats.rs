@@ -2,6 +2,8 @@
 //! lines on stderr and JSON lines in a file, and the counts add up to the
 //! traffic a test drives.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -155,6 +157,94 @@ fn busy_is_the_loops_cpu_share(mode: Mode) {
 
 every_model!(counts_add_up_to_the_traffic);
 every_model!(loops: loops_report_their_waits, busy_is_the_loops_cpu_share);
+every_model!(chat: the_chat_counts_deliveries_outboxes_and_cut_offs);
+
+/// A chat client's socket with a line reader, every read bounded.
+fn chat_client(addr: std::net::SocketAddr, receive_buffer: Option<usize>) -> BufReader<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    BufReader::new(stream)
+}
+
+/// Sends `line` and a newline.
+fn say(client: &mut BufReader<TcpStream>, line: &str) {
+    client
+        .get_mut()
+        .write_all(format!("{line}\n").as_bytes())
+        .unwrap();
+}
+
+/// The next line, without its newline.
+fn hear(client: &mut BufReader<TcpStream>) -> String {
+    let mut line = String::new();
+    assert!(client.read_line(&mut line).unwrap() > 0, "closed");
+    line.trim_end().to_owned()
+}
+
+/// The chat's own `--stats` fields, on every model that hosts it: the
+/// lines delivered from one client to another (six to bob, then some to a
+/// receiver that never reads), the names registered, the bytes owed in
+/// outboxes, and that receiver cut off as too slow, once.
+fn the_chat_counts_deliveries_outboxes_and_cut_offs(mode: Mode) {
+    let (server, path) = start_counting("chat", mode, &["--protocol", "chat"]);
+    // A small receive buffer, so that the server's outbox fills sooner.
+    let mut slow = chat_client(server.addr, Some(4096));
+    say(&mut slow, "register,slow");
+    assert_eq!(hear(&mut slow), "ok");
+    let (mut alice, mut bob) = (
+        chat_client(server.addr, None),
+        chat_client(server.addr, None),
+    );
+    for (client, name) in [(&mut alice, "alice"), (&mut bob, "bob")] {
+        say(client, &format!("register,{name}"));
+        assert_eq!(hear(client), "ok");
+    }
+    for i in 0..6 {
+        say(&mut alice, &format!("chat,bob,{i}"));
+        assert_eq!(hear(&mut bob), format!("from,alice,{i}"));
+    }
+    wait_until("a line shows three names", || {
+        json_lines(&path).iter().any(|l| l["registered"] == 3)
+    });
+    // Slow never reads again: flood it until its name is gone.
+    let text = "z".repeat(4000);
+    loop {
+        for _ in 0..64 {
+            say(&mut alice, &format!("chat,slow,{text}"));
+        }
+        say(&mut alice, "list");
+        let mut list = hear(&mut alice);
+        while list == "error,no such user" {
+            list = hear(&mut alice);
+        }
+        if list == "alice,bob" {
+            break;
+        }
+        assert_eq!(list, "alice,bob,slow");
+    }
+    // Its last bytes wait in its outbox for the close grace.
+    wait_until("a line shows the cut-off and bytes owed", || {
+        let lines = json_lines(&path);
+        total(&lines, "cut_off") == 1 && lines.iter().any(|l| l["outbox_bytes"].as_u64() > Some(0))
+    });
+    drop((alice, bob, slow));
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let lines = json_lines(&path);
+    let last = lines.last().unwrap();
+    assert_eq!(last["final"], true, "{lines:?}");
+    assert_eq!(last["cut_off"], 1, "{last}");
+    assert_eq!(last["delivered"], total(&lines, "delivered"), "{lines:?}");
+    // Six to bob, and at least one to slow before it was cut off.
+    assert!(last["delivered"].as_u64() > Some(6), "{last}");
+    let _ = std::fs::remove_file(&path);
+}
 
 /// A pool of two with four long-lived clients: two busy workers, two
 /// clients queued for them, the notes' long-running-client problem as it

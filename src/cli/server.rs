@@ -81,11 +81,6 @@ fn check_chat_flags(args: &ServeArgs) -> anyhow::Result<()> {
             "--work",
             "it is work done before an echo",
         ),
-        (
-            args.stats.is_some() || args.stats_json.is_some(),
-            "--stats",
-            "its counters are the echo's; the chat has none yet",
-        ),
     ])
 }
 

@@ -137,10 +137,9 @@ pub struct Context {
     pub stats: Stats,
     /// The thread pool's `--global-lock`: held while a worker computes.
     pub global_lock: Mutex<()>,
-    /// What the blocking models' threads count for `--stats`. The chat's
-    /// selector and completion loops count into it too (the chat has no
-    /// `--stats` yet, so nothing reads it there); the echo loops keep
-    /// their own counters, on their own thread.
+    /// What the blocking models' threads (the chat's threads too) count
+    /// for `--stats`. The loops keep their own counters, on their own
+    /// thread.
     pub traffic: live::Traffic<std::sync::atomic::AtomicU64>,
 }
 

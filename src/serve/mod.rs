@@ -53,6 +53,7 @@ pub mod completion;
 mod context;
 pub mod deadlines;
 pub mod live;
+pub mod meter;
 pub mod offload;
 pub mod readiness;
 pub mod selector;

@@ -56,10 +56,10 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::deadlines::sweep_interval;
-use super::live::{Reporter, Traffic};
+use super::live::Traffic;
+use super::meter::Meter;
 use super::offload::{Finished, Job, Offload};
 use super::readiness::Listener;
-use super::stall::StallWatch;
 use super::work::{Work, WorkKind};
 use super::{Context, READ_BUFFER_SIZE};
 use crate::net::{interrupted, would_block, write_some};
@@ -201,8 +201,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
             .map(|t| Instant::now() + sweep_interval(t)),
         plan,
         next_id: 0,
-        stall: ctx.stall_watch("selector"),
-        reporter: ctx.reporter("selector"),
+        meter: Meter::new(ctx, "selector"),
         traffic: Traffic::default(),
         jobs_done: 0,
         ctx,
@@ -234,11 +233,8 @@ struct Selector<'a> {
     plan: Option<WorkPlan>,
     /// The id of the next client.
     next_id: u64,
-    /// Warns when one turn of the loop runs past `--slow-handler`, and
-    /// counts turns for `--stats`.
-    stall: StallWatch<'a>,
-    /// `--stats`: when the next line is due, and what it counts.
-    reporter: Option<Reporter>,
+    /// Stalls past `--slow-handler`; turns and lines for `--stats`.
+    meter: Meter<'a>,
     traffic: Traffic,
     /// Offloaded jobs come back since the last line: each rang the poller
     /// from a pool thread (a cross-thread wake-up).
@@ -251,13 +247,13 @@ impl Selector<'_> {
     fn serve(&mut self) -> io::Result<()> {
         let mut events = Events::new();
         while !self.ctx.shutdown.is_triggered() {
-            self.stall.waiting();
+            self.meter.waiting();
             // One epoll_wait for a whole batch of ready sockets.
             let ready = self.poller.wait(&mut events, self.timeout())?;
             // One clock reading per batch, not per message: it only dates
             // activity for the idle sweep, which is coarser anyway.
             let now = Instant::now();
-            self.stall.woke(now, ready);
+            self.meter.woke(now, ready);
             for event in events.iter() {
                 match self.handlers.get_mut(event.key) {
                     Some(Handler::Accept) => self.accept_clients()?,
@@ -277,7 +273,7 @@ impl Selector<'_> {
             }
             self.finish_jobs(now);
             self.run_timers(now)?;
-            if self.reporter.as_ref().is_some_and(|r| r.due(now)) {
+            if self.meter.due(now) {
                 self.report(now, false);
             }
         }
@@ -290,15 +286,11 @@ impl Selector<'_> {
         let timers = self.plan.as_ref().map_or(0, |p| p.timers.len())
             + usize::from(self.listener.paused_until().is_some())
             + usize::from(self.next_idle_sweep.is_some());
-        let (traffic, turns) = (&self.traffic, &mut self.stall.turns);
         let jobs_done = std::mem::take(&mut self.jobs_done);
-        if let Some(reporter) = &mut self.reporter {
-            reporter.report(now, last, |line| {
-                traffic.fill_loop(line, open, turns.as_mut());
-                line.gauge("timers", timers as u64)
-                    .count("cross_wakeups", jobs_done);
-            });
-        }
+        self.meter.report(now, last, &self.traffic, open, |line| {
+            line.gauge("timers", timers as u64)
+                .count("cross_wakeups", jobs_done);
+        });
     }
 
     /// How long the next wait may last: until the next timer, or forever.
@@ -307,12 +299,11 @@ impl Selector<'_> {
             .plan
             .as_ref()
             .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
-        let report = self.reporter.as_ref().map(Reporter::deadline);
         super::deadlines::until_earliest([
             self.listener.paused_until(),
             self.next_idle_sweep,
             work_timer,
-            report,
+            self.meter.deadline(),
         ])
     }
 

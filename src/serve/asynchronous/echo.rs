@@ -13,6 +13,7 @@ use super::executor::Executor;
 use super::reactor::{Async, Reactor, TimedOut, sleep, timeout};
 use crate::serve::Context;
 use crate::serve::live::Traffic;
+use crate::serve::meter::Meter;
 use crate::serve::offload::Offload;
 use crate::serve::work::WorkKind;
 use crate::stats::{Ending, Stats};
@@ -32,9 +33,8 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let traffic = Traffic::default();
     let reactor = Reactor::new(ctx.config.poller)?;
     reactor.set_budget(ctx.config.budget);
-    let executor = Executor::new(reactor.clone())
-        .watching_stalls(ctx.stall_watch("async"))
-        .reporting(ctx.reporter("async"), &traffic);
+    let executor =
+        Executor::new(reactor.clone()).metered(Meter::new(ctx, "async"), &traffic, |_| {});
     let listener = Async::new(listener, &reactor)?;
     let clients = Clients {
         ctx,

@@ -44,8 +44,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use slab::Slab;
 
 use super::reactor::Reactor;
-use crate::serve::live::{ReadyQueue as ReadyQueueStats, Reporter, Traffic};
-use crate::serve::stall::StallWatch;
+use crate::serve::live::{Line, ReadyQueue as ReadyQueueStats, Traffic};
+use crate::serve::meter::Meter;
 use std::time::Instant;
 
 type Task<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
@@ -72,14 +72,18 @@ pub struct Executor<'a> {
     /// The ids taken from the ready queue for one tick (kept to reuse its
     /// memory).
     tick: RefCell<VecDeque<usize>>,
-    /// Warns when a tick runs past `--slow-handler`, if set, and counts
-    /// ticks for `--stats`.
-    stall: RefCell<Option<StallWatch<'a>>>,
-    /// `--stats`: when the next line is due, and the traffic the tasks
-    /// count into.
-    report: RefCell<Option<(Reporter, &'a Traffic)>>,
+    /// Stalls past `--slow-handler`; ticks and lines for `--stats`, with
+    /// the traffic the tasks count into and what the protocol adds.
+    meter: RefCell<Option<Metered<'a>>>,
     /// The ready queue's length at each tick, and polls per wake.
     queue: RefCell<ReadyQueueStats>,
+}
+
+/// A meter, and what its lines show besides the executor's own fields.
+struct Metered<'a> {
+    meter: Meter<'a>,
+    traffic: &'a Traffic,
+    more: Box<dyn Fn(&mut Line) + 'a>,
 }
 
 /// A task and its waker.
@@ -175,42 +179,47 @@ impl<'a> Executor<'a> {
             },
             ready,
             tick: RefCell::new(VecDeque::new()),
-            stall: RefCell::new(None),
-            report: RefCell::new(None),
+            meter: RefCell::new(None),
             queue: RefCell::new(ReadyQueueStats::default()),
         }
     }
 
-    /// Has `watch` warn of ticks that run too long.
-    pub fn watching_stalls(self, watch: StallWatch<'a>) -> Self {
-        *self.stall.borrow_mut() = Some(watch);
-        self
-    }
-
-    /// Has `reporter` write a `--stats` line when due, with `traffic`.
-    pub fn reporting(self, reporter: Option<Reporter>, traffic: &'a Traffic) -> Self {
-        *self.report.borrow_mut() = reporter.map(|r| (r, traffic));
+    /// Has `meter` watch the ticks and write `--stats` lines with the
+    /// `traffic` the tasks count into, then what `more` adds.
+    pub fn metered(
+        self,
+        meter: Meter<'a>,
+        traffic: &'a Traffic,
+        more: impl Fn(&mut Line) + 'a,
+    ) -> Self {
+        *self.meter.borrow_mut() = Some(Metered {
+            meter,
+            traffic,
+            more: Box::new(more),
+        });
         self
     }
 
     /// Writes a `--stats` line if one is due at `now` (or `last`, the
     /// final one at shutdown).
     pub fn report(&self, now: Instant, last: bool) {
-        let mut report = self.report.borrow_mut();
-        let Some((reporter, traffic)) = report.as_mut() else {
+        let mut metered = self.meter.borrow_mut();
+        let Some(Metered {
+            meter,
+            traffic,
+            more,
+        }) = metered.as_mut()
+        else {
             return;
         };
-        if !last && !reporter.due(now) {
+        if !last && !meter.due(now) {
             return;
         }
+        // The accept loop is the main future, not a task: every task is a
+        // client.
         let tasks = self.tasks() as u64;
-        let mut stall = self.stall.borrow_mut();
         let mut queue = self.queue.borrow_mut();
-        reporter.report(now, last, |line| {
-            // The accept loop is the main future, not a task: every task
-            // is a client.
-            let turns = stall.as_mut().and_then(|s| s.turns.as_mut());
-            traffic.fill_loop(line, tasks, turns);
+        meter.report(now, last, *traffic, tasks, |line| {
             line.gauge("tasks", tasks)
                 .gauge("timers", self.reactor.timers() as u64)
                 .count(
@@ -218,6 +227,7 @@ impl<'a> Executor<'a> {
                     self.ready.notified.swap(0, Ordering::Relaxed),
                 );
             queue.fill(line);
+            more(line);
         });
     }
 
@@ -230,7 +240,10 @@ impl<'a> Executor<'a> {
 
     /// When the next `--stats` line is due, if any.
     fn report_deadline(&self) -> Option<Instant> {
-        self.report.borrow().as_ref().map(|(r, _)| r.deadline())
+        self.meter
+            .borrow()
+            .as_ref()
+            .and_then(|m| m.meter.deadline())
     }
 
     /// A handle for spawning tasks from inside tasks.
@@ -322,18 +335,18 @@ impl<'a> Executor<'a> {
                 Some(due) => Some(due.saturating_duration_since(Instant::now())),
                 None => None,
             };
-            if let Some(stall) = self.stall.borrow_mut().as_mut() {
-                stall.waiting();
+            if let Some(metered) = self.meter.borrow_mut().as_mut() {
+                metered.meter.waiting();
             }
             let waited = self.reactor.wait(timeout);
-            if let Some(stall) = self.stall.borrow_mut().as_mut() {
-                stall.woke_now(*waited.as_ref().unwrap_or(&0));
+            if let Some(metered) = self.meter.borrow_mut().as_mut() {
+                metered.meter.woke_now(*waited.as_ref().unwrap_or(&0));
             }
             // Awake again: wakes from here on need no notify().
             self.ready.sleeping.store(false, Ordering::SeqCst);
             waited?;
             self.reactor.dispatch();
-            if self.report.borrow().is_some() {
+            if self.report_deadline().is_some() {
                 self.report(Instant::now(), false);
             }
         }

@@ -29,6 +29,7 @@ use crate::serve::asynchronous::accept_clients;
 use crate::serve::asynchronous::executor::{Either, Executor, select};
 use crate::serve::asynchronous::reactor::{Async, Reactor, TimedOut, timeout};
 use crate::serve::live::Traffic;
+use crate::serve::meter::Meter;
 use crate::stats::{Ending, Stats};
 
 /// The room of an async loop: a member's handle is the waker of its task
@@ -44,7 +45,10 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let room = AsyncRoom::default();
     let reactor = Reactor::new(ctx.config.poller)?;
     reactor.set_budget(ctx.config.budget);
-    let executor = Executor::new(reactor.clone()).watching_stalls(ctx.stall_watch("async"));
+    let executor =
+        Executor::new(reactor.clone()).metered(Meter::new(ctx, "async"), &traffic, |line| {
+            room.borrow().fill(line)
+        });
     let listener = Async::new(listener, &reactor)?;
     let accepting = accept_clients(
         listener,
@@ -52,10 +56,11 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         &reactor,
         &traffic,
         executor.spawner(),
-        |stream, peer| chatter(stream, peer, &room, &reactor, &ctx.stats),
+        |stream, peer| chatter(stream, peer, &room, &reactor, &ctx.stats, &traffic),
     );
     let served = executor.block_on(accepting);
     executor.cancel_all();
+    executor.report(std::time::Instant::now(), true);
     drop(executor);
     served?
 }
@@ -67,11 +72,13 @@ async fn chatter(
     room: &AsyncRoom,
     reactor: &Rc<Reactor>,
     stats: &Stats,
+    traffic: &Traffic,
 ) {
     let mut member = Member {
         key: room.borrow_mut().join(None),
         room,
         stats,
+        traffic,
         peer,
         bytes: Cell::new(0),
         ending: None,
@@ -85,6 +92,8 @@ struct Member<'a> {
     key: usize,
     room: &'a AsyncRoom,
     stats: &'a Stats,
+    /// The loop's `--stats` traffic.
+    traffic: &'a Traffic,
     peer: SocketAddr,
     bytes: Cell<u64>,
     ending: Option<Ending>,
@@ -124,6 +133,7 @@ impl Member<'_> {
                 room.leave(self.key);
                 After::Quit
             } else {
+                self.traffic.read(data.len());
                 room.receive(self.key, &data)
             };
             room.take_woken(|_, member| {
@@ -165,6 +175,7 @@ impl Member<'_> {
             match stream.poll_write(cx, outbox.pending()) {
                 Poll::Ready(Ok(n)) => {
                     outbox.consume(n);
+                    self.traffic.wrote(n);
                     self.bytes.set(self.bytes.get() + n as u64);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -183,6 +194,7 @@ impl Drop for Member<'_> {
     fn drop(&mut self) {
         self.room.borrow_mut().remove(self.key);
         let ending = self.ending.take().unwrap_or(Ending::Shutdown);
+        self.traffic.closed();
         self.stats.disconnected(self.peer, self.bytes.get(), ending);
     }
 }

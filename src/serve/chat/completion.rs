@@ -31,6 +31,8 @@ use crate::serve::completion::kit::{
     Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token,
 };
 use crate::serve::completion::ring::{Completion, Kind, Outgoing, Ring, Token};
+use crate::serve::live::Traffic;
+use crate::serve::meter::Meter;
 use crate::stats::Ending;
 
 /// Serves the chat from this thread until shutdown.
@@ -51,10 +53,13 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         closing: VecDeque::new(),
         starved: VecDeque::new(),
         posted: Vec::new(),
+        meter: Meter::new(ctx, "completion"),
+        traffic: Traffic::default(),
         ctx,
     };
     let served = chat.serve();
     chat.close_all();
+    chat.report(Instant::now(), true);
     served
 }
 
@@ -98,27 +103,46 @@ struct Chat<'a> {
     starved: VecDeque<(u32, u32)>,
     /// Slots posted to in this turn (kept to reuse).
     posted: Vec<u32>,
+    /// Stalls past `--slow-handler`; turns and lines for `--stats`.
+    meter: Meter<'a>,
+    traffic: Traffic,
     ctx: &'a Context,
 }
 
 impl Chat<'_> {
     fn serve(&mut self) -> io::Result<()> {
         while !self.ctx.shutdown.is_triggered() {
+            self.meter.waiting();
             self.ring.submit_and_wait(self.timeout())?;
             let now = Instant::now();
+            let mut completions = 0;
             while let Some(done) = self.ring.next_completion() {
+                completions += 1;
                 self.complete(done, now)?;
             }
+            self.meter.woke(now, completions);
             self.deliver()?;
             self.rearm_starved()?;
             self.run_timers(now)?;
+            if self.meter.due(now) {
+                self.report(now, false);
+            }
         }
         Ok(())
     }
 
+    /// One `--stats` line: traffic, turns, and the chat's own fields.
+    fn report(&mut self, now: Instant, last: bool) {
+        let open = self.clients.len() as u64;
+        let room = &self.room;
+        self.meter
+            .report(now, last, &self.traffic, open, |line| room.fill(line));
+    }
+
     fn timeout(&self) -> Option<Duration> {
         let grace = self.closing.front().map(|&(at, _, _)| at);
-        crate::serve::deadlines::until_earliest([self.acceptor.paused_until(), grace])
+        let report = self.meter.deadline();
+        crate::serve::deadlines::until_earliest([self.acceptor.paused_until(), grace, report])
     }
 
     fn complete(&mut self, done: Completion, now: Instant) -> io::Result<()> {
@@ -163,7 +187,9 @@ impl Chat<'_> {
                 ) {
                     (Received::Data(buf), Some(member)) if speaking => {
                         // The room keeps what it needs; the buffer goes back.
-                        let after = self.room.receive(member, self.ring.bytes(&buf));
+                        let data = self.ring.bytes(&buf);
+                        self.traffic.read(data.len());
+                        let after = self.room.receive(member, data);
                         if after != After::Continue {
                             stop(client, after, &mut self.closing, token, now);
                         }
@@ -216,6 +242,7 @@ impl Chat<'_> {
         }
         let n = result as usize;
         client.bytes += n as u64;
+        self.traffic.wrote(n);
         if n < bytes.len() && client.ending.is_none() {
             // A short send: the rest goes before anything newer.
             bytes.drain(..n);
@@ -316,7 +343,7 @@ impl Chat<'_> {
         if let Some(client) = self.clients.live(token) {
             client.member = Some(member);
         }
-        self.ctx.traffic.accepted();
+        self.traffic.accepted();
         self.ring.receive(fd, token)
     }
 
@@ -326,7 +353,7 @@ impl Chat<'_> {
         let Some(client) = self.clients.remove(slot) else {
             return Ok(());
         };
-        self.ctx.traffic.closed();
+        self.traffic.closed();
         let ending = client.ending.unwrap_or(Ending::Closed);
         self.ctx
             .stats

@@ -46,6 +46,7 @@
 pub mod asynchronous;
 #[cfg(target_os = "linux")]
 pub mod completion;
+pub mod counts;
 pub mod protocol;
 pub mod room;
 pub mod selector;

@@ -12,6 +12,7 @@ use std::ops::ControlFlow;
 
 use slab::Slab;
 
+use super::counts::ChatCounts;
 use super::protocol::{self, Command, Line, Lines, To};
 use crate::stats::Ending;
 
@@ -352,6 +353,8 @@ pub struct Room<H> {
     woken: Vec<usize>,
     /// Members that became too slow during a `receive`, to unregister.
     too_slow: Vec<usize>,
+    /// Deliveries and cut-offs, for `--stats`.
+    counts: ChatCounts,
 }
 
 impl<H> Default for Room<H> {
@@ -361,6 +364,7 @@ impl<H> Default for Room<H> {
             members: Slab::new(),
             woken: Vec::new(),
             too_slow: Vec::new(),
+            counts: ChatCounts::default(),
         }
     }
 }
@@ -382,6 +386,7 @@ impl<H> Room<H> {
             members,
             woken,
             too_slow,
+            counts,
         } = self;
         // The session is taken out for the call, so that posting may reach
         // every member, this one included.
@@ -390,6 +395,7 @@ impl<H> Room<H> {
             let outbox = &mut members[to].outbox;
             let was_empty = outbox.is_empty();
             let cut_off = outbox.push(line);
+            counts.posted(to != key, cut_off);
             if cut_off {
                 too_slow.push(to);
             }
@@ -435,6 +441,14 @@ impl<H> Room<H> {
     /// Registered names.
     pub fn registered(&self) -> usize {
         self.registry.len()
+    }
+
+    /// Adds the chat's `--stats` fields to `line`: deliveries and cut-offs
+    /// since the last line, names and bytes owed now.
+    pub fn fill(&self, line: &mut crate::serve::live::Line) {
+        let owed = self.members.iter().map(|(_, m)| m.outbox.pending().len());
+        let owed = owed.sum::<usize>() as u64;
+        self.counts.fill(line, self.registered() as u64, owed);
     }
 }
 

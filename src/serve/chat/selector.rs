@@ -24,6 +24,8 @@ use super::room::{After, Room};
 use crate::net::{interrupted, would_block, write_some};
 use crate::poller::{Events, Interest, Poller, Registered};
 use crate::serve::Context;
+use crate::serve::live::Traffic;
+use crate::serve::meter::Meter;
 use crate::serve::readiness::Listener;
 use crate::stats::Ending;
 
@@ -72,10 +74,13 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         closing: VecDeque::new(),
         posted: Vec::new(),
         next_id: 0,
+        meter: Meter::new(ctx, "selector"),
+        traffic: Traffic::default(),
         ctx,
     };
     let served = chat.serve();
     chat.close_all();
+    chat.report(Instant::now(), true);
     served
 }
 
@@ -96,6 +101,9 @@ struct Chat<'a> {
     /// Keys of the clients posted to in this turn (kept to reuse).
     posted: Vec<usize>,
     next_id: u64,
+    /// Stalls past `--slow-handler`; turns and lines for `--stats`.
+    meter: Meter<'a>,
+    traffic: Traffic,
     ctx: &'a Context,
 }
 
@@ -103,8 +111,10 @@ impl Chat<'_> {
     fn serve(&mut self) -> io::Result<()> {
         let mut events = Events::new();
         while !self.ctx.shutdown.is_triggered() {
-            self.poller.wait(&mut events, self.timeout())?;
+            self.meter.waiting();
+            let ready = self.poller.wait(&mut events, self.timeout())?;
             let now = Instant::now();
+            self.meter.woke(now, ready);
             for event in events.iter() {
                 match self.handlers.get_mut(event.key) {
                     Some(Handler::Accept) => self.accept_clients()?,
@@ -123,8 +133,19 @@ impl Chat<'_> {
             }
             self.deliver(now);
             self.run_timers(now)?;
+            if self.meter.due(now) {
+                self.report(now, false);
+            }
         }
         Ok(())
+    }
+
+    /// One `--stats` line: traffic, turns, and the chat's own fields.
+    fn report(&mut self, now: Instant, last: bool) {
+        let open = self.handlers.len().saturating_sub(2) as u64;
+        let room = &self.room;
+        self.meter
+            .report(now, last, &self.traffic, open, |line| room.fill(line));
     }
 
     /// One `read()` from a client, and every line it completes carried
@@ -141,7 +162,10 @@ impl Chat<'_> {
                 self.room.leave(client.member);
                 After::Quit
             }
-            Ok(n) => self.room.receive(client.member, &self.buffer[..n]),
+            Ok(n) => {
+                self.traffic.read(n);
+                self.room.receive(client.member, &self.buffer[..n])
+            }
             Err(e) if would_block(&e) || interrupted(&e) => After::Continue,
             Err(e) => return self.close(key, Ending::Failed(e)),
         };
@@ -163,6 +187,7 @@ impl Chat<'_> {
         match write_some(&mut client.stream, outbox.pending()) {
             Ok(written) => {
                 outbox.consume(written);
+                self.traffic.wrote(written);
                 client.bytes += written as u64;
             }
             Err(e) => self.close(key, Ending::Failed(e)),
@@ -224,7 +249,7 @@ impl Chat<'_> {
             Ok(stream) => stream,
             Err(e) => return self.ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
         };
-        self.ctx.traffic.accepted();
+        self.traffic.accepted();
         entry.insert(Handler::Client(Client {
             stream,
             peer,
@@ -257,7 +282,8 @@ impl Chat<'_> {
 
     fn timeout(&self) -> Option<Duration> {
         let grace = self.closing.front().map(|&(at, _, _)| at);
-        crate::serve::deadlines::until_earliest([self.listener.paused_until(), grace])
+        let report = self.meter.deadline();
+        crate::serve::deadlines::until_earliest([self.listener.paused_until(), grace, report])
     }
 
     /// Deletes a client from the poller (before its socket closes), from
@@ -268,7 +294,7 @@ impl Chat<'_> {
             self.room.remove(client.member);
             // Dropping it deletes it from the poller, then closes it.
             drop(client);
-            self.ctx.traffic.closed();
+            self.traffic.closed();
             self.ctx.stats.disconnected(peer, bytes, ending);
         }
     }

@@ -26,7 +26,7 @@ use super::room::{After, Room};
 use crate::net::{interrupted, would_block, write_some};
 use crate::serve::Context;
 use crate::serve::buffers::BufferPool;
-use crate::serve::live::Traffic;
+use crate::serve::live::{Line, Traffic};
 use crate::serve::statemachine::{self, Coroutine, Resume, Step, Wait};
 use crate::stats::{Ending, Stats};
 
@@ -39,13 +39,15 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let buffers = BufferPool::new();
     let traffic = Traffic::default();
     let fatal = Cell::new(None);
-    statemachine::serve(&listener, ctx, &traffic, &fatal, |stream, peer| {
+    let more = |line: &mut Line| room.borrow().fill(line);
+    statemachine::serve(&listener, ctx, &traffic, more, &fatal, |stream, peer| {
         Box::new(Chatter {
             stream,
             peer,
             room: &room,
             buffers: &buffers,
             stats: &ctx.stats,
+            traffic: &traffic,
             member: None,
             stopped: None,
             bytes: 0,
@@ -62,6 +64,8 @@ struct Chatter<'a> {
     /// A read borrows a buffer only until its lines are carried out.
     buffers: &'a BufferPool,
     stats: &'a Stats,
+    /// The loop's `--stats` traffic.
+    traffic: &'a Traffic,
     /// Its key in the room, from its first resume on (the room's handle
     /// for it is its task key, for `wake`).
     member: Option<usize>,
@@ -88,7 +92,10 @@ impl<'a> Coroutine<'a> for Chatter<'a> {
                     room.leave(member);
                     After::Quit
                 }
-                Ok(n) => room.receive(member, &data[..n]),
+                Ok(n) => {
+                    self.traffic.read(n);
+                    room.receive(member, &data[..n])
+                }
                 Err(e) if would_block(&e) || interrupted(&e) => After::Continue,
                 Err(e) => return self.finish(Ending::Failed(e)),
             };
@@ -104,6 +111,7 @@ impl<'a> Coroutine<'a> for Chatter<'a> {
             match write_some(&mut self.stream, outbox.pending()) {
                 Ok(n) => {
                     outbox.consume(n);
+                    self.traffic.wrote(n);
                     self.bytes += n as u64;
                 }
                 Err(e) => return self.finish(Ending::Failed(e)),
@@ -142,6 +150,7 @@ impl Drop for Chatter<'_> {
             self.room.borrow_mut().remove(member);
         }
         let ending = self.ending.take().unwrap_or(Ending::Shutdown);
+        self.traffic.closed();
         self.stats.disconnected(self.peer, self.bytes, ending);
     }
 }

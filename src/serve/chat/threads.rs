@@ -28,15 +28,17 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::CLOSE_GRACE;
+use super::counts::ChatCounts;
 use super::room::{After, Outbox, Registry, Session};
 use crate::net::{interrupted, would_block};
 use crate::serve::Context;
-use crate::serve::blocking::Clients;
+use crate::serve::blocking::{Clients, report_every};
 use crate::stats::Ending;
 
 /// Serves the chat with two threads per client until shutdown.
@@ -45,23 +47,48 @@ use crate::stats::Ending;
 /// If the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let registry = Mutex::new(Registry::default());
-    thread::scope(|scope| {
-        let mut clients = Clients::new(listener, ctx);
-        for (stream, peer) in &mut clients {
-            let registry = &registry;
-            let started = thread::Builder::new()
-                .name(format!("chat-{peer}"))
-                .stack_size(ctx.config.stack_size)
-                .spawn_scoped(scope, move || serve(stream, peer, registry, ctx));
-            if let Err(e) = started {
-                ctx.traffic.closed();
-                ctx.stats.disconnected(peer, 0, Ending::Failed(e));
+    let shown = Shown::default();
+    let mut clients = Clients::new(listener, ctx);
+    thread::scope(|outer| {
+        let report = report_every(outer, ctx, "threads", |line| {
+            ctx.traffic.fill(line, ctx.stats.active());
+            line.gauge("threads", 2 * ctx.stats.active());
+            let registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+            let registered = registry.len() as u64;
+            let owed = shown.owed.load(Relaxed).max(0) as u64;
+            shown.counts.fill(line, registered, owed);
+        });
+        // Every client's threads end inside this scope, so that the final
+        // line counts them all.
+        thread::scope(|scope| {
+            for (stream, peer) in &mut clients {
+                let (registry, shown) = (&registry, &shown);
+                let started = thread::Builder::new()
+                    .name(format!("chat-{peer}"))
+                    .stack_size(ctx.config.stack_size)
+                    .spawn_scoped(scope, move || serve(stream, peer, registry, shown, ctx));
+                if let Err(e) = started {
+                    ctx.traffic.closed();
+                    ctx.stats.disconnected(peer, 0, Ending::Failed(e));
+                }
             }
+            // The scope waits for every client's threads; the shutdown
+            // has shut their sockets down, so they are finishing.
+        });
+        if let Some(report) = report {
+            report.finish();
         }
-        // The scope waits for every client's threads; the shutdown has
-        // shut their sockets down, so they are finishing.
-        clients.finish()
-    })
+    });
+    clients.finish()
+}
+
+/// What `--stats` shows of the chat, counted by every client's threads.
+#[derive(Default)]
+struct Shown {
+    counts: ChatCounts<AtomicU64>,
+    /// Bytes in every outbox, not yet taken by a writer: each change to an
+    /// outbox adds its difference, under that outbox's lock.
+    owed: AtomicI64,
 }
 
 /// A client as the others see it: where to post lines for it.
@@ -95,10 +122,15 @@ impl Peer {
     }
 
     /// Queues a whole line for this client; never blocks on its socket.
-    fn post(&self, line: &[u8]) {
+    /// Returns whether this line made it too slow.
+    fn post(&self, line: &[u8], shown: &Shown) -> bool {
         let mut mailbox = self.mailbox();
         let was_empty = mailbox.outbox.is_empty();
-        if mailbox.outbox.push(line) {
+        let before = mailbox.outbox.pending().len() as i64;
+        let cut_off = mailbox.outbox.push(line);
+        let after = mailbox.outbox.pending().len() as i64;
+        shown.owed.fetch_add(after - before, Relaxed);
+        if cut_off {
             // Too slow: its reader must stop, and leave the registry. We
             // do not touch the registry here: our caller holds it (see the
             // lock order above). The writer has the close grace for the
@@ -109,6 +141,7 @@ impl Peer {
         } else if was_empty {
             self.filled.notify_one();
         }
+        cut_off
     }
 }
 
@@ -117,6 +150,7 @@ fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     registry: &Mutex<Registry<Arc<Peer>>>,
+    shown: &Shown,
     ctx: &Context,
 ) {
     let me = match stream.try_clone() {
@@ -143,8 +177,8 @@ fn serve(
         let writer = thread::Builder::new()
             .name(format!("chat-{peer}-writer"))
             .stack_size(ctx.config.stack_size)
-            .spawn_scoped(scope, || write_out(&me))?;
-        let read = read_lines(&stream, &me, registry);
+            .spawn_scoped(scope, || write_out(&me, shown, ctx))?;
+        let read = read_lines(&stream, &me, registry, shown, ctx);
         // Whatever ended the reading: the writer sends what is left, but
         // waits at most CLOSE_GRACE for the client to take it.
         {
@@ -154,7 +188,12 @@ fn serve(
         }
         me.filled.notify_one();
         let (bytes, written) = writer.join().unwrap_or((0, Ok(())));
-        let too_slow = me.mailbox().outbox.is_too_slow();
+        let (too_slow, left) = {
+            let mailbox = me.mailbox();
+            (mailbox.outbox.is_too_slow(), mailbox.outbox.pending().len())
+        };
+        // What the writer never took is owed to nobody now.
+        shown.owed.fetch_sub(left as i64, Relaxed);
         let stopped = match read {
             _ if too_slow => After::TooSlow,
             Ok(after) => after,
@@ -183,6 +222,8 @@ fn read_lines(
     mut stream: &TcpStream,
     me: &Arc<Peer>,
     registry: &Mutex<Registry<Arc<Peer>>>,
+    shown: &Shown,
+    ctx: &Context,
 ) -> io::Result<After> {
     let mut session = Session::default();
     let mut buffer = [0; 4096];
@@ -193,9 +234,13 @@ fn read_lines(
             Err(e) if interrupted(&e) => continue,
             Err(e) => break Err(e),
         };
+        if ctx.config.stats.is_some() {
+            ctx.traffic.read(n);
+        }
         let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
         match session.receive(me, &buffer[..n], &mut registry, &mut |to, line| {
-            to.post(line)
+            let cut_off = to.post(line, shown);
+            shown.counts.posted(to != me, cut_off);
         }) {
             After::Continue => {}
             done => break Ok(done),
@@ -213,7 +258,7 @@ const WRITE_TICK: Duration = Duration::from_secs(1);
 /// The writer: waits for lines, writes them out, until the reader is done
 /// and nothing is left, or the deadline passes. Returns the bytes written,
 /// and the error that stopped it, if one did.
-fn write_out(me: &Peer) -> (u64, io::Result<()>) {
+fn write_out(me: &Peer, shown: &Shown, ctx: &Context) -> (u64, io::Result<()>) {
     let mut written = 0;
     if let Err(e) = me.stream.set_write_timeout(Some(WRITE_TICK)) {
         return (0, Err(e));
@@ -230,7 +275,9 @@ fn write_out(me: &Peer) -> (u64, io::Result<()>) {
             if mailbox.outbox.is_empty() {
                 return (written, Ok(()));
             }
-            (mailbox.outbox.take(), mailbox.outbox.is_too_slow())
+            let bytes = mailbox.outbox.take();
+            shown.owed.fetch_sub(bytes.len() as i64, Relaxed);
+            (bytes, mailbox.outbox.is_too_slow())
         };
         let mut rest = &bytes[..];
         while !rest.is_empty() {
@@ -238,6 +285,9 @@ fn write_out(me: &Peer) -> (u64, io::Result<()>) {
                 Ok(n) => {
                     rest = &rest[n..];
                     written += n as u64;
+                    if ctx.config.stats.is_some() {
+                        ctx.traffic.wrote(n);
+                    }
                 }
                 // The tick passed with nothing taken.
                 Err(e) if would_block(&e) || e.kind() == io::ErrorKind::TimedOut => {

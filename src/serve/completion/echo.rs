@@ -15,9 +15,9 @@ use super::ring::{Buf, Completion, Kind, Outgoing, Ring, Token};
 use super::{available, unavailable};
 use crate::serve::Context;
 use crate::serve::deadlines::sweep_interval;
-use crate::serve::live::{Reporter, Traffic};
+use crate::serve::live::Traffic;
+use crate::serve::meter::Meter;
 use crate::serve::offload::{Finished, Job, Offload};
-use crate::serve::stall::StallWatch;
 use crate::serve::work::{Work, WorkKind};
 use crate::stats::Ending;
 
@@ -50,8 +50,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
             .map(|t| Instant::now() + sweep_interval(t)),
         plan,
         jobs_done: 0,
-        stall: ctx.stall_watch("completion"),
-        reporter: ctx.reporter("completion"),
+        meter: Meter::new(ctx, "completion"),
         traffic: Traffic::default(),
         ctx,
     };
@@ -192,8 +191,8 @@ struct Proactor<'a> {
     plan: Option<WorkPlan>,
     /// Jobs the pool finished since the last `--stats` line.
     jobs_done: u64,
-    stall: StallWatch<'a>,
-    reporter: Option<Reporter>,
+    /// Stalls past `--slow-handler`; turns and lines for `--stats`.
+    meter: Meter<'a>,
     traffic: Traffic,
     ctx: &'a Context,
 }
@@ -201,7 +200,7 @@ struct Proactor<'a> {
 impl Proactor<'_> {
     fn serve(&mut self) -> io::Result<()> {
         while !self.ctx.shutdown.is_triggered() {
-            self.stall.waiting();
+            self.meter.waiting();
             self.ring.submit_and_wait(self.timeout())?;
             let now = Instant::now();
             let mut completions = 0;
@@ -209,10 +208,10 @@ impl Proactor<'_> {
                 completions += 1;
                 self.complete(completion, now)?;
             }
-            self.stall.woke(now, completions);
+            self.meter.woke(now, completions);
             self.rearm_starved()?;
             self.run_timers(now)?;
-            if self.reporter.as_ref().is_some_and(|r| r.due(now)) {
+            if self.meter.due(now) {
                 self.report(now, false);
             }
         }
@@ -220,7 +219,6 @@ impl Proactor<'_> {
     }
 
     fn timeout(&self) -> Option<Duration> {
-        let report = self.reporter.as_ref().map(Reporter::deadline);
         let work_timer = self
             .plan
             .as_ref()
@@ -229,13 +227,12 @@ impl Proactor<'_> {
             self.acceptor.paused_until(),
             self.next_idle_sweep,
             work_timer,
-            report,
+            self.meter.deadline(),
         ])
     }
 
     fn report(&mut self, now: Instant, last: bool) {
         let open = self.conns.len() as u64;
-        let (traffic, turns) = (&self.traffic, &mut self.stall.turns);
         let (in_flight, free) = (
             self.ring.in_flight() as u64,
             self.ring.free_buffers() as u64,
@@ -244,15 +241,12 @@ impl Proactor<'_> {
             + u64::from(self.acceptor.paused_until().is_some())
             + u64::from(self.next_idle_sweep.is_some());
         let jobs_done = std::mem::take(&mut self.jobs_done);
-        if let Some(reporter) = &mut self.reporter {
-            reporter.report(now, last, |line| {
-                traffic.fill_loop(line, open, turns.as_mut());
-                line.gauge("timers", timers)
-                    .count("cross_wakeups", jobs_done)
-                    .gauge("in_flight", in_flight)
-                    .gauge("free_buffers", free);
-            });
-        }
+        self.meter.report(now, last, &self.traffic, open, |line| {
+            line.gauge("timers", timers)
+                .count("cross_wakeups", jobs_done)
+                .gauge("in_flight", in_flight)
+                .gauge("free_buffers", free);
+        });
     }
 
     /// What one completion means.

@@ -25,9 +25,14 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let buffers = BufferPool::new();
     let traffic = Traffic::default();
     let fatal = Cell::new(None);
-    serve(&listener, ctx, &traffic, &fatal, |stream, peer| {
-        Box::new(Echo::new(stream, peer, ctx, &buffers, &traffic))
-    })
+    serve(
+        &listener,
+        ctx,
+        &traffic,
+        |_| {},
+        &fatal,
+        |stream, peer| Box::new(Echo::new(stream, peer, ctx, &buffers, &traffic)),
+    )
 }
 
 /// Where a client task is suspended: the points of the generator above.

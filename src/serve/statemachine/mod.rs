@@ -77,9 +77,9 @@ use slab::Slab;
 
 use super::Context;
 use super::accept::{Accepted, accept};
-use super::live::{ReadyQueue, Reporter, Traffic};
+use super::live::{Line, ReadyQueue, Traffic};
+use super::meter::Meter;
 use super::offload::{Finished, Job, Offload};
-use super::stall::StallWatch;
 use super::work::Work;
 use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::poller::{Events, Interest, Poller};
@@ -189,8 +189,10 @@ pub trait Coroutine<'a> {
 
 /// Runs the loop with the stopper and an acceptor that makes a task of
 /// each client with `client`, until shutdown. The chat's loop is this one
-/// with another kind of client task. `fatal` is where the acceptor leaves
-/// the error of a broken listener (it lives as long as the tasks).
+/// with another kind of client task. The tasks count into `traffic`, and
+/// `more` adds the protocol's own fields to each `--stats` line. `fatal` is
+/// where the acceptor leaves the error of a broken listener (it lives as
+/// long as the tasks).
 ///
 /// # Errors
 /// If the poller fails or the listener breaks.
@@ -198,10 +200,11 @@ pub fn serve<'a>(
     listener: &'a TcpListener,
     ctx: &'a Context,
     traffic: &'a Traffic,
+    more: impl Fn(&mut Line) + 'a,
     fatal: &'a Cell<Option<io::Error>>,
     client: impl FnMut(TcpStream, SocketAddr) -> Box<dyn Coroutine<'a> + 'a> + 'a,
 ) -> io::Result<()> {
-    let mut event_loop = EventLoop::new(ctx, traffic)?;
+    let mut event_loop = EventLoop::new(ctx, traffic, Box::new(more))?;
     event_loop.create_task(Box::new(Stopper {
         bell: ctx.shutdown.bell()?,
         shutdown: &ctx.shutdown,
@@ -253,14 +256,13 @@ pub struct EventLoop<'a> {
     /// The ticket of the next job: a task's key is reused after it ends,
     /// a ticket never is.
     next_ticket: u64,
-    /// Warns when one turn of the loop runs past `--slow-handler`, and
-    /// counts turns for `--stats`.
-    stall: StallWatch<'a>,
-    /// `--stats`: when the next line is due; what the tasks and the run
-    /// queue did meanwhile.
-    reporter: Option<Reporter>,
+    /// Stalls past `--slow-handler`; turns and lines for `--stats`.
+    meter: Meter<'a>,
+    /// What the run queue did since the last line.
     queue: ReadyQueue,
     traffic: &'a Traffic,
+    /// The protocol's own `--stats` fields.
+    more: Box<dyn Fn(&mut Line) + 'a>,
     /// Offloaded jobs come back since the last line, each a wake-up from
     /// a pool thread.
     cross_wakeups: u64,
@@ -268,7 +270,11 @@ pub struct EventLoop<'a> {
 }
 
 impl<'a> EventLoop<'a> {
-    fn new(ctx: &'a Context, traffic: &'a Traffic) -> io::Result<Self> {
+    fn new(
+        ctx: &'a Context,
+        traffic: &'a Traffic,
+        more: Box<dyn Fn(&mut Line) + 'a>,
+    ) -> io::Result<Self> {
         let poller = Arc::new(Poller::new(ctx.config.poller)?);
         let pool = match (ctx.config.work, ctx.config.offload) {
             (Some(work), threads) if work.blocks() && threads > 0 => Some((
@@ -286,10 +292,10 @@ impl<'a> EventLoop<'a> {
             woken: Vec::new(),
             pool,
             next_ticket: 0,
-            stall: ctx.stall_watch("statemachine"),
-            reporter: ctx.reporter("statemachine"),
+            meter: Meter::new(ctx, "statemachine"),
             queue: ReadyQueue::default(),
             traffic,
+            more,
             cross_wakeups: 0,
             ctx,
         })
@@ -305,18 +311,17 @@ impl<'a> EventLoop<'a> {
     fn report(&mut self, now: Instant, last: bool) {
         let tasks = self.tasks.len() as u64;
         let timers = self.timers.len() as u64;
-        let (traffic, turns, queue) = (self.traffic, &mut self.stall.turns, &mut self.queue);
+        let (queue, more) = (&mut self.queue, &self.more);
         let cross_wakeups = std::mem::take(&mut self.cross_wakeups);
-        if let Some(reporter) = &mut self.reporter {
-            reporter.report(now, last, |line| {
-                // The stopper and the acceptor are tasks too.
-                traffic.fill_loop(line, tasks.saturating_sub(2), turns.as_mut());
-                line.gauge("tasks", tasks)
-                    .gauge("timers", timers)
-                    .count("cross_wakeups", cross_wakeups);
-                queue.fill(line);
-            });
-        }
+        // The stopper and the acceptor are tasks too.
+        let open = tasks.saturating_sub(2);
+        self.meter.report(now, last, self.traffic, open, |line| {
+            line.gauge("tasks", tasks)
+                .gauge("timers", timers)
+                .count("cross_wakeups", cross_wakeups);
+            queue.fill(line);
+            more(line);
+        });
     }
 
     /// The notes' `create_task`: queue a new task to run to its first yield.
@@ -343,10 +348,10 @@ impl<'a> EventLoop<'a> {
             if self.ctx.shutdown.is_triggered() {
                 return Ok(());
             }
-            self.stall.waiting();
+            self.meter.waiting();
             let ready = self.poller.wait(&mut events, self.timeout())?;
             let now = Instant::now();
-            self.stall.woke(now, ready);
+            self.meter.woke(now, ready);
             for event in events.iter() {
                 let Some(slot) = self.tasks.get_mut(event.key) else {
                     continue;
@@ -378,7 +383,7 @@ impl<'a> EventLoop<'a> {
             }
             self.finish_jobs();
             self.expire_timers(now);
-            if self.reporter.as_ref().is_some_and(|r| r.due(now)) {
+            if self.meter.due(now) {
                 self.report(now, false);
             }
         }
@@ -510,8 +515,7 @@ impl<'a> EventLoop<'a> {
             return Some(Duration::ZERO);
         }
         let timer = self.timers.first().map(|&(at, _)| at);
-        let report = self.reporter.as_ref().map(Reporter::deadline);
-        super::deadlines::until_earliest([timer, report])
+        super::deadlines::until_earliest([timer, self.meter.deadline()])
     }
 
     /// Queues every task whose deadline has passed, to resume as timed out.

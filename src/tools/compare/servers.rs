@@ -96,11 +96,10 @@ impl Launch {
                 let chat = config.protocol == crate::serve::Protocol::Chat;
                 if chat {
                     c.args(["--protocol", "chat"]);
-                } else {
-                    // One line at shutdown, for the whole run.
-                    c.args(["--stats", "100000s", "--stats-json"]).arg(counters);
-                    counters_file = Some(counters.to_owned());
                 }
+                // One line at shutdown, for the whole run.
+                c.args(["--stats", "100000s", "--stats-json"]).arg(counters);
+                counters_file = Some(counters.to_owned());
                 let one_thread = mode.blocking() == crate::net::Blocking::No;
                 if one_thread {
                     if !chat {
