@@ -11,9 +11,11 @@
 //! its accept again later. That difference is the lesson of each model, so
 //! it stays in each model's file; the sorting lives here.
 
+use std::cell::Cell;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
+use super::live::{Counter, Traffic};
 use crate::net::{AcceptFailure, Blocking, prepare_stream, would_block};
 use crate::stats::{Ending, Stats};
 
@@ -76,6 +78,66 @@ pub fn sort(
             AcceptFailure::Exhausted => Some(Accepted::BackOff),
             AcceptFailure::Fatal => Some(Accepted::Fatal(e)),
         },
+    }
+}
+
+/// One admitted client's account, from the model taking it on to its end:
+/// made, it counts the client into the model's `--stats` traffic; dropped,
+/// it counts it out and logs it in `stats` with the bytes it was sent and
+/// how it ended. Every model keeps one in each client's state (a
+/// connection in a loop's table, a task, a thread's stack), so an end can
+/// be neither forgotten nor told twice, whichever way the client goes:
+/// the way `mini-redis` moves a semaphore permit into each connection's
+/// task.
+///
+/// Kept last in the client's state, it is dropped after the socket: the
+/// log says "disconnected" once the socket is closed.
+pub struct Visit<'a, C: Counter = Cell<u64>> {
+    peer: SocketAddr,
+    /// Bytes sent back to it, for the log.
+    pub bytes: u64,
+    /// How it ended, once known; dropped without, it ended at shutdown.
+    ending: Option<Ending>,
+    /// Counts it in when made and out when dropped.
+    traffic: &'a Traffic<C>,
+    stats: &'a Stats,
+}
+
+impl<'a, C: Counter> Visit<'a, C> {
+    /// Takes on `peer`, admitted by [`accept`]: counted into `traffic`.
+    pub fn new(peer: SocketAddr, traffic: &'a Traffic<C>, stats: &'a Stats) -> Self {
+        traffic.accepted();
+        Visit {
+            peer,
+            bytes: 0,
+            ending: None,
+            traffic,
+            stats,
+        }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Says how the client ended, for the log when this is dropped (a
+    /// later word replaces an earlier one).
+    pub fn ends(&mut self, ending: Ending) {
+        self.ending = Some(ending);
+    }
+
+    /// Ends the account now: `ending`, counted out and logged.
+    pub fn end(mut self, ending: Ending) {
+        self.ends(ending);
+    }
+}
+
+impl<C: Counter> Drop for Visit<'_, C> {
+    fn drop(&mut self) {
+        let ending = self.ending.take().unwrap_or(Ending::Shutdown);
+        self.traffic.closed();
+        self.stats.disconnected(self.peer, self.bytes, ending);
     }
 }
 

@@ -7,12 +7,13 @@
 //! with 0, `write()` with EPIPE).
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown as Direction, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use socket2::SockRef;
 
-use super::accept::{Accepted, accept};
+use super::accept::{Accepted, Visit, accept};
 use super::live::{Line, Reporter};
 use super::{Context, READ_BUFFER_SIZE};
 use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted};
@@ -63,15 +64,18 @@ impl<'a> Clients<'a> {
     }
 }
 
-impl Iterator for Clients<'_> {
-    type Item = (TcpStream, SocketAddr);
+/// A client of a blocking model: its socket, and its account, counted in.
+pub type Client<'a> = (TcpStream, Visit<'a, AtomicU64>);
+
+impl<'a> Iterator for Clients<'a> {
+    type Item = Client<'a>;
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.ctx.shutdown.is_triggered() {
             match accept(&self.listener, &self.ctx.stats, Blocking::Yes) {
                 Accepted::Client(stream, peer) => {
-                    self.ctx.traffic.accepted();
-                    return Some((stream, peer));
+                    let visit = Visit::new(peer, &self.ctx.traffic, &self.ctx.stats);
+                    return Some((stream, visit));
                 }
                 // The listener was shut down to wake us: not a failure.
                 Accepted::Fatal(_) if self.ctx.shutdown.is_triggered() => break,
@@ -93,23 +97,45 @@ impl Iterator for Clients<'_> {
     }
 }
 
+/// Serves `client` with `serve` on a thread of its own in `scope`, named
+/// `name`, with the `--stack-size` stack. With no thread to be had (out of
+/// memory, or of the kernel's task limit) the client is closed, and the
+/// caller goes on to the next.
+pub fn spawn_client<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    ctx: &Context,
+    name: String,
+    mut client: Client<'env>,
+    serve: impl FnOnce(Client<'env>) + Send + 'scope,
+) {
+    // Said in advance: a thread that cannot start drops the closure, and
+    // the client's account with it, so this is how that client ended. A
+    // thread that starts says how its client really ended.
+    client
+        .1
+        .ends(Ending::Dropped("no thread could be started for it"));
+    let _ = std::thread::Builder::new()
+        .name(name)
+        .stack_size(ctx.config.stack_size)
+        .spawn_scoped(scope, move || serve(client));
+}
+
 /// Echoes everything `stream` sends until it closes, then logs how it ended:
 /// the notes' `handle_client`.
-pub fn handle_client(stream: TcpStream, peer: SocketAddr, ctx: &Context) {
+pub fn handle_client((stream, mut visit): Client<'_>, ctx: &Context) {
     let stream = Arc::new(stream);
     let waker = stream.clone();
     let wake = ctx.shutdown.on_trigger(move || {
         let _ = waker.shutdown(Direction::Both);
     });
-    let mut bytes = 0;
-    let ending = match echo(&stream, ctx, &mut bytes) {
+    let ending = match echo(&stream, ctx, &mut visit.bytes) {
         _ if ctx.shutdown.is_triggered() => Ending::Shutdown,
         Ok(()) => Ending::Closed,
         Err(e) => Ending::from_error(e),
     };
     drop(wake);
-    ctx.traffic.closed();
-    ctx.stats.disconnected(peer, bytes, ending);
+    drop(stream);
+    visit.end(ending);
 }
 
 /// The echo loop. `write_all` keeps writing until every byte is taken: a

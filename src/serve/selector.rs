@@ -55,6 +55,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use super::accept::Visit;
 use super::deadlines::sweep_interval;
 use super::live::Traffic;
 use super::meter::Meter;
@@ -86,8 +87,6 @@ enum Handler<'a> {
 struct Connection<'a> {
     /// Registered in the poller for as long as the connection lives.
     stream: Registered<'a, TcpStream>,
-    /// Who it is, for the log.
-    peer: SocketAddr,
     /// Echoed bytes the socket has not taken yet, oldest first.
     unsent: Vec<u8>,
     /// The client shut down its write side (read returned 0).
@@ -95,8 +94,6 @@ struct Connection<'a> {
     /// What the poller watches for it now: read while it may read and
     /// `unsent` is under the cap, write while `unsent` is not empty.
     interest: Interest,
-    /// Bytes echoed to it so far, for the log.
-    bytes: u64,
     /// When it last sent or took bytes, for the idle sweep.
     last_active: Instant,
     /// Unique over the loop's life: a slab key is reused once its client is
@@ -111,6 +108,9 @@ struct Connection<'a> {
     received: u64,
     /// The chunk waiting out `wait` work (empty otherwise; kept to reuse).
     held: Vec<u8>,
+    /// Who it is and the bytes echoed to it: counted out and logged when
+    /// the connection is dropped, after its socket.
+    visit: Visit<'a>,
 }
 
 /// What `--work` needs from the loop: the work, the pool it goes to with
@@ -190,6 +190,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         }
         None => None,
     };
+    let traffic = Traffic::default();
     let mut selector = Selector {
         poller: &poller,
         listener: Listener::register(&poller, &listener, listener_key)?,
@@ -202,7 +203,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         plan,
         next_id: 0,
         meter: Meter::new(ctx, "selector"),
-        traffic: Traffic::default(),
+        traffic: &traffic,
         jobs_done: 0,
         ctx,
     };
@@ -235,7 +236,9 @@ struct Selector<'a> {
     next_id: u64,
     /// Stalls past `--slow-handler`; turns and lines for `--stats`.
     meter: Meter<'a>,
-    traffic: Traffic,
+    /// What the clients did, for `--stats`; each client's [`Visit`]
+    /// counts it in and out.
+    traffic: &'a Traffic,
     /// Offloaded jobs come back since the last line: each rang the poller
     /// from a pool thread (a cross-thread wake-up).
     jobs_done: u64,
@@ -262,7 +265,7 @@ impl Selector<'_> {
                         let plan = self.plan.as_mut();
                         let before = conn.counts();
                         let ending = conn.on_ready(event, now, self.poller, &mut self.buffer, plan);
-                        count(&self.traffic, before, conn.counts());
+                        count(self.traffic, before, conn.counts());
                         if let Some(ending) = ending {
                             self.close(event.key, ending);
                         }
@@ -287,7 +290,7 @@ impl Selector<'_> {
             + usize::from(self.listener.paused_until().is_some())
             + usize::from(self.next_idle_sweep.is_some());
         let jobs_done = std::mem::take(&mut self.jobs_done);
-        self.meter.report(now, last, &self.traffic, open, |line| {
+        self.meter.report(now, last, self.traffic, open, |line| {
             line.gauge("timers", timers as u64)
                 .count("cross_wakeups", jobs_done);
         });
@@ -341,7 +344,7 @@ impl Selector<'_> {
             Ok(()) => conn.settle(key, self.poller),
             Err(e) => Some(Ending::Failed(e)),
         };
-        count(&self.traffic, before, conn.counts());
+        count(self.traffic, before, conn.counts());
         if let Some(ending) = ending {
             self.close(key, ending);
         }
@@ -360,30 +363,26 @@ impl Selector<'_> {
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
         let entry = self.handlers.vacant_entry();
         let key = entry.key();
+        let visit = Visit::new(peer, self.traffic, &self.ctx.stats);
         // Watched until the connection is dropped (in `close`).
         let stream = match self.poller.register(stream, key, Interest::READ) {
             Ok(stream) => stream,
-            Err(e) => {
-                self.ctx.stats.disconnected(peer, 0, Ending::Failed(e));
-                return;
-            }
+            Err(e) => return visit.end(Ending::Failed(e)),
         };
         entry.insert(Handler::Echo(Connection {
             stream,
-            peer,
             unsent: Vec::new(),
             read_closed: false,
             interest: Interest::READ,
-            bytes: 0,
             last_active: Instant::now(),
             id: self.next_id,
             working: false,
             reads: 0,
             received: 0,
             held: Vec::new(),
+            visit,
         }));
         self.next_id += 1;
-        self.traffic.accepted();
     }
 
     /// Resumes accepting after a back-off, echoes the chunks whose `wait`
@@ -432,12 +431,11 @@ impl Selector<'_> {
     /// Deletes a client from the poller (before its socket closes), from the
     /// table, and logs how it ended.
     fn close(&mut self, key: usize, ending: Ending) {
-        if let Some(Handler::Echo(conn)) = self.handlers.try_remove(key) {
-            self.traffic.closed();
-            let (peer, bytes) = (conn.peer, conn.bytes);
-            // Dropping it deletes it from the poller, then closes it.
+        if let Some(Handler::Echo(mut conn)) = self.handlers.try_remove(key) {
+            conn.visit.ends(ending);
+            // Dropping it deletes it from the poller, closes it, then
+            // counts it out and logs it.
             drop(conn);
-            self.ctx.stats.disconnected(peer, bytes, ending);
         }
     }
 
@@ -459,7 +457,7 @@ fn count(traffic: &Traffic, before: (u64, u64, u64), after: (u64, u64, u64)) {
 impl Connection<'_> {
     /// Reads, bytes read and bytes written so far.
     fn counts(&self) -> (u64, u64, u64) {
-        (self.reads, self.received, self.bytes)
+        (self.reads, self.received, self.visit.bytes)
     }
 
     /// The echo handler (the notes' `recv_and_send`): called with whatever
@@ -560,7 +558,7 @@ impl Connection<'_> {
     fn echo(&mut self, data: &[u8], now: Instant) -> io::Result<()> {
         if self.unsent.is_empty() {
             let written = write_some(&mut self.stream, data)?;
-            self.bytes += written as u64;
+            self.visit.bytes += written as u64;
             self.unsent.extend_from_slice(&data[written..]);
         } else {
             self.unsent.extend_from_slice(data);
@@ -576,7 +574,7 @@ impl Connection<'_> {
         }
         let written = write_some(&mut self.stream, &self.unsent)?;
         self.unsent.drain(..written);
-        self.bytes += written as u64;
+        self.visit.bytes += written as u64;
         if written > 0 {
             self.last_active = now;
         }

@@ -37,8 +37,8 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
                 line.gauge("accept_queue", u64::from(waiting));
             }
         });
-        for (stream, peer) in &mut clients {
-            handle_client(stream, peer, ctx);
+        for client in &mut clients {
+            handle_client(client, ctx);
         }
         if let Some(report) = report {
             report.finish();

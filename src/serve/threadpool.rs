@@ -21,7 +21,7 @@
 //! Tutorial: `docs/tutorial/2-a-pool-of-threads.md`.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread;
 use std::time::Instant;
@@ -29,8 +29,7 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 
 use super::Context;
-use super::blocking::{Clients, handle_client, report_every};
-use crate::stats::Ending;
+use super::blocking::{Client, Clients, handle_client, report_every};
 
 /// Serves up to `--workers` clients at once until shutdown.
 ///
@@ -66,9 +65,9 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
                 );
         });
         let mut clients = Clients::new(listener, ctx);
-        for (stream, peer) in &mut clients {
+        for client in &mut clients {
             // Blocks while the queue is full: this is the back-pressure.
-            if queue.send((stream, peer, Instant::now())).is_err() {
+            if queue.send((client, Instant::now())).is_err() {
                 break;
             }
         }
@@ -97,18 +96,17 @@ struct Pool {
 }
 
 /// One worker: take a client from the queue, serve it to the end, repeat.
-fn worker(jobs: Receiver<(TcpStream, SocketAddr, Instant)>, ctx: &Context, pool: &Pool) {
-    for (stream, peer, queued) in jobs {
+fn worker(jobs: Receiver<(Client<'_>, Instant)>, ctx: &Context, pool: &Pool) {
+    for (client, queued) in jobs {
         if ctx.shutdown.is_triggered() {
-            // Still queued at shutdown: close without serving.
-            ctx.traffic.closed();
-            ctx.stats.disconnected(peer, 0, Ending::Shutdown);
+            // Still queued at shutdown: dropped, it is closed and logged
+            // as ended by the shutdown, without being served.
             continue;
         }
         let waited = u64::try_from(queued.elapsed().as_micros()).unwrap_or(u64::MAX);
         pool.longest_wait_us.fetch_max(waited, Relaxed);
         pool.busy.fetch_add(1, Relaxed);
-        handle_client(stream, peer, ctx);
+        handle_client(client, ctx);
         pool.busy.fetch_sub(1, Relaxed);
     }
 }

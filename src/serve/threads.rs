@@ -22,8 +22,7 @@ use std::net::TcpListener;
 use std::thread;
 
 use super::Context;
-use super::blocking::{Clients, handle_client, report_every};
-use crate::stats::Ending;
+use super::blocking::{Clients, handle_client, report_every, spawn_client};
 
 /// The stack each client thread gets by default. The echo needs its 16 KiB
 /// read buffer and a few frames; Rust's default of 2 MiB per thread would
@@ -47,18 +46,10 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         // Every client thread ends inside this scope, so that the final
         // line counts them all.
         thread::scope(|scope| {
-            for (stream, peer) in &mut clients {
-                let spawned = thread::Builder::new()
-                    .name("client".into())
-                    .stack_size(ctx.config.stack_size)
-                    .spawn_scoped(scope, move || handle_client(stream, peer, ctx));
-                if let Err(e) = spawned {
-                    // No thread for it (out of memory or of the kernel's
-                    // task limit): the client is closed and the next one
-                    // accepted, as a failed connection.
-                    ctx.traffic.closed();
-                    ctx.stats.disconnected(peer, 0, Ending::Failed(e));
-                }
+            for client in &mut clients {
+                spawn_client(scope, ctx, "client".into(), client, |client| {
+                    handle_client(client, ctx)
+                });
             }
         });
         if let Some(report) = report {

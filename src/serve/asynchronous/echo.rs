@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -12,11 +12,12 @@ use super::accept_clients;
 use super::executor::Executor;
 use super::reactor::{Async, Reactor, TimedOut, sleep, timeout};
 use crate::serve::Context;
+use crate::serve::accept::Visit;
 use crate::serve::live::Traffic;
 use crate::serve::meter::Meter;
 use crate::serve::offload::Offload;
 use crate::serve::work::WorkKind;
-use crate::stats::{Ending, Stats};
+use crate::stats::Ending;
 
 /// Serves every client from this thread until shutdown.
 ///
@@ -48,7 +49,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         &reactor,
         &traffic,
         executor.spawner(),
-        |stream, peer| handle_client(stream, peer, clients),
+        |stream, visit| handle_client(stream, visit, clients),
     );
     let served = executor.block_on(accepting);
     // Cancel every client task still running (closing its socket), then
@@ -70,7 +71,7 @@ struct Clients<'a> {
 }
 
 /// The notes' `handle_client`: echo until the client leaves.
-async fn handle_client(stream: Async<TcpStream>, peer: SocketAddr, clients: Clients<'_>) {
+async fn handle_client(stream: Async<TcpStream>, mut visit: Visit<'_>, clients: Clients<'_>) {
     let Clients {
         ctx,
         reactor,
@@ -78,13 +79,8 @@ async fn handle_client(stream: Async<TcpStream>, peer: SocketAddr, clients: Clie
         traffic,
     } = clients;
     let idle = ctx.config.idle_timeout;
-    let mut log = ConnectionLog {
-        stats: &ctx.stats,
-        traffic,
-        peer,
-        bytes: 0,
-        ending: None,
-    };
+    // Dropped with the task, however it ends: returning, or cancelled by
+    // the executor at shutdown, when it logs the shutdown as the end.
     let ending = loop {
         let data = match limit(idle, reactor, stream.recv()).await {
             Ok(Ok(data)) if data.is_empty() => break Ending::Closed,
@@ -107,14 +103,15 @@ async fn handle_client(stream: Async<TcpStream>, peer: SocketAddr, clients: Clie
         }
         match limit(idle, reactor, stream.write_all(&data)).await {
             Ok(Ok(())) => {
-                log.bytes += data.len() as u64;
+                visit.bytes += data.len() as u64;
                 traffic.wrote(data.len());
             }
             Ok(Err(e)) => break Ending::Failed(e),
             Err(TimedOut) => break Ending::IdleTimeout,
         }
     };
-    log.ending = Some(ending);
+    drop(stream);
+    visit.end(ending);
 }
 
 /// Awaits `future`, for at most `idle` if an idle timeout is set.
@@ -126,23 +123,5 @@ async fn limit<F: Future>(
     match idle {
         Some(duration) => timeout(reactor, duration, future).await,
         None => Ok(future.await),
-    }
-}
-
-/// Logs the end of a connection when its task ends, however it ends:
-/// returning, or dropped by the executor at shutdown (cancelled).
-struct ConnectionLog<'a> {
-    stats: &'a Stats,
-    traffic: &'a Traffic,
-    peer: SocketAddr,
-    bytes: u64,
-    ending: Option<Ending>,
-}
-
-impl Drop for ConnectionLog<'_> {
-    fn drop(&mut self) {
-        self.traffic.closed();
-        let ending = self.ending.take().unwrap_or(Ending::Shutdown);
-        self.stats.disconnected(self.peer, self.bytes, ending);
     }
 }

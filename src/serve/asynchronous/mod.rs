@@ -47,7 +47,7 @@ pub use echo::run;
 
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::pin::pin;
 use std::rc::Rc;
 
@@ -55,7 +55,7 @@ use executor::{Either, Spawner, select};
 use reactor::{Async, Reactor, sleep};
 
 use super::Context;
-use super::accept::{Accepted, sort};
+use super::accept::{Accepted, Visit, sort};
 use super::live::Traffic;
 use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::stats::Ending;
@@ -68,11 +68,11 @@ use crate::stats::Ending;
 /// If the listener breaks.
 pub async fn accept_clients<'a, F: Future<Output = ()> + 'a>(
     listener: Async<TcpListener>,
-    ctx: &Context,
+    ctx: &'a Context,
     reactor: &Rc<Reactor>,
-    traffic: &Traffic,
+    traffic: &'a Traffic,
     spawner: Spawner<'a>,
-    client: impl Fn(Async<TcpStream>, SocketAddr) -> F,
+    client: impl Fn(Async<TcpStream>, Visit<'a>) -> F,
 ) -> io::Result<()> {
     // A signal rings the bell; whoever hears it stops the server.
     let bell = Async::new(ctx.shutdown.bell()?, reactor)?;
@@ -86,13 +86,13 @@ pub async fn accept_clients<'a, F: Future<Output = ()> + 'a>(
             }
         };
         match sort(accepted, &ctx.stats, Blocking::No) {
-            Some(Accepted::Client(stream, peer)) => match Async::new(stream, reactor) {
-                Ok(stream) => {
-                    traffic.accepted();
-                    spawner.spawn(client(stream, peer));
+            Some(Accepted::Client(stream, peer)) => {
+                let visit = Visit::new(peer, traffic, &ctx.stats);
+                match Async::new(stream, reactor) {
+                    Ok(stream) => spawner.spawn(client(stream, visit)),
+                    Err(e) => visit.end(Ending::Failed(e)),
                 }
-                Err(e) => ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
-            },
+            }
             // `Async::accept` waits out an empty backlog itself; a client
             // that vanished or was turned away leaves nothing to do.
             Some(Accepted::Empty) | None => {}

@@ -15,22 +15,23 @@
 //! loses nothing. The room sits in a `RefCell`, borrowed only between two
 //! `.await`s.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use super::CLOSE_GRACE;
 use super::room::{After, Room};
 use crate::serve::Context;
+use crate::serve::accept::Visit;
 use crate::serve::asynchronous::accept_clients;
 use crate::serve::asynchronous::executor::{Either, Executor, select};
 use crate::serve::asynchronous::reactor::{Async, Reactor, TimedOut, timeout};
 use crate::serve::live::Traffic;
 use crate::serve::meter::Meter;
-use crate::stats::{Ending, Stats};
+use crate::stats::Ending;
 
 /// The room of an async loop: a member's handle is the waker of its task
 /// while it waits for lines to write.
@@ -56,7 +57,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         &reactor,
         &traffic,
         executor.spawner(),
-        |stream, peer| chatter(stream, peer, &room, &reactor, &ctx.stats, &traffic),
+        |stream, visit| chatter(stream, visit, &room, &reactor, &traffic),
     );
     let served = executor.block_on(accepting);
     executor.cancel_all();
@@ -68,35 +69,33 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
 /// One client's task.
 async fn chatter(
     stream: Async<TcpStream>,
-    peer: SocketAddr,
+    visit: Visit<'_>,
     room: &AsyncRoom,
     reactor: &Rc<Reactor>,
-    stats: &Stats,
     traffic: &Traffic,
 ) {
     let mut member = Member {
         key: room.borrow_mut().join(None),
         room,
-        stats,
         traffic,
-        peer,
-        bytes: Cell::new(0),
-        ending: None,
+        visit: RefCell::new(visit),
     };
-    member.ending = Some(member.talk(&stream, reactor).await);
+    let ending = member.talk(&stream, reactor).await;
+    member.visit.get_mut().ends(ending);
+    // The socket closes before the member leaves and its end is logged.
+    drop(stream);
 }
 
 /// A client task's place in the room. Dropping it (the task ended, or
-/// was cancelled at shutdown) frees the name and logs the end.
+/// was cancelled at shutdown) frees the name, then its visit logs the end.
 struct Member<'a> {
     key: usize,
     room: &'a AsyncRoom,
-    stats: &'a Stats,
     /// The loop's `--stats` traffic.
     traffic: &'a Traffic,
-    peer: SocketAddr,
-    bytes: Cell<u64>,
-    ending: Option<Ending>,
+    /// Who it is, the bytes written to it, how it ended (speaking and
+    /// listening share the member, so the count is behind a `RefCell`).
+    visit: RefCell<Visit<'a>>,
 }
 
 impl Member<'_> {
@@ -176,7 +175,7 @@ impl Member<'_> {
                 Poll::Ready(Ok(n)) => {
                     outbox.consume(n);
                     self.traffic.wrote(n);
-                    self.bytes.set(self.bytes.get() + n as u64);
+                    self.visit.borrow_mut().bytes += n as u64;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -193,8 +192,5 @@ impl Member<'_> {
 impl Drop for Member<'_> {
     fn drop(&mut self) {
         self.room.borrow_mut().remove(self.key);
-        let ending = self.ending.take().unwrap_or(Ending::Shutdown);
-        self.traffic.closed();
-        self.stats.disconnected(self.peer, self.bytes.get(), ending);
     }
 }

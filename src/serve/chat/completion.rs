@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use super::CLOSE_GRACE;
 use super::room::{After, Room};
 use crate::serve::Context;
+use crate::serve::accept::Visit;
 use crate::serve::completion;
 use crate::serve::completion::kit::{
     Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token,
@@ -45,6 +46,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let mut ring = Ring::new(RING_ENTRIES)?;
     ring.poll_readable(bell.as_raw_fd(), token(Kind::Bell, 0, 0))?;
     let acceptor = Acceptor::start(&listener, &mut ring)?;
+    let traffic = Traffic::default();
     let mut chat = Chat {
         ring,
         acceptor,
@@ -54,7 +56,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         starved: VecDeque::new(),
         posted: Vec::new(),
         meter: Meter::new(ctx, "completion"),
-        traffic: Traffic::default(),
+        traffic: &traffic,
         ctx,
     };
     let served = chat.serve();
@@ -64,10 +66,9 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
 }
 
 /// One client, and what of it is with the kernel.
-struct Client {
+struct Client<'a> {
     /// Closed only once `receiving` and `sending` are both false.
     stream: TcpStream,
-    peer: SocketAddr,
     /// Its key in the room; `None` once it left the room (it is ending).
     member: Option<usize>,
     /// Its multishot receive is in flight.
@@ -83,15 +84,16 @@ struct Client {
     unheard: bool,
     /// Its socket was shut down, to end what is in flight.
     shut: bool,
-    /// Bytes written to it, for the log.
-    bytes: u64,
+    /// Who it is and the bytes written to it: counted out and logged
+    /// when the client is dropped, after its socket.
+    visit: Visit<'a>,
 }
 
 /// The loop and everything it owns, the chat included.
 struct Chat<'a> {
     ring: Ring,
     acceptor: Acceptor<'a>,
-    clients: Slots<Client>,
+    clients: Slots<Client<'a>>,
     /// The registry, sessions and outboxes; a member's handle is its
     /// client's slot.
     room: Room<u32>,
@@ -105,7 +107,9 @@ struct Chat<'a> {
     posted: Vec<u32>,
     /// Stalls past `--slow-handler`; turns and lines for `--stats`.
     meter: Meter<'a>,
-    traffic: Traffic,
+    /// What the clients did, for `--stats`; each client's [`Visit`]
+    /// counts it in and out.
+    traffic: &'a Traffic,
     ctx: &'a Context,
 }
 
@@ -136,7 +140,7 @@ impl Chat<'_> {
         let open = self.clients.len() as u64;
         let room = &self.room;
         self.meter
-            .report(now, last, &self.traffic, open, |line| room.fill(line));
+            .report(now, last, self.traffic, open, |line| room.fill(line));
     }
 
     fn timeout(&self) -> Option<Duration> {
@@ -241,7 +245,7 @@ impl Chat<'_> {
             return Ok(());
         }
         let n = result as usize;
-        client.bytes += n as u64;
+        client.visit.bytes += n as u64;
         self.traffic.wrote(n);
         if n < bytes.len() && client.ending.is_none() {
             // A short send: the rest goes before anything newer.
@@ -328,7 +332,6 @@ impl Chat<'_> {
         let fd = stream.as_raw_fd();
         let (slot, generation) = self.clients.insert(Client {
             stream,
-            peer,
             member: None,
             receiving: true,
             sending: false,
@@ -336,28 +339,27 @@ impl Chat<'_> {
             ending: None,
             unheard: false,
             shut: false,
-            bytes: 0,
+            visit: Visit::new(peer, self.traffic, &self.ctx.stats),
         });
         let member = self.room.join(slot);
         let token = token(Kind::Recv, slot, generation);
         if let Some(client) = self.clients.live(token) {
             client.member = Some(member);
         }
-        self.traffic.accepted();
         self.ring.receive(fd, token)
     }
 
     /// Drops a client with nothing in flight: its socket closes, its slot
     /// is free.
     fn reap(&mut self, slot: u32) -> io::Result<()> {
-        let Some(client) = self.clients.remove(slot) else {
+        let Some(mut client) = self.clients.remove(slot) else {
             return Ok(());
         };
-        self.traffic.closed();
-        let ending = client.ending.unwrap_or(Ending::Closed);
-        self.ctx
-            .stats
-            .disconnected(client.peer, client.bytes, ending);
+        client
+            .visit
+            .ends(client.ending.take().unwrap_or(Ending::Closed));
+        // Its socket closes, then it is counted out and logged.
+        drop(client);
         Ok(())
     }
 
@@ -415,7 +417,7 @@ impl Chat<'_> {
 
 /// Client `token` stopped sending, for `after`: it gets the close grace.
 fn stop(
-    client: &mut Client,
+    client: &mut Client<'_>,
     after: After,
     closing: &mut VecDeque<(Instant, u32, u32)>,
     token: Token,

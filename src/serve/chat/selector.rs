@@ -24,6 +24,7 @@ use super::room::{After, Room};
 use crate::net::{interrupted, would_block, write_some};
 use crate::poller::{Events, Interest, Poller, Registered};
 use crate::serve::Context;
+use crate::serve::accept::Visit;
 use crate::serve::live::Traffic;
 use crate::serve::meter::Meter;
 use crate::serve::readiness::Listener;
@@ -41,16 +42,16 @@ enum Handler<'a> {
 struct Client<'a> {
     /// Registered in the poller for as long as the client lives.
     stream: Registered<'a, TcpStream>,
-    peer: SocketAddr,
     member: usize,
     /// `None` while it may send; otherwise why it stopped (quit or end of
     /// stream, or expelled), and it is only owed the rest of its outbox.
     stopped: Option<After>,
     interest: Interest,
-    /// Bytes written to it, for the log.
-    bytes: u64,
     /// Unique over the loop's life, unlike the slab key.
     id: u64,
+    /// Who it is and the bytes written to it: counted out and logged
+    /// when the client is dropped, after its socket.
+    visit: Visit<'a>,
 }
 
 /// Serves the chat from this thread until shutdown.
@@ -65,6 +66,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let bell_key = handlers.insert(Handler::Stop);
     // Watched until this function returns (the guard deletes it).
     let _bell = poller.register(&bell, bell_key, Interest::READ)?;
+    let traffic = Traffic::default();
     let mut chat = Chat {
         poller: &poller,
         listener: Listener::register(&poller, &listener, listener_key)?,
@@ -75,7 +77,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         posted: Vec::new(),
         next_id: 0,
         meter: Meter::new(ctx, "selector"),
-        traffic: Traffic::default(),
+        traffic: &traffic,
         ctx,
     };
     let served = chat.serve();
@@ -103,7 +105,9 @@ struct Chat<'a> {
     next_id: u64,
     /// Stalls past `--slow-handler`; turns and lines for `--stats`.
     meter: Meter<'a>,
-    traffic: Traffic,
+    /// What the clients did, for `--stats`; each client's [`Visit`]
+    /// counts it in and out.
+    traffic: &'a Traffic,
     ctx: &'a Context,
 }
 
@@ -145,7 +149,7 @@ impl Chat<'_> {
         let open = self.handlers.len().saturating_sub(2) as u64;
         let room = &self.room;
         self.meter
-            .report(now, last, &self.traffic, open, |line| room.fill(line));
+            .report(now, last, self.traffic, open, |line| room.fill(line));
     }
 
     /// One `read()` from a client, and every line it completes carried
@@ -188,7 +192,7 @@ impl Chat<'_> {
             Ok(written) => {
                 outbox.consume(written);
                 self.traffic.wrote(written);
-                client.bytes += written as u64;
+                client.visit.bytes += written as u64;
             }
             Err(e) => self.close(key, Ending::Failed(e)),
         }
@@ -244,20 +248,19 @@ impl Chat<'_> {
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
         let entry = self.handlers.vacant_entry();
         let key = entry.key();
+        let visit = Visit::new(peer, self.traffic, &self.ctx.stats);
         // Watched until the client is dropped (in `close`).
         let stream = match self.poller.register(stream, key, Interest::READ) {
             Ok(stream) => stream,
-            Err(e) => return self.ctx.stats.disconnected(peer, 0, Ending::Failed(e)),
+            Err(e) => return visit.end(Ending::Failed(e)),
         };
-        self.traffic.accepted();
         entry.insert(Handler::Client(Client {
             stream,
-            peer,
             member: self.room.join(key),
             stopped: None,
             interest: Interest::READ,
-            bytes: 0,
             id: self.next_id,
+            visit,
         }));
         self.next_id += 1;
     }
@@ -289,13 +292,12 @@ impl Chat<'_> {
     /// Deletes a client from the poller (before its socket closes), from
     /// the table and from the room (its name is free), and logs the end.
     fn close(&mut self, key: usize, ending: Ending) {
-        if let Some(Handler::Client(client)) = self.handlers.try_remove(key) {
-            let (peer, bytes) = (client.peer, client.bytes);
+        if let Some(Handler::Client(mut client)) = self.handlers.try_remove(key) {
             self.room.remove(client.member);
-            // Dropping it deletes it from the poller, then closes it.
+            client.visit.ends(ending);
+            // Dropping it deletes it from the poller, closes it, then
+            // counts it out and logs it.
             drop(client);
-            self.traffic.closed();
-            self.ctx.stats.disconnected(peer, bytes, ending);
         }
     }
 

@@ -17,7 +17,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
@@ -25,10 +25,11 @@ use super::CLOSE_GRACE;
 use super::room::{After, Room};
 use crate::net::{interrupted, would_block, write_some};
 use crate::serve::Context;
+use crate::serve::accept::Visit;
 use crate::serve::buffers::BufferPool;
 use crate::serve::live::{Line, Traffic};
 use crate::serve::statemachine::{self, Coroutine, Resume, Step, Wait};
-use crate::stats::{Ending, Stats};
+use crate::stats::Ending;
 
 /// Serves the chat from this thread until shutdown.
 ///
@@ -40,18 +41,15 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let traffic = Traffic::default();
     let fatal = Cell::new(None);
     let more = |line: &mut Line| room.borrow().fill(line);
-    statemachine::serve(&listener, ctx, &traffic, more, &fatal, |stream, peer| {
+    statemachine::serve(&listener, ctx, &traffic, more, &fatal, |stream, visit| {
         Box::new(Chatter {
             stream,
-            peer,
             room: &room,
             buffers: &buffers,
-            stats: &ctx.stats,
             traffic: &traffic,
             member: None,
             stopped: None,
-            bytes: 0,
-            ending: None,
+            visit,
         })
     })
 }
@@ -59,11 +57,9 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
 /// One client's coroutine.
 struct Chatter<'a> {
     stream: TcpStream,
-    peer: SocketAddr,
     room: &'a RefCell<Room<usize>>,
     /// A read borrows a buffer only until its lines are carried out.
     buffers: &'a BufferPool,
-    stats: &'a Stats,
     /// The loop's `--stats` traffic.
     traffic: &'a Traffic,
     /// Its key in the room, from its first resume on (the room's handle
@@ -72,8 +68,9 @@ struct Chatter<'a> {
     /// Why it stopped sending, once it did, and until when it may take
     /// what it is owed.
     stopped: Option<(After, Instant)>,
-    bytes: u64,
-    ending: Option<Ending>,
+    /// Who it is, the bytes written to it, and how it ended: logged when
+    /// the task is dropped (by the loop at shutdown, if it had not ended).
+    visit: Visit<'a>,
 }
 
 impl<'a> Coroutine<'a> for Chatter<'a> {
@@ -112,7 +109,7 @@ impl<'a> Coroutine<'a> for Chatter<'a> {
                 Ok(n) => {
                     outbox.consume(n);
                     self.traffic.wrote(n);
-                    self.bytes += n as u64;
+                    self.visit.bytes += n as u64;
                 }
                 Err(e) => return self.finish(Ending::Failed(e)),
             }
@@ -138,7 +135,7 @@ impl<'a> Coroutine<'a> for Chatter<'a> {
 
 impl Chatter<'_> {
     fn finish(&mut self, ending: Ending) -> Wait {
-        self.ending = Some(ending);
+        self.visit.ends(ending);
         Wait::Done
     }
 }
@@ -146,11 +143,9 @@ impl Chatter<'_> {
 impl Drop for Chatter<'_> {
     fn drop(&mut self) {
         if let Some(member) = self.member {
-            // Its name is free, its outbox gone.
+            // Its name is free, its outbox gone. Then its socket closes,
+            // and its visit is counted out and logged.
             self.room.borrow_mut().remove(member);
         }
-        let ending = self.ending.take().unwrap_or(Ending::Shutdown);
-        self.traffic.closed();
-        self.stats.disconnected(self.peer, self.bytes, ending);
     }
 }

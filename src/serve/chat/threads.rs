@@ -27,7 +27,7 @@
 //! own reader leaves the registry the normal way.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown as Direction, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -38,7 +38,7 @@ use super::counts::ChatCounts;
 use super::room::{After, Outbox, Registry, Session};
 use crate::net::{interrupted, would_block};
 use crate::serve::Context;
-use crate::serve::blocking::{Clients, report_every};
+use crate::serve::blocking::{Client, Clients, report_every, spawn_client};
 use crate::stats::Ending;
 
 /// Serves the chat with two threads per client until shutdown.
@@ -61,16 +61,12 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         // Every client's threads end inside this scope, so that the final
         // line counts them all.
         thread::scope(|scope| {
-            for (stream, peer) in &mut clients {
+            for client in &mut clients {
                 let (registry, shown) = (&registry, &shown);
-                let started = thread::Builder::new()
-                    .name(format!("chat-{peer}"))
-                    .stack_size(ctx.config.stack_size)
-                    .spawn_scoped(scope, move || serve(stream, peer, registry, shown, ctx));
-                if let Err(e) = started {
-                    ctx.traffic.closed();
-                    ctx.stats.disconnected(peer, 0, Ending::Failed(e));
-                }
+                let name = format!("chat-{}", client.1.peer());
+                spawn_client(scope, ctx, name, client, move |client| {
+                    serve(client, registry, shown, ctx)
+                });
             }
             // The scope waits for every client's threads; the shutdown
             // has shut their sockets down, so they are finishing.
@@ -147,12 +143,12 @@ impl Peer {
 
 /// One client: a reader (this thread) and a writer, until either ends.
 fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+    (stream, mut visit): Client<'_>,
     registry: &Mutex<Registry<Arc<Peer>>>,
     shown: &Shown,
     ctx: &Context,
 ) {
+    let peer = visit.peer();
     let me = match stream.try_clone() {
         Ok(writing_half) => Arc::new(Peer {
             mailbox: Mutex::new(Mailbox {
@@ -163,10 +159,7 @@ fn serve(
             filled: Condvar::new(),
             stream: writing_half,
         }),
-        Err(e) => {
-            ctx.traffic.closed();
-            return ctx.stats.disconnected(peer, 0, Ending::Failed(e));
-        }
+        Err(e) => return visit.end(Ending::Failed(e)),
     };
     let waker = me.clone();
     let wake = ctx.shutdown.on_trigger(move || {
@@ -211,8 +204,9 @@ fn serve(
     });
     drop(wake);
     let (bytes, ending) = ending.unwrap_or_else(|e| (0, Ending::Failed(e)));
-    ctx.traffic.closed();
-    ctx.stats.disconnected(peer, bytes, ending);
+    visit.bytes = bytes;
+    drop((stream, me));
+    visit.end(ending);
 }
 
 /// The notes' per-client thread: read lines and carry them out, under the

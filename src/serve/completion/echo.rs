@@ -14,6 +14,7 @@ use super::kit::{Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Sl
 use super::ring::{Buf, Completion, Kind, Outgoing, Ring, Token};
 use super::{available, unavailable};
 use crate::serve::Context;
+use crate::serve::accept::Visit;
 use crate::serve::deadlines::sweep_interval;
 use crate::serve::live::Traffic;
 use crate::serve::meter::Meter;
@@ -39,6 +40,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         Some(work) => Some(WorkPlan::new(work, ctx.config.offload, &mut ring)?),
         None => None,
     };
+    let traffic = Traffic::default();
     let mut proactor = Proactor {
         ring,
         acceptor,
@@ -51,7 +53,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         plan,
         jobs_done: 0,
         meter: Meter::new(ctx, "completion"),
-        traffic: Traffic::default(),
+        traffic: &traffic,
         ctx,
     };
     let served = proactor.serve();
@@ -61,10 +63,9 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
 }
 
 /// One client, and what of it is with the kernel.
-struct Conn {
+struct Conn<'a> {
     /// Closed only once `receiving` and `sending` are both false.
     stream: TcpStream,
-    peer: SocketAddr,
     /// Its multishot receive is in flight.
     receiving: bool,
     /// A send of its bytes is in flight.
@@ -93,11 +94,13 @@ struct Conn {
     ending: Option<Ending>,
     /// Its socket was shut down and its receive cancelled, to end them.
     shut: bool,
-    echoed: u64,
     last_active: Instant,
+    /// Who it is and the bytes echoed to it: counted out and logged when
+    /// the connection is dropped, after its socket.
+    visit: Visit<'a>,
 }
 
-impl Conn {
+impl Conn<'_> {
     /// Queues a copy of `bytes` to echo after everything before them.
     fn keep(&mut self, bytes: &[u8]) {
         match self.unsent.back_mut() {
@@ -160,7 +163,14 @@ impl WorkPlan {
     }
 
     /// Sends `chunk` of client `(slot, generation)` to its work.
-    fn start(&mut self, slot: u32, generation: u32, chunk: Vec<u8>, conn: &mut Conn, now: Instant) {
+    fn start(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        chunk: Vec<u8>,
+        conn: &mut Conn<'_>,
+        now: Instant,
+    ) {
         conn.working = true;
         match &self.pool {
             // `run_in_executor`: the pool works, the loop goes on.
@@ -183,7 +193,7 @@ impl WorkPlan {
 struct Proactor<'a> {
     ring: Ring,
     acceptor: Acceptor<'a>,
-    conns: Slots<Conn>,
+    conns: Slots<Conn<'a>>,
     /// Slots whose receive ended for want of buffers.
     starved: VecDeque<(u32, u32)>,
     next_idle_sweep: Option<Instant>,
@@ -193,7 +203,9 @@ struct Proactor<'a> {
     jobs_done: u64,
     /// Stalls past `--slow-handler`; turns and lines for `--stats`.
     meter: Meter<'a>,
-    traffic: Traffic,
+    /// What the clients did, for `--stats`; each client's [`Visit`]
+    /// counts it in and out.
+    traffic: &'a Traffic,
     ctx: &'a Context,
 }
 
@@ -241,7 +253,7 @@ impl Proactor<'_> {
             + u64::from(self.acceptor.paused_until().is_some())
             + u64::from(self.next_idle_sweep.is_some());
         let jobs_done = std::mem::take(&mut self.jobs_done);
-        self.meter.report(now, last, &self.traffic, open, |line| {
+        self.meter.report(now, last, self.traffic, open, |line| {
             line.gauge("timers", timers)
                 .count("cross_wakeups", jobs_done)
                 .gauge("in_flight", in_flight)
@@ -378,7 +390,7 @@ impl Proactor<'_> {
         };
         conn.held -= n;
         if n > 0 {
-            conn.echoed += n as u64;
+            conn.visit.bytes += n as u64;
             conn.last_active = now;
             self.traffic.wrote(n);
         }
@@ -530,7 +542,6 @@ impl Proactor<'_> {
         let fd = stream.as_raw_fd();
         let (slot, generation) = self.conns.insert(Conn {
             stream,
-            peer,
             receiving: true,
             sending: false,
             unsent: VecDeque::new(),
@@ -542,26 +553,26 @@ impl Proactor<'_> {
             read_closed: false,
             ending: None,
             shut: false,
-            echoed: 0,
             last_active: Instant::now(),
+            visit: Visit::new(peer, self.traffic, &self.ctx.stats),
         });
-        self.traffic.accepted();
         self.ring.receive(fd, token(Kind::Recv, slot, generation))
     }
 
     /// Drops a connection with nothing in flight: its socket closes, its
     /// memory goes, its slot is free.
     fn reap(&mut self, slot: u32) -> io::Result<()> {
-        let Some(conn) = self.conns.remove(slot) else {
+        let Some(mut conn) = self.conns.remove(slot) else {
             return Ok(());
         };
         debug_assert!(
             !conn.receiving && !conn.sending,
             "closing under an operation in flight"
         );
-        self.traffic.closed();
-        let ending = conn.ending.unwrap_or(Ending::Closed);
-        self.ctx.stats.disconnected(conn.peer, conn.echoed, ending);
+        conn.visit
+            .ends(conn.ending.take().unwrap_or(Ending::Closed));
+        // Its socket closes, then it is counted out and logged.
+        drop(conn);
         Ok(())
     }
 

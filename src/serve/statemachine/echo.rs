@@ -5,17 +5,18 @@
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use super::{Coroutine, Resume, Step, Wait, serve};
 use crate::net::{interrupted, would_block};
 use crate::serve::Context;
+use crate::serve::accept::Visit;
 use crate::serve::buffers::{BufferPool, Lease};
 use crate::serve::live::Traffic;
 use crate::serve::work::{Work, WorkKind};
-use crate::stats::{Ending, Stats};
+use crate::stats::Ending;
 
 /// Serves every client from this thread until shutdown.
 ///
@@ -31,7 +32,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         &traffic,
         |_| {},
         &fatal,
-        |stream, peer| Box::new(Echo::new(stream, peer, ctx, &buffers, &traffic)),
+        |stream, visit| Box::new(Echo::new(stream, visit, ctx, &buffers, &traffic)),
     )
 }
 
@@ -64,10 +65,7 @@ struct Echo<'a> {
     state: EchoState<'a>,
     sock: TcpStream,
     buffers: &'a BufferPool,
-    peer: SocketAddr,
-    bytes: u64,
     idle_timeout: Option<Duration>,
-    stats: &'a Stats,
     /// The loop's `--stats` traffic.
     traffic: &'a Traffic,
     /// `--work`, and whether its blocking kinds go to the offload pool.
@@ -75,15 +73,16 @@ struct Echo<'a> {
     offload: bool,
     /// The job handed to the loop with [`Wait::Offload`], until it takes it.
     job: Option<(Work, Vec<u8>)>,
-    /// How the task ended, logged when it is dropped; `None` means the loop
-    /// dropped it at shutdown.
-    ending: Option<Ending>,
+    /// Who it is, the bytes echoed to it, and how the task ended: logged
+    /// when the task is dropped (by the loop at shutdown, if it had not
+    /// ended), after its socket closed.
+    visit: Visit<'a>,
 }
 
 impl<'a> Echo<'a> {
     fn new(
         sock: TcpStream,
-        peer: SocketAddr,
+        visit: Visit<'a>,
         ctx: &'a Context,
         buffers: &'a BufferPool,
         traffic: &'a Traffic,
@@ -92,15 +91,12 @@ impl<'a> Echo<'a> {
             state: EchoState::Start,
             sock,
             buffers,
-            peer,
-            bytes: 0,
             idle_timeout: ctx.config.idle_timeout,
-            stats: &ctx.stats,
             traffic,
             work: ctx.config.work,
             offload: ctx.config.offload > 0,
             job: None,
-            ending: None,
+            visit,
         }
     }
 
@@ -139,7 +135,7 @@ impl<'a> Echo<'a> {
     }
 
     fn finish(&mut self, ending: Ending) -> Wait {
-        self.ending = Some(ending);
+        self.visit.ends(ending);
         Wait::Done
     }
 }
@@ -193,7 +189,7 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                 // `sock.sendall(data)`, one write at a time.
                 EchoState::WaitWrite { data, sent } => match self.sock.write(&data[*sent..]) {
                     Ok(n) => {
-                        self.bytes += n as u64;
+                        self.visit.bytes += n as u64;
                         self.traffic.wrote(n);
                         *sent += n;
                         if *sent == data.len() {
@@ -217,13 +213,5 @@ impl<'a> Coroutine<'a> for Echo<'a> {
 
     fn take_job(&mut self) -> Option<(Work, Vec<u8>)> {
         self.job.take()
-    }
-}
-
-impl Drop for Echo<'_> {
-    fn drop(&mut self) {
-        self.traffic.closed();
-        let ending = self.ending.take().unwrap_or(Ending::Shutdown);
-        self.stats.disconnected(self.peer, self.bytes, ending);
     }
 }

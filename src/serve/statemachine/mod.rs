@@ -67,7 +67,7 @@ pub use echo::run;
 use std::cell::Cell;
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -76,7 +76,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::Context;
-use super::accept::{Accepted, accept};
+use super::accept::{Accepted, Visit, accept};
 use super::live::{Line, ReadyQueue, Traffic};
 use super::meter::Meter;
 use super::offload::{Finished, Job, Offload};
@@ -202,7 +202,7 @@ pub fn serve<'a>(
     traffic: &'a Traffic,
     more: impl Fn(&mut Line) + 'a,
     fatal: &'a Cell<Option<io::Error>>,
-    client: impl FnMut(TcpStream, SocketAddr) -> Box<dyn Coroutine<'a> + 'a> + 'a,
+    client: impl FnMut(TcpStream, Visit<'a>) -> Box<dyn Coroutine<'a> + 'a> + 'a,
 ) -> io::Result<()> {
     let mut event_loop = EventLoop::new(ctx, traffic, Box::new(more))?;
     event_loop.create_task(Box::new(Stopper {
@@ -569,7 +569,7 @@ struct Acceptor<'a> {
     listener: &'a TcpListener,
     ctx: &'a Context,
     /// Makes a client's task.
-    client: Box<dyn FnMut(TcpStream, SocketAddr) -> Box<dyn Coroutine<'a> + 'a> + 'a>,
+    client: Box<dyn FnMut(TcpStream, Visit<'a>) -> Box<dyn Coroutine<'a> + 'a> + 'a>,
     /// The loop's `--stats` traffic, which every client task counts into.
     traffic: &'a Traffic,
     /// Where the acceptor leaves the error of a broken listener for `run`.
@@ -581,8 +581,8 @@ impl<'a> Coroutine<'a> for Acceptor<'a> {
         loop {
             match accept(self.listener, &self.ctx.stats, Blocking::No) {
                 Accepted::Client(stream, peer) => {
-                    self.traffic.accepted();
-                    step.spawn((self.client)(stream, peer));
+                    let visit = Visit::new(peer, self.traffic, &self.ctx.stats);
+                    step.spawn((self.client)(stream, visit));
                 }
                 Accepted::Empty => return Wait::Read { until: None },
                 // Out of descriptors: sleep instead of spinning on a
