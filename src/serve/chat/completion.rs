@@ -346,6 +346,7 @@ impl Chat<'_> {
         if let Some(client) = self.clients.live(token) {
             client.member = Some(member);
         }
+        self.ring.install(slot, fd);
         self.ring.receive(fd, token)
     }
 
@@ -358,7 +359,9 @@ impl Chat<'_> {
         client
             .visit
             .ends(client.ending.take().unwrap_or(Ending::Closed));
-        // Its socket closes, then it is counted out and logged.
+        // The ring's table lets go of the socket, which then closes; then
+        // the client is counted out and logged.
+        self.ring.uninstall(slot);
         drop(client);
         Ok(())
     }

@@ -556,6 +556,7 @@ impl Proactor<'_> {
             last_active: Instant::now(),
             visit: Visit::new(peer, self.traffic, &self.ctx.stats),
         });
+        self.ring.install(slot, fd);
         self.ring.receive(fd, token(Kind::Recv, slot, generation))
     }
 
@@ -571,7 +572,9 @@ impl Proactor<'_> {
         );
         conn.visit
             .ends(conn.ending.take().unwrap_or(Ending::Closed));
-        // Its socket closes, then it is counted out and logged.
+        // The ring's table lets go of the socket, which then closes; then
+        // the connection is counted out and logged.
+        self.ring.uninstall(slot);
         drop(conn);
         Ok(())
     }

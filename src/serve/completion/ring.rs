@@ -193,7 +193,16 @@ pub struct Ring {
     sending: Vec<Option<Outgoing>>,
     /// Operations submitted whose last completion has not come.
     in_flight: usize,
+    /// The ring's file table, by connection slot: the descriptor installed
+    /// there, if any. A receive or send on an installed socket names its
+    /// table index (`IOSQE_FIXED_FILE`), so the kernel skips looking the
+    /// descriptor up in the process's table for every operation.
+    installed: Vec<Option<RawFd>>,
 }
+
+/// Entries of the ring's file table, at most: connection slots past it
+/// use plain descriptors.
+const FILES: u32 = 1 << 14;
 
 impl Ring {
     /// A ring with room for `entries` submissions at once, and its
@@ -230,7 +239,16 @@ impl Ring {
             free: 0,
             sending: Vec::new(),
             in_flight: 0,
+            installed: Vec::new(),
         };
+        // A table of empty entries, filled per connection. Refused (a
+        // lower descriptor limit, say), every operation names its
+        // descriptor instead.
+        let soft = crate::sys::fd_limits().map_or(0, |(soft, _)| soft);
+        let files = FILES.min(u32::try_from(soft).unwrap_or(u32::MAX));
+        if files > 0 && this.ring.submitter().register_files_sparse(files).is_ok() {
+            this.installed = vec![None; files as usize];
+        }
         // SAFETY: `entries` points to `BUFFERS` zeroed, page-aligned
         // entries that stay allocated until `Drop`, which unregisters
         // nothing but frees them only after the ring itself is closed.
@@ -321,6 +339,43 @@ impl Ring {
         Ok(())
     }
 
+    /// Installs `socket` in the file table at `slot`, its connection's
+    /// slot, if the table has room there: one system call per connection,
+    /// which every operation on it then saves a lookup.
+    ///
+    /// The table holds its own reference to the socket: [`Ring::uninstall`]
+    /// it before closing, or it stays open.
+    pub fn install(&mut self, slot: u32, socket: RawFd) {
+        let Some(entry) = self.installed.get_mut(slot as usize) else {
+            return;
+        };
+        if self
+            .ring
+            .submitter()
+            .register_files_update(slot, &[socket])
+            .is_ok()
+        {
+            *entry = Some(socket);
+        }
+    }
+
+    /// Takes slot `slot` out of the file table, before its socket closes.
+    pub fn uninstall(&mut self, slot: u32) {
+        if let Some(entry) = self.installed.get_mut(slot as usize) {
+            if entry.take().is_some() {
+                let _ = self.ring.submitter().register_files_update(slot, &[-1]);
+            }
+        }
+    }
+
+    /// How an operation on `socket`, of the connection at `slot`, names it.
+    fn target(&self, socket: RawFd, slot: u32) -> Target {
+        match self.installed.get(slot as usize) {
+            Some(&Some(fd)) if fd == socket => Target::Fixed(types::Fixed(slot)),
+            _ => Target::Fd(types::Fd(socket)),
+        }
+    }
+
     /// Accepts every client of `listener` until cancelled or failed: one
     /// submission, a completion per client.
     pub fn accept(&mut self, listener: RawFd, token: Token) -> io::Result<()> {
@@ -332,7 +387,10 @@ impl Ring {
     /// cancel, or the buffers run out: one submission, a completion per
     /// arrival.
     pub fn receive(&mut self, socket: RawFd, token: Token) -> io::Result<()> {
-        let entry = opcode::RecvMulti::new(types::Fd(socket), GROUP).build();
+        let entry = match self.target(socket, token.slot) {
+            Target::Fixed(fixed) => opcode::RecvMulti::new(fixed, GROUP).build(),
+            Target::Fd(fd) => opcode::RecvMulti::new(fd, GROUP).build(),
+        };
         self.push(&entry.user_data(token.pack()))
     }
 
@@ -348,10 +406,12 @@ impl Ring {
             Outgoing::Pool(buf) => (self.bytes(buf), libc::MSG_DONTWAIT),
             Outgoing::Own(bytes) => (&bytes[..], 0),
         };
-        let entry = opcode::Send::new(types::Fd(socket), bytes.as_ptr(), bytes.len() as u32)
-            .flags(flags)
-            .build()
-            .user_data(token.pack());
+        let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
+        let entry = match self.target(socket, token.slot) {
+            Target::Fixed(fixed) => opcode::Send::new(fixed, ptr, len).flags(flags).build(),
+            Target::Fd(fd) => opcode::Send::new(fd, ptr, len).flags(flags).build(),
+        }
+        .user_data(token.pack());
         match self.push(&entry) {
             Ok(()) => {
                 let slot = token.slot as usize;
@@ -466,6 +526,14 @@ impl Ring {
             accepted,
         })
     }
+}
+
+/// A socket as an operation names it.
+enum Target {
+    /// By its index in the ring's file table.
+    Fixed(types::Fixed),
+    /// By its descriptor.
+    Fd(types::Fd),
 }
 
 impl Drop for Ring {
