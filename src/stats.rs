@@ -226,6 +226,40 @@ impl Stats {
         self.started.elapsed()
     }
 
+    /// The counts of the summary, for a master process to add up its
+    /// workers' (`serve --processes`).
+    pub fn totals(&self) -> Totals {
+        let load = |counter: &AtomicU64| counter.load(Relaxed);
+        Totals {
+            served: load(&self.served),
+            bytes: load(&self.bytes),
+            peak: load(&self.peak),
+            idle_closed: load(&self.idle_closed),
+            abandoned: load(&self.abandoned),
+            failed: load(&self.failed),
+            accept_errors: load(&self.accept_errors),
+            rejected: load(&self.rejected),
+            stalls: load(&self.stalls),
+            dropped: load(&self.dropped),
+        }
+    }
+
+    /// Adds a worker's `totals` into these counters; the peak becomes the
+    /// busiest worker's (their peaks may not have been at the same time).
+    pub fn absorb(&self, totals: &Totals) {
+        let add = |counter: &AtomicU64, n: u64| counter.fetch_add(n, Relaxed);
+        add(&self.served, totals.served);
+        add(&self.bytes, totals.bytes);
+        self.peak.fetch_max(totals.peak, Relaxed);
+        add(&self.idle_closed, totals.idle_closed);
+        add(&self.abandoned, totals.abandoned);
+        add(&self.failed, totals.failed);
+        add(&self.accept_errors, totals.accept_errors);
+        add(&self.rejected, totals.rejected);
+        add(&self.stalls, totals.stalls);
+        add(&self.dropped, totals.dropped);
+    }
+
     /// The one-paragraph summary printed on shutdown.
     pub fn summary(&self) -> String {
         let stalls = match self.stalls() {
@@ -252,6 +286,32 @@ impl Stats {
             self.rejected(),
         )
     }
+}
+
+/// The counts of a [`Stats`] as plain numbers: what a worker process
+/// hands its master at exit, as one JSON line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    /// Clients accepted.
+    pub served: u64,
+    /// Bytes written back to clients that have ended.
+    pub bytes: u64,
+    /// The most clients at once.
+    pub peak: u64,
+    /// Closed for idleness.
+    pub idle_closed: u64,
+    /// Left by their client before taking every byte.
+    pub abandoned: u64,
+    /// Ended by an error of the server's side.
+    pub failed: u64,
+    /// Failed `accept()` calls.
+    pub accept_errors: u64,
+    /// Turned away over the connection limit.
+    pub rejected: u64,
+    /// Stalls of a one-thread loop.
+    pub stalls: u64,
+    /// Dropped by the server (too slow, or sending garbage).
+    pub dropped: u64,
 }
 
 /// A connection the client left (a reset, or a write to a client that has

@@ -205,6 +205,61 @@ pub fn accept_queue(_listener: &impl std::os::fd::AsRawFd) -> Option<u32> {
     None
 }
 
+/// Makes `command`'s process inherit descriptor `fd` (a listener passed
+/// down to a worker: every descriptor of ours is close-on-exec, so the
+/// flag is cleared in the child alone), and, on Linux, receive SIGTERM if
+/// this process dies first, so that a worker never outlives its master.
+pub fn pass_down(command: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: the closure runs between fork and exec, where only
+    // async-signal-safe calls are allowed: fcntl and prctl are plain system
+    // calls, and nothing is allocated.
+    unsafe {
+        command.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            check(flags)?;
+            check(libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC))?;
+            #[cfg(target_os = "linux")]
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM))?;
+            Ok(())
+        });
+    }
+}
+
+/// Takes ownership of descriptor `fd`, inherited from the master, as the
+/// listener it is; close-on-exec again.
+///
+/// # Errors
+/// `fd` is not an open listening socket of ours.
+pub fn adopt_listener(fd: std::os::fd::RawFd) -> io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let mut listening: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `listening`, which
+    // lives across the call; on a descriptor that is not a socket it fails
+    // and touches nothing.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&raw mut listening).cast(),
+            &mut len,
+        )
+    })?;
+    if listening == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the inherited descriptor is not a listening socket",
+        ));
+    }
+    // SAFETY: fcntl on a descriptor checked above to be an open socket.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    // SAFETY: the master passed this descriptor down to this process
+    // alone, and nothing else here knows it: the listener is its only
+    // owner.
+    Ok(unsafe { std::net::TcpListener::from_raw_fd(fd) })
+}
+
 /// Sends `signal` to process `pid`.
 ///
 /// # Errors

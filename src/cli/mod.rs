@@ -318,6 +318,16 @@ fn parse_hogs(text: &str) -> Result<usize, String> {
     }
 }
 
+/// `--crash-on`: a word that can be found in a chunk: not empty, and short
+/// enough to arrive whole in one read.
+fn parse_crash_word(text: &str) -> Result<String, String> {
+    match text.len() {
+        0 => Err("the word must not be empty".into()),
+        1..=64 => Ok(text.to_owned()),
+        _ => Err("at most 64 bytes, so that it arrives in one read".into()),
+    }
+}
+
 /// `--stack-size`: a size, big enough for the echo's buffer and frames.
 fn parse_stack_size(text: &str) -> Result<usize, String> {
     const MIN: usize = 64 * 1024;
@@ -528,6 +538,20 @@ pub struct ServeArgs {
     /// clients over them. 0 = one per CPU.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+
+    /// Worker processes, each running the model on the one listening
+    /// socket they inherit, under a master that restarts a worker that dies
+    /// and stops them all on SIGINT/SIGTERM (nginx's master and workers,
+    /// Apache's prefork and worker MPMs). Every worker has its own
+    /// counters, limits and --global-lock; the master prints one summary.
+    #[arg(long, value_name = "N", value_parser = parse_positive_count)]
+    pub processes: Option<NonZeroUsize>,
+
+    /// A handler that receives WORD aborts its whole process, as a crash in
+    /// a C extension would: under threads every client drops; under
+    /// --processes only that worker's, and the master starts another.
+    #[arg(long, value_name = "WORD", value_parser = parse_crash_word)]
+    pub crash_on: Option<String>,
 
     /// Do not log each connection and disconnection on stderr.
     #[arg(long, short)]

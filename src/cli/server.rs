@@ -50,6 +50,11 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
     if args.global_lock && args.work.is_none() {
         anyhow::bail!("--global-lock is held while a worker does its --work; give --work too");
     }
+    if args.processes.is_some() && args.threads.is_some_and(|n| n != 1) {
+        anyhow::bail!(
+            "--processes and --threads both multiply the model: choose one (processes share one listener; threads each bind their own)"
+        );
+    }
     Ok(())
 }
 
@@ -70,6 +75,16 @@ fn check_chat_flags(args: &ServeArgs) -> anyhow::Result<()> {
             args.workers.is_some() || args.queue.is_some(),
             "--workers and --queue",
             "the chat on threadpool starts a thread per client, as the notes do (--max-connections bounds them)",
+        ),
+        (
+            args.processes.is_some(),
+            "--processes",
+            "the chat is one room: a second process would hold a second registry, and its users could not see the first's",
+        ),
+        (
+            args.crash_on.is_some(),
+            "--crash-on",
+            "it is a word an echo handler receives",
         ),
         (
             args.idle_timeout.is_some(),
@@ -94,6 +109,7 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
     trigger_on_signals(&shutdown, args.mode.blocking() == Blocking::Yes)?;
     crate::sys::release_stop_signals().context("letting stop signals through")?;
     check_model_flags(&args)?;
+    let seat = serve::processes::seat()?;
     if args.mode == Mode::Completion {
         // Before listening: a machine without io_uring gets one line.
         serve::completion::available().map_err(|why| serve::completion::unavailable(&why))?;
@@ -125,14 +141,24 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .stats
             .or(args.stats_json.is_some().then_some(Duration::from_secs(1))),
         stats_json: match &args.stats_json {
+            // Every worker adds its lines to the file its master made.
             Some(path) => Some(
-                serve::live::JsonSink::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?,
+                serve::live::JsonSink::open(path, seat.is_some())
+                    .with_context(|| format!("opening {}", path.display()))?,
             ),
             None => None,
         },
         protocol: args.protocol,
+        crash_on: args.crash_on,
+        worker: seat.as_ref().map(|seat| seat.index),
     };
+    if let Some(seat) = seat {
+        // A worker: the master listens, announces and sums up.
+        let ctx = Context::with_shutdown(config, shutdown);
+        serve::run(args.mode, serve::Listeners::one(seat.listener), &ctx)?;
+        serve::processes::report_totals(&ctx.stats.totals());
+        return Ok(ExitCode::SUCCESS);
+    }
     let listeners = serve::bind(args.mode, &args.addr, &config)?;
     let ctx = Context::with_shutdown(config, shutdown);
     let local = listeners.local_addr()?;
@@ -140,7 +166,14 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(notice) = exposure_notice(local) {
         eprintln!("{notice}");
     }
-    serve::run(args.mode, listeners, &ctx)?;
+    match args.processes {
+        Some(count) => {
+            let listener = listeners.into_one();
+            serve::processes::supervise(listener, count.get(), &ctx)?;
+            eprintln!("the workers' counts, added up (the peak is the busiest worker's):");
+        }
+        None => serve::run(args.mode, listeners, &ctx)?,
+    }
     eprintln!("{}", ctx.stats.summary());
     Ok(ExitCode::SUCCESS)
 }

@@ -158,6 +158,7 @@ fn echo(mut stream: &TcpStream, ctx: &Context, bytes: &mut u64) -> io::Result<()
             Err(e) => return Err(e),
         };
         // Shared by every worker: counted only when someone reads it.
+        super::crash::check(&buffer[..n]);
         let counting = ctx.config.stats.is_some();
         if counting {
             ctx.traffic.read(n);

@@ -57,6 +57,10 @@ pub struct Config {
     /// The async model's cooperative budget: I/O operations a task may
     /// complete per poll before it yields (0: no budget).
     pub budget: u32,
+    /// `--crash-on`: a handler that receives this aborts the process.
+    pub crash_on: Option<String>,
+    /// Under `serve --processes`: this process is worker number this.
+    pub worker: Option<usize>,
     /// `--stats`: a line of counters per loop every this long.
     pub stats: Option<Duration>,
     /// `--stats-json`: the same lines, as JSON, into this file.
@@ -120,6 +124,8 @@ impl Default for Config {
             slow_handler: Some(DEFAULT_SLOW_HANDLER),
             poller: Backend::default(),
             budget: asynchronous::reactor::DEFAULT_BUDGET,
+            crash_on: None,
+            worker: None,
             stats: None,
             stats_json: None,
             protocol: Protocol::Echo,
@@ -155,6 +161,9 @@ impl Context {
     /// A context with fresh counters that stops when `shutdown` is
     /// triggered (made early, so that signals reach it from the start).
     pub fn with_shutdown(config: Config, shutdown: Shutdown) -> Self {
+        if let Some(word) = &config.crash_on {
+            super::crash::arm(word);
+        }
         let mut stats = Stats::new(config.quiet, config.max_connections.get());
         if config.protocol == Protocol::Chat {
             stats = stats.sending();
@@ -179,6 +188,11 @@ impl Context {
                 thread.to_owned()
             }
             _ => name.to_owned(),
+        };
+        // With --processes, each worker's lines say which worker wrote them.
+        let name = match self.config.worker {
+            Some(worker) => format!("{name}-w{worker}"),
+            None => name,
         };
         Some(live::Reporter::new(
             name,

@@ -39,12 +39,32 @@ impl JsonSink {
     /// # Errors
     /// The file cannot be created.
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        Ok(JsonSink(Arc::new(Mutex::new(File::create(path)?))))
+        Self::open(path, false)
+    }
+
+    /// Creates (or truncates) `path`, or with `append` adds to it: a
+    /// worker process writes after its master's start and beside its
+    /// siblings (each line one `write`, appended whole).
+    ///
+    /// # Errors
+    /// The file cannot be created or opened.
+    pub fn open(path: &Path, append: bool) -> std::io::Result<Self> {
+        let file = if append {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)?
+        } else {
+            File::create(path)?
+        };
+        Ok(JsonSink(Arc::new(Mutex::new(file))))
     }
 
     fn write(&self, line: &str) {
         let mut file = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = writeln!(file, "{line}");
+        // One write per line, so that lines appended by several processes
+        // never interleave.
+        let _ = file.write_all(format!("{line}\n").as_bytes());
     }
 }
 

@@ -51,10 +51,12 @@ pub mod completion;
 #[path = "completion_elsewhere.rs"]
 pub mod completion;
 mod context;
+pub mod crash;
 pub mod deadlines;
 pub mod live;
 pub mod meter;
 pub mod offload;
+pub mod processes;
 pub mod readiness;
 pub mod selector;
 pub mod sequential;
@@ -178,6 +180,16 @@ impl Listeners {
     /// The sockets, one per loop.
     pub fn sockets(&self) -> &[TcpListener] {
         &self.0
+    }
+
+    /// One listener, bound elsewhere (a worker's, inherited).
+    pub fn one(listener: TcpListener) -> Self {
+        Listeners(vec![listener])
+    }
+
+    /// The first listener (the only one, with one loop).
+    pub fn into_one(mut self) -> TcpListener {
+        self.0.swap_remove(0)
     }
 }
 

@@ -543,6 +543,7 @@ impl Connection<'_> {
         self.reads += 1;
         self.received += n as u64;
         let data = &buffer[..n];
+        super::crash::check(data);
         if let Some(plan) = plan {
             if plan.start(key, self.id, data, &mut self.held, now) {
                 // Echoed when its work is done; no reading meanwhile.

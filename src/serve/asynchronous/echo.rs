@@ -89,6 +89,7 @@ async fn handle_client(stream: Async<TcpStream>, mut visit: Visit<'_>, clients: 
             Err(TimedOut) => break Ending::IdleTimeout,
         };
         traffic.read(data.len());
+        crate::serve::crash::check(&data);
         if let Some(work) = ctx.config.work {
             // `--work` before the echo (see chapter 7).
             match (work.kind, pool) {

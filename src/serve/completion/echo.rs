@@ -305,6 +305,7 @@ impl Proactor<'_> {
                         conn.held += buf.len();
                         conn.last_active = now;
                         self.traffic.read(buf.len());
+                        crate::serve::crash::check(self.ring.bytes(&buf));
                         self.take_in(token, buf, now)?;
                     }
                     Received::End => conn.read_closed = true,

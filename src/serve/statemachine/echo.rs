@@ -169,6 +169,7 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                         Ok(len) => {
                             data.truncate(len);
                             self.traffic.read(len);
+                            crate::serve::crash::check(&data);
                             if let Some(work) = self.work {
                                 // `--work` first (see chapter 7).
                                 let wait = self.start_work(work, &data);

@@ -1,0 +1,352 @@
+//! `serve --processes N`: N worker processes, each running the model on
+//! the same listening socket, and a master that supervises them. nginx's
+//! master and workers, Apache's prefork (`sequential` × N) and worker
+//! (`threadpool` × N) MPMs, gunicorn's workers; the notes' remedy for the
+//! GIL, `multiprocessing`, applied to a server.
+//!
+//! **How the workers are made.** The master binds the listener, then
+//! starts each worker by executing this very binary again with the same
+//! arguments, the listener passed down as an inherited descriptor and the
+//! worker's number in the environment ([`WORKER_ENV`]). It does not
+//! `fork` and carry on in the child: `fork` copies only the calling
+//! thread, and any lock another thread held at that moment (the allocator's,
+//! stderr's, one of ours) stays locked forever in the child. A fresh
+//! `exec` starts the worker as clean as any server, whatever threads the
+//! master has; the price is one program start per worker, paid once.
+//!
+//! **How they share the port.** One listening socket, inherited by all:
+//! nginx's default (`reuseport` is opt-in there). The kernel's accept
+//! queue is one; a worker blocked in `accept()` (the blocking models) is
+//! woken alone, but the event loops each watch the listener with their
+//! own poller, so a new client wakes every idle loop and all but one find
+//! the queue empty: the thundering herd. EPOLLEXCLUSIVE would wake one, but
+//! the `polling` crate cannot ask for it; per-worker SO_REUSEPORT listeners
+//! (what `--threads` does inside one process) would end it too, but a
+//! worker that dies then takes its queue's waiting clients with it. With a
+//! few workers the herd costs a wasted wake-up per client, which is what
+//! nginx accepts by default.
+//!
+//! **Supervision.** The master waits on two bells: the shutdown's (SIGINT
+//! or SIGTERM) and a self-pipe rung by SIGCHLD. A worker that dies is
+//! logged with why (its exit status or signal) and started again at once,
+//! or after a second if it lived less than a second (a worker that cannot
+//! start must not spin). On shutdown the master sends SIGTERM to every
+//! worker, waits for them (each finishes as a server does, within its
+//! usual time), kills any still running after [`STOP_PATIENCE`], and
+//! prints one summary: each worker writes its counts to its standard
+//! output as it exits, and the master adds them up. A worker killed
+//! outright takes its counts with it, and the master says so. On Linux a
+//! worker is also told to stop when the master dies, however it dies: no
+//! worker outlives its master.
+//!
+//! Each worker has its own counters, its own `--max-connections` and its
+//! own `--global-lock`, as each CPython process has its own GIL.
+//!
+//! Tutorial: `docs/tutorial/10-threads-or-processes.md`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use super::Context;
+use crate::poller::{Events, Interest, Poller};
+use crate::stats::Totals;
+
+/// The environment variable that makes a process a worker: `INDEX:FD`, its
+/// number and the descriptor of the listener it inherited.
+pub const WORKER_ENV: &str = "ECHO_LAB_WORKER";
+
+/// How long workers get to stop after the master's SIGTERM before they
+/// are killed: longer than any model's own shutdown (the chat gives a
+/// leaving client 5 s to take what it is owed).
+pub const STOP_PATIENCE: Duration = Duration::from_secs(10);
+
+/// A worker that lived less than this is started again only after it.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// The line a worker ends its standard output with: its counts.
+const TOTALS: &str = "totals ";
+
+/// What a worker process knows of itself.
+pub struct Seat {
+    /// Its number, from 1.
+    pub index: usize,
+    /// The listener it inherited from the master.
+    pub listener: TcpListener,
+}
+
+/// This process's seat, if it is a worker.
+///
+/// # Errors
+/// The variable is set but does not name an inherited listener.
+pub fn seat() -> anyhow::Result<Option<Seat>> {
+    let Some(value) = std::env::var_os(WORKER_ENV) else {
+        return Ok(None);
+    };
+    let value = value.to_string_lossy();
+    let parsed = value
+        .split_once(':')
+        .and_then(|(index, fd)| Some((index.parse().ok()?, fd.parse().ok()?)));
+    let Some((index, fd)) = parsed else {
+        anyhow::bail!("{WORKER_ENV}={value} should be INDEX:FD");
+    };
+    let listener = crate::sys::adopt_listener(fd)
+        .with_context(|| format!("taking the listener passed down as descriptor {fd}"))?;
+    Ok(Some(Seat { index, listener }))
+}
+
+/// A worker's last words to its master: its counts, on its standard
+/// output.
+pub fn report_totals(totals: &Totals) {
+    if let Ok(json) = serde_json::to_string(totals) {
+        println!("{TOTALS}{json}");
+    }
+}
+
+/// One worker process, as the master sees it.
+struct Worker {
+    child: Child,
+    started: Instant,
+}
+
+/// Starts `count` workers on `listener` and supervises them until the
+/// shutdown; their counts end up in `ctx.stats`.
+///
+/// # Errors
+/// The first worker cannot be started, or the master's own poller fails.
+pub fn supervise(listener: TcpListener, count: usize, ctx: &Context) -> anyhow::Result<()> {
+    let poller = Poller::new(ctx.config.poller).context("starting the master's poller")?;
+    let bell = ctx.shutdown.bell()?;
+    let (children, child_ringer) = UnixStream::pair()?;
+    for end in [&children, &child_ringer] {
+        end.set_nonblocking(true)?;
+    }
+    signal_hook::low_level::pipe::register(libc::SIGCHLD, child_ringer)
+        .context("watching for workers that end")?;
+    let _bell = poller.register(&bell, 0, Interest::READ)?;
+    let _children = poller.register(&children, 1, Interest::READ)?;
+    let mut master = Master {
+        listener,
+        workers: BTreeMap::new(),
+        restarts: BTreeMap::new(),
+        ctx,
+    };
+    for index in 1..=count {
+        master.start(index)?;
+    }
+    let mut events = Events::new();
+    while !ctx.shutdown.is_triggered() {
+        let next_restart = master.restarts.values().min().copied();
+        let timeout = next_restart.map(|at| at.saturating_duration_since(Instant::now()));
+        poller.wait(&mut events, timeout)?;
+        if events.iter().any(|event| event.key == 0) {
+            ctx.shutdown.trigger();
+        }
+        drain(&children);
+        master.reap(true);
+        master.restart_due();
+    }
+    master.stop_all(&poller, &children);
+    Ok(())
+}
+
+/// Empties a self-pipe that signals rang.
+fn drain(pipe: &UnixStream) {
+    let mut bytes = [0; 64];
+    while matches!((&*pipe).read(&mut bytes), Ok(n) if n > 0) {}
+}
+
+struct Master<'a> {
+    listener: TcpListener,
+    /// Running workers, by number.
+    workers: BTreeMap<usize, Worker>,
+    /// Workers to start again, and when.
+    restarts: BTreeMap<usize, Instant>,
+    ctx: &'a Context,
+}
+
+impl Master<'_> {
+    /// Starts worker `index`: this binary again, with the same arguments.
+    fn start(&mut self, index: usize) -> anyhow::Result<()> {
+        let fd = self.listener.as_raw_fd();
+        let exe = std::env::current_exe().context("finding echo-lab itself")?;
+        let mut command = Command::new(exe);
+        command
+            .args(std::env::args_os().skip(1))
+            .env(WORKER_ENV, format!("{index}:{fd}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        crate::sys::pass_down(&mut command, fd);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting worker {index}"))?;
+        eprintln!("worker {index} started (pid {})", child.id());
+        let started = Instant::now();
+        self.workers.insert(index, Worker { child, started });
+        Ok(())
+    }
+
+    /// Collects every worker that has ended: logs why, adds its counts,
+    /// and (unless stopping) plans its restart.
+    fn reap(&mut self, restart: bool) {
+        let ended: Vec<(usize, ExitStatus)> = self
+            .workers
+            .iter_mut()
+            .filter_map(|(&index, worker)| Some((index, worker.child.try_wait().ok()??)))
+            .collect();
+        for (index, status) in ended {
+            let Some(mut worker) = self.workers.remove(&index) else {
+                continue;
+            };
+            let counted = self.collect(&mut worker);
+            if !restart {
+                continue;
+            }
+            let lost = if counted {
+                ""
+            } else {
+                ": its counts are lost with it"
+            };
+            eprintln!(
+                "worker {index} (pid {}) {}{lost}; starting another",
+                worker.child.id(),
+                describe(status)
+            );
+            let at = if worker.started.elapsed() < RESTART_PAUSE {
+                Instant::now() + RESTART_PAUSE
+            } else {
+                Instant::now()
+            };
+            self.restarts.insert(index, at);
+        }
+    }
+
+    /// Adds an ended worker's counts to the master's; whether it left any.
+    fn collect(&mut self, worker: &mut Worker) -> bool {
+        let mut output = String::new();
+        if let Some(mut stdout) = worker.child.stdout.take() {
+            let _ = stdout.read_to_string(&mut output);
+        }
+        let totals = output
+            .lines()
+            .filter_map(|line| line.strip_prefix(TOTALS))
+            .filter_map(|json| serde_json::from_str::<Totals>(json).ok())
+            .next_back();
+        match totals {
+            Some(totals) => {
+                self.ctx.stats.absorb(&totals);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Starts the workers whose pause is over.
+    fn restart_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<usize> = self
+            .restarts
+            .iter()
+            .filter(|&(_, &at)| at <= now)
+            .map(|(&index, _)| index)
+            .collect();
+        for index in due {
+            self.restarts.remove(&index);
+            if let Err(e) = self.start(index) {
+                eprintln!("worker {index}: {e:#}; trying again in a second");
+                self.restarts.insert(index, now + RESTART_PAUSE);
+            }
+        }
+    }
+
+    /// SIGTERM to every worker, then waits for them all; kills those still
+    /// running after [`STOP_PATIENCE`].
+    fn stop_all(&mut self, poller: &Poller, children: &UnixStream) {
+        for worker in self.workers.values() {
+            let _ = crate::sys::signal(worker.child.id(), libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_PATIENCE;
+        let mut events = Events::new();
+        loop {
+            self.reap(false);
+            if self.workers.is_empty() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let _ = poller.wait(&mut events, Some(left));
+            drain(children);
+        }
+        for (index, worker) in &mut self.workers {
+            eprintln!(
+                "worker {index} (pid {}) did not stop in {}s: killed",
+                worker.child.id(),
+                STOP_PATIENCE.as_secs()
+            );
+            let _ = worker.child.kill();
+            let _ = worker.child.wait();
+        }
+    }
+}
+
+/// Why a worker ended, in words.
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal} ({})", signal_name(signal)),
+        _ => format!("ended ({status})"),
+    }
+}
+
+/// The usual name of a signal a worker may die of.
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGABRT => "SIGABRT: it aborted",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGBUS => "SIGBUS",
+        _ => "another signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The master says how a worker ended in words a reader knows.
+    #[test]
+    fn endings_are_described() {
+        assert_eq!(
+            describe(ExitStatus::from_raw(1 << 8)),
+            "exited with status 1"
+        );
+        assert_eq!(
+            describe(ExitStatus::from_raw(libc::SIGKILL)),
+            "was killed by signal 9 (SIGKILL)"
+        );
+    }
+
+    /// What a worker writes is what its master reads back.
+    #[test]
+    fn totals_make_the_round_trip() {
+        let totals = Totals {
+            served: 3,
+            bytes: 40,
+            ..Totals::default()
+        };
+        let line = format!("{TOTALS}{}", serde_json::to_string(&totals).unwrap());
+        let read: Totals = serde_json::from_str(line.strip_prefix(TOTALS).unwrap()).unwrap();
+        assert_eq!(read, totals);
+    }
+}

@@ -1,0 +1,232 @@
+//! Processes (`serve --processes N`, `--crash-on`): workers serve one
+//! port; a worker killed takes only its own clients, and the master starts
+//! another; SIGTERM leaves no process behind; a crash under threads takes
+//! every client; each process has its own global lock.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// The processes `pid` has started and not yet reaped.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children: Vec<u32> = tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    children.sort_unstable();
+    children
+}
+
+/// Whether process `pid` still exists (a zombie counts: it is not reaped).
+fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Which of `workers` holds the server's end of `client`: the socket whose
+/// remote port is the client's own, found in /proc/net/tcp and then among
+/// each worker's descriptors.
+fn owner(client: &TcpStream, workers: &[u32]) -> Option<u32> {
+    let (local, server) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    let wanted = (
+        format!("{:04X}", server.port()),
+        format!("{:04X}", local.port()),
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let inode = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |field: &str| field.rsplit(':').next().unwrap_or("").to_owned();
+        ((port(fields[1]), port(fields[2])) == wanted).then(|| fields[9].to_owned())
+    })?;
+    let target = format!("socket:[{inode}]");
+    workers.iter().copied().find(|&worker| {
+        std::fs::read_dir(format!("/proc/{worker}/fd")).is_ok_and(|fds| {
+            fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                .any(|link| link.to_string_lossy() == target)
+        })
+    })
+}
+
+/// Whether `client` still gets its echo (false: closed or reset).
+fn still_echoes(client: &mut TcpStream) -> bool {
+    if client.write_all(b"still there?").is_err() {
+        return false;
+    }
+    let mut echo = [0; 12];
+    client.read_exact(&mut echo).is_ok() && &echo == b"still there?"
+}
+
+/// Connects clients until each of `workers` holds at least `each` of them
+/// (the kernel hands a new client to whichever worker takes it first), and
+/// returns them with their worker.
+fn clients_of_every_worker(
+    server: &BinaryServer,
+    workers: &[u32],
+    each: usize,
+) -> Vec<(TcpStream, u32)> {
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        let held =
+            |w: u32, clients: &[(TcpStream, u32)]| clients.iter().filter(|c| c.1 == w).count();
+        if workers.iter().all(|&w| held(w, &clients) >= each) {
+            return clients;
+        }
+        let mut client = connect(server.addr);
+        // Echoed: a worker has accepted it and holds its socket.
+        assert_echo(&mut client, b"hello");
+        let worker = owner(&client, workers).expect("a worker holds the client");
+        if held(worker, &clients) < each {
+            clients.push((client, worker));
+        }
+    }
+    panic!("200 clients and some worker never took {each}");
+}
+
+/// Three workers serve; `kill -9` of one closes its clients only, the
+/// others' stay served, and a new worker serves within 2 s; SIGTERM to the
+/// master then stops every worker and leaves no process behind.
+#[test]
+fn a_killed_worker_takes_only_its_clients_and_is_replaced() {
+    let server = BinaryServer::start(&["--mode", "selector", "--processes", "3", "--quiet"]);
+    let master = server.child.id();
+    wait_until("three workers", || children(master).len() == 3);
+    let workers = children(master);
+    let mut clients = clients_of_every_worker(&server, &workers, 2);
+    let victim = workers[0];
+    echo_lab::sys::signal(victim, libc::SIGKILL).unwrap();
+    let replaced = poll_until(Duration::from_secs(2), || {
+        let now = children(master);
+        now.len() == 3 && !now.contains(&victim)
+    });
+    assert!(replaced, "no new worker within 2 s: {:?}", children(master));
+    for (client, worker) in &mut clients {
+        assert_eq!(
+            still_echoes(client),
+            *worker != victim,
+            "a client of {worker}"
+        );
+    }
+    // The new worker serves too: clients reach all three.
+    let workers = children(master);
+    drop(clients_of_every_worker(&server, &workers, 1));
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("was killed by signal 9"), "{stderr}");
+    assert!(stderr.contains("shutting down after"), "{stderr}");
+    for worker in workers {
+        assert!(
+            !exists(worker),
+            "worker {worker} outlived its master: {stderr}"
+        );
+    }
+}
+
+/// `--crash-on` under threads: one handler's crash takes the whole process,
+/// so every other client is dropped too.
+#[test]
+fn a_crash_under_threads_drops_every_client() {
+    let mut server = BinaryServer::start(&["--mode", "threads", "--crash-on", "boom", "--quiet"]);
+    let mut others: Vec<TcpStream> = (0..3).map(|_| connect(server.addr)).collect();
+    for other in &mut others {
+        assert_echo(other, b"fine");
+    }
+    let mut crasher = connect(server.addr);
+    let _ = crasher.write_all(b"boom");
+    let mut status = None;
+    assert!(poll_until(PATIENCE, || {
+        status = server.child.try_wait().unwrap();
+        status.is_some()
+    }));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.unwrap().signal(), Some(libc::SIGABRT));
+    for other in &mut others {
+        assert!(!still_echoes(other), "a client outlived the crash");
+    }
+}
+
+/// `--crash-on` under `--processes 2`: the crash takes one worker and its
+/// clients; the other worker's clients are still served, and the master
+/// starts a worker in place of the one that died.
+#[test]
+fn a_crash_under_processes_drops_only_that_workers_clients() {
+    let server = BinaryServer::start(&[
+        "--mode",
+        "threadpool",
+        "--processes",
+        "2",
+        "--crash-on",
+        "boom",
+        "--quiet",
+    ]);
+    let master = server.child.id();
+    wait_until("two workers", || children(master).len() == 2);
+    let workers = children(master);
+    let mut clients = clients_of_every_worker(&server, &workers, 2);
+    let victim = clients[0].1;
+    let _ = clients[0].0.write_all(b"boom");
+    wait_until("the crashed worker replaced", || {
+        let now = children(master);
+        now.len() == 2 && !now.contains(&victim)
+    });
+    for (client, worker) in &mut clients[1..] {
+        assert_eq!(
+            still_echoes(client),
+            *worker != victim,
+            "a client of {worker}"
+        );
+    }
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("(SIGABRT: it aborted)"), "{stderr}");
+}
+
+/// `--global-lock` is per process, as CPython's GIL: with two worker
+/// processes, two clients' `cpu` work runs at once (one in each), where one
+/// process runs one at a time. Seen in the workers' CPU time: when the first
+/// echo is back after its 200 ms of CPU, the other worker has been
+/// computing meanwhile, not waiting for a lock.
+#[test]
+fn each_process_has_its_own_global_lock() {
+    let server = BinaryServer::start(&[
+        "--mode",
+        "threadpool",
+        "--workers",
+        "4",
+        "--global-lock",
+        "--work",
+        "cpu:200ms",
+        "--processes",
+        "2",
+        "--quiet",
+    ]);
+    let master = server.child.id();
+    wait_until("two workers", || children(master).len() == 2);
+    let workers = children(master);
+    // Tiny messages first, to learn which worker holds which client: each
+    // costs 200 ms of CPU.
+    let mut clients = clients_of_every_worker(&server, &workers, 1);
+    let cpu = |pid: u32| echo_lab::sys::process_cpu_time(pid).unwrap_or_default();
+    let before: Vec<Duration> = workers.iter().map(|&w| cpu(w)).collect();
+    let started = Instant::now();
+    for (client, _) in &mut clients[..2] {
+        client.write_all(b"x").unwrap();
+    }
+    let mut echo = [0; 1];
+    clients[0].0.read_exact(&mut echo).unwrap();
+    let other = workers.iter().position(|&w| w != clients[0].1).unwrap();
+    let computed = cpu(workers[other]) - before[other];
+    assert!(
+        computed >= Duration::from_millis(50),
+        "the other worker computed {computed:?} in the {:?} the first took",
+        started.elapsed()
+    );
+    clients[1].0.read_exact(&mut echo).unwrap();
+}
