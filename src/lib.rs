@@ -1,4 +1,4 @@
-//! echo-lab: one TCP echo protocol (RFC 862), seven concurrency models (and
+//! echo-lab: one TCP echo protocol (RFC 862), eight concurrency models (and
 //! the notes' chat on five of them), and the tools to watch and measure the
 //! difference.
 //!
@@ -14,12 +14,13 @@
 //!    [`sys`], the few system calls outside the poller (limits, CPU time,
 //!    placement, signals).
 //! 3. [`serve`]: the models, each in its own file, in the order of the
-//!    notes: [`serve::sequential`], [`serve::threads`], [`serve::threadpool`],
-//!    [`serve::selector`], [`serve::statemachine`], [`serve::asynchronous`]
+//!    notes: [`serve::sequential`], [`serve::threads`], [`serve::forking`]
+//!    (a process per client), [`serve::threadpool`], [`serve::selector`], [`serve::statemachine`], [`serve::asynchronous`]
 //!    (with its [executor](serve::asynchronous::executor) and
 //!    [reactor](serve::asynchronous::reactor)), then `serve::completion`
 //!    (one io_uring, Linux), and [`serve::chat`], the notes' chat, where
-//!    the models meet shared state.
+//!    the models meet shared state; [`serve::processes`] runs any model in
+//!    worker processes under a master.
 //! 4. [`tools`]: the instruments that talk to any echo server:
 //!    [`tools::client`], [`tools::probe`], [`tools::bench`] (a load generator
 //!    that verifies every byte) and [`tools::compare`].

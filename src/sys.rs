@@ -260,6 +260,58 @@ pub fn adopt_listener(fd: std::os::fd::RawFd) -> io::Result<std::net::TcpListene
     Ok(unsafe { std::net::TcpListener::from_raw_fd(fd) })
 }
 
+/// Forks this process: `Some(pid)` in the parent, `None` in the child.
+///
+/// In the child only the calling thread exists, and every lock another
+/// thread held at the fork stays held: the child must make only system
+/// calls (no allocation, no `println!`) until it exits with [`exit_now`].
+///
+/// # Errors
+/// As `fork(2)`: out of memory or over the process limit.
+pub fn fork() -> io::Result<Option<u32>> {
+    // SAFETY: fork(2) duplicates the process; what the child may do after
+    // it is the caller's contract, stated above.
+    let pid = unsafe { libc::fork() };
+    check(pid)?;
+    Ok((pid > 0).then_some(pid as u32))
+}
+
+/// Ends this process at once with `code`: no destructors, no exit
+/// handlers, no flushing of buffers the parent also holds (`_exit(2)`,
+/// what a forked child must use).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes no memory of ours and does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// Gives SIGINT and SIGTERM their default action again (termination):
+/// a forked child must not run the handlers it inherited, which ring its
+/// parent's shutdown bell.
+pub fn default_stop_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: signal(2) with SIG_DFL installs no code of ours.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+}
+
+/// Writes `message` to stderr with one system call, taking no lock: for
+/// a forked child, or a process about to abort.
+pub fn write_stderr_raw(message: &[u8]) {
+    // SAFETY: write(2) reads `message.len()` bytes of a slice we borrow.
+    let _ = unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
+}
+
+/// A child of this process that has ended, if any, without waiting: its
+/// pid and its wait status.
+pub fn reap_any() -> Option<(u32, std::process::ExitStatus)> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: waitpid writes one int into `status`, which lives across the
+    // call.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    (pid > 0).then(|| (pid as u32, std::process::ExitStatus::from_raw(status)))
+}
+
 /// Sends `signal` to process `pid`.
 ///
 /// # Errors

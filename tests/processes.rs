@@ -1,7 +1,9 @@
-//! Processes (`serve --processes N`, `--crash-on`): workers serve one
-//! port; a worker killed takes only its own clients, and the master starts
-//! another; SIGTERM leaves no process behind; a crash under threads takes
-//! every client; each process has its own global lock.
+//! Processes (`serve --mode forking`, `--processes N`, `--crash-on`): a
+//! process per client leaves no zombie and no child behind; workers serve
+//! one port; a worker killed takes only its own clients, and the master
+//! starts another; SIGTERM leaves no process behind; a crash under threads
+//! takes every client, under processes one process's; each process has
+//! its own global lock.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -229,4 +231,74 @@ fn each_process_has_its_own_global_lock() {
         started.elapsed()
     );
     clients[1].0.read_exact(&mut echo).unwrap();
+}
+
+/// `forking` serves 200 clients, 20 at a time, each in a process of its
+/// own, and reaps every one of them: no zombie is left once they are gone.
+#[test]
+fn forking_leaves_no_zombie() {
+    let server = BinaryServer::start(&["--mode", "forking", "--quiet"]);
+    for batch in 0..10u8 {
+        let mut clients: Vec<TcpStream> = (0..20).map(|_| connect(server.addr)).collect();
+        for (i, client) in clients.iter_mut().enumerate() {
+            assert_echo(client, &[batch, i as u8, b'\n']);
+        }
+    }
+    let pid = server.child.id();
+    wait_until("every child reaped", || children(pid).is_empty());
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("served 200 connections"), "{stderr}");
+}
+
+/// SIGTERM to a forking server with clients connected: every child is
+/// stopped and reaped, the clients see their connections end, and the
+/// summary counts them as ended by the shutdown.
+#[test]
+fn forking_leaves_no_child_after_sigterm() {
+    let server = BinaryServer::start(&["--mode", "forking"]);
+    let pid = server.child.id();
+    let mut clients: Vec<TcpStream> = (0..5).map(|_| connect(server.addr)).collect();
+    for client in &mut clients {
+        assert_echo(client, b"here");
+    }
+    let kids = children(pid);
+    assert_eq!(kids.len(), 5, "a process per client: {kids:?}");
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    for kid in kids {
+        assert!(!exists(kid), "child {kid} outlived the server: {stderr}");
+    }
+    for client in &mut clients {
+        assert!(!still_echoes(client));
+    }
+    // Each child said what it echoed before it went.
+    assert!(
+        stderr.contains("disconnected after 4 bytes (server shutdown)"),
+        "{stderr}"
+    );
+}
+
+/// `--crash-on` under forking: the crash takes one child, and only its
+/// client; the server and its other clients go on.
+#[test]
+fn a_crash_under_forking_takes_one_client() {
+    let server = BinaryServer::start(&["--mode", "forking", "--crash-on", "boom"]);
+    let mut others: Vec<TcpStream> = (0..3).map(|_| connect(server.addr)).collect();
+    for other in &mut others {
+        assert_echo(other, b"fine");
+    }
+    let mut crasher = connect(server.addr);
+    let _ = crasher.write_all(b"boom");
+    let mut rest = Vec::new();
+    let _ = crasher.read_to_end(&mut rest);
+    for other in &mut others {
+        assert!(
+            still_echoes(other),
+            "another client went down with the crash"
+        );
+    }
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("its process aborted"), "{stderr}");
 }

@@ -225,16 +225,16 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let chat = args.protocol == Protocol::Chat;
     let all = args.modes.0 == Mode::ALL;
     let mut modes = match args.modes.0 {
-        // Sequential does not chat: `all` means the models that do. The
-        // chat on `threads` is the chat on `threadpool` (a thread per
-        // client either way): `all` runs it once, as threadpool.
+        // Sequential and forking do not chat: `all` means the models that
+        // do. The chat on `threads` is the chat on `threadpool` (a thread
+        // per client either way): `all` runs it once, as threadpool.
         modes if chat && all => modes
             .into_iter()
-            .filter(|&m| m != Mode::Sequential && m != Mode::Threads)
+            .filter(|&m| !matches!(m, Mode::Sequential | Mode::Threads | Mode::Forking))
             .collect(),
         modes if chat => modes
             .into_iter()
-            .filter(|&m| m != Mode::Sequential)
+            .filter(|&m| !matches!(m, Mode::Sequential | Mode::Forking))
             .collect(),
         modes => modes,
     };

@@ -50,6 +50,11 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
     if args.global_lock && args.work.is_none() {
         anyhow::bail!("--global-lock is held while a worker does its --work; give --work too");
     }
+    if args.processes.is_some() && args.mode == Mode::Forking {
+        anyhow::bail!(
+            "forking makes a process per client already; --processes applies to the other models"
+        );
+    }
     if args.processes.is_some() && args.threads.is_some_and(|n| n != 1) {
         anyhow::bail!(
             "--processes and --threads both multiply the model: choose one (processes share one listener; threads each bind their own)"
@@ -64,6 +69,9 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
 fn check_chat_flags(args: &ServeArgs) -> anyhow::Result<()> {
     if args.mode == Mode::Sequential {
         anyhow::bail!("{}", serve::chat::SEQUENTIAL_CANNOT_CHAT);
+    }
+    if args.mode == Mode::Forking {
+        anyhow::bail!("{}", serve::chat::FORKING_CANNOT_CHAT);
     }
     refuse_for_chat(&[
         (

@@ -144,7 +144,7 @@ pub fn handle_client((stream, mut visit): Client<'_>, ctx: &Context) {
 ///
 /// Half-close needs no special case: everything read has been written back
 /// by the time `read()` reports the end of the stream with 0.
-fn echo(mut stream: &TcpStream, ctx: &Context, bytes: &mut u64) -> io::Result<()> {
+pub(super) fn echo(mut stream: &TcpStream, ctx: &Context, bytes: &mut u64) -> io::Result<()> {
     // With an idle timeout, a read (or a write to a client that stopped
     // reading) that waits longer fails with WouldBlock: we disconnect.
     stream.set_read_timeout(ctx.config.idle_timeout)?;

@@ -53,6 +53,7 @@ pub mod completion;
 mod context;
 pub mod crash;
 pub mod deadlines;
+pub mod forking;
 pub mod live;
 pub mod meter;
 pub mod offload;
@@ -73,6 +74,9 @@ pub enum Mode {
     Sequential,
     /// A thread per client, as many as there are clients.
     Threads,
+    /// A process per client: the parent accepts and forks, the child
+    /// serves one client and exits.
+    Forking,
     /// A fixed pool of threads, each blocking on one client; a bounded queue.
     Threadpool,
     /// One thread, a readiness loop, a handler per ready socket.
@@ -88,9 +92,10 @@ pub enum Mode {
 
 impl Mode {
     /// Every model, in the order of the notes.
-    pub const ALL: [Mode; 7] = [
+    pub const ALL: [Mode; 8] = [
         Mode::Sequential,
         Mode::Threads,
+        Mode::Forking,
         Mode::Threadpool,
         Mode::Selector,
         Mode::Statemachine,
@@ -117,6 +122,7 @@ impl Mode {
         match self {
             Mode::Sequential => "sequential",
             Mode::Threads => "threads",
+            Mode::Forking => "forking",
             Mode::Threadpool => "threadpool",
             Mode::Selector => "selector",
             Mode::Statemachine => "statemachine",
@@ -129,7 +135,7 @@ impl Mode {
     /// readiness and needs non-blocking sockets.
     pub fn blocking(self) -> Blocking {
         match self {
-            Mode::Sequential | Mode::Threads | Mode::Threadpool => Blocking::Yes,
+            Mode::Sequential | Mode::Threads | Mode::Forking | Mode::Threadpool => Blocking::Yes,
             Mode::Selector | Mode::Statemachine | Mode::Async | Mode::Completion => Blocking::No,
         }
     }
@@ -258,6 +264,7 @@ fn run_one(mode: Mode, listener: TcpListener, ctx: &Context) -> anyhow::Result<(
         _ if ctx.config.protocol == Protocol::Chat => chat::run(mode, listener, ctx),
         Mode::Sequential => sequential::run(listener, ctx),
         Mode::Threads => threads::run(listener, ctx),
+        Mode::Forking => forking::run(listener, ctx),
         Mode::Threadpool => threadpool::run(listener, ctx),
         Mode::Selector => selector::run(listener, ctx),
         Mode::Statemachine => statemachine::run(listener, ctx),

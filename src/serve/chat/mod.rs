@@ -69,6 +69,7 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub fn run(mode: Mode, listener: TcpListener, ctx: &Context) -> io::Result<()> {
     match mode {
         Mode::Sequential => Err(io::Error::other(SEQUENTIAL_CANNOT_CHAT)),
+        Mode::Forking => Err(io::Error::other(FORKING_CANNOT_CHAT)),
         #[cfg(target_os = "linux")]
         Mode::Completion => completion::run(listener, ctx),
         #[cfg(not(target_os = "linux"))]
@@ -80,6 +81,9 @@ pub fn run(mode: Mode, listener: TcpListener, ctx: &Context) -> io::Result<()> {
         Mode::Async => asynchronous::run(listener, ctx),
     }
 }
+
+/// Why `--mode forking --protocol chat` is refused.
+pub const FORKING_CANNOT_CHAT: &str = "forking serves each client in a process of its own, and a chat's clients must share one registry: use --mode threads, threadpool, selector, statemachine, async or completion";
 
 /// Why `--mode sequential --protocol chat` is refused.
 pub const SEQUENTIAL_CANNOT_CHAT: &str = "sequential serves one client at a time, and a chat needs two connected at once: use --mode threads, threadpool, selector, statemachine, async or completion";
