@@ -176,6 +176,64 @@ pub fn process_cpu_time(_pid: u32) -> Option<Duration> {
     None
 }
 
+/// The memory of a server made of processes, `pid` and every process it
+/// started, and theirs: the resident bytes of each (what `ps` shows as
+/// RSS), and their proportional share (PSS: a page shared by N processes
+/// counts 1/N in each), whose sum is what the tree really holds, where
+/// RSS would count a page a forked child still shares with its parent
+/// twice. Also the processes and threads of the tree. Read from /proc
+/// (Linux); `None` elsewhere, or once `pid` is gone.
+pub fn tree_memory(pid: u32) -> Option<TreeMemory> {
+    let mut tree = TreeMemory::default();
+    let mut pending = vec![pid];
+    while let Some(pid) = pending.pop() {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+        let (Some(rollup), Some(status)) = (rollup, status) else {
+            if tree.processes == 0 {
+                return None; // The root itself is gone.
+            }
+            continue; // A child that ended meanwhile.
+        };
+        let field = |text: &str, key: &str| -> u64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        tree.rss += field(&rollup, "Rss:") * 1024;
+        tree.pss += field(&rollup, "Pss:") * 1024;
+        tree.threads += field(&status, "Threads:");
+        tree.processes += 1;
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            pending.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|n| n.parse::<u32>().ok()),
+            );
+        }
+    }
+    Some(tree)
+}
+
+/// What [`tree_memory`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeMemory {
+    /// Resident bytes, each process's in full.
+    pub rss: u64,
+    /// Proportional bytes: shared pages divided among their sharers.
+    pub pss: u64,
+    /// Processes in the tree.
+    pub processes: u64,
+    /// Threads in all of them.
+    pub threads: u64,
+}
+
 /// How many connections wait in a listening socket's accept queue:
 /// Linux reports it as `tcpi_unacked` of `TCP_INFO` on a listener. `None`
 /// elsewhere, or if the kernel will not say.

@@ -77,6 +77,15 @@ fn counts_add_up_to_the_traffic(mode: Mode) {
     ] {
         assert_eq!(last[key], expected, "{key}: {last}");
     }
+    // Every line says what the server holds: its memory (every process of
+    // it, shared pages once), its processes and its threads.
+    if cfg!(target_os = "linux") {
+        for line in &lines {
+            assert!(line["rss"].as_u64() > Some(0), "{line}");
+            assert!(line["processes"].as_u64() >= Some(1), "{line}");
+            assert!(line["threads"].as_u64() >= Some(1), "{line}");
+        }
+    }
     let whole_run = last["seconds"].as_f64().unwrap();
     let interval_seconds: f64 = lines.iter().filter_map(|l| l["seconds"].as_f64()).sum();
     assert!(whole_run >= interval_seconds / 2.0 - 0.01, "{lines:?}");

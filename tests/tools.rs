@@ -747,6 +747,11 @@ fn a_second_compare_keeps_the_first_and_shows_only_its_own_numbers() {
     for row in latest["rows"].as_array().unwrap() {
         let lines = row["counters"]["lines"].as_array().expect("counters");
         assert!(lines.iter().all(|l| l["delivered"].is_u64()), "{row}");
+        // The server's memory over the run, read from /proc.
+        if cfg!(target_os = "linux") {
+            assert!(row["memory"]["peak"].as_u64() > Some(0), "{row}");
+            assert!(row["memory"]["per_connection"].is_u64(), "{row}");
+        }
     }
     let chat_row = second
         .lines()

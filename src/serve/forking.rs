@@ -129,10 +129,10 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         ctx,
     };
     let served = std::thread::scope(|scope| {
-        // --stats: the clients served now are the children alive.
+        // --stats: the clients served now are the children alive (each
+        // line also counts the processes and their memory).
         let report = report_every(scope, ctx, "forking", move |line| {
             ctx.traffic.fill(line, ctx.stats.active());
-            line.gauge("processes", ctx.stats.active());
         });
         let served = parent.serve(&poller, &children);
         parent.stop_all(&poller, &children);

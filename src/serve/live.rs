@@ -112,6 +112,13 @@ impl Reporter {
     pub fn report(&mut self, now: Instant, last: bool, fill: impl FnOnce(&mut Line)) {
         let mut line = Line::default();
         fill(&mut line);
+        // What the whole server holds now: this process and any it started
+        // (forking's children), shared pages counted once.
+        if let Some(memory) = crate::sys::tree_memory(std::process::id()) {
+            line.gauge("rss", memory.pss)
+                .gauge("processes", memory.processes)
+                .gauge("threads", memory.threads);
+        }
         self.run.add(&line);
         let (shown, from) = if last {
             (&self.run, self.started)

@@ -51,6 +51,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -132,29 +133,28 @@ pub fn supervise(listener: TcpListener, count: usize, ctx: &Context) -> anyhow::
         .context("watching for workers that end")?;
     let _bell = poller.register(&bell, 0, Interest::READ)?;
     let _children = poller.register(&children, 1, Interest::READ)?;
+    let restarted = AtomicU64::new(0);
     let mut master = Master {
         listener,
         workers: BTreeMap::new(),
         restarts: BTreeMap::new(),
+        restarted: &restarted,
         ctx,
     };
-    for index in 1..=count {
-        master.start(index)?;
-    }
-    let mut events = Events::new();
-    while !ctx.shutdown.is_triggered() {
-        let next_restart = master.restarts.values().min().copied();
-        let timeout = next_restart.map(|at| at.saturating_duration_since(Instant::now()));
-        poller.wait(&mut events, timeout)?;
-        if events.iter().any(|event| event.key == 0) {
-            ctx.shutdown.trigger();
+    std::thread::scope(|scope| {
+        // --stats: the master's line is the whole server's memory, its
+        // workers included, and how often a worker had to be replaced.
+        let report = super::blocking::report_every(scope, ctx, "master", |line| {
+            line.count("restarts", restarted.swap(0, Relaxed));
+        });
+        let served = master.serve(count, &poller, &children);
+        master.stop_all(&poller, &children);
+        ctx.shutdown.trigger();
+        if let Some(report) = report {
+            report.finish();
         }
-        drain(&children);
-        master.reap(true);
-        master.restart_due();
-    }
-    master.stop_all(&poller, &children);
-    Ok(())
+        served
+    })
 }
 
 /// Empties a self-pipe that signals rang.
@@ -169,10 +169,37 @@ struct Master<'a> {
     workers: BTreeMap<usize, Worker>,
     /// Workers to start again, and when.
     restarts: BTreeMap<usize, Instant>,
+    /// Workers started again since the last `--stats` line.
+    restarted: &'a AtomicU64,
     ctx: &'a Context,
 }
 
 impl Master<'_> {
+    /// Starts the workers, then restarts any that dies, until the shutdown.
+    fn serve(
+        &mut self,
+        count: usize,
+        poller: &Poller,
+        children: &UnixStream,
+    ) -> anyhow::Result<()> {
+        for index in 1..=count {
+            self.start(index)?;
+        }
+        let mut events = Events::new();
+        while !self.ctx.shutdown.is_triggered() {
+            let next_restart = self.restarts.values().min().copied();
+            let timeout = next_restart.map(|at| at.saturating_duration_since(Instant::now()));
+            poller.wait(&mut events, timeout)?;
+            if events.iter().any(|event| event.key == 0) {
+                self.ctx.shutdown.trigger();
+            }
+            drain(children);
+            self.reap(true);
+            self.restart_due();
+        }
+        Ok(())
+    }
+
     /// Starts worker `index`: this binary again, with the same arguments.
     fn start(&mut self, index: usize) -> anyhow::Result<()> {
         let fd = self.listener.as_raw_fd();
@@ -259,6 +286,7 @@ impl Master<'_> {
             .collect();
         for index in due {
             self.restarts.remove(&index);
+            self.restarted.fetch_add(1, Relaxed);
             if let Err(e) = self.start(index) {
                 eprintln!("worker {index}: {e:#}; trying again in a second");
                 self.restarts.insert(index, now + RESTART_PAUSE);

@@ -212,6 +212,7 @@ mod tests {
             },
             note: None,
             counters: None,
+            memory: None,
         }
     }
 

@@ -333,6 +333,7 @@ mod tests {
                 results,
                 note: None,
                 counters: None,
+                memory: None,
             }
         };
         let mut rows = Vec::new();

@@ -31,13 +31,14 @@ mod results;
 mod servers;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use anyhow::Context as _;
 
 pub use output::{LATEST, LEGEND, header, render_medians, render_row, write_chart, write_files};
-pub use results::{Comparison, Counters, Median, Ratio, Row, medians};
+pub use results::{Comparison, Counters, Median, Memory, Ratio, Row, medians};
 pub use servers::{Peer, SERVER_PATIENCE, parse_peer};
 
 use super::bench::{self, BenchConfig, Environment};
@@ -169,10 +170,13 @@ pub fn run(
             pin_cpu: client_cpu,
             server_pid: Some(server.child.id()),
         };
+        let sampler = MemorySampler::start(server.child.id());
         let results = match config.protocol {
             Protocol::Echo => bench::run_until(&bench_config, stop, |_, _| {})?,
             Protocol::Chat => chat_run(&bench_config)?,
         };
+        let clients = connections + config.idle + config.hogs;
+        let memory = sampler.finish(clients);
         let stopped = server.stop();
         if stop.load(Relaxed) {
             // The run was cut short: its numbers cover part of a window.
@@ -192,6 +196,7 @@ pub fn run(
             results,
             note,
             counters: server.counters.as_deref().and_then(Counters::read),
+            memory,
         };
         on_row(&row);
         comparison.rows.push(row);
@@ -199,6 +204,49 @@ pub fn run(
     output::write_files(&comparison, &dir)?;
     output::mark_latest(&config.out, &dir)?;
     Ok(comparison)
+}
+
+/// Reads a server's memory every [`Memory::EVERY`] on a thread of its own
+/// while a run goes on, and keeps the most it saw.
+struct MemorySampler {
+    baseline: Option<u64>,
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl MemorySampler {
+    fn start(pid: u32) -> Self {
+        let baseline = crate::sys::tree_memory(pid).map(|m| m.pss);
+        let done = Arc::new(AtomicBool::new(false));
+        let finished = done.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !finished.load(Relaxed) {
+                if let Some(memory) = crate::sys::tree_memory(pid) {
+                    peak = peak.max(memory.pss);
+                }
+                std::thread::sleep(Memory::EVERY);
+            }
+            peak
+        });
+        MemorySampler {
+            baseline,
+            done,
+            thread,
+        }
+    }
+
+    /// The run's memory, over `clients` connections.
+    fn finish(self, clients: usize) -> Option<Memory> {
+        self.done.store(true, Relaxed);
+        let peak = self.thread.join().ok()?;
+        let baseline = self.baseline?;
+        (peak > 0).then(|| Memory {
+            baseline,
+            peak,
+            per_connection: peak.saturating_sub(baseline) / clients.max(1) as u64,
+        })
+    }
 }
 
 /// The chat load at the same count and window, pinned as the echo's

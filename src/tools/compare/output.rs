@@ -107,15 +107,30 @@ columns: msg/s  echoes (chat: lines delivered) per second of the measured window
                   thread (--offload), with no socket
          busy%  the loop thread's CPU time over the run's wall time, kernel time
                 included (completion's I/O, done inside its wait, counts too)
-         -  not measured in this run: not one of our loops, or a server that
-            counts nothing of the kind (the chat, the blocking models)
+         mem  the most memory the server held during the run, all its processes,
+              shared pages counted once (proportional set size)
+         B/conn  that peak less the server's memory before the run, per connection
+                 of the run (measured, --idle and --hogs): what a client costs
+         -  not measured in this run: not one of our loops, a server that counts
+            nothing of the kind (the blocking models), or memory off Linux
 ";
 
 /// The table's header line.
 pub fn header() -> String {
     format!(
-        "{:<14} {:>6} {:>4} {:>12} {:>10} {:>10} {:>7} {:>8} {:>6}  {}\n",
-        "server", "conns", "run", "msg/s", "p50", "p99", "errors", "ev/wait", "busy%", "note"
+        "{:<14} {:>6} {:>4} {:>12} {:>10} {:>10} {:>7} {:>8} {:>6} {:>8} {:>7}  {}\n",
+        "server",
+        "conns",
+        "run",
+        "msg/s",
+        "p50",
+        "p99",
+        "errors",
+        "ev/wait",
+        "busy%",
+        "mem",
+        "B/conn",
+        "note"
     )
 }
 
@@ -128,8 +143,13 @@ pub fn render_row(row: &Row) -> String {
         value.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
     };
     let counters = row.counters.as_ref();
+    let memory = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
+    let peak = row
+        .memory
+        .map(|m| format!("{:.1}MiB", m.peak as f64 / f64::from(1 << 20)));
+    let per_connection = row.memory.map(|m| m.per_connection.to_string());
     format!(
-        "{:<14} {:>6} {:>4} {:>12.0} {:>8.3}ms {:>8.3}ms {:>7} {:>8} {:>6}  {}\n",
+        "{:<14} {:>6} {:>4} {:>12.0} {:>8.3}ms {:>8.3}ms {:>7} {:>8} {:>6} {:>8} {:>7}  {}\n",
         row.server,
         row.connections,
         row.repeat,
@@ -139,6 +159,8 @@ pub fn render_row(row: &Row) -> String {
         r.errors,
         counter(counters.and_then(|c| c.events_per_wait), 2),
         counter(counters.and_then(|c| c.busy_percent), 0),
+        memory(peak),
+        memory(per_connection),
         row.note.as_deref().unwrap_or("")
     )
 }
@@ -159,12 +181,12 @@ pub fn write_files(comparison: &Comparison, dir: &Path) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(comparison)?;
     std::fs::write(dir.join("results.json"), json + "\n").context("writing results.json")?;
     let mut csv = String::from(
-        "server,connections,messages_per_sec,p50_us,p90_us,p99_us,p999_us,max_us,errors,connect_failures,served_connections,client_cpu,server_cpu\n",
+        "server,connections,messages_per_sec,p50_us,p90_us,p99_us,p999_us,max_us,errors,connect_failures,served_connections,client_cpu,server_cpu,peak_memory,memory_per_connection\n",
     );
     for row in &comparison.rows {
         let (r, l) = (&row.results, &row.results.latency_us);
         csv += &format!(
-            "{},{},{:.1},{},{},{},{},{},{},{},{},{:.3},{}\n",
+            "{},{},{:.1},{},{},{},{},{},{},{},{},{:.3},{},{},{}\n",
             row.server,
             row.connections,
             r.messages_per_sec,
@@ -178,7 +200,10 @@ pub fn write_files(comparison: &Comparison, dir: &Path) -> anyhow::Result<()> {
             r.served_connections,
             r.client_cpu,
             r.server_cpu
-                .map_or_else(String::new, |cpu| format!("{cpu:.3}"))
+                .map_or_else(String::new, |cpu| format!("{cpu:.3}")),
+            row.memory.map_or_else(String::new, |m| m.peak.to_string()),
+            row.memory
+                .map_or_else(String::new, |m| m.per_connection.to_string()),
         );
     }
     std::fs::write(dir.join("results.csv"), csv).context("writing results.csv")?;

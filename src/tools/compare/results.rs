@@ -23,6 +23,28 @@ pub struct Row {
     /// (`serve --stats`); `None` for other servers.
     #[serde(default)]
     pub counters: Option<Counters>,
+    /// The server's memory over the run (every process of it); `None`
+    /// where it cannot be read (off Linux).
+    #[serde(default)]
+    pub memory: Option<Memory>,
+}
+
+/// A server's memory over one run: its processes' proportional set size
+/// (shared pages counted once), read every [`Memory::EVERY`].
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Memory {
+    /// Before the first client connected, in bytes.
+    pub baseline: u64,
+    /// The most it held while the run went on, in bytes.
+    pub peak: u64,
+    /// `peak - baseline` over every connection of the run (measured, idle
+    /// and hogs): what a connection costs.
+    pub per_connection: u64,
+}
+
+impl Memory {
+    /// How often the sampler reads the server's memory.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 }
 
 /// The telling counters of one of our servers over a whole run, from the
@@ -306,6 +328,7 @@ mod tests {
             results,
             note: None,
             counters: None,
+            memory: None,
         }
     }
 
