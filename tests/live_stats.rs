@@ -149,6 +149,7 @@ fn busy_is_the_loops_cpu_share(mode: Mode) {
         threads: 1,
         pin_cpu: None,
         server_pid: None,
+        churn: false,
     };
     config.server_pid = Some(server.child.id());
     let results = echo_lab::tools::bench::run(&config, |_, _| {}).unwrap();

@@ -126,6 +126,7 @@ fn offloaded_work_keeps_bytes_in_order(mode: Mode) {
         threads: 1,
         pin_cpu: None,
         server_pid: None,
+        churn: false,
     };
     let results = bench::run(&config, |_, _| {}).unwrap();
     assert_eq!(results.errors, 0, "{mode}: {results:?}");

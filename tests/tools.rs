@@ -27,8 +27,44 @@ fn short_bench(addr: HostPort, connections: usize) -> BenchConfig {
         threads: 2,
         pin_cpu: None,
         server_pid: None,
+        churn: false,
     }
 }
+
+/// `bench --churn` against every model: each message on a connection of
+/// its own, so the connections made are the messages echoed (and more,
+/// outside the window), every echo checked, and the server counts every
+/// one of them as served.
+fn churn_makes_a_connection_per_message(mode: Mode) {
+    let server = start(mode);
+    let config = BenchConfig {
+        churn: true,
+        depth: 1,
+        threads: 1,
+        ..short_bench(server.addr().into(), 2)
+    };
+    let results = bench::run(&config, |_, _| {}).unwrap();
+    assert!(results.messages > 0, "{mode}: {results:?}");
+    assert_eq!(
+        results.errors + results.connect_failures,
+        0,
+        "{mode}: {results:?}"
+    );
+    assert!(
+        results.served_connections >= results.messages,
+        "{mode}: {results:?}"
+    );
+    wait_until("every churned connection closed", || {
+        server.stats().active() == 0
+    });
+    assert_eq!(
+        server.stats().served(),
+        results.served_connections,
+        "{mode}"
+    );
+}
+
+every_model!(churn_makes_a_connection_per_message);
 
 /// bench against every model: echoes counted, every byte verified, no errors.
 fn bench_verifies_every_model(mode: Mode) {
@@ -962,3 +998,41 @@ fn compare_rejects_bad_lists() {
 }
 
 every_model!(bench_verifies_every_model);
+
+/// `bench --churn` and `compare --churn` from the command line: the report
+/// speaks of connections per second, and compare's rows are churn runs.
+#[test]
+fn churn_from_the_command_line() {
+    let server = BinaryServer::start(&["--mode", "forking", "--quiet"]);
+    let addr = server.addr.to_string();
+    let (status, stdout, stderr) = run_binary(&[
+        "bench", "--churn", "-c", "2", "-d", "300ms", "--warmup", "0s", "--addr", &addr,
+    ]);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("connections/s: "), "{stdout}");
+    assert!(stdout.contains("0 connect failures, 0 errors"), "{stdout}");
+    let out = std::env::temp_dir().join(format!("echo-lab-churn-{}", std::process::id()));
+    let (status, stdout, stderr) = run_binary(&[
+        "compare",
+        "--modes",
+        "threads,selector",
+        "--churn",
+        "-c",
+        "2",
+        "-d",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("latest/results.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["churn"], true);
+    for row in json["rows"].as_array().unwrap() {
+        assert!(row["results"]["messages"].as_u64() > Some(0), "{row}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -47,6 +47,7 @@ pub(super) fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
         threads: args.threads.map_or(1, usize::from),
         pin_cpu: None,
         server_pid: None,
+        churn: args.churn,
     };
     bench::validate(&config)?;
     let results = with_progress("echoes", |progress| bench::run(&config, progress))?;
@@ -293,6 +294,7 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
         server_threads: args.server_threads,
         idle: args.idle,
         hogs: args.hogs,
+        churn: args.churn,
         poller: args.poller,
         work: args.work,
         offload: args.offload.map_or(0, NonZeroUsize::get),

@@ -157,6 +157,14 @@ pub struct BenchArgs {
     /// only: whether a server still gives them their turn.
     #[arg(long, value_name = "K", default_value_t = 0, value_parser = parse_hogs)]
     pub hogs: usize,
+
+    /// Every message on a new connection, as HTTP/1.0: each of the
+    /// --connections clients connects, sends one message, reads its echo
+    /// and closes, again and again. Reports connections per second (as
+    /// msg/s) and the latency of connect plus echo: what a model pays to
+    /// take a client on and let it go.
+    #[arg(long, conflicts_with_all = ["idle", "hogs", "depth", "rate", "threads"])]
+    pub churn: bool,
     /// The measured time.
     #[arg(long, short, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
     pub duration: Duration,
@@ -235,6 +243,10 @@ pub struct CompareArgs {
     /// for every run; latencies are the measured connections'.
     #[arg(long, value_name = "K", default_value_t = 0, value_parser = parse_hogs)]
     pub hogs: usize,
+    /// bench --churn: every message on a new connection, for every run;
+    /// msg/s is then connections per second.
+    #[arg(long, conflicts_with_all = ["idle", "hogs"])]
+    pub churn: bool,
     /// serve --poller for the one-thread models it starts.
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub poller: Option<Backend>,

@@ -36,6 +36,7 @@
 //!   `mod.rs`, its load in `load.rs`.
 
 pub mod chat;
+mod churn;
 mod report;
 mod verify;
 mod worker;
@@ -115,6 +116,10 @@ pub struct BenchConfig {
     /// A server process on this machine whose CPU use to measure over the
     /// same window (`compare` sets it for the servers it starts).
     pub server_pid: Option<u32>,
+    /// Every message on a new connection (`--churn`): the `connections`
+    /// are clients that each connect, send, read the echo and close, over
+    /// and over; a message is a connection.
+    pub churn: bool,
 }
 
 pub(crate) fn display<S: serde::Serializer>(value: &HostPort, s: S) -> Result<S::Ok, S::Error> {
@@ -176,6 +181,9 @@ pub fn run_until(
     mut on_progress: impl FnMut(f64, u64),
 ) -> anyhow::Result<BenchResults> {
     validate(config)?;
+    if config.churn {
+        return churn::run(config, stop);
+    }
     // Best effort: past the limit, connects fail and are counted.
     let _ = sys::raise_fd_limit();
     let Connected {

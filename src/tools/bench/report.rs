@@ -304,6 +304,7 @@ impl WorkerResult {
 pub fn render(report: &BenchReport) -> String {
     let (p, r) = (&report.parameters, &report.results);
     let shape = match p.rate {
+        _ if p.churn => "churn: a new connection per message".to_owned(),
         Some(rate) => format!("open loop at {rate:.0} msg/s"),
         None => format!("closed loop, depth {}", p.depth),
     };
@@ -331,10 +332,21 @@ pub fn render(report: &BenchReport) -> String {
         ms(l.p999),
         ms(l.max)
     );
-    out += &format!(
-        "  connections  {} of {} served, {} connect failures, {} errors\n",
-        r.served_connections, p.connections, r.connect_failures, r.errors
-    );
+    out += &if p.churn {
+        format!(
+            "  churn        {} connections/s: {} made by {} clients, each connect, send, echo, close; {} connect failures, {} errors\n",
+            r.messages_per_sec.round(),
+            r.served_connections,
+            p.connections,
+            r.connect_failures,
+            r.errors
+        )
+    } else {
+        format!(
+            "  connections  {} of {} served, {} connect failures, {} errors\n",
+            r.served_connections, p.connections, r.connect_failures, r.errors
+        )
+    };
     if p.idle > 0 {
         out += &format!(
             "  idle         {} more open and silent throughout\n",

@@ -80,6 +80,8 @@ pub struct CompareConfig {
     pub idle: usize,
     /// Connections that send without pause beside the measured ones.
     pub hogs: usize,
+    /// Every message on a new connection (`bench --churn`).
+    pub churn: bool,
     /// `--poller` for our one-thread models; their default if `None`.
     pub poller: Option<Backend>,
     /// `--work` for every echo-lab server (not for `--also` peers).
@@ -135,6 +137,7 @@ pub fn run(
         poller: config.poller.map(|b| b.name().to_owned()),
         idle: config.idle,
         hogs: config.hogs,
+        churn: config.churn,
         environment: Environment::current(),
         dir: dir.clone(),
     };
@@ -169,6 +172,7 @@ pub fn run(
             threads: 1,
             pin_cpu: client_cpu,
             server_pid: Some(server.child.id()),
+            churn: config.churn,
         };
         let sampler = MemorySampler::start(server.child.id());
         let results = match config.protocol {

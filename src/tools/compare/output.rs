@@ -99,7 +99,8 @@ pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
 /// What the table's columns mean: printed under it, and in `compare
 /// --help`.
 pub const LEGEND: &str = "\
-columns: msg/s  echoes (chat: lines delivered) per second of the measured window
+columns: msg/s  echoes (chat: lines delivered; --churn: connections, one echo each)
+                per second of the measured window
          p50, p99  latency of the measured connections (from send to echo)
          errors  connections with a wrong, lost or late byte, or a failed connect
          ev/wait  per wait of a loop, the sockets (completion: completions) it handed

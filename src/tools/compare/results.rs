@@ -139,6 +139,9 @@ pub struct Comparison {
     /// Connections sending without pause beside the measured ones.
     #[serde(default)]
     pub hogs: usize,
+    /// Every message on a new connection: msg/s is connections per second.
+    #[serde(default)]
+    pub churn: bool,
     /// Where it ran.
     pub environment: Environment,
 }
@@ -302,6 +305,7 @@ impl Comparison {
             poller: None,
             idle: 0,
             hogs: 0,
+            churn: false,
             environment: Environment::current(),
             dir: std::path::PathBuf::new(),
         }
