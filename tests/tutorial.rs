@@ -492,6 +492,7 @@ chapters! {
     chapter_7 => "7-when-the-loop-stalls.md",
     chapter_8 => "8-shared-state-a-chat-server.md",
     chapter_9 => "9-completion-instead-of-readiness.md",
+    chapter_10 => "10-threads-or-processes.md",
 }
 
 /// The index lists every chapter, each chapter links the next, and every

@@ -38,10 +38,10 @@ pub const DEFAULT_STACK_SIZE: usize = 128 * 1024;
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let mut clients = Clients::new(listener, ctx);
     thread::scope(|outer| {
-        // --stats: the clients served right now are the threads serving.
+        // --stats: the clients served right now are the threads serving
+        // (each line also counts the process's threads and its memory).
         let report = report_every(outer, ctx, "threads", move |line| {
             ctx.traffic.fill(line, ctx.stats.active());
-            line.gauge("threads", ctx.stats.active());
         });
         // Every client thread ends inside this scope, so that the final
         // line counts them all.

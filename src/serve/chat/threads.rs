@@ -52,7 +52,6 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     thread::scope(|outer| {
         let report = report_every(outer, ctx, "threads", |line| {
             ctx.traffic.fill(line, ctx.stats.active());
-            line.gauge("threads", 2 * ctx.stats.active());
             let registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
             let registered = registry.len() as u64;
             let owed = shown.owed.load(Relaxed).max(0) as u64;
