@@ -249,7 +249,7 @@ fn malformed_arguments_exit_2() {
     assert_fails(
         &["serve", "--mode", "nope"],
         2,
-        "possible values: sequential, threads, threadpool, selector, statemachine, generator, async",
+        "possible values: sequential, threads, forking, threadpool, selector, statemachine, generator, async",
     );
     assert_fails(&["frobnicate"], 2, "unrecognized subcommand");
     assert_fails(

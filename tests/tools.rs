@@ -958,7 +958,10 @@ fn compare_writes_json_csv_and_chart() {
     let csv = std::fs::read_to_string(out.join("latest/results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 6, "{csv}");
     assert!(
-        csv.lines().next().unwrap().ends_with(",server_cpu"),
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",server_cpu,peak_memory,memory_per_connection"),
         "{csv}"
     );
     let svg = std::fs::read_to_string(out.join("latest/throughput.svg")).unwrap();

@@ -722,7 +722,7 @@ mod tests {
 
     #[test]
     fn mode_lists() {
-        assert_eq!(parse_modes("all").unwrap().0.len(), 7);
+        assert_eq!(parse_modes("all").unwrap().0.len(), Mode::ALL.len());
         assert_eq!(
             parse_modes("selector,generator").unwrap().0,
             [Mode::Selector, Mode::Statemachine]
