@@ -161,7 +161,10 @@ fn busy_is_the_loops_cpu_share(mode: Mode) {
         .filter(|l| l["final"] == false)
         .filter_map(|l| l["busy%"].as_f64())
         .fold(0.0, f64::max);
-    assert!(busiest > 20.0, "{mode} under load: {busiest}");
+    // Flat out, a loop is several times busier than idle; how busy depends
+    // on what else the machine runs meanwhile (20% failed once beside a
+    // build), so the bound is only clear of idle.
+    assert!(busiest > 10.0, "{mode} under load: {busiest}");
     let _ = std::fs::remove_file(&path);
 }
 
