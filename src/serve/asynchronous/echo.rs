@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{TcpListener, TcpStream};
+use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -82,7 +83,7 @@ async fn handle_client(stream: Async<TcpStream>, mut visit: Visit<'_>, clients: 
     // Dropped with the task, however it ends: returning, or cancelled by
     // the executor at shutdown, when it logs the shutdown as the end.
     let ending = loop {
-        let data = match limit(idle, reactor, stream.recv()).await {
+        let data = match limit(idle, reactor, pin!(stream.recv())).await {
             Ok(Ok(data)) if data.is_empty() => break Ending::Closed,
             Ok(Ok(data)) => data,
             Ok(Err(e)) => break Ending::Failed(e),
@@ -102,7 +103,7 @@ async fn handle_client(stream: Async<TcpStream>, mut visit: Visit<'_>, clients: 
                 (_, None) => work.block(&data, None),
             }
         }
-        match limit(idle, reactor, stream.write_all(&data)).await {
+        match limit(idle, reactor, pin!(stream.write_all(&data))).await {
             Ok(Ok(())) => {
                 visit.bytes += data.len() as u64;
                 traffic.wrote(data.len());
@@ -115,11 +116,13 @@ async fn handle_client(stream: Async<TcpStream>, mut visit: Visit<'_>, clients: 
     visit.end(ending);
 }
 
-/// Awaits `future`, for at most `idle` if an idle timeout is set.
+/// Awaits `future`, for at most `idle` if an idle timeout is set. The
+/// caller pins the future in its own frame: an idle task's state holds its
+/// `recv` once, and a timer only with `--idle-timeout`.
 async fn limit<F: Future>(
     idle: Option<Duration>,
     reactor: &Rc<Reactor>,
-    future: F,
+    future: Pin<&mut F>,
 ) -> Result<F::Output, TimedOut> {
     match idle {
         Some(duration) => timeout(reactor, duration, future).await,

@@ -30,7 +30,7 @@ use std::future::{Future, poll_fn};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -554,14 +554,17 @@ pub struct TimedOut;
 
 /// Runs `future` for at most `duration`: asyncio's `wait_for`.
 ///
+/// The future is pinned by the caller (`pin!(...)` in its own frame) and
+/// lent here: a task suspended in a timeout then holds the future once,
+/// in its own state, not a second copy inside this one's.
+///
 /// # Errors
-/// [`TimedOut`] if the duration passed first; the future is dropped.
+/// [`TimedOut`] if the duration passed first; the future is left unfinished.
 pub async fn timeout<F: Future>(
     reactor: &Rc<Reactor>,
     duration: Duration,
-    future: F,
+    mut future: Pin<&mut F>,
 ) -> Result<F::Output, TimedOut> {
-    let mut future = pin!(future);
     let mut timer = sleep(reactor, duration);
     poll_fn(|cx| {
         if let Poll::Ready(output) = future.as_mut().poll(cx) {

@@ -115,7 +115,7 @@ impl Member<'_> {
             Either::Left(Ok(())) => After::TooSlow,
         };
         let rest = poll_fn(|cx| self.poll_speak(stream, cx, true));
-        match timeout(reactor, CLOSE_GRACE, rest).await {
+        match timeout(reactor, CLOSE_GRACE, std::pin::pin!(rest)).await {
             Err(TimedOut) => stopped.out_of_time(),
             Ok(Err(e)) => Ending::Failed(e),
             Ok(Ok(())) => stopped.ending(),
