@@ -620,6 +620,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub budget: Option<u32>,
 
+    /// Wrong on purpose (selector only): write each echo with a blocking
+    /// `sendall` inside the handler, as the notes' selector code does. A
+    /// client that does not read then blocks the whole loop, and every
+    /// other client with it.
+    #[arg(long)]
+    pub naive_send: bool,
+
     /// Every INTERVAL (1s if not given), one line of counters per loop or
     /// pool on stderr, in its model's terms: traffic for all; waits, events
     /// per wait, busy share and the longest turn for the one-thread loops;

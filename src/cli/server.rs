@@ -4,7 +4,7 @@ use super::*;
 
 /// The flags that belong to some models only, and those models. Giving one
 /// to another model is an error, not a flag silently ignored.
-const MODEL_FLAGS: [(&str, &[Mode]); 9] = [
+const MODEL_FLAGS: [(&str, &[Mode]); 10] = [
     ("--workers", &[Mode::Threadpool]),
     ("--queue", &[Mode::Threadpool]),
     ("--global-lock", &[Mode::Threadpool]),
@@ -14,6 +14,7 @@ const MODEL_FLAGS: [(&str, &[Mode]); 9] = [
     ("--poller", &Mode::READINESS),
     ("--budget", &[Mode::Async]),
     ("--stack-size", &[Mode::Threads]),
+    ("--naive-send", &[Mode::Selector]),
 ];
 
 /// Refuses a model-specific flag given to a model it does not apply to.
@@ -28,6 +29,7 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
         args.poller.is_some(),
         args.budget.is_some(),
         args.stack_size.is_some(),
+        args.naive_send,
     ];
     for ((flag, models), given) in MODEL_FLAGS.into_iter().zip(given) {
         if given && !models.contains(&args.mode) {
@@ -90,6 +92,11 @@ fn check_chat_flags(args: &ServeArgs) -> anyhow::Result<()> {
             "the chat is one room: a second process would hold a second registry, and its users could not see the first's",
         ),
         (
+            args.naive_send,
+            "--naive-send",
+            "the chat's selector already writes what a client is owed only as its socket takes it",
+        ),
+        (
             args.crash_on.is_some(),
             "--crash-on",
             "it is a word an echo handler receives",
@@ -142,6 +149,7 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Some(threshold) => Some(threshold),
         },
         poller: args.poller.unwrap_or_default(),
+        naive_send: args.naive_send,
         budget: args
             .budget
             .unwrap_or(serve::asynchronous::reactor::DEFAULT_BUDGET),
@@ -166,6 +174,16 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         serve::run(args.mode, serve::Listeners::one(seat.listener), &ctx)?;
         serve::processes::report_totals(&ctx.stats.totals());
         return Ok(ExitCode::SUCCESS);
+    }
+    if config.poller == crate::poller::Backend::Spin {
+        eprintln!(
+            "wrong on purpose: --poller spin asks every socket in turn and never sleeps, as the notes' loop before select does; it burns a core even with no client"
+        );
+    }
+    if config.naive_send {
+        eprintln!(
+            "wrong on purpose: --naive-send writes each echo with a blocking sendall inside the loop, as the notes' selector does; a client that does not read will stop every other client"
+        );
     }
     let listeners = serve::bind(args.mode, &args.addr, &config)?;
     let ctx = Context::with_shutdown(config, shutdown);

@@ -19,6 +19,10 @@
 //!   whole array of descriptors on every wait and scans it back: the design
 //!   of the notes' `select.select()` loop (Python's `PollSelector` and
 //!   `SelectSelector`), kept to show why epoll exists.
+//! - [`Backend::Spin`]: no multiplexer at all, the notes' non-blocking loop
+//!   before `select`: every socket asked in turn, and no wait ever sleeps
+//!   ([`poll`]'s table, asked by hand). Here to show busy polling burn a
+//!   core; not in [`Backend::ALL`], since nothing should serve with it.
 //!
 //! The rules, for every backend:
 //! - [`Poller::add`] registers level-triggered: a socket is reported for
@@ -54,6 +58,9 @@ pub enum Backend {
     Epoll,
     /// poll(2): the whole descriptor array, every wait.
     Poll,
+    /// No multiplexer: every socket asked in turn, never a sleep (wrong on
+    /// purpose: busy polling).
+    Spin,
 }
 
 impl Backend {
@@ -63,10 +70,12 @@ impl Backend {
             Backend::Polling => "polling",
             Backend::Epoll => "epoll",
             Backend::Poll => "poll",
+            Backend::Spin => "spin",
         }
     }
 
-    /// Every backend, the default first.
+    /// Every backend a server may serve with, the default first (not
+    /// [`Backend::Spin`]).
     pub const ALL: [Backend; 3] = [Backend::Polling, Backend::Epoll, Backend::Poll];
 }
 
@@ -234,6 +243,7 @@ impl Poller {
                 ));
             }
             Backend::Poll => Inner::Poll(poll::Poller::new()?),
+            Backend::Spin => Inner::Poll(poll::Poller::spinning()?),
         };
         Ok(Poller { inner })
     }
@@ -244,6 +254,7 @@ impl Poller {
             Inner::Polling(_) => Backend::Polling,
             #[cfg(target_os = "linux")]
             Inner::Epoll(_) => Backend::Epoll,
+            Inner::Poll(ref p) if p.spins() => Backend::Spin,
             Inner::Poll(_) => Backend::Poll,
         }
     }

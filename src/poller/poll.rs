@@ -16,6 +16,15 @@
 //! descriptor out (a negative fd) until then. The table is behind a mutex
 //! only so that the poller can be shared with threads that `notify` it;
 //! those never take the lock.
+//!
+//! **Spinning** (`--poller spin`, [`Poller::spinning`]) is the same table
+//! with no multiplexer at all: the notes' loop before `select`, non-blocking
+//! sockets asked in turn, over and over. Each wait asks every registered
+//! socket itself (a `recv` with `MSG_PEEK` for data, `accept` or `write`
+//! left to say `WouldBlock`) and returns at once, whether anything was
+//! ready or not. Nothing ever sleeps: with no client at all the loop burns
+//! a whole core, and with many idle ones it asks each of them every turn.
+//! It is here to be measured, never to serve.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -57,6 +66,8 @@ pub struct Poller {
     wake: UnixStream,
     /// Written by [`Poller::notify`].
     ringer: UnixStream,
+    /// No `poll(2)`: ask every socket in turn and never sleep.
+    spin: bool,
 }
 
 impl Poller {
@@ -72,7 +83,24 @@ impl Poller {
             table: Mutex::default(),
             wake,
             ringer,
+            spin: false,
         })
+    }
+
+    /// A poller that never waits: see the module's last paragraph.
+    ///
+    /// # Errors
+    /// Out of descriptors.
+    pub fn spinning() -> io::Result<Poller> {
+        Ok(Poller {
+            spin: true,
+            ..Poller::new()?
+        })
+    }
+
+    /// Whether it spins instead of waiting.
+    pub fn spins(&self) -> bool {
+        self.spin
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -156,6 +184,10 @@ impl Poller {
     /// # Errors
     /// As `poll(2)`, except EINTR.
     pub fn wait(&self, list: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        if self.spin {
+            self.ask_each(list);
+            return Ok(());
+        }
         let mut table = self.table();
         let Table {
             registrations,
@@ -230,6 +262,41 @@ impl Poller {
         Ok(())
     }
 
+    /// The spinning wait: asks every registered socket whether it is ready,
+    /// one system call each, appends those that are, and returns at once.
+    fn ask_each(&self, list: &mut Vec<Event>) {
+        if ask(self.wake.as_raw_fd()) != Asked::NotYet {
+            drain(&self.wake);
+        }
+        let mut table = self.table();
+        for r in &mut table.registrations {
+            if r.muted {
+                continue;
+            }
+            let (read, write) = (
+                r.interest.read && r.armed.read,
+                r.interest.write && r.armed.write,
+            );
+            let asked = if read { ask(r.fd) } else { Asked::NotYet };
+            let event = Event {
+                key: r.key,
+                readable: read && asked != Asked::NotYet,
+                // Writing is left to the write to refuse (`WouldBlock`).
+                writable: write || asked == Asked::Failed,
+                read_closed: matches!(asked, Asked::Closed | Asked::Failed),
+            };
+            if !(event.readable || event.writable) {
+                continue;
+            }
+            if r.edge {
+                r.armed.read &= !event.readable;
+                r.armed.write &= !event.writable;
+                r.muted |= asked == Asked::Failed;
+            }
+            list.push(event);
+        }
+    }
+
     /// Ends the current (or next) wait from any thread.
     ///
     /// # Errors
@@ -259,6 +326,46 @@ impl Table {
 const READ_CLOSED: libc::c_short = libc::POLLRDHUP;
 #[cfg(not(target_os = "linux"))]
 const READ_CLOSED: libc::c_short = 0;
+
+/// What asking a socket for data said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asked {
+    /// Data waits (or, on a listener, which cannot be asked so, perhaps a
+    /// client: its `accept` will tell).
+    Ready,
+    /// The peer closed its side: a read returns 0.
+    Closed,
+    /// Nothing yet (`EAGAIN`).
+    NotYet,
+    /// An error waits: the next call returns it.
+    Failed,
+}
+
+/// Asks socket `fd` for data without taking it: `recv` with `MSG_PEEK`
+/// and `MSG_DONTWAIT`, one system call, the spinning loop's whole "wait".
+fn ask(fd: RawFd) -> Asked {
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most one byte into `byte`, which lives across
+    // the call; MSG_PEEK leaves the data in the socket.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Asked::Closed,
+        n if n > 0 => Asked::Ready,
+        _ => match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => Asked::NotYet,
+            // A listening socket cannot be peeked: let `accept` answer.
+            Some(libc::ENOTCONN | libc::EINVAL | libc::EOPNOTSUPP) => Asked::Ready,
+            _ => Asked::Failed,
+        },
+    }
+}
 
 /// Empties the wake-up socket, or poll would report it forever.
 fn drain(mut wake: &UnixStream) {

@@ -57,6 +57,9 @@ pub struct Config {
     /// The async model's cooperative budget: I/O operations a task may
     /// complete per poll before it yields (0: no budget).
     pub budget: u32,
+    /// `--naive-send` (selector): each echo is a blocking write inside the
+    /// handler, wrong on purpose.
+    pub naive_send: bool,
     /// `--crash-on`: a handler that receives this aborts the process.
     pub crash_on: Option<String>,
     /// Under `serve --processes`: this process is worker number this.
@@ -124,6 +127,7 @@ impl Default for Config {
             slow_handler: Some(DEFAULT_SLOW_HANDLER),
             poller: Backend::default(),
             budget: asynchronous::reactor::DEFAULT_BUDGET,
+            naive_send: false,
             crash_on: None,
             worker: None,
             stats: None,

@@ -47,6 +47,7 @@
 //!
 //! Tutorial: `docs/tutorial/3-readiness-and-epoll.md`.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -57,7 +58,7 @@ use slab::Slab;
 
 use super::accept::Visit;
 use super::deadlines::sweep_interval;
-use super::live::Traffic;
+use super::live::{Counter, Traffic};
 use super::meter::Meter;
 use super::offload::{Finished, Job, Offload};
 use super::readiness::Listener;
@@ -104,10 +105,18 @@ struct Connection<'a> {
     /// nothing more until that chunk is echoed, so bytes stay in order.
     working: bool,
     /// Reads and bytes read so far, for `--stats`.
-    reads: u64,
+    reads: u32,
     received: u64,
     /// The chunk waiting out `wait` work (empty otherwise; kept to reuse).
     held: Vec<u8>,
+    /// Writes that took less than offered, so far, for `--stats`: the case
+    /// the notes' `sendall` never meets, because it blocks instead.
+    short_writes: u32,
+    /// Reads that found nothing (`WouldBlock`) so far, for `--stats`: a
+    /// wake-up for nothing, which a readiness backend rarely gives and
+    /// `--poller spin` gives every turn. (Both counts wrap, and only their
+    /// differences are read: 4 bytes each per connection.)
+    would_block: u32,
     /// Who it is and the bytes echoed to it: counted out and logged when
     /// the connection is dropped, after its socket.
     visit: Visit<'a>,
@@ -205,6 +214,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         meter: Meter::new(ctx, "selector"),
         traffic: &traffic,
         jobs_done: 0,
+        misses: Misses::default(),
         ctx,
     };
     let served = selector.serve();
@@ -242,6 +252,8 @@ struct Selector<'a> {
     /// Offloaded jobs come back since the last line: each rang the poller
     /// from a pool thread (a cross-thread wake-up).
     jobs_done: u64,
+    /// Short writes and reads for nothing, since the last line.
+    misses: Misses,
     ctx: &'a Context,
 }
 
@@ -265,7 +277,7 @@ impl Selector<'_> {
                         let plan = self.plan.as_mut();
                         let before = conn.counts();
                         let ending = conn.on_ready(event, now, self.poller, &mut self.buffer, plan);
-                        count(self.traffic, before, conn.counts());
+                        count(self.traffic, &self.misses, before, conn.counts());
                         if let Some(ending) = ending {
                             self.close(event.key, ending);
                         }
@@ -290,9 +302,15 @@ impl Selector<'_> {
             + usize::from(self.listener.paused_until().is_some())
             + usize::from(self.next_idle_sweep.is_some());
         let jobs_done = std::mem::take(&mut self.jobs_done);
+        let (short_writes, would_block) = (
+            self.misses.short_writes.take(),
+            self.misses.would_block.take(),
+        );
         self.meter.report(now, last, self.traffic, open, |line| {
             line.gauge("timers", timers as u64)
-                .count("cross_wakeups", jobs_done);
+                .count("cross_wakeups", jobs_done)
+                .count("short_writes", short_writes)
+                .count("would_block", would_block);
         });
     }
 
@@ -344,7 +362,7 @@ impl Selector<'_> {
             Ok(()) => conn.settle(key, self.poller),
             Err(e) => Some(Ending::Failed(e)),
         };
-        count(self.traffic, before, conn.counts());
+        count(self.traffic, &self.misses, before, conn.counts());
         if let Some(ending) = ending {
             self.close(key, ending);
         }
@@ -364,6 +382,15 @@ impl Selector<'_> {
         let entry = self.handlers.vacant_entry();
         let key = entry.key();
         let visit = Visit::new(peer, self.traffic, &self.ctx.stats);
+        if self.ctx.config.naive_send {
+            // --naive-send, wrong on purpose: a blocking socket, so that
+            // each echo's write is the notes' `sendall`, which returns only
+            // once the client has taken every byte. With a client that
+            // never reads, it never returns, and the loop with it.
+            if let Err(e) = stream.set_nonblocking(false) {
+                return visit.end(Ending::Failed(e));
+            }
+        }
         // Watched until the connection is dropped (in `close`).
         let stream = match self.poller.register(stream, key, Interest::READ) {
             Ok(stream) => stream,
@@ -380,6 +407,8 @@ impl Selector<'_> {
             reads: 0,
             received: 0,
             held: Vec::new(),
+            short_writes: 0,
+            would_block: 0,
             visit,
         }));
         self.next_id += 1;
@@ -448,16 +477,50 @@ impl Selector<'_> {
 }
 
 /// Adds what a connection did between two snapshots of its
-/// [`Connection::counts`] to the loop's traffic.
-fn count(traffic: &Traffic, before: (u64, u64, u64), after: (u64, u64, u64)) {
-    traffic.reads(after.0 - before.0, after.1 - before.1);
-    traffic.wrote((after.2 - before.2) as usize);
+/// [`Connection::counts`] to the loop's traffic and misses.
+fn count(traffic: &Traffic, misses: &Misses, before: Counts, after: Counts) {
+    let missed = |after: u32, before: u32| u64::from(after.wrapping_sub(before));
+    traffic.reads(
+        missed(after.reads, before.reads),
+        after.received - before.received,
+    );
+    traffic.wrote((after.written - before.written) as usize);
+    let short_writes = missed(after.short_writes, before.short_writes);
+    misses.short_writes.add(short_writes);
+    misses
+        .would_block
+        .add(missed(after.would_block, before.would_block));
+}
+
+/// Calls that did less than asked, since the last `--stats` line.
+#[derive(Default)]
+struct Misses {
+    /// Writes the socket took only part of.
+    short_writes: Cell<u64>,
+    /// Reads that found nothing.
+    would_block: Cell<u64>,
+}
+
+/// What a connection has done so far, for `--stats`.
+#[derive(Clone, Copy)]
+struct Counts {
+    reads: u32,
+    received: u64,
+    written: u64,
+    short_writes: u32,
+    would_block: u32,
 }
 
 impl Connection<'_> {
     /// Reads, bytes read and bytes written so far.
-    fn counts(&self) -> (u64, u64, u64) {
-        (self.reads, self.received, self.visit.bytes)
+    fn counts(&self) -> Counts {
+        Counts {
+            reads: self.reads,
+            received: self.received,
+            written: self.visit.bytes,
+            short_writes: self.short_writes,
+            would_block: self.would_block,
+        }
     }
 
     /// The echo handler (the notes' `recv_and_send`): called with whatever
@@ -536,11 +599,15 @@ impl Connection<'_> {
             }
             Ok(n) => n,
             // A spurious wake-up: nothing to read after all.
-            Err(e) if would_block(&e) || interrupted(&e) => return Ok(()),
+            Err(e) if would_block(&e) => {
+                self.would_block = self.would_block.wrapping_add(1);
+                return Ok(());
+            }
+            Err(e) if interrupted(&e) => return Ok(()),
             Err(e) => return Err(e),
         };
         self.last_active = now;
-        self.reads += 1;
+        self.reads = self.reads.wrapping_add(1);
         self.received += n as u64;
         let data = &buffer[..n];
         super::crash::check(data);
@@ -560,6 +627,7 @@ impl Connection<'_> {
         if self.unsent.is_empty() {
             let written = write_some(&mut self.stream, data)?;
             self.visit.bytes += written as u64;
+            self.count_short(written, data.len());
             self.unsent.extend_from_slice(&data[written..]);
         } else {
             self.unsent.extend_from_slice(data);
@@ -568,12 +636,20 @@ impl Connection<'_> {
         Ok(())
     }
 
+    /// Counts a write the socket took only part of.
+    fn count_short(&mut self, written: usize, offered: usize) {
+        if written < offered {
+            self.short_writes = self.short_writes.wrapping_add(1);
+        }
+    }
+
     /// Writes as much of `unsent` as the socket takes now.
     fn flush(&mut self, now: Instant) -> io::Result<()> {
         if self.unsent.is_empty() {
             return Ok(());
         }
         let written = write_some(&mut self.stream, &self.unsent)?;
+        self.count_short(written, self.unsent.len());
         self.unsent.drain(..written);
         self.visit.bytes += written as u64;
         if written > 0 {

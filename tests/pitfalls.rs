@@ -1,0 +1,129 @@
+//! The notes' pitfalls, made to happen on purpose and checked: the
+//! blocking `sendall` inside a loop's handler (`--naive-send`), against the
+//! selector that counts its short writes instead; and busy polling
+//! (`--poller spin`), a loop that never sleeps.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::common::*;
+
+/// Pours bytes into the server without reading, until the server stops
+/// taking them (its buffers and ours are full): the client of chapter 3
+/// that never reads.
+fn never_reader(server: &BinaryServer) -> TcpStream {
+    let stream = connect(server.addr);
+    stream
+        .set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let block = [0u8; 64 << 10];
+    // At most 256 MiB: far past any socket buffers.
+    for _ in 0..4096 {
+        if (&stream).write_all(&block).is_err() {
+            return stream;
+        }
+    }
+    panic!("the server took 256 MiB from a client that reads nothing");
+}
+
+/// `--naive-send`: once one client stops reading, the loop blocks inside
+/// its write, and another client gets nothing; when that client goes, the
+/// loop comes back, the other client gets its echo, and the stall warning
+/// says how long everyone waited. The server said at its start that it is
+/// wrong on purpose.
+#[test]
+fn a_blocking_send_in_the_loop_stops_every_client() {
+    let server = BinaryServer::start(&["--mode", "selector", "--naive-send", "--quiet"]);
+    let stuck = never_reader(&server);
+    let mut other = connect(server.addr);
+    other.write_all(b"anyone?").unwrap();
+    assert!(
+        stays_silent(&mut other, Duration::from_millis(500)),
+        "the loop answered while blocked in a write"
+    );
+    drop(stuck);
+    let mut echo = [0; 7];
+    other.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"anyone?");
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.starts_with("wrong on purpose: --naive-send"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ran ") && stderr.contains("without waiting"),
+        "{stderr}"
+    );
+}
+
+/// The selector itself meets the same client with short writes, keeps the
+/// rest, and serves everyone else meanwhile; `--stats` counts them.
+#[test]
+fn the_selector_counts_its_short_writes_and_goes_on() {
+    let path = std::env::temp_dir().join(format!("echo-lab-short-{}.jsonl", std::process::id()));
+    let server = BinaryServer::start(&[
+        "--mode",
+        "selector",
+        "--quiet",
+        "--stats",
+        "100ms",
+        "--stats-json",
+        path.to_str().unwrap(),
+    ]);
+    let _stuck = never_reader(&server);
+    let mut other = connect(server.addr);
+    assert_echo(&mut other, b"still served");
+    wait_until("a line counts a short write", || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .any(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .is_ok_and(|l| l["short_writes"].as_u64() > Some(0))
+            })
+    });
+    let _ = std::fs::remove_file(&path);
+}
+
+/// `--poller spin`: with no client at all, the loop asks its sockets over
+/// and over and never sleeps: its `--stats` lines say it is busy nearly all
+/// the time, its CPU clock runs with the wall clock, and every turn's read
+/// is a `would_block`. It still serves (slowly burning a core).
+#[test]
+fn busy_polling_burns_a_core_with_no_client() {
+    let path = std::env::temp_dir().join(format!("echo-lab-spin-{}.jsonl", std::process::id()));
+    let server = BinaryServer::start(&[
+        "--mode",
+        "selector",
+        "--poller",
+        "spin",
+        "--quiet",
+        "--stats",
+        "200ms",
+        "--stats-json",
+        path.to_str().unwrap(),
+    ]);
+    let burned = server.cpu_burned_during(Duration::from_millis(600));
+    assert!(
+        burned >= Duration::from_millis(300),
+        "{burned:?} of CPU in 600 ms idle"
+    );
+    let busiest = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|line| line["busy%"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(busiest > 50.0, "idle yet busy {busiest}%");
+    let mut client = connect(server.addr);
+    assert_echo(&mut client, b"served all the same");
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.starts_with("wrong on purpose: --poller spin"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(&path);
+}
