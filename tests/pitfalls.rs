@@ -1,7 +1,8 @@
 //! The notes' pitfalls, made to happen on purpose and checked: the
 //! blocking `sendall` inside a loop's handler (`--naive-send`), against the
-//! selector that counts its short writes instead; and busy polling
-//! (`--poller spin`), a loop that never sleeps.
+//! selector that counts its short writes instead; busy polling
+//! (`--poller spin`), a loop that never sleeps; and a race in the chat's
+//! registration (`--racy-register`), on threads and on one thread.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -126,4 +127,48 @@ fn busy_polling_burns_a_core_with_no_client() {
         "{stderr}"
     );
     let _ = std::fs::remove_file(&path);
+}
+
+/// How many of eight clients registering `alice` at once a chat server
+/// started with `args` tells `ok`.
+fn winners(args: &[&str]) -> usize {
+    let mut full = vec!["--protocol", "chat", "--quiet"];
+    full.extend_from_slice(args);
+    let server = BinaryServer::start(&full);
+    let report =
+        echo_lab::tools::race::register_at_once(&server.addr.into(), "alice", 8, PATIENCE).unwrap();
+    assert!(report.all_answered(), "{report:?}");
+    report.winners()
+}
+
+/// The chat's registration is one step under the registry's lock (or
+/// between two awaits): of eight clients asking for one name at once,
+/// exactly one gets it. `--racy-register` splits the step, letting go in
+/// between (the thread chat drops its lock, the async chat awaits a
+/// timer), and all eight get it: a race with threads, and a race on one
+/// thread with no lock in sight.
+#[test]
+fn a_registration_that_lets_go_between_check_and_take_races() {
+    for mode in ["threads", "async"] {
+        assert_eq!(winners(&["--mode", mode]), 1, "{mode}");
+        let racy = winners(&["--mode", mode, "--racy-register", "300ms"]);
+        assert_eq!(racy, 8, "{mode} with --racy-register");
+    }
+    // Where the registry cannot be let go of mid-step, the flag is refused.
+    for args in [
+        &["serve", "--racy-register", "1s"][..],
+        &[
+            "serve",
+            "--protocol",
+            "chat",
+            "--mode",
+            "selector",
+            "--racy-register",
+            "1s",
+        ],
+    ] {
+        let (code, _, stderr) = run_binary(args);
+        assert_eq!(code, Some(1), "{args:?}");
+        assert!(stderr.contains("--racy-register splits"), "{stderr}");
+    }
 }

@@ -5,6 +5,16 @@ use crate::tools::bench::chat::{self, ChatBenchConfig, ChatBenchReport};
 
 pub(super) fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let clients = usize::from(args.clients);
+    if let Some(name) = &args.register {
+        let timeout = args.timeout.unwrap_or(Duration::from_secs(10));
+        let report = crate::tools::race::register_at_once(&args.addr, name, clients, timeout)?;
+        print!("{}", crate::tools::race::render(&report));
+        return Ok(if report.all_answered() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let config = probe::ProbeConfig {
         addr: args.addr,
         clients,

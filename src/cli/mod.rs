@@ -135,6 +135,11 @@ pub struct ProbeArgs {
     /// client, its wait for the echo and its hold on a time axis.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+    /// Chat instead of echo: every client registers NAME at the same
+    /// moment, and the probe says how many were told `ok` (one, unless
+    /// the server's registration races: serve --racy-register).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["hold", "json", "svg"])]
+    pub register: Option<String>,
 }
 
 /// `echo-lab bench`.
@@ -626,6 +631,13 @@ pub struct ServeArgs {
     /// other client with it.
     #[arg(long)]
     pub naive_send: bool,
+
+    /// Wrong on purpose (chat on threads, threadpool and async): register
+    /// in two steps, "is the name free?" then, DURATION later, "take it",
+    /// letting go of the registry in between (the lock dropped, or an
+    /// await). Clients that register one name at once all get `ok`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub racy_register: Option<Duration>,
 
     /// Every INTERVAL (1s if not given), one line of counters per loop or
     /// pool on stderr, in its model's terms: traffic for all; waits, events

@@ -52,6 +52,14 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
     if args.global_lock && args.work.is_none() {
         anyhow::bail!("--global-lock is held while a worker does its --work; give --work too");
     }
+    if args.racy_register.is_some()
+        && (args.protocol != Protocol::Chat
+            || !matches!(args.mode, Mode::Threads | Mode::Threadpool | Mode::Async))
+    {
+        anyhow::bail!(
+            "--racy-register splits the chat's registration where a model can let go of the registry: --protocol chat with --mode threads, threadpool or async"
+        );
+    }
     if args.processes.is_some() && args.mode == Mode::Forking {
         anyhow::bail!(
             "forking makes a process per client already; --processes applies to the other models"
@@ -150,6 +158,7 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         poller: args.poller.unwrap_or_default(),
         naive_send: args.naive_send,
+        racy_register: args.racy_register,
         budget: args
             .budget
             .unwrap_or(serve::asynchronous::reactor::DEFAULT_BUDGET),
@@ -178,6 +187,11 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if config.poller == crate::poller::Backend::Spin {
         eprintln!(
             "wrong on purpose: --poller spin asks every socket in turn and never sleeps, as the notes' loop before select does; it burns a core even with no client"
+        );
+    }
+    if config.racy_register.is_some() {
+        eprintln!(
+            "wrong on purpose: --racy-register lets go of the registry between checking a name and taking it; clients that register one name at once will all get it"
         );
     }
     if config.naive_send {

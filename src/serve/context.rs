@@ -60,6 +60,9 @@ pub struct Config {
     /// `--naive-send` (selector): each echo is a blocking write inside the
     /// handler, wrong on purpose.
     pub naive_send: bool,
+    /// `--racy-register` (chat on threads and async): wait this long between
+    /// checking a name and taking it, wrong on purpose.
+    pub racy_register: Option<Duration>,
     /// `--crash-on`: a handler that receives this aborts the process.
     pub crash_on: Option<String>,
     /// Under `serve --processes`: this process is worker number this.
@@ -128,6 +131,7 @@ impl Default for Config {
             poller: Backend::default(),
             budget: asynchronous::reactor::DEFAULT_BUDGET,
             naive_send: false,
+            racy_register: None,
             crash_on: None,
             worker: None,
             stats: None,

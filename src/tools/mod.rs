@@ -15,3 +15,4 @@ pub mod hogs;
 pub mod interrupt;
 pub mod probe;
 pub mod probe_svg;
+pub mod race;

@@ -21,6 +21,7 @@ use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Duration;
 
 use super::CLOSE_GRACE;
 use super::room::{After, Room};
@@ -28,7 +29,7 @@ use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::asynchronous::accept_clients;
 use crate::serve::asynchronous::executor::{Either, Executor, select};
-use crate::serve::asynchronous::reactor::{Async, Reactor, TimedOut, timeout};
+use crate::serve::asynchronous::reactor::{Async, Reactor, TimedOut, sleep, timeout};
 use crate::serve::live::Traffic;
 use crate::serve::meter::Meter;
 use crate::stats::Ending;
@@ -57,7 +58,10 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         &reactor,
         &traffic,
         executor.spawner(),
-        |stream, visit| chatter(stream, visit, &room, &reactor, &traffic),
+        |stream, visit| {
+            let racy = ctx.config.racy_register;
+            chatter(stream, visit, &room, &reactor, &traffic, racy)
+        },
     );
     let served = executor.block_on(accepting);
     executor.cancel_all();
@@ -73,11 +77,13 @@ async fn chatter(
     room: &AsyncRoom,
     reactor: &Rc<Reactor>,
     traffic: &Traffic,
+    racy: Option<Duration>,
 ) {
     let mut member = Member {
         key: room.borrow_mut().join(None),
         room,
         traffic,
+        racy,
         visit: RefCell::new(visit),
     };
     let ending = member.talk(&stream, reactor).await;
@@ -93,6 +99,9 @@ struct Member<'a> {
     room: &'a AsyncRoom,
     /// The loop's `--stats` traffic.
     traffic: &'a Traffic,
+    /// `--racy-register`: how long to await between checking a name and
+    /// taking it (wrong on purpose).
+    racy: Option<Duration>,
     /// Who it is, the bytes written to it, how it ended (speaking and
     /// listening share the member, so the count is behind a `RefCell`).
     visit: RefCell<Visit<'a>>,
@@ -108,7 +117,7 @@ impl Member<'_> {
         // sends without pause spends the whole budget on reading, and its
         // replies pile up until it is cut off as too slow.)
         let speaking = poll_fn(|cx| self.poll_speak(stream, cx, false));
-        let stopped = match select(speaking, self.listen(stream)).await {
+        let stopped = match select(speaking, self.listen(stream, reactor)).await {
             Either::Right(Ok(after)) => after,
             Either::Left(Err(e)) | Either::Right(Err(e)) => return Ending::Failed(e),
             // Cut off: its last bytes get the close grace, as after a quit.
@@ -124,9 +133,24 @@ impl Member<'_> {
 
     /// Reads and carries out lines until `quit`, the end of the stream, or
     /// expulsion; wakes every member posted to.
-    async fn listen(&self, stream: &Async<TcpStream>) -> io::Result<After> {
+    async fn listen(&self, stream: &Async<TcpStream>, reactor: &Rc<Reactor>) -> io::Result<After> {
         loop {
             let data = stream.recv().await?;
+            if let Some(delay) = self.racy {
+                let asked = self.room.borrow().free_name_asked(self.key, &data);
+                if let Some(name) = asked {
+                    // --racy-register, wrong on purpose: an await between
+                    // "is the name free?" and "take it". One thread, no
+                    // lock anywhere, and every task that checked meanwhile
+                    // takes the name too.
+                    self.traffic.read(data.len());
+                    sleep(reactor, delay).await;
+                    let mut room = self.room.borrow_mut();
+                    room.take_name(self.key, name);
+                    wake_posted(&mut room);
+                    continue;
+                }
+            }
             let mut room = self.room.borrow_mut();
             let after = if data.is_empty() {
                 room.leave(self.key);
@@ -135,11 +159,7 @@ impl Member<'_> {
                 self.traffic.read(data.len());
                 room.receive(self.key, &data)
             };
-            room.take_woken(|_, member| {
-                if let Some(waker) = member.handle.take() {
-                    waker.wake();
-                }
-            });
+            wake_posted(&mut room);
             if after != After::Continue {
                 return Ok(after);
             }
@@ -187,6 +207,15 @@ impl Member<'_> {
             Poll::Pending
         }
     }
+}
+
+/// Wakes every member posted to since the last call.
+fn wake_posted(room: &mut Room<Option<Waker>>) {
+    room.take_woken(|_, member| {
+        if let Some(waker) = member.handle.take() {
+            waker.wake();
+        }
+    });
 }
 
 impl Drop for Member<'_> {

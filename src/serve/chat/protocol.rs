@@ -120,6 +120,11 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// Whether no line is half received.
+    pub fn is_empty(&self) -> bool {
+        self.partial.is_empty() && !self.skipping
+    }
+
     /// Calls `each` for every line `data` completes, in order. Stops when
     /// `each` breaks, and drops the rest of `data` then.
     pub fn feed(

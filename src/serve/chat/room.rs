@@ -160,6 +160,47 @@ impl Session {
         after
     }
 
+    /// `--racy-register`, wrong on purpose: the *check* half of
+    /// registering, alone. If `data` is exactly one `register,NAME` line
+    /// this session may send, and NAME is free in `registry` now, returns
+    /// NAME, and registers nothing. A racy server then lets go of the
+    /// registry (drops its lock, or awaits) before it takes the name with
+    /// [`Session::take_name`], and whoever checked meanwhile found it free
+    /// too. Anything else: `None`, and the data goes to
+    /// [`Session::receive`], which checks and takes in one step.
+    pub fn free_name_asked<P>(&self, data: &[u8], registry: &Registry<P>) -> Option<String> {
+        if self.name.is_some() || !self.lines.is_empty() {
+            return None;
+        }
+        let line = data.strip_suffix(b"\n")?;
+        if line.contains(&b'\n') {
+            return None;
+        }
+        match protocol::parse(line) {
+            Ok(Command::Register(name))
+                if protocol::check_name(name).is_ok() && !registry.names.contains_key(name) =>
+            {
+                Some(name.to_owned())
+            }
+            _ => None,
+        }
+    }
+
+    /// The *take* half of a racy registration: the name becomes this
+    /// session's, whoever took it since the check (the last taker holds it
+    /// in the registry; every one of them was told `ok`).
+    pub fn take_name<P: Clone>(
+        &mut self,
+        name: String,
+        me: &P,
+        registry: &mut Registry<P>,
+        post: &mut impl FnMut(&P, &[u8]),
+    ) {
+        registry.names.insert(name.clone(), me.clone());
+        self.name = Some(name);
+        post(me, b"ok\n");
+    }
+
     /// Frees the name, if any: on `quit`, at the end of the stream, or
     /// when the connection is dropped. Others may take it at once.
     pub fn leave<P>(&mut self, registry: &mut Registry<P>) {
@@ -410,6 +451,33 @@ impl<H> Room<H> {
             members[slow].session.leave(registry);
         }
         after
+    }
+
+    /// [`Session::free_name_asked`] for member `key`.
+    pub fn free_name_asked(&self, key: usize, data: &[u8]) -> Option<String> {
+        self.members[key]
+            .session
+            .free_name_asked(data, &self.registry)
+    }
+
+    /// [`Session::take_name`] for member `key`: its `ok` goes to its own
+    /// outbox, and it is woken to write it.
+    pub fn take_name(&mut self, key: usize, name: String) {
+        let Room {
+            registry,
+            members,
+            woken,
+            ..
+        } = self;
+        let mut session = std::mem::take(&mut members[key].session);
+        session.take_name(name, &key, registry, &mut |&to, line| {
+            let outbox = &mut members[to].outbox;
+            if outbox.is_empty() {
+                woken.push(to);
+            }
+            outbox.push(line);
+        });
+        members[key].session = session;
     }
 
     /// Member `key` sent its last byte: its name is free at once.

@@ -230,6 +230,23 @@ fn read_lines(
         if ctx.config.stats.is_some() {
             ctx.traffic.read(n);
         }
+        if let Some(delay) = ctx.config.racy_register {
+            let asked = {
+                let registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+                session.free_name_asked(&buffer[..n], &registry)
+            };
+            if let Some(name) = asked {
+                // --racy-register, wrong on purpose: the lock is let go
+                // between "is the name free?" and "take it", and every
+                // thread that checked meanwhile takes the name too.
+                thread::sleep(delay);
+                let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+                session.take_name(name, me, &mut registry, &mut |to, line| {
+                    to.post(line, shown);
+                });
+                continue;
+            }
+        }
         let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
         match session.receive(me, &buffer[..n], &mut registry, &mut |to, line| {
             let cut_off = to.post(line, shown);
