@@ -639,6 +639,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub racy_register: Option<Duration>,
 
+    /// Wrong on purpose (chat on threads and threadpool): a receiver found
+    /// too slow is unregistered inside its outbox's lock, the two locks in
+    /// the order chapter 8 warns against. A deadlock follows; a watch names
+    /// the threads and locks of it, and the server exits with status 3.
+    #[arg(long)]
+    pub lock_order_bug: bool,
+
     /// Every INTERVAL (1s if not given), one line of counters per loop or
     /// pool on stderr, in its model's terms: traffic for all; waits, events
     /// per wait, busy share and the longest turn for the one-thread loops;

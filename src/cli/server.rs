@@ -60,6 +60,14 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
             "--racy-register splits the chat's registration where a model can let go of the registry: --protocol chat with --mode threads, threadpool or async"
         );
     }
+    if args.lock_order_bug
+        && (args.protocol != Protocol::Chat
+            || !matches!(args.mode, Mode::Threads | Mode::Threadpool))
+    {
+        anyhow::bail!(
+            "--lock-order-bug is in the thread chat's two locks: --protocol chat with --mode threads or threadpool"
+        );
+    }
     if args.processes.is_some() && args.mode == Mode::Forking {
         anyhow::bail!(
             "forking makes a process per client already; --processes applies to the other models"
@@ -159,6 +167,7 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         poller: args.poller.unwrap_or_default(),
         naive_send: args.naive_send,
         racy_register: args.racy_register,
+        lock_order_bug: args.lock_order_bug,
         budget: args
             .budget
             .unwrap_or(serve::asynchronous::reactor::DEFAULT_BUDGET),
@@ -192,6 +201,11 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if config.racy_register.is_some() {
         eprintln!(
             "wrong on purpose: --racy-register lets go of the registry between checking a name and taking it; clients that register one name at once will all get it"
+        );
+    }
+    if config.lock_order_bug {
+        eprintln!(
+            "wrong on purpose: --lock-order-bug takes an outbox's lock and then the registry's, the order chapter 8 warns against; a receiver too slow to keep up will deadlock the server"
         );
     }
     if config.naive_send {

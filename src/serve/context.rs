@@ -63,6 +63,9 @@ pub struct Config {
     /// `--racy-register` (chat on threads and async): wait this long between
     /// checking a name and taking it, wrong on purpose.
     pub racy_register: Option<Duration>,
+    /// `--lock-order-bug` (chat on threads): unregister a too-slow receiver
+    /// inside its outbox's lock, wrong on purpose: a deadlock.
+    pub lock_order_bug: bool,
     /// `--crash-on`: a handler that receives this aborts the process.
     pub crash_on: Option<String>,
     /// Under `serve --processes`: this process is worker number this.
@@ -132,6 +135,7 @@ impl Default for Config {
             budget: asynchronous::reactor::DEFAULT_BUDGET,
             naive_send: false,
             racy_register: None,
+            lock_order_bug: false,
             crash_on: None,
             worker: None,
             stats: None,

@@ -47,6 +47,7 @@ pub mod asynchronous;
 #[cfg(target_os = "linux")]
 pub mod completion;
 pub mod counts;
+pub mod lockwatch;
 pub mod protocol;
 pub mod room;
 pub mod selector;

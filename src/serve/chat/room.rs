@@ -56,6 +56,14 @@ impl<P> Registry<P> {
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
+
+    /// Unregisters whatever name `holder` holds.
+    pub fn remove_holder(&mut self, holder: &P)
+    where
+        P: PartialEq,
+    {
+        self.names.retain(|_, held_by| held_by != holder);
+    }
 }
 
 /// How a connection goes on after what it sent.

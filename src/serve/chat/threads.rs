@@ -27,7 +27,7 @@
 //! own reader leaves the registry the normal way.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown as Direction, TcpListener, TcpStream};
+use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use super::CLOSE_GRACE;
 use super::counts::ChatCounts;
+use super::lockwatch::{self, LockWatch, Watched};
 use super::room::{After, Outbox, Registry, Session};
 use crate::net::{interrupted, would_block};
 use crate::serve::Context;
@@ -46,26 +47,40 @@ use crate::stats::Ending;
 /// # Errors
 /// If the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
-    let registry = Mutex::new(Registry::default());
-    let shown = Shown::default();
+    let chat = Chat {
+        registry: Mutex::new(Registry::default()),
+        shown: Shown::default(),
+        watch: ctx.config.lock_order_bug.then(LockWatch::default),
+        ctx,
+    };
     let mut clients = Clients::new(listener, ctx);
     thread::scope(|outer| {
         let report = report_every(outer, ctx, "threads", |line| {
             ctx.traffic.fill(line, ctx.stats.active());
-            let registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+            let registry = chat.registry.lock().unwrap_or_else(PoisonError::into_inner);
             let registered = registry.len() as u64;
-            let owed = shown.owed.load(Relaxed).max(0) as u64;
-            shown.counts.fill(line, registered, owed);
+            let owed = chat.shown.owed.load(Relaxed).max(0) as u64;
+            chat.shown.counts.fill(line, registered, owed);
         });
+        if let Some(watch) = &chat.watch {
+            // --lock-order-bug: a deadlock, once it happens, is named and
+            // ends the process; nothing else could (every client thread
+            // of it waits forever).
+            outer.spawn(move || {
+                if let Some(cycle) = watch.watch(DEADLOCK_CHECK, &ctx.shutdown) {
+                    eprintln!("deadlock: {}", cycle.join("; "));
+                    eprintln!("deadlock: exiting with status {DEADLOCKED}");
+                    std::process::exit(DEADLOCKED);
+                }
+            });
+        }
         // Every client's threads end inside this scope, so that the final
         // line counts them all.
         thread::scope(|scope| {
             for client in &mut clients {
-                let (registry, shown) = (&registry, &shown);
+                let chat = &chat;
                 let name = format!("chat-{}", client.1.peer());
-                spawn_client(scope, ctx, name, client, move |client| {
-                    serve(client, registry, shown, ctx)
-                });
+                spawn_client(scope, ctx, name, client, move |client| serve(client, chat));
             }
             // The scope waits for every client's threads; the shutdown
             // has shut their sockets down, so they are finishing.
@@ -75,6 +90,30 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         }
     });
     clients.finish()
+}
+
+/// How often the deadlock watch looks (`--lock-order-bug` only).
+const DEADLOCK_CHECK: Duration = Duration::from_millis(100);
+
+/// The exit status of a server that deadlocked.
+pub const DEADLOCKED: i32 = 3;
+
+/// What every client's threads share.
+struct Chat<'a> {
+    registry: Mutex<Registry<Arc<Peer>>>,
+    shown: Shown,
+    /// With `--lock-order-bug`: who holds and waits for which lock.
+    watch: Option<LockWatch>,
+    ctx: &'a Context,
+}
+
+impl Chat<'_> {
+    /// The registry, locked (watched with `--lock-order-bug`).
+    fn registry(&self) -> Watched<'_, Registry<Arc<Peer>>> {
+        lockwatch::lock(&self.registry, self.watch.as_ref(), || {
+            "the registry".into()
+        })
+    }
 }
 
 /// What `--stats` shows of the chat, counted by every client's threads.
@@ -88,6 +127,8 @@ struct Shown {
 
 /// A client as the others see it: where to post lines for it.
 struct Peer {
+    /// Its client's address, to name its outbox's lock.
+    addr: SocketAddr,
     mailbox: Mutex<Mailbox>,
     /// Signalled when the mailbox gets its first line, or closes.
     filled: Condvar,
@@ -116,10 +157,18 @@ impl Peer {
         self.mailbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Its mailbox, locked and watched (with `--lock-order-bug`).
+    fn watched_mailbox<'a>(&'a self, watch: Option<&'a LockWatch>) -> Watched<'a, Mailbox> {
+        lockwatch::lock(&self.mailbox, watch, || {
+            format!("the outbox of {}", self.addr)
+        })
+    }
+
     /// Queues a whole line for this client; never blocks on its socket.
     /// Returns whether this line made it too slow.
-    fn post(&self, line: &[u8], shown: &Shown) -> bool {
-        let mut mailbox = self.mailbox();
+    fn post(&self, line: &[u8], chat: &Chat<'_>) -> bool {
+        let shown = &chat.shown;
+        let mut mailbox = self.watched_mailbox(chat.watch.as_ref());
         let was_empty = mailbox.outbox.is_empty();
         let before = mailbox.outbox.pending().len() as i64;
         let cut_off = mailbox.outbox.push(line);
@@ -131,7 +180,9 @@ impl Peer {
             // lock order above). The writer has the close grace for the
             // last bytes.
             mailbox.deadline.get_or_insert(Instant::now() + CLOSE_GRACE);
-            let _ = self.stream.shutdown(Direction::Read);
+            if !chat.ctx.config.lock_order_bug {
+                let _ = self.stream.shutdown(Direction::Read);
+            }
             self.filled.notify_one();
         } else if was_empty {
             self.filled.notify_one();
@@ -141,15 +192,12 @@ impl Peer {
 }
 
 /// One client: a reader (this thread) and a writer, until either ends.
-fn serve(
-    (stream, mut visit): Client<'_>,
-    registry: &Mutex<Registry<Arc<Peer>>>,
-    shown: &Shown,
-    ctx: &Context,
-) {
+fn serve((stream, mut visit): Client<'_>, chat: &Chat<'_>) {
+    let (ctx, shown) = (chat.ctx, &chat.shown);
     let peer = visit.peer();
     let me = match stream.try_clone() {
         Ok(writing_half) => Arc::new(Peer {
+            addr: peer,
             mailbox: Mutex::new(Mailbox {
                 outbox: Outbox::default(),
                 closed: false,
@@ -169,8 +217,8 @@ fn serve(
         let writer = thread::Builder::new()
             .name(format!("chat-{peer}-writer"))
             .stack_size(ctx.config.stack_size)
-            .spawn_scoped(scope, || write_out(&me, shown, ctx))?;
-        let read = read_lines(&stream, &me, registry, shown, ctx);
+            .spawn_scoped(scope, || write_out(&me, chat))?;
+        let read = read_lines(&stream, &me, chat);
         // Whatever ended the reading: the writer sends what is left, but
         // waits at most CLOSE_GRACE for the client to take it.
         {
@@ -211,13 +259,8 @@ fn serve(
 /// The notes' per-client thread: read lines and carry them out, under the
 /// registry's lock, until `quit`, the end of the stream, or an error.
 /// Leaves the registry however it ends.
-fn read_lines(
-    mut stream: &TcpStream,
-    me: &Arc<Peer>,
-    registry: &Mutex<Registry<Arc<Peer>>>,
-    shown: &Shown,
-    ctx: &Context,
-) -> io::Result<After> {
+fn read_lines(mut stream: &TcpStream, me: &Arc<Peer>, chat: &Chat<'_>) -> io::Result<After> {
+    let (ctx, shown) = (chat.ctx, &chat.shown);
     let mut session = Session::default();
     let mut buffer = [0; 4096];
     let result = loop {
@@ -231,33 +274,43 @@ fn read_lines(
             ctx.traffic.read(n);
         }
         if let Some(delay) = ctx.config.racy_register {
-            let asked = {
-                let registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
-                session.free_name_asked(&buffer[..n], &registry)
-            };
+            let asked = session.free_name_asked(&buffer[..n], &chat.registry());
             if let Some(name) = asked {
                 // --racy-register, wrong on purpose: the lock is let go
                 // between "is the name free?" and "take it", and every
                 // thread that checked meanwhile takes the name too.
                 thread::sleep(delay);
-                let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
-                session.take_name(name, me, &mut registry, &mut |to, line| {
-                    to.post(line, shown);
+                session.take_name(name, me, &mut chat.registry(), &mut |to, line| {
+                    to.post(line, chat);
                 });
                 continue;
             }
         }
-        let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut registry = chat.registry();
         match session.receive(me, &buffer[..n], &mut registry, &mut |to, line| {
-            let cut_off = to.post(line, shown);
+            let cut_off = to.post(line, chat);
             shown.counts.posted(to != me, cut_off);
         }) {
             After::Continue => {}
             done => break Ok(done),
         }
     };
-    session.leave(&mut registry.lock().unwrap_or_else(PoisonError::into_inner));
+    session.leave(&mut chat.registry());
     result
+}
+
+/// `--lock-order-bug`, wrong on purpose: the tempting mistake the module's
+/// doc warns of. A receiver found too slow is unregistered right here,
+/// inside its outbox's lock: outbox, then registry, the opposite of a
+/// reader, which holds the registry while it posts to an outbox. A sender
+/// posting to this receiver meanwhile holds the registry and waits for the
+/// outbox; this thread holds the outbox and waits for the registry: neither
+/// ever goes on. (The pause only makes the meeting certain: senders that
+/// keep writing to the receiver take the registry within it.)
+fn unregister_inside_the_outbox(me: &Arc<Peer>, chat: &Chat<'_>) {
+    let _outbox = me.watched_mailbox(chat.watch.as_ref());
+    thread::sleep(Duration::from_millis(50));
+    chat.registry().remove_holder(me);
 }
 
 /// How long one blocked `write` lasts before the writer looks at its
@@ -268,7 +321,8 @@ const WRITE_TICK: Duration = Duration::from_secs(1);
 /// The writer: waits for lines, writes them out, until the reader is done
 /// and nothing is left, or the deadline passes. Returns the bytes written,
 /// and the error that stopped it, if one did.
-fn write_out(me: &Peer, shown: &Shown, ctx: &Context) -> (u64, io::Result<()>) {
+fn write_out(me: &Arc<Peer>, chat: &Chat<'_>) -> (u64, io::Result<()>) {
+    let (ctx, shown) = (chat.ctx, &chat.shown);
     let mut written = 0;
     if let Err(e) = me.stream.set_write_timeout(Some(WRITE_TICK)) {
         return (0, Err(e));
@@ -289,6 +343,9 @@ fn write_out(me: &Peer, shown: &Shown, ctx: &Context) -> (u64, io::Result<()>) {
             shown.owed.fetch_sub(bytes.len() as i64, Relaxed);
             (bytes, mailbox.outbox.is_too_slow())
         };
+        if cut_off && ctx.config.lock_order_bug {
+            unregister_inside_the_outbox(me, chat);
+        }
         let mut rest = &bytes[..];
         while !rest.is_empty() {
             match (&me.stream).write(rest) {
