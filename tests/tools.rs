@@ -31,6 +31,24 @@ fn short_bench(addr: HostPort, connections: usize) -> BenchConfig {
     }
 }
 
+/// Runs `compare` with `args` and two clients for 300 ms a run, no
+/// warm-up, into a directory of its own (`name` in the temporary
+/// directory); returns what it printed and its results.json, and removes
+/// the directory. Fails the test if compare fails.
+fn short_compare(name: &str, args: &[&str]) -> (String, Value) {
+    let out = std::env::temp_dir().join(format!("echo-lab-{name}-{}", std::process::id()));
+    let mut full = vec!["compare", "-c", "2", "-d", "300ms", "--warmup", "0s"];
+    full.extend_from_slice(args);
+    full.extend(["--out", out.to_str().unwrap()]);
+    let (status, stdout, stderr) = run_binary(&full);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let json =
+        serde_json::from_str(&std::fs::read_to_string(out.join("latest/results.json")).unwrap())
+            .unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    (stdout, json)
+}
+
 /// `bench --churn` against every model: each message on a connection of
 /// its own, so the connections made are the messages echoed (and more,
 /// outside the window), every echo checked, and the server counts every
@@ -124,33 +142,18 @@ fn bench_runs_hogs_beside_the_measured_connections() {
 #[test]
 fn compare_runs_hogs_beside_every_run() {
     for protocol in ["echo", "chat"] {
-        let out = std::env::temp_dir().join(format!(
-            "echo-lab-compare-hogs-{protocol}-{}",
-            std::process::id()
-        ));
-        let (status, stdout, stderr) = run_binary(&[
-            "compare",
-            "--protocol",
-            protocol,
-            "--modes",
-            "selector,async",
-            "-c",
-            "2",
-            "-d",
-            "300ms",
-            "--warmup",
-            "0s",
-            "--hogs",
-            "2",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert_eq!(status, Some(0), "{stdout}{stderr}");
+        let (stdout, json) = short_compare(
+            &format!("compare-hogs-{protocol}"),
+            &[
+                "--protocol",
+                protocol,
+                "--modes",
+                "selector,async",
+                "--hogs",
+                "2",
+            ],
+        );
         assert!(stdout.contains("# 2 hogs beside every run"), "{stdout}");
-        let json: Value = serde_json::from_str(
-            &std::fs::read_to_string(out.join("latest/results.json")).unwrap(),
-        )
-        .unwrap();
         assert_eq!(json["hogs"], 2);
         for row in json["rows"].as_array().unwrap() {
             assert!(
@@ -158,7 +161,6 @@ fn compare_runs_hogs_beside_every_run() {
                 "{row}"
             );
         }
-        let _ = std::fs::remove_dir_all(&out);
     }
 }
 
@@ -1024,28 +1026,9 @@ fn churn_from_the_command_line() {
     assert_eq!(status, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("connections/s: "), "{stdout}");
     assert!(stdout.contains("0 connect failures, 0 errors"), "{stdout}");
-    let out = std::env::temp_dir().join(format!("echo-lab-churn-{}", std::process::id()));
-    let (status, stdout, stderr) = run_binary(&[
-        "compare",
-        "--modes",
-        "threads,selector",
-        "--churn",
-        "-c",
-        "2",
-        "-d",
-        "300ms",
-        "--warmup",
-        "0s",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(status, Some(0), "{stdout}{stderr}");
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("latest/results.json")).unwrap())
-            .unwrap();
+    let (_, json) = short_compare("churn", &["--modes", "threads,selector", "--churn"]);
     assert_eq!(json["churn"], true);
     for row in json["rows"].as_array().unwrap() {
         assert!(row["results"]["messages"].as_u64() > Some(0), "{row}");
     }
-    let _ = std::fs::remove_dir_all(&out);
 }
