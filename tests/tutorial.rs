@@ -471,11 +471,21 @@ fn a_failing_command_fails_the_chapter() {
     run_chapter_text("fine.md", "```sh\necho fine\nsleep 5 &\nkill %1\n```\n");
 }
 
-/// A chapter's number, from its file name (`10-threads-or-processes.md`):
-/// chapters sort by it, not by name, where 10 would come before 2.
-fn chapter_number(name: &str) -> u32 {
-    let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().unwrap_or(u32::MAX)
+/// The chapters in `dir` (the files whose name starts with a number), in
+/// the order of their numbers: 10 after 9, where names would put it
+/// after 1.
+fn chapters_on_disk(dir: &Path) -> Vec<String> {
+    let number = |name: &str| {
+        let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap_or(u32::MAX)
+    };
+    let mut chapters: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".md") && name.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    chapters.sort_by_key(|name| number(name));
+    chapters
 }
 
 macro_rules! chapters {
@@ -508,12 +518,7 @@ chapters! {
 fn chapters_and_modules_link_each_other() {
     let dir = root().join("docs/tutorial");
     let index = std::fs::read_to_string(dir.join("README.md")).unwrap();
-    let mut chapters: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".md") && n.starts_with(|c: char| c.is_ascii_digit()))
-        .collect();
-    chapters.sort_by_key(|name| chapter_number(name));
+    let chapters = chapters_on_disk(&dir);
     assert_eq!(chapters.len(), 11);
     for (i, chapter) in chapters.iter().enumerate() {
         assert!(
@@ -693,12 +698,7 @@ fn check_synopsis(file: &Path, synopsis: &str) {
 fn the_summary_lists_every_chapter() {
     let dir = root().join("docs/tutorial");
     let summary = std::fs::read_to_string(dir.join("SUMMARY.md")).unwrap();
-    let mut chapters: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|name| name.ends_with(".md") && name.starts_with(|c: char| c.is_ascii_digit()))
-        .collect();
-    chapters.sort_by_key(|name| chapter_number(name));
+    let chapters = chapters_on_disk(&dir);
     let listed: Vec<String> = links(&summary)
         .into_iter()
         .filter(|target| target != "README.md")
