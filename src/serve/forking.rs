@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 use super::Context;
 use super::accept::Visit;
 use super::blocking::{echo, report_every};
+use super::processes::ChildBell;
 use super::readiness::Listener;
 use crate::poller::{Events, Interest, Poller};
 use crate::stats::Ending;
@@ -112,10 +113,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let poller = Poller::new(ctx.config.poller)?;
     let bell = ctx.shutdown.bell()?;
-    let (children, child_ringer) = std::os::unix::net::UnixStream::pair()?;
-    children.set_nonblocking(true)?;
-    child_ringer.set_nonblocking(true)?;
-    let sigchld = signal_hook::low_level::pipe::register(libc::SIGCHLD, child_ringer)?;
+    let children = ChildBell::new()?;
     let (reports, report_writer) = UnixDatagram::pair()?;
     reports.set_nonblocking(true)?;
     let _bell = poller.register(&bell, BELL, Interest::READ)?;
@@ -128,7 +126,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         report_writer: &report_writer,
         ctx,
     };
-    let served = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         // --stats: the clients served now are the children alive (each
         // line also counts the processes and their memory).
         let report = report_every(scope, ctx, "forking", move |line| {
@@ -141,9 +139,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
             report.finish();
         }
         served
-    });
-    signal_hook::low_level::unregister(sigchld);
-    served
+    })
 }
 
 /// The parent: its listener, and a visit per child alive.
@@ -158,11 +154,7 @@ struct Parent<'a> {
 }
 
 impl Parent<'_> {
-    fn serve(
-        &mut self,
-        poller: &Poller,
-        children: &std::os::unix::net::UnixStream,
-    ) -> io::Result<()> {
+    fn serve(&mut self, poller: &Poller, children: &ChildBell) -> io::Result<()> {
         let mut events = Events::new();
         while !self.ctx.shutdown.is_triggered() {
             let timeout = self
@@ -177,7 +169,7 @@ impl Parent<'_> {
                     _ => {}
                 }
             }
-            drain(children);
+            children.drain();
             self.collect();
             self.listener.resume_if_due(Instant::now())?;
         }
@@ -232,7 +224,7 @@ impl Parent<'_> {
     /// Shuts every child's socket down, so that each finishes as after a
     /// close, and reaps them all: SIGTERM to those still alive after
     /// [`STOP_PATIENCE`], SIGKILL after twice that.
-    fn stop_all(&mut self, poller: &Poller, children: &std::os::unix::net::UnixStream) {
+    fn stop_all(&mut self, poller: &Poller, children: &ChildBell) {
         for (_, socket) in self.children.values() {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
@@ -254,7 +246,7 @@ impl Parent<'_> {
                 signalled = signal;
             }
             let _ = poller.wait(&mut events, Some(Duration::from_millis(100)));
-            drain(children);
+            children.drain();
         }
     }
 }
@@ -268,13 +260,6 @@ fn died(status: ExitStatus) -> Option<Ending> {
         Some(_) => Some(Ending::Failed(io::Error::other("its process was killed"))),
         None => None,
     }
-}
-
-/// Empties the SIGCHLD self-pipe.
-fn drain(pipe: &std::os::unix::net::UnixStream) {
-    use std::io::Read;
-    let mut bytes = [0; 64];
-    while matches!((&*pipe).read(&mut bytes), Ok(n) if n > 0) {}
 }
 
 /// The child: serves `stream` with the blocking echo, reports, exits.

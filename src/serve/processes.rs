@@ -45,9 +45,9 @@
 //! Tutorial: `docs/tutorial/10-threads-or-processes.md`.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{self, Read};
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -125,12 +125,7 @@ struct Worker {
 pub fn supervise(listener: TcpListener, count: usize, ctx: &Context) -> anyhow::Result<()> {
     let poller = Poller::new(ctx.config.poller).context("starting the master's poller")?;
     let bell = ctx.shutdown.bell()?;
-    let (children, child_ringer) = UnixStream::pair()?;
-    for end in [&children, &child_ringer] {
-        end.set_nonblocking(true)?;
-    }
-    signal_hook::low_level::pipe::register(libc::SIGCHLD, child_ringer)
-        .context("watching for workers that end")?;
+    let children = ChildBell::new().context("watching for workers that end")?;
     let _bell = poller.register(&bell, 0, Interest::READ)?;
     let _children = poller.register(&children, 1, Interest::READ)?;
     let restarted = AtomicU64::new(0);
@@ -157,10 +152,46 @@ pub fn supervise(listener: TcpListener, count: usize, ctx: &Context) -> anyhow::
     })
 }
 
-/// Empties a self-pipe that signals rang.
-fn drain(pipe: &UnixStream) {
-    let mut bytes = [0; 64];
-    while matches!((&*pipe).read(&mut bytes), Ok(n) if n > 0) {}
+/// A self-pipe that SIGCHLD rings: readable (in a poller) once a child of
+/// this process has ended. Both process models wait on one, the master for
+/// its workers and `forking`'s parent for its children. The handler goes
+/// when it is dropped.
+pub(crate) struct ChildBell {
+    bell: UnixStream,
+    handler: signal_hook::SigId,
+}
+
+impl ChildBell {
+    /// Installs the SIGCHLD handler that rings it.
+    ///
+    /// # Errors
+    /// Out of descriptors, or the handler cannot be installed.
+    pub(crate) fn new() -> io::Result<ChildBell> {
+        let (bell, ringer) = UnixStream::pair()?;
+        for end in [&bell, &ringer] {
+            end.set_nonblocking(true)?;
+        }
+        let handler = signal_hook::low_level::pipe::register(libc::SIGCHLD, ringer)?;
+        Ok(ChildBell { bell, handler })
+    }
+
+    /// Empties it after a wait, so that it rings again at the next end.
+    pub(crate) fn drain(&self) {
+        let mut bytes = [0; 64];
+        while matches!((&self.bell).read(&mut bytes), Ok(n) if n > 0) {}
+    }
+}
+
+impl AsFd for ChildBell {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.bell.as_fd()
+    }
+}
+
+impl Drop for ChildBell {
+    fn drop(&mut self) {
+        signal_hook::low_level::unregister(self.handler);
+    }
 }
 
 struct Master<'a> {
@@ -176,12 +207,7 @@ struct Master<'a> {
 
 impl Master<'_> {
     /// Starts the workers, then restarts any that dies, until the shutdown.
-    fn serve(
-        &mut self,
-        count: usize,
-        poller: &Poller,
-        children: &UnixStream,
-    ) -> anyhow::Result<()> {
+    fn serve(&mut self, count: usize, poller: &Poller, children: &ChildBell) -> anyhow::Result<()> {
         for index in 1..=count {
             self.start(index)?;
         }
@@ -193,7 +219,7 @@ impl Master<'_> {
             if events.iter().any(|event| event.key == 0) {
                 self.ctx.shutdown.trigger();
             }
-            drain(children);
+            children.drain();
             self.reap(true);
             self.restart_due();
         }
@@ -296,7 +322,7 @@ impl Master<'_> {
 
     /// SIGTERM to every worker, then waits for them all; kills those still
     /// running after [`STOP_PATIENCE`].
-    fn stop_all(&mut self, poller: &Poller, children: &UnixStream) {
+    fn stop_all(&mut self, poller: &Poller, children: &ChildBell) {
         for worker in self.workers.values() {
             let _ = crate::sys::signal(worker.child.id(), libc::SIGTERM);
         }
@@ -312,7 +338,7 @@ impl Master<'_> {
                 break;
             }
             let _ = poller.wait(&mut events, Some(left));
-            drain(children);
+            children.drain();
         }
         for (index, worker) in &mut self.workers {
             eprintln!(
