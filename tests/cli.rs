@@ -222,6 +222,10 @@ fn flags_of_other_models_are_refused() {
             &["--mode", "sequential", "--poller", "poll"],
             "--poller applies to selector, statemachine and async only, not to sequential",
         ),
+        (
+            &["--mode", "selector", "--trace"],
+            "--trace applies to statemachine and async only, not to selector",
+        ),
     ] {
         let mut command = vec!["serve", "--addr", "127.0.0.1:0"];
         command.extend_from_slice(args);

@@ -1,8 +1,9 @@
 //! The notes' pitfalls, made to happen on purpose and checked: the
 //! blocking `sendall` inside a loop's handler (`--naive-send`), against the
 //! selector that counts its short writes instead; busy polling
-//! (`--poller spin`), a loop that never sleeps; and a race in the chat's
-//! registration (`--racy-register`), on threads and on one thread.
+//! (`--poller spin`), a loop that never sleeps; a race in the chat's
+//! registration (`--racy-register`), on threads and on one thread; and a
+//! task's life told by `--trace`, up to its end at an idle timeout.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -170,5 +171,72 @@ fn a_registration_that_lets_go_between_check_and_take_races() {
         let (code, _, stderr) = run_binary(args);
         assert_eq!(code, Some(1), "{args:?}");
         assert!(stderr.contains("--racy-register splits"), "{stderr}");
+    }
+}
+
+/// Serves one echo and lets the client fall silent until the idle timeout
+/// closes it, under `--trace`; returns the server's stderr.
+fn traced_life(mode: &str) -> String {
+    let server = BinaryServer::start(&[
+        "--mode",
+        mode,
+        "--trace",
+        "--idle-timeout",
+        "300ms",
+        "--quiet",
+    ]);
+    let mut client = connect(server.addr);
+    assert_echo(&mut client, b"hello");
+    // The server closes the silent client: the read sees the end.
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    stderr
+}
+
+/// `--trace` on the statemachine tells a client's generator in the notes'
+/// words, in order: created, `next()` to its first `yield WAIT_READ`,
+/// resumed when readable, and `close()` at its idle deadline.
+#[test]
+fn the_statemachine_trace_tells_a_generators_life() {
+    let stderr = traced_life("statemachine");
+    let client: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("handle_client"))
+        .collect();
+    let expected = [
+        "created, a generator object",
+        "next() → yield WAIT_READ",
+        "send(readable) → yield WAIT_READ",
+        "close() at its idle deadline",
+    ];
+    assert_eq!(client.len(), expected.len(), "{stderr}");
+    for (line, words) in client.iter().zip(expected) {
+        assert!(line.contains(words), "{line:?} lacks {words:?}\n{stderr}");
+    }
+}
+
+/// `--trace` on async tells a task's life in the runtime's words: spawned,
+/// polled to `Pending`, its `recv` dropped at the idle timeout (cancelled),
+/// and woken by the timer for its last poll, `Ready`. (Whether the echo
+/// takes a poll of its own depends on when the message arrives.)
+#[test]
+fn the_async_trace_tells_a_tasks_life() {
+    let stderr = traced_life("async");
+    let mut from = 0;
+    for words in [
+        "spawned (asyncio's create_task)",
+        "polled for the first time → Pending",
+        "idle timeout: the timer was ready first",
+        "cancelled",
+        "woken (its waker queued it), polled → Ready",
+    ] {
+        let at = stderr[from..]
+            .find(words)
+            .unwrap_or_else(|| panic!("{words:?} missing after byte {from}\n{stderr}"));
+        from += at + words.len();
     }
 }

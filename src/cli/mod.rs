@@ -646,6 +646,14 @@ pub struct ServeArgs {
     #[arg(long)]
     pub lock_order_bug: bool,
 
+    /// Each task's life on stderr, in the notes' words (statemachine and
+    /// async only): statemachine, the generator loop's `next()`, `yield
+    /// WAIT_READ`, `send(...)` and `close()`; async, spawned, polled to
+    /// `Pending`, woken, and dropped (cancelled). At most 200 lines a
+    /// second; those left out are counted.
+    #[arg(long)]
+    pub trace: bool,
+
     /// Every INTERVAL (1s if not given), one line of counters per loop or
     /// pool on stderr, in its model's terms: traffic for all; waits, events
     /// per wait, busy share and the longest turn for the one-thread loops;

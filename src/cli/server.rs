@@ -4,7 +4,7 @@ use super::*;
 
 /// The flags that belong to some models only, and those models. Giving one
 /// to another model is an error, not a flag silently ignored.
-const MODEL_FLAGS: [(&str, &[Mode]); 10] = [
+const MODEL_FLAGS: [(&str, &[Mode]); 11] = [
     ("--workers", &[Mode::Threadpool]),
     ("--queue", &[Mode::Threadpool]),
     ("--global-lock", &[Mode::Threadpool]),
@@ -15,6 +15,7 @@ const MODEL_FLAGS: [(&str, &[Mode]); 10] = [
     ("--budget", &[Mode::Async]),
     ("--stack-size", &[Mode::Threads]),
     ("--naive-send", &[Mode::Selector]),
+    ("--trace", &[Mode::Statemachine, Mode::Async]),
 ];
 
 /// Refuses a model-specific flag given to a model it does not apply to.
@@ -30,6 +31,7 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
         args.budget.is_some(),
         args.stack_size.is_some(),
         args.naive_send,
+        args.trace,
     ];
     for ((flag, models), given) in MODEL_FLAGS.into_iter().zip(given) {
         if given && !models.contains(&args.mode) {
@@ -168,6 +170,7 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         naive_send: args.naive_send,
         racy_register: args.racy_register,
         lock_order_bug: args.lock_order_bug,
+        trace: args.trace,
         budget: args
             .budget
             .unwrap_or(serve::asynchronous::reactor::DEFAULT_BUDGET),

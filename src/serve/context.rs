@@ -66,6 +66,8 @@ pub struct Config {
     /// `--lock-order-bug` (chat on threads): unregister a too-slow receiver
     /// inside its outbox's lock, wrong on purpose: a deadlock.
     pub lock_order_bug: bool,
+    /// `--trace` (statemachine and async): each task's life on stderr.
+    pub trace: bool,
     /// `--crash-on`: a handler that receives this aborts the process.
     pub crash_on: Option<String>,
     /// Under `serve --processes`: this process is worker number this.
@@ -136,6 +138,7 @@ impl Default for Config {
             naive_send: false,
             racy_register: None,
             lock_order_bug: false,
+            trace: false,
             crash_on: None,
             worker: None,
             stats: None,

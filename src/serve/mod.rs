@@ -65,6 +65,7 @@ pub mod stall;
 pub mod statemachine;
 pub mod threadpool;
 pub mod threads;
+pub mod trace;
 pub mod work;
 
 /// The concurrency models, in the order the notes introduce them.

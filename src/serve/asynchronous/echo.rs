@@ -7,11 +7,10 @@ use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::pin::{Pin, pin};
 use std::rc::Rc;
-use std::time::Duration;
 
 use super::accept_clients;
 use super::executor::Executor;
-use super::reactor::{Async, Reactor, TimedOut, sleep, timeout};
+use super::reactor::{Async, Reactor, TimedOut, Timeout, sleep, timeout};
 use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::live::Traffic;
@@ -35,6 +34,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let traffic = Traffic::default();
     let reactor = Reactor::new(ctx.config.poller)?;
     reactor.set_budget(ctx.config.budget);
+    reactor.trace().set_on(ctx.config.trace);
     let executor =
         Executor::new(reactor.clone()).metered(Meter::new(ctx, "async"), &traffic, |_| {});
     let listener = Async::new(listener, &reactor)?;
@@ -71,61 +71,73 @@ struct Clients<'a> {
     traffic: &'a Traffic,
 }
 
-/// The notes' `handle_client`: echo until the client leaves.
-async fn handle_client(stream: Async<TcpStream>, mut visit: Visit<'_>, clients: Clients<'_>) {
-    let Clients {
-        ctx,
-        reactor,
-        pool,
-        traffic,
-    } = clients;
-    let idle = ctx.config.idle_timeout;
-    // Dropped with the task, however it ends: returning, or cancelled by
-    // the executor at shutdown, when it logs the shutdown as the end.
-    let ending = loop {
-        let data = match limit(idle, reactor, pin!(stream.recv())).await {
-            Ok(Ok(data)) if data.is_empty() => break Ending::Closed,
-            Ok(Ok(data)) => data,
-            Ok(Err(e)) => break Ending::Failed(e),
-            Err(TimedOut) => break Ending::IdleTimeout,
-        };
-        traffic.read(data.len());
-        crate::serve::crash::check(&data);
-        if let Some(work) = ctx.config.work {
-            // `--work` before the echo (see chapter 7).
-            match (work.kind, pool) {
-                // The notes' `await asyncio.sleep(...)`: other tasks run.
-                (WorkKind::Wait, _) => sleep(reactor, work.duration).await,
-                // `await loop.run_in_executor(pool, job)`.
-                (_, Some(pool)) => drop(pool.run(work, data.to_vec()).await),
-                // `time.sleep` or computing inside the coroutine: the
-                // whole loop waits.
-                (_, None) => work.block(&data, None),
-            }
-        }
-        match limit(idle, reactor, pin!(stream.write_all(&data))).await {
-            Ok(Ok(())) => {
-                visit.bytes += data.len() as u64;
-                traffic.wrote(data.len());
-            }
-            Ok(Err(e)) => break Ending::Failed(e),
-            Err(TimedOut) => break Ending::IdleTimeout,
-        }
-    };
-    drop(stream);
-    visit.end(ending);
+impl Clients<'_> {
+    /// Awaits `future` for at most `--idle-timeout`, if one is set. (The
+    /// setting is read here, where it is used, rather than kept in each
+    /// task.)
+    fn limit<'f, F: Future>(&self, future: Pin<&'f mut F>) -> Timeout<'f, F> {
+        timeout(self.reactor, self.ctx.config.idle_timeout, future)
+    }
 }
 
-/// Awaits `future`, for at most `idle` if an idle timeout is set. The
-/// caller pins the future in its own frame: an idle task's state holds its
-/// `recv` once, and a timer only with `--idle-timeout`.
-async fn limit<F: Future>(
-    idle: Option<Duration>,
-    reactor: &Rc<Reactor>,
-    future: Pin<&mut F>,
-) -> Result<F::Output, TimedOut> {
-    match idle {
-        Some(duration) => timeout(reactor, duration, future).await,
-        None => Ok(future.await),
+/// The notes' `handle_client`: echo until the client leaves.
+///
+/// Written as a function that returns an `async move` block rather than
+/// an `async fn`: the compiler copies an `async fn`'s arguments into its
+/// body's locals, and a suspended task then holds them twice (rust-lang
+/// issue 62958); the block uses what it captured in place. The settings
+/// are read through `clients` for the same reason: each field unpacked
+/// into a local would be kept beside it. Every byte here is in every idle
+/// client (see `docs/performance.md`).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would hold its arguments twice"
+)]
+fn handle_client<'a>(
+    stream: Async<TcpStream>,
+    mut visit: Visit<'a>,
+    clients: Clients<'a>,
+) -> impl Future<Output = ()> + 'a {
+    async move {
+        let ending = loop {
+            let data = match clients.limit(pin!(stream.recv())).await {
+                Ok(Ok(data)) if data.is_empty() => break Ending::Closed,
+                Ok(Ok(data)) => data,
+                Ok(Err(e)) => break Ending::Failed(e),
+                Err(TimedOut) => {
+                    clients.reactor.trace().here(format_args!(
+                        "idle timeout: the timer was ready first, and `timeout` dropped the unfinished `recv` future: cancelled (asyncio's wait_for would raise CancelledError inside it; Rust just never polls it again)"
+                    ));
+                    break Ending::IdleTimeout;
+                }
+            };
+            clients.traffic.read(data.len());
+            crate::serve::crash::check(&data);
+            if let Some(work) = clients.ctx.config.work {
+                // `--work` before the echo (see chapter 7).
+                match (work.kind, clients.pool) {
+                    // The notes' `await asyncio.sleep(...)`: other tasks run.
+                    (WorkKind::Wait, _) => sleep(clients.reactor, work.duration).await,
+                    // `await loop.run_in_executor(pool, job)`.
+                    (_, Some(pool)) => drop(pool.run(work, data.to_vec()).await),
+                    // `time.sleep` or computing inside the coroutine: the
+                    // whole loop waits.
+                    (_, None) => work.block(&data, None),
+                }
+            }
+            match clients.limit(pin!(stream.write_all(&data))).await {
+                Ok(Ok(())) => {
+                    visit.bytes += data.len() as u64;
+                    clients.traffic.wrote(data.len());
+                }
+                Ok(Err(e)) => break Ending::Failed(e),
+                Err(TimedOut) => break Ending::IdleTimeout,
+            }
+        };
+        // The socket closes before the visit logs its end, however the
+        // task ends: returning, or cancelled (dropped) by the executor at
+        // shutdown, when the visit logs the shutdown as the end.
+        drop(stream);
+        visit.end(ending);
     }
 }

@@ -32,7 +32,7 @@
 //! handles.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
@@ -77,6 +77,9 @@ pub struct Executor<'a> {
     meter: RefCell<Option<Metered<'a>>>,
     /// The ready queue's length at each tick, and polls per wake.
     queue: RefCell<ReadyQueueStats>,
+    /// With `--trace`: tasks spawned and not yet polled, so that their
+    /// first poll is told apart from a wake.
+    fresh: RefCell<HashSet<usize>>,
 }
 
 /// A meter, and what its lines show besides the executor's own fields.
@@ -181,6 +184,7 @@ impl<'a> Executor<'a> {
             tick: RefCell::new(VecDeque::new()),
             meter: RefCell::new(None),
             queue: RefCell::new(ReadyQueueStats::default()),
+            fresh: RefCell::new(HashSet::new()),
         }
     }
 
@@ -233,6 +237,15 @@ impl<'a> Executor<'a> {
 
     /// Drops every task (cancels it), running each one's destructors now.
     pub fn cancel_all(&self) {
+        let trace = self.reactor.trace();
+        for (id, _) in self.tasks.borrow().iter() {
+            trace.task(
+                id,
+                format_args!(
+                    "dropped while Pending at shutdown: cancelled (asyncio's Task.cancel() raises CancelledError at its await and lets it run its handlers; Rust runs none of its code again, only the destructors of what it holds: its socket closes)"
+                ),
+            );
+        }
         let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
         drop(tasks);
         self.spawner.new_tasks.borrow_mut().clear();
@@ -380,6 +393,13 @@ impl<'a> Executor<'a> {
                 ready: self.ready.clone(),
             });
             self.ready.push(entry.key());
+            if self.reactor.trace().is_on() {
+                self.reactor.trace().task(
+                    entry.key(),
+                    format_args!("spawned (asyncio's create_task): queued to be polled"),
+                );
+                self.fresh.borrow_mut().insert(entry.key());
+            }
             entry.insert(Slot {
                 running: Some((future, Waker::from(state.clone()))),
                 state,
@@ -404,13 +424,38 @@ impl<'a> Executor<'a> {
         // No borrow is held while the task runs: it may spawn, or drop
         // sockets that deregister from the reactor.
         self.queue.borrow_mut().polls += 1;
-        match future.as_mut().poll(&mut Context::from_waker(&waker)) {
+        let trace = self.reactor.trace();
+        trace.running(id);
+        let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
+        if trace.is_on() {
+            self.trace_poll(id, poll.is_ready());
+        }
+        trace.stopped();
+        match poll {
             Poll::Ready(()) => {
                 self.tasks.borrow_mut().remove(id);
                 drop(future);
             }
             Poll::Pending => self.tasks.borrow_mut()[id].running = Some((future, waker)),
         }
+    }
+
+    /// The `--trace` line of one poll: what brought the task here (spawned,
+    /// or its waker called), and how the poll ended.
+    fn trace_poll(&self, id: usize, finished: bool) {
+        let how = if self.fresh.borrow_mut().remove(&id) {
+            "polled for the first time"
+        } else {
+            "woken (its waker queued it), polled"
+        };
+        let outcome = if finished {
+            "Ready: it returned, the executor drops it"
+        } else {
+            "Pending: suspended at an .await, its waker left with what it awaits"
+        };
+        self.reactor
+            .trace()
+            .task(id, format_args!("{how} → {outcome}"));
     }
 }
 

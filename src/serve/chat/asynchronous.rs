@@ -46,6 +46,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let traffic = Traffic::default();
     let room = AsyncRoom::default();
     let reactor = Reactor::new(ctx.config.poller)?;
+    reactor.trace().set_on(ctx.config.trace);
     reactor.set_budget(ctx.config.budget);
     let executor =
         Executor::new(reactor.clone()).metered(Meter::new(ctx, "async"), &traffic, |line| {
@@ -124,7 +125,7 @@ impl Member<'_> {
             Either::Left(Ok(())) => After::TooSlow,
         };
         let rest = poll_fn(|cx| self.poll_speak(stream, cx, true));
-        match timeout(reactor, CLOSE_GRACE, std::pin::pin!(rest)).await {
+        match timeout(reactor, Some(CLOSE_GRACE), std::pin::pin!(rest)).await {
             Err(TimedOut) => stopped.out_of_time(),
             Ok(Err(e)) => Ending::Failed(e),
             Ok(Ok(())) => stopped.ending(),

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{Coroutine, Resume, Step, Wait, serve};
 use crate::net::{interrupted, would_block};
@@ -65,12 +65,12 @@ struct Echo<'a> {
     state: EchoState<'a>,
     sock: TcpStream,
     buffers: &'a BufferPool,
-    idle_timeout: Option<Duration>,
+    /// The settings (`--idle-timeout`, `--work`, `--offload`), read where
+    /// they are used: a copy in every task would cost each idle client
+    /// 40 bytes.
+    ctx: &'a Context,
     /// The loop's `--stats` traffic.
     traffic: &'a Traffic,
-    /// `--work`, and whether its blocking kinds go to the offload pool.
-    work: Option<Work>,
-    offload: bool,
     /// The job handed to the loop with [`Wait::Offload`], until it takes it.
     job: Option<(Work, Vec<u8>)>,
     /// Who it is, the bytes echoed to it, and how the task ended: logged
@@ -91,10 +91,8 @@ impl<'a> Echo<'a> {
             state: EchoState::Start,
             sock,
             buffers,
-            idle_timeout: ctx.config.idle_timeout,
+            ctx,
             traffic,
-            work: ctx.config.work,
-            offload: ctx.config.offload > 0,
             job: None,
             visit,
         }
@@ -108,7 +106,7 @@ impl<'a> Echo<'a> {
             // The notes' `yield` of a deadline: the loop resumes us then.
             WorkKind::Wait => Some(Wait::Sleep(Instant::now() + work.duration)),
             // `run_in_executor`: the pool works on a copy, the loop goes on.
-            _ if self.offload => {
+            _ if self.ctx.config.offload > 0 => {
                 self.job = Some((work, data.to_vec()));
                 Some(Wait::Offload)
             }
@@ -123,14 +121,14 @@ impl<'a> Echo<'a> {
     /// `yield 'WAIT_READ', sock`, with the idle deadline if there is one.
     fn wait_read(&self) -> Wait {
         Wait::Read {
-            until: self.idle_timeout.map(|t| Instant::now() + t),
+            until: self.ctx.config.idle_timeout.map(|t| Instant::now() + t),
         }
     }
 
     /// `yield 'WAIT_WRITE', sock`, with the idle deadline if there is one.
     fn wait_write(&self) -> Wait {
         Wait::Write {
-            until: self.idle_timeout.map(|t| Instant::now() + t),
+            until: self.ctx.config.idle_timeout.map(|t| Instant::now() + t),
         }
     }
 
@@ -170,7 +168,7 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                             data.truncate(len);
                             self.traffic.read(len);
                             crate::serve::crash::check(&data);
-                            if let Some(work) = self.work {
+                            if let Some(work) = self.ctx.config.work {
                                 // `--work` first (see chapter 7).
                                 let wait = self.start_work(work, &data);
                                 self.state = EchoState::Working { data };

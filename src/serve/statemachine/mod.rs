@@ -80,6 +80,7 @@ use super::accept::{Accepted, Visit, accept};
 use super::live::{Line, ReadyQueue, Traffic};
 use super::meter::Meter;
 use super::offload::{Finished, Job, Offload};
+use super::trace::Trace;
 use super::work::Work;
 use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::poller::{Events, Interest, Poller};
@@ -135,6 +136,20 @@ impl Wait {
             Wait::Offload | Wait::Done => None,
         }
     }
+
+    /// What the notes' generator would have done, for `--trace`.
+    fn in_the_notes_words(self) -> &'static str {
+        match self {
+            Wait::Read { until: None } => "yield WAIT_READ",
+            Wait::Read { until: Some(_) } => "yield WAIT_READ (until its idle deadline)",
+            Wait::Write { until: None } => "yield WAIT_WRITE",
+            Wait::Write { until: Some(_) } => "yield WAIT_WRITE (until its idle deadline)",
+            Wait::ReadOrWrite { .. } => "yield WAIT_READ or WAIT_WRITE",
+            Wait::Sleep(_) => "yield SLEEP",
+            Wait::Offload => "yield RUN_IN_EXECUTOR",
+            Wait::Done => "returned (StopIteration): the loop drops it, its socket closes",
+        }
+    }
 }
 
 /// Why a task is resumed.
@@ -146,6 +161,23 @@ pub enum Resume {
     TimedOut,
     /// Another task woke it ([`Step::wake`]): something it holds changed.
     Woken,
+}
+
+impl Resume {
+    /// How the notes' loop would resume the generator, for `--trace`:
+    /// `next()` the first time, then with what became ready, read from
+    /// what the task's socket is registered for.
+    fn in_the_notes_words(self, registered: Option<Interest>) -> &'static str {
+        match (self, registered) {
+            (Resume::Ready, None) => "next()",
+            (Resume::Ready, Some(Interest::READ)) => "send(readable)",
+            (Resume::Ready, Some(Interest::WRITE)) => "send(writable)",
+            (Resume::Ready, Some(Interest::NONE)) => "send(job done)",
+            (Resume::Ready, Some(_)) => "send(ready)",
+            (Resume::TimedOut, _) => "send(deadline passed)",
+            (Resume::Woken, _) => "send(woken)",
+        }
+    }
 }
 
 /// What a task may do while it runs, besides returning its [`Wait`].
@@ -184,6 +216,10 @@ pub trait Coroutine<'a> {
     /// [`Wait::Offload`].
     fn take_job(&mut self) -> Option<(Work, Vec<u8>)> {
         None
+    }
+    /// What the notes call the generator, for `--trace`.
+    fn name(&self) -> &'static str {
+        "handle_client"
     }
 }
 
@@ -266,6 +302,8 @@ pub struct EventLoop<'a> {
     /// Offloaded jobs come back since the last line, each a wake-up from
     /// a pool thread.
     cross_wakeups: u64,
+    /// `--trace`: each task's life in the notes' words.
+    trace: Trace,
     ctx: &'a Context,
 }
 
@@ -297,6 +335,7 @@ impl<'a> EventLoop<'a> {
             traffic,
             more,
             cross_wakeups: 0,
+            trace: Trace::new(ctx.config.trace),
             ctx,
         })
     }
@@ -326,12 +365,17 @@ impl<'a> EventLoop<'a> {
 
     /// The notes' `create_task`: queue a new task to run to its first yield.
     fn create_task(&mut self, task: Box<dyn Coroutine<'a> + 'a>) {
+        let name = task.name();
         let key = self.tasks.insert(Slot {
             task,
             waiting: None,
             registered: None,
             job: None,
         });
+        self.trace.task(
+            key,
+            format_args!("{name}: created, a generator object: none of its code has run"),
+        );
         self.ready(key, Resume::Ready);
     }
 
@@ -421,6 +465,9 @@ impl<'a> EventLoop<'a> {
             woken: &mut self.woken,
         };
         let wait = slot.task.resume(how, &mut step);
+        if self.trace.is_on() {
+            trace_step(&self.trace, key, slot, how, wait);
+        }
         while let Some(task) = self.spawned.pop() {
             self.create_task(task);
         }
@@ -535,9 +582,35 @@ impl<'a> EventLoop<'a> {
     fn drop_every_task(&mut self) {
         let keys: Vec<usize> = self.tasks.iter().map(|(key, _)| key).collect();
         for key in keys {
+            let name = self.tasks[key].task.name();
+            self.trace.task(
+                key,
+                format_args!(
+                    "{name}: close() at shutdown: dropped at its yield, its socket closes"
+                ),
+            );
             self.remove(key);
         }
     }
+}
+
+/// One `--trace` line for a resume: how the loop resumed the task and what
+/// it yielded, or, for a task resumed at its deadline that then ends, the
+/// notes' `close()`.
+fn trace_step(trace: &Trace, key: usize, slot: &Slot<'_>, how: Resume, wait: Wait) {
+    let name = slot.task.name();
+    if how == Resume::TimedOut && wait == Wait::Done {
+        trace.task(
+            key,
+            format_args!(
+                "{name}: close() at its idle deadline: in Python, GeneratorExit raised at its yield and its cleanup run; here the loop drops it and its socket closes"
+            ),
+        );
+        return;
+    }
+    let resumed = how.in_the_notes_words(slot.registered);
+    let yielded = wait.in_the_notes_words();
+    trace.task(key, format_args!("{name}: {resumed} → {yielded}"));
 }
 
 /// Hears the shutdown's bell: `yield 'WAIT_READ', bell`, then trigger the
@@ -561,6 +634,10 @@ impl<'a> Coroutine<'a> for Stopper<'a> {
 
     fn source(&self) -> BorrowedFd<'_> {
         self.bell.as_fd()
+    }
+
+    fn name(&self) -> &'static str {
+        "stopper"
     }
 }
 
@@ -601,5 +678,9 @@ impl<'a> Coroutine<'a> for Acceptor<'a> {
 
     fn source(&self) -> BorrowedFd<'_> {
         self.listener.as_fd()
+    }
+
+    fn name(&self) -> &'static str {
+        "run_server"
     }
 }
