@@ -121,15 +121,29 @@ pub fn pin_command(command: &mut Command, cpu: usize) {
     }
 }
 
-/// User plus system CPU time this process has used so far, all threads.
-pub fn own_cpu_time() -> Duration {
+/// What the kernel has counted of this process so far, all its threads.
+fn own_usage() -> libc::rusage {
     // SAFETY: rusage is plain integers, valid when zeroed.
     let mut usage = unsafe { std::mem::zeroed::<libc::rusage>() };
     // SAFETY: getrusage writes into the struct we pass; RUSAGE_SELF cannot
     // fail, and a failure would leave zeros, which is harmless here.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage
+}
+
+/// User plus system CPU time this process has used so far, all threads.
+pub fn own_cpu_time() -> Duration {
+    let usage = own_usage();
     let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Context switches of this process's threads so far: those where a
+/// thread gave up its core to wait (voluntary), and those where the
+/// kernel took it away (involuntary).
+pub fn own_context_switches() -> u64 {
+    let usage = own_usage();
+    (usage.ru_nvcsw + usage.ru_nivcsw) as u64
 }
 
 /// CPU time the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`):

@@ -264,6 +264,16 @@ fn the_chat_counts_deliveries_outboxes_and_cut_offs(mode: Mode) {
     assert_eq!(last["delivered"], total(&lines, "delivered"), "{lines:?}");
     // Six to bob, and at least one to slow before it was cut off.
     assert!(last["delivered"].as_u64() > Some(6), "{last}");
+    if !owed_stays {
+        // The thread chat times its registry lock, taken for every line
+        // read (three registrations and six lines at least), and counts
+        // its threads' context switches.
+        assert!(last["registry_locks"].as_u64() >= Some(9), "{last}");
+        assert!(last["registry_wait_us"].is_number(), "{last}");
+        assert!(last["registry_hold_us"].as_f64() > Some(0.0), "{last}");
+        assert!(last["switches"].as_u64() > Some(0), "{last}");
+        assert!(last["switches/delivered"].is_number(), "{last}");
+    }
     let _ = std::fs::remove_file(&path);
 }
 

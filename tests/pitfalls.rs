@@ -2,14 +2,17 @@
 //! blocking `sendall` inside a loop's handler (`--naive-send`), against the
 //! selector that counts its short writes instead; busy polling
 //! (`--poller spin`), a loop that never sleeps; a race in the chat's
-//! registration (`--racy-register`), on threads and on one thread; and a
-//! task's life told by `--trace`, up to its end at an idle timeout.
+//! registration (`--racy-register`), on threads and on one thread; a
+//! deadlock between the thread chat's two kinds of lock
+//! (`--lock-order-bug`), named; and a task's life told by `--trace`, up to
+//! its end at an idle timeout.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::common::*;
+use echo_lab::tools::flood::flood;
 
 /// Pours bytes into the server without reading, until the server stops
 /// taking them (its buffers and ours are full): the client of chapter 3
@@ -172,6 +175,67 @@ fn a_registration_that_lets_go_between_check_and_take_races() {
         assert_eq!(code, Some(1), "{args:?}");
         assert!(stderr.contains("--racy-register splits"), "{stderr}");
     }
+}
+
+/// A receiver that never reads, flooded by two senders (`probe --flood`):
+/// a sound chat cuts it off and tells its senders so, on threads and on a
+/// loop.
+#[test]
+fn a_flooded_receiver_is_cut_off_and_its_senders_go_on() {
+    for mode in ["threads", "async"] {
+        let server = BinaryServer::start(&["--mode", mode, "--protocol", "chat", "--quiet"]);
+        let report = flood(&server.addr.into(), "bob", 2, PATIENCE).unwrap();
+        assert!(report.cut_off(), "{mode}: {report:?}");
+        assert_eq!(
+            report.receiver_last.as_deref(),
+            Some("error,too slow"),
+            "{mode}"
+        );
+        let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+        assert_eq!(status.code(), Some(0), "{mode}: {stderr}");
+    }
+}
+
+/// `--lock-order-bug`: the same flood deadlocks the thread chat (the
+/// receiver's writer holds its outbox and waits for the registry, a
+/// sender's reader holds the registry and waits for that outbox), and the
+/// lock watch names both threads and both locks and ends the server with
+/// status 3. The senders see the server go; the receiver is never cut off.
+#[test]
+fn a_lock_order_bug_deadlocks_the_thread_chat_and_is_named() {
+    let server = BinaryServer::start(&[
+        "--mode",
+        "threads",
+        "--protocol",
+        "chat",
+        "--lock-order-bug",
+        "--quiet",
+    ]);
+    let report = flood(&server.addr.into(), "bob", 2, PATIENCE).unwrap();
+    assert!(!report.cut_off(), "{report:?}");
+    // Signal 0 sends nothing: this waits for the server to end by itself.
+    let (status, _, stderr) = server.signal_and_wait(0, PATIENCE);
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.starts_with("wrong on purpose: --lock-order-bug"),
+        "{stderr}"
+    );
+    let named = stderr
+        .lines()
+        .find(|l| l.starts_with("deadlock: chat-"))
+        .unwrap_or_else(|| panic!("no deadlock named\n{stderr}"));
+    assert!(
+        named.contains("waits for the registry, which chat-"),
+        "{named}"
+    );
+    assert!(
+        named.contains("waits for the outbox of 127.0.0.1:"),
+        "{named}"
+    );
+    assert!(
+        stderr.contains("deadlock: exiting with status 3"),
+        "{stderr}"
+    );
 }
 
 /// Serves one echo and lets the client fall silent until the idle timeout

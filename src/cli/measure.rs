@@ -15,6 +15,16 @@ pub(super) fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         });
     }
+    if let Some(name) = &args.flood {
+        let timeout = args.timeout.unwrap_or(Duration::from_secs(10));
+        let report = crate::tools::flood::flood(&args.addr, name, clients, timeout)?;
+        print!("{}", crate::tools::flood::render(&report));
+        return Ok(if report.cut_off() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let config = probe::ProbeConfig {
         addr: args.addr,
         clients,

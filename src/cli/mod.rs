@@ -140,6 +140,13 @@ pub struct ProbeArgs {
     /// the server's registration races: serve --racy-register).
     #[arg(long, value_name = "NAME", conflicts_with_all = ["hold", "json", "svg"])]
     pub register: Option<String>,
+    /// Chat instead of echo: one client registers NAME and never reads,
+    /// the --clients others send it lines as fast as the server takes
+    /// them, and the probe says how it ended: NAME cut off as too slow
+    /// and its senders told so, or a server that stopped or died (serve
+    /// --lock-order-bug). Exits 1 unless NAME was cut off.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["hold", "json", "svg", "register"])]
+    pub flood: Option<String>,
 }
 
 /// `echo-lab bench`.

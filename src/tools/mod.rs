@@ -6,11 +6,14 @@
 //! - [`bench`](mod@bench): a load generator that verifies every byte.
 //! - [`compare`]: every model under the same load, in one table and chart.
 //! - [`hogs`]: clients that never pause, beside a bench's measured ones.
+//! - [`race`] and [`flood`]: the chat's pitfalls tried from outside, a
+//!   registration race and a receiver that never reads (chapter 8).
 //! - [`interrupt`]: Ctrl-C for a tool with child processes: stop them first.
 
 pub mod bench;
 pub mod client;
 pub mod compare;
+pub mod flood;
 pub mod hogs;
 pub mod interrupt;
 pub mod probe;

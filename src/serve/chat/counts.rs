@@ -35,12 +35,14 @@ impl<C: Counter> ChatCounts<C> {
 
     /// Adds the chat's fields to `line`, with `registered` names and
     /// `outbox_bytes` owed to receivers now, and starts counting afresh.
-    pub fn fill(&self, line: &mut Line, registered: u64, outbox_bytes: u64) {
+    /// Returns the lines delivered since the last line.
+    pub fn fill(&self, line: &mut Line, registered: u64, outbox_bytes: u64) -> u64 {
         let delivered = self.delivered.take();
         line.gauge("registered", registered)
             .count("delivered", delivered)
             .rate("delivered/s", delivered, 0)
             .gauge("outbox_bytes", outbox_bytes)
             .count("cut_off", self.cut_off.take());
+        delivered
     }
 }

@@ -41,6 +41,7 @@ use crate::net::{interrupted, would_block};
 use crate::serve::Context;
 use crate::serve::blocking::{Client, Clients, report_every, spawn_client};
 use crate::stats::Ending;
+use crate::sys;
 
 /// Serves the chat with two threads per client until shutdown.
 ///
@@ -49,18 +50,31 @@ use crate::stats::Ending;
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let chat = Chat {
         registry: Mutex::new(Registry::default()),
+        timed: ctx.config.stats.is_some(),
         shown: Shown::default(),
         watch: ctx.config.lock_order_bug.then(LockWatch::default),
         ctx,
     };
     let mut clients = Clients::new(listener, ctx);
+    let mut switches = sys::own_context_switches();
+    let chat = &chat;
     thread::scope(|outer| {
-        let report = report_every(outer, ctx, "threads", |line| {
+        let report = report_every(outer, ctx, "threads", move |line| {
             ctx.traffic.fill(line, ctx.stats.active());
-            let registry = chat.registry.lock().unwrap_or_else(PoisonError::into_inner);
-            let registered = registry.len() as u64;
+            let registered = chat
+                .registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len();
             let owed = chat.shown.owed.load(Relaxed).max(0) as u64;
-            chat.shown.counts.fill(line, registered, owed);
+            let delivered = chat.shown.counts.fill(line, registered as u64, owed);
+            chat.shown.registry.fill(line);
+            // Every thread's, this one's included: one switch a line, at
+            // most, is the reporter's own sleep.
+            let now = sys::own_context_switches();
+            let since = now - std::mem::replace(&mut switches, now);
+            line.count("switches", since)
+                .ratio("switches/delivered", since, delivered, 1);
         });
         if let Some(watch) = &chat.watch {
             // --lock-order-bug: a deadlock, once it happens, is named and
@@ -101,6 +115,8 @@ pub const DEADLOCKED: i32 = 3;
 /// What every client's threads share.
 struct Chat<'a> {
     registry: Mutex<Registry<Arc<Peer>>>,
+    /// With `--stats`: time each wait for the registry and each hold of it.
+    timed: bool,
     shown: Shown,
     /// With `--lock-order-bug`: who holds and waits for which lock.
     watch: Option<LockWatch>,
@@ -108,11 +124,90 @@ struct Chat<'a> {
 }
 
 impl Chat<'_> {
-    /// The registry, locked (watched with `--lock-order-bug`).
-    fn registry(&self) -> Watched<'_, Registry<Arc<Peer>>> {
-        lockwatch::lock(&self.registry, self.watch.as_ref(), || {
+    /// The registry, locked (watched with `--lock-order-bug`, timed with
+    /// `--stats`).
+    fn registry(&self) -> Timed<'_, Watched<'_, Registry<Arc<Peer>>>> {
+        let asked = self.timed.then(Instant::now);
+        let guard = lockwatch::lock(&self.registry, self.watch.as_ref(), || {
             "the registry".into()
-        })
+        });
+        let held = asked.map(|asked| (&self.shown.registry, self.shown.registry.taken(asked)));
+        Timed { guard, held }
+    }
+}
+
+/// What the threads spent on one lock since the last `--stats` line: how
+/// often they took it, how long they waited for it, how long they held
+/// it. The measure of chapter 8's question, whether the lock or the
+/// hand-off between threads costs more.
+#[derive(Default)]
+struct LockTimes {
+    taken: AtomicU64,
+    waited_ns: AtomicU64,
+    held_ns: AtomicU64,
+}
+
+impl LockTimes {
+    /// The lock, asked for at `asked`, was taken now; returns now.
+    fn taken(&self, asked: Instant) -> Instant {
+        let now = Instant::now();
+        self.taken.fetch_add(1, Relaxed);
+        self.waited_ns.fetch_add(nanos(now - asked), Relaxed);
+        now
+    }
+
+    /// Adds the registry's fields to `line`, and starts afresh: the means
+    /// in microseconds.
+    fn fill(&self, line: &mut crate::serve::live::Line) {
+        let taken = self.taken.swap(0, Relaxed);
+        let per_lock = taken * 1000;
+        line.count("registry_locks", taken)
+            .ratio(
+                "registry_wait_us",
+                self.waited_ns.swap(0, Relaxed),
+                per_lock,
+                2,
+            )
+            .ratio(
+                "registry_hold_us",
+                self.held_ns.swap(0, Relaxed),
+                per_lock,
+                2,
+            );
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A lock's guard that, dropped, adds how long it was held to its
+/// [`LockTimes`] (when timed).
+struct Timed<'a, G> {
+    guard: G,
+    held: Option<(&'a LockTimes, Instant)>,
+}
+
+impl<G: std::ops::Deref> std::ops::Deref for Timed<'_, G> {
+    type Target = G::Target;
+    fn deref(&self) -> &G::Target {
+        &self.guard
+    }
+}
+
+impl<G: std::ops::DerefMut> std::ops::DerefMut for Timed<'_, G> {
+    fn deref_mut(&mut self) -> &mut G::Target {
+        &mut self.guard
+    }
+}
+
+impl<G> Drop for Timed<'_, G> {
+    fn drop(&mut self) {
+        // Measured before the guard is dropped, after this: the hold ends
+        // a moment later than said.
+        if let Some((times, since)) = self.held {
+            times.held_ns.fetch_add(nanos(since.elapsed()), Relaxed);
+        }
     }
 }
 
@@ -120,6 +215,8 @@ impl Chat<'_> {
 #[derive(Default)]
 struct Shown {
     counts: ChatCounts<AtomicU64>,
+    /// Waits for the registry and holds of it.
+    registry: LockTimes,
     /// Bytes in every outbox, not yet taken by a writer: each change to an
     /// outbox adds its difference, under that outbox's lock.
     owed: AtomicI64,
