@@ -116,7 +116,15 @@ fn loops_report_their_waits(mode: Mode) {
         assert!(lines.iter().all(|l| l[key].is_number()), "{key}: {lines:?}");
     }
     let own: &[&str] = match mode {
-        Mode::Statemachine | Mode::Async => &["tasks", "ready_mean", "ready_max", "polls/wake"],
+        Mode::Statemachine | Mode::Async => &[
+            "tasks",
+            "ready_mean",
+            "ready_max",
+            "polls/wake",
+            "would_block",
+        ],
+        // Reads and writes that met EAGAIN, as the others count them.
+        Mode::Selector => &["would_block", "short_writes"],
         // Operations the kernel holds, and buffers it may fill.
         Mode::Completion => &["in_flight", "free_buffers"],
         _ => &[],

@@ -229,7 +229,8 @@ impl<'a> Executor<'a> {
                 .count(
                     "cross_wakeups",
                     self.ready.notified.swap(0, Ordering::Relaxed),
-                );
+                )
+                .count("would_block", self.reactor.take_would_block());
             queue.fill(line);
             more(line);
         });

@@ -77,6 +77,9 @@ pub struct Reactor {
     /// `--trace`: the executor's lines, and the tasks' own (kept here
     /// because every task holds the reactor).
     trace: Trace,
+    /// Operations that met `WouldBlock` since the last `--stats` line:
+    /// each a system call that found nothing to do.
+    would_block: Cell<u64>,
 }
 
 /// The cooperative budget (tokio's `coop`): a task may complete at most
@@ -223,6 +226,7 @@ impl Reactor {
                 left: Cell::new(DEFAULT_BUDGET),
             },
             trace: Trace::new(false),
+            would_block: Cell::new(0),
         }))
     }
 
@@ -231,6 +235,11 @@ impl Reactor {
     pub fn set_budget(&self, per_poll: u32) {
         self.budget.per_poll.set((per_poll > 0).then_some(per_poll));
         self.budget.left.set(per_poll);
+    }
+
+    /// Operations that met `WouldBlock` since the last call.
+    pub fn take_would_block(&self) -> u64 {
+        self.would_block.take()
     }
 
     /// The `--trace` of this runtime's tasks.
@@ -396,7 +405,11 @@ impl<T: AsFd> Async<T> {
                 return Poll::Pending;
             }
             match op(&self.io) {
-                Err(e) if would_block(&e) => self.not_ready(direction),
+                Err(e) if would_block(&e) => {
+                    let reactor = &self.reactor;
+                    reactor.would_block.set(reactor.would_block.get() + 1);
+                    self.not_ready(direction);
+                }
                 Err(e) if interrupted(&e) => {}
                 result => {
                     budget.spend();

@@ -23,17 +23,44 @@ use crate::stats::Ending;
 /// # Errors
 /// If the poller fails or the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
-    let buffers = BufferPool::new();
-    let traffic = Traffic::default();
+    let shared = Shared {
+        ctx,
+        buffers: BufferPool::new(),
+        traffic: Traffic::default(),
+        would_block: Cell::new(0),
+    };
     let fatal = Cell::new(None);
     serve(
         &listener,
         ctx,
-        &traffic,
-        |_| {},
+        &shared.traffic,
+        |line| {
+            line.count("would_block", shared.would_block.take());
+        },
         &fatal,
-        |stream, visit| Box::new(Echo::new(stream, visit, ctx, &buffers, &traffic)),
+        |stream, visit| Box::new(Echo::new(stream, visit, &shared)),
     )
+}
+
+/// What every client task of one loop shares, behind one reference in
+/// each task (every byte of a task is in every idle client).
+struct Shared<'a> {
+    /// The settings (`--idle-timeout`, `--work`, `--offload`), read where
+    /// they are used.
+    ctx: &'a Context,
+    /// The read buffers, lent to a task while it holds data.
+    buffers: BufferPool,
+    /// The loop's `--stats` traffic.
+    traffic: Traffic,
+    /// Reads and writes that met `WouldBlock` since the last `--stats`
+    /// line: system calls that found nothing to do.
+    would_block: Cell<u64>,
+}
+
+impl Shared<'_> {
+    fn missed(&self) {
+        self.would_block.set(self.would_block.get() + 1);
+    }
 }
 
 /// Where a client task is suspended: the points of the generator above.
@@ -64,13 +91,8 @@ pub enum EchoState<'a> {
 struct Echo<'a> {
     state: EchoState<'a>,
     sock: TcpStream,
-    buffers: &'a BufferPool,
-    /// The settings (`--idle-timeout`, `--work`, `--offload`), read where
-    /// they are used: a copy in every task would cost each idle client
-    /// 40 bytes.
-    ctx: &'a Context,
-    /// The loop's `--stats` traffic.
-    traffic: &'a Traffic,
+    /// The settings, the buffers and the counters.
+    shared: &'a Shared<'a>,
     /// The job handed to the loop with [`Wait::Offload`], until it takes it.
     job: Option<(Work, Vec<u8>)>,
     /// Who it is, the bytes echoed to it, and how the task ended: logged
@@ -80,19 +102,11 @@ struct Echo<'a> {
 }
 
 impl<'a> Echo<'a> {
-    fn new(
-        sock: TcpStream,
-        visit: Visit<'a>,
-        ctx: &'a Context,
-        buffers: &'a BufferPool,
-        traffic: &'a Traffic,
-    ) -> Self {
+    fn new(sock: TcpStream, visit: Visit<'a>, shared: &'a Shared<'a>) -> Self {
         Echo {
             state: EchoState::Start,
             sock,
-            buffers,
-            ctx,
-            traffic,
+            shared,
             job: None,
             visit,
         }
@@ -106,7 +120,7 @@ impl<'a> Echo<'a> {
             // The notes' `yield` of a deadline: the loop resumes us then.
             WorkKind::Wait => Some(Wait::Sleep(Instant::now() + work.duration)),
             // `run_in_executor`: the pool works on a copy, the loop goes on.
-            _ if self.ctx.config.offload > 0 => {
+            _ if self.shared.ctx.config.offload > 0 => {
                 self.job = Some((work, data.to_vec()));
                 Some(Wait::Offload)
             }
@@ -121,14 +135,24 @@ impl<'a> Echo<'a> {
     /// `yield 'WAIT_READ', sock`, with the idle deadline if there is one.
     fn wait_read(&self) -> Wait {
         Wait::Read {
-            until: self.ctx.config.idle_timeout.map(|t| Instant::now() + t),
+            until: self
+                .shared
+                .ctx
+                .config
+                .idle_timeout
+                .map(|t| Instant::now() + t),
         }
     }
 
     /// `yield 'WAIT_WRITE', sock`, with the idle deadline if there is one.
     fn wait_write(&self) -> Wait {
         Wait::Write {
-            until: self.ctx.config.idle_timeout.map(|t| Instant::now() + t),
+            until: self
+                .shared
+                .ctx
+                .config
+                .idle_timeout
+                .map(|t| Instant::now() + t),
         }
     }
 
@@ -159,16 +183,16 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                 }
                 // Resumed after `yield 'WAIT_READ'`: `data = sock.recv(4096)`.
                 EchoState::WaitRead => {
-                    let mut data = self.buffers.lend();
+                    let mut data = self.shared.buffers.lend();
                     match self.sock.read(&mut data) {
                         // `if not data: break`
                         Ok(0) => return self.finish(Ending::Closed),
                         // On to `yield 'WAIT_WRITE'`, but try the write first.
                         Ok(len) => {
                             data.truncate(len);
-                            self.traffic.read(len);
+                            self.shared.traffic.read(len);
                             crate::serve::crash::check(&data);
-                            if let Some(work) = self.ctx.config.work {
+                            if let Some(work) = self.shared.ctx.config.work {
                                 // `--work` first (see chapter 7).
                                 let wait = self.start_work(work, &data);
                                 self.state = EchoState::Working { data };
@@ -180,7 +204,10 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                             self.state = EchoState::WaitWrite { data, sent: 0 };
                         }
                         // Woken, but not readable after all: wait again.
-                        Err(e) if would_block(&e) => return self.wait_read(),
+                        Err(e) if would_block(&e) => {
+                            self.shared.missed();
+                            return self.wait_read();
+                        }
                         Err(e) if interrupted(&e) => {}
                         Err(e) => return self.finish(Ending::Failed(e)),
                     }
@@ -189,7 +216,7 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                 EchoState::WaitWrite { data, sent } => match self.sock.write(&data[*sent..]) {
                     Ok(n) => {
                         self.visit.bytes += n as u64;
-                        self.traffic.wrote(n);
+                        self.shared.traffic.wrote(n);
                         *sent += n;
                         if *sent == data.len() {
                             // Back to the top of `while True`; dropping
@@ -198,7 +225,10 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                             return self.wait_read();
                         }
                     }
-                    Err(e) if would_block(&e) => return self.wait_write(),
+                    Err(e) if would_block(&e) => {
+                        self.shared.missed();
+                        return self.wait_write();
+                    }
                     Err(e) if interrupted(&e) => {}
                     Err(e) => return self.finish(Ending::Failed(e)),
                 },
