@@ -11,7 +11,7 @@
 #      epoll (--poller epoll), tokio and raw epoll, at 100 and 1,000
 #      connections on one shared core.
 #   1d. 10 active and 5,000 idle connections (bench --idle) on each backend:
-#      poll(2) against epoll and polling.
+#      poll(2) and spin (no multiplexer) against epoll and polling.
 #   1e. The async model's cooperative budget on (default) and off
 #      (--budget 0), and on --poller epoll, against tokio and raw epoll at
 #      100 and 1,000 connections on one shared core (CPU per message); then
@@ -81,6 +81,7 @@ echo "## 1d. 10 active clients and 5,000 idle ones, the selector on each backend
 "$LAB" compare --modes selector \
     --also "selector-epoll=$LAB serve --mode selector --poller epoll --addr 127.0.0.1:{port} --quiet" \
     --also "selector-poll=$LAB serve --mode selector --poller poll --addr 127.0.0.1:{port} --quiet" \
+    --also "selector-spin=$LAB serve --mode selector --poller spin --addr 127.0.0.1:{port} --quiet" \
     -c 10 --idle 5000 --duration "$DURATION" --warmup 500ms --repeat 3 --shared-core \
     --baseline selector-epoll --out "$OUT/idle" | sed -n '/^medians/,$p'
 echo
