@@ -20,7 +20,7 @@ fn main() -> std::io::Result<()> {
         eprintln!("usage: reference_servers raw-epoll|blocking PORT");
         std::process::exit(2);
     };
-    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    let listener = listen(port)?;
     println!("listening on {}", listener.local_addr()?);
     match kind.as_str() {
         #[cfg(target_os = "linux")]
@@ -55,6 +55,17 @@ fn check(result: i32) -> std::io::Result<i32> {
     } else {
         Ok(result)
     }
+}
+
+/// A listener on 127.0.0.1:`port` with the backlog echo-lab's own servers
+/// use (`serve --backlog`'s default, 4096): std's `bind` asks for 128, and
+/// a burst of connects (`bench --idle 5000`) overflowed it.
+fn listen(port: u16) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 #[cfg(target_os = "linux")]

@@ -8,7 +8,11 @@
 //! ```
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
+
+/// The listen backlog echo-lab's own servers use (`serve --backlog`'s
+/// default), so that a burst of connects meets the same queue.
+const BACKLOG: u32 = 4096;
 
 fn main() -> std::io::Result<()> {
     let port: u16 = match std::env::args().nth(1).map(|p| p.parse()) {
@@ -22,7 +26,10 @@ fn main() -> std::io::Result<()> {
         .enable_io()
         .build()?;
     runtime.block_on(async move {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(([127, 0, 0, 1], port).into())?;
+        let listener = socket.listen(BACKLOG)?;
         println!("listening on {}", listener.local_addr()?);
         loop {
             let (mut stream, _) = listener.accept().await?;

@@ -5,25 +5,17 @@ use crate::tools::bench::chat::{self, ChatBenchConfig, ChatBenchReport};
 
 pub(super) fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let clients = usize::from(args.clients);
+    // The chat's pitfalls, tried from outside (chapter 8).
+    let chat_timeout = args.timeout.unwrap_or(Duration::from_secs(10));
     if let Some(name) = &args.register {
-        let timeout = args.timeout.unwrap_or(Duration::from_secs(10));
-        let report = crate::tools::race::register_at_once(&args.addr, name, clients, timeout)?;
+        let report = crate::tools::race::register_at_once(&args.addr, name, clients, chat_timeout)?;
         print!("{}", crate::tools::race::render(&report));
-        return Ok(if report.all_answered() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return Ok(success_if(report.all_answered()));
     }
     if let Some(name) = &args.flood {
-        let timeout = args.timeout.unwrap_or(Duration::from_secs(10));
-        let report = crate::tools::flood::flood(&args.addr, name, clients, timeout)?;
+        let report = crate::tools::flood::flood(&args.addr, name, clients, chat_timeout)?;
         print!("{}", crate::tools::flood::render(&report));
-        return Ok(if report.cut_off() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return Ok(success_if(report.cut_off()));
     }
     let config = probe::ProbeConfig {
         addr: args.addr,
@@ -43,11 +35,16 @@ pub(super) fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", probe::render(&report));
     }
-    Ok(if report.all_ok() {
+    Ok(success_if(report.all_ok()))
+}
+
+/// The tool's exit status: success if `ok`, failure otherwise.
+fn success_if(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
 }
 
 pub(super) fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -93,11 +90,7 @@ fn print_report<R: serde::Serialize>(
     } else {
         print!("{}", render(report));
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(success_if(!failed))
 }
 
 /// The table of medians, when there are repeats or baselines.
@@ -162,11 +155,7 @@ pub(super) fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
     compare::write_chart(&comparison, &comparison.dir)?;
     println!("\nredrew throughput.svg in {}", comparison.dir.display());
     let slower = hold_against(&comparison, &args.judge)?;
-    Ok(if slower {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(success_if(!slower))
 }
 
 /// A progress bar on a terminal; nothing when stderr is piped.
@@ -376,9 +365,5 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
             .rows
             .iter()
             .any(|r| r.results.errors > 0 || r.results.connect_failures > 0);
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(success_if(!failed))
 }

@@ -58,6 +58,12 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
+    /// When a task that starts waiting now gives up, with `--idle-timeout`.
+    fn idle_deadline(&self) -> Option<Instant> {
+        self.ctx.config.idle_timeout.map(|t| Instant::now() + t)
+    }
+
+    /// A read or write met `WouldBlock`.
     fn missed(&self) {
         self.would_block.set(self.would_block.get() + 1);
     }
@@ -135,24 +141,14 @@ impl<'a> Echo<'a> {
     /// `yield 'WAIT_READ', sock`, with the idle deadline if there is one.
     fn wait_read(&self) -> Wait {
         Wait::Read {
-            until: self
-                .shared
-                .ctx
-                .config
-                .idle_timeout
-                .map(|t| Instant::now() + t),
+            until: self.shared.idle_deadline(),
         }
     }
 
     /// `yield 'WAIT_WRITE', sock`, with the idle deadline if there is one.
     fn wait_write(&self) -> Wait {
         Wait::Write {
-            until: self
-                .shared
-                .ctx
-                .config
-                .idle_timeout
-                .map(|t| Instant::now() + t),
+            until: self.shared.idle_deadline(),
         }
     }
 

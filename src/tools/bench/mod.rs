@@ -308,6 +308,12 @@ struct Connected {
 /// Opens the `--idle` connections, within [`CONNECT_PHASE_LIMIT`]. They
 /// send nothing and are never read; the server holds them all the same.
 ///
+/// Each is closed with a reset when the run ends (`SO_LINGER` 0): the
+/// thousands of them would otherwise wait a minute in TIME_WAIT, and a run
+/// started within that minute had some of its connects time out, their
+/// SYNs dropped by the kernel's check against those old connections
+/// (`TcpExtPAWSTimewait` counted one for each).
+///
 /// # Errors
 /// Not all of them could be opened: the measurement would not be what was
 /// asked, so it is not made.
@@ -316,15 +322,24 @@ fn open_idle(config: &BenchConfig) -> anyhow::Result<Vec<TcpStream>> {
     let mut idle = Vec::with_capacity(config.idle);
     for _ in 0..config.idle {
         let left = deadline.saturating_duration_since(Instant::now());
-        let stream =
-            connect(&config.addr, left.min(Duration::from_secs(2))).with_context(|| {
-                format!(
-                    "opening idle connection {} of {} (is the descriptor limit, {}, too low?)",
-                    idle.len() + 1,
-                    config.idle,
+        let stream = connect(&config.addr, left.min(Duration::from_secs(2))).map_err(|e| {
+            let limit = match e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|e| e.raw_os_error())
+            {
+                Some(libc::EMFILE | libc::ENFILE) => format!(
+                    " (the descriptor limit is {})",
                     sys::fd_limits().map_or(0, |(soft, _)| soft)
-                )
-            })?;
+                ),
+                _ => String::new(),
+            };
+            e.context(format!(
+                "opening idle connection {} of {}{limit}",
+                idle.len() + 1,
+                config.idle
+            ))
+        })?;
+        socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
         idle.push(stream);
     }
     Ok(idle)
