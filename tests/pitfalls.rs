@@ -303,4 +303,15 @@ fn the_async_trace_tells_a_tasks_life() {
             .unwrap_or_else(|| panic!("{words:?} missing after byte {from}\n{stderr}"));
         from += at + words.len();
     }
+    // One loop's tasks only: several would number theirs alike.
+    for several in [["--threads", "2"], ["--processes", "2"]] {
+        let mut args = vec!["serve", "--mode", "async", "--trace"];
+        args.extend(several);
+        let (code, _, stderr) = run_binary(&args);
+        assert_eq!(code, Some(1), "{args:?}");
+        assert!(
+            stderr.contains("--trace follows the tasks of one loop"),
+            "{stderr}"
+        );
+    }
 }

@@ -656,8 +656,9 @@ pub struct ServeArgs {
     /// Each task's life on stderr, in the notes' words (statemachine and
     /// async only): statemachine, the generator loop's `next()`, `yield
     /// WAIT_READ`, `send(...)` and `close()`; async, spawned, polled to
-    /// `Pending`, woken, and dropped (cancelled). At most 200 lines a
-    /// second; those left out are counted.
+    /// `Pending`, woken, and dropped (cancelled). One loop only (not with
+    /// --threads or --processes). At most 200 lines a second; those left
+    /// out are counted.
     #[arg(long)]
     pub trace: bool,
 

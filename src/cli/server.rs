@@ -75,6 +75,11 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
             "forking makes a process per client already; --processes applies to the other models"
         );
     }
+    if args.trace && (args.processes.is_some() || args.threads.is_some_and(|n| n != 1)) {
+        anyhow::bail!(
+            "--trace follows the tasks of one loop, numbered by that loop: not with --threads or --processes, where several loops would number theirs alike"
+        );
+    }
     if args.processes.is_some() && args.threads.is_some_and(|n| n != 1) {
         anyhow::bail!(
             "--processes and --threads both multiply the model: choose one (processes share one listener; threads each bind their own)"
