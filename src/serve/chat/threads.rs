@@ -72,7 +72,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
             // Every thread's, this one's included: one switch a line, at
             // most, is the reporter's own sleep.
             let now = sys::own_context_switches();
-            let since = now - std::mem::replace(&mut switches, now);
+            let since = now.saturating_sub(std::mem::replace(&mut switches, now));
             line.count("switches", since)
                 .ratio("switches/delivered", since, delivered, 1);
         });
