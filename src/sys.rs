@@ -111,6 +111,43 @@ pub fn pin_current_thread(_cpu: usize) -> io::Result<()> {
     ))
 }
 
+/// Opens a TCP connection to `to` from the local address `from` (port
+/// chosen by the kernel), within `timeout`. On Linux the port is chosen at
+/// connect time, for the whole four-tuple (`IP_BIND_ADDRESS_NO_PORT`), so
+/// each source address brings a port range of its own.
+///
+/// # Errors
+/// As `socket(2)`, `bind(2)` and `connect(2)`.
+pub fn connect_from(
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let yes: libc::c_int = 1;
+        // SAFETY: the option is an int, passed by pointer with its size.
+        check(unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&raw const yes).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+    }
+    socket.bind(&std::net::SocketAddr::new(from, 0).into())?;
+    socket.connect_timeout(&to.into(), timeout)?;
+    Ok(socket.into())
+}
+
 /// Makes `command`'s process run on CPU `cpu` only.
 pub fn pin_command(command: &mut Command, cpu: usize) {
     // SAFETY: between fork and exec only async-signal-safe calls are

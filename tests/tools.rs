@@ -1014,6 +1014,33 @@ fn compare_rejects_bad_lists() {
 
 every_model!(bench_verifies_every_model);
 
+/// On Linux, a churning client connects to a server on 127.0.0.1 from
+/// loopback addresses in turn (127.0.0.2 and on), so that the port reuse
+/// of one address (a second per port after TIME-WAIT) cannot cap the run:
+/// the server's log names more than one source.
+#[cfg(target_os = "linux")]
+#[test]
+fn churn_connects_from_several_loopback_addresses() {
+    let server = BinaryServer::start(&["--mode", "selector"]);
+    let addr = server.addr.to_string();
+    let (status, stdout, stderr) = run_binary(&[
+        "bench", "--churn", "-c", "1", "-d", "200ms", "--warmup", "0s", "--addr", &addr,
+    ]);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let (_, _, log) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    let sources: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("connection from "))
+        .filter_map(|peer| peer.split(':').next())
+        .collect();
+    assert!(sources.len() > 1, "{sources:?}");
+    assert!(
+        sources.iter().all(|ip| ip.starts_with("127.0.0.")),
+        "{sources:?}"
+    );
+    assert!(!sources.contains("127.0.0.1"), "{sources:?}");
+}
+
 /// `bench --churn` and `compare --churn` from the command line: the report
 /// speaks of connections per second, and compare's rows are churn runs.
 #[test]

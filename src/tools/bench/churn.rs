@@ -7,12 +7,23 @@
 //!
 //! Each of `--connections` clients is a thread of its own that churns
 //! with blocking calls: the client's own cost per connection is a few
-//! system calls, the same for every server. (The client closes first, so
-//! its side holds the TIME-WAIT state; Linux reuses those ports for new
-//! connections to loopback, `net.ipv4.tcp_tw_reuse = 2`, its default.)
+//! system calls, the same for every server.
+//!
+//! The client closes first, so its side holds each connection's TIME-WAIT
+//! state for a minute. Linux lets a new connection to loopback reuse such
+//! a port (`net.ipv4.tcp_tw_reuse = 2`, its default), but only a second
+//! after the port's last use: from one source address, whose 28,000-odd
+//! ports connect picks from, that caps a client near 14,600 connections a
+//! second, whatever the server. (Until the kernel's table of TIME-WAIT
+//! sockets is full, at `net.ipv4.tcp_max_tw_buckets`, and it stops keeping
+//! them: then the cap is gone. Runs alternated between the two, 14,700 or
+//! 48,000 a second for the same server, depending on what ran before.)
+//! So on Linux, a client of a server on 127.0.0.1 connects from the
+//! loopback addresses 127.0.0.2 and on, [`SOURCES`] of them in turn, each
+//! with its own ports: what the run measures is the server.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -22,6 +33,24 @@ use crate::sys;
 
 /// How long one connect or one echo may take before it counts as failed.
 const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Loopback source addresses a churning client takes in turn (Linux,
+/// server on 127.0.0.1): 64 port ranges, far past what four clients can
+/// use up in the second a port waits before its reuse.
+pub const SOURCES: u8 = 64;
+
+/// Connects to `addr` for round `round`: from the next of the loopback
+/// sources if the server is on 127.0.0.1 under Linux (see the module
+/// doc), otherwise as any client would.
+fn connect(addr: SocketAddr, round: u64) -> std::io::Result<TcpStream> {
+    match addr {
+        SocketAddr::V4(v4) if cfg!(target_os = "linux") && *v4.ip() == Ipv4Addr::LOCALHOST => {
+            let source = Ipv4Addr::new(127, 0, 0, 2 + (round % u64::from(SOURCES)) as u8);
+            sys::connect_from(source.into(), addr, PATIENCE)
+        }
+        _ => TcpStream::connect_timeout(&addr, PATIENCE),
+    }
+}
 
 /// Runs the churn: `config.connections` clients, each connecting anew for
 /// every message, until the window ends or `stop` is set.
@@ -104,7 +133,7 @@ fn churn(
             break;
         }
         message[..8].copy_from_slice(&round.to_le_bytes());
-        let mut stream = match TcpStream::connect_timeout(&addr, PATIENCE) {
+        let mut stream = match connect(addr, round) {
             Ok(stream) => stream,
             Err(e) => {
                 failures += 1;
