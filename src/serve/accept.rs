@@ -41,29 +41,26 @@ pub enum Accepted {
 /// vanished client, are handled here and the next is accepted.
 pub fn accept(listener: &TcpListener, stats: &Stats, blocking: Blocking) -> Accepted {
     loop {
-        if let Some(next) = sort(listener.accept(), stats, blocking) {
+        if let Some(next) = sort(crate::net::accept(listener, blocking), stats) {
             return next;
         }
     }
 }
 
-/// Sorts one `accept()` result. `None` means nothing is left to do with it
+/// Sorts one `accept()` result (its socket already in the model's
+/// blocking mode). `None` means nothing is left to do with it
 /// (a client over the limit, closed; a client that reset before we took it;
 /// a socket the kernel would not prepare): accept the next.
 ///
 /// Every admitted client is logged and counted in `stats`, and so is every
 /// failure, so each model's loop is left with only its own way of waiting.
-pub fn sort(
-    accepted: io::Result<(TcpStream, SocketAddr)>,
-    stats: &Stats,
-    blocking: Blocking,
-) -> Option<Accepted> {
+pub fn sort(accepted: io::Result<(TcpStream, SocketAddr)>, stats: &Stats) -> Option<Accepted> {
     match accepted {
         Ok((stream, peer)) => {
             if !stats.admit(peer) {
                 return None; // Over the connection limit: dropping closes it.
             }
-            match prepare_stream(&stream, blocking) {
+            match prepare_stream(&stream) {
                 Ok(()) => Some(Accepted::Client(stream, peer)),
                 Err(e) => {
                     stats.disconnected(peer, 0, Ending::Failed(e));
@@ -159,16 +156,13 @@ mod tests {
     fn a_vanished_client_is_skipped() {
         let stats = stats();
         for code in [libc::ECONNABORTED, libc::EPROTO, libc::EINTR] {
-            assert!(
-                sort(os_error(code), &stats, Blocking::No).is_none(),
-                "{code}"
-            );
+            assert!(sort(os_error(code), &stats).is_none(), "{code}");
         }
     }
 
     #[test]
     fn an_empty_backlog_means_wait_for_readiness() {
-        let got = sort(os_error(libc::EAGAIN), &stats(), Blocking::No);
+        let got = sort(os_error(libc::EAGAIN), &stats());
         assert!(matches!(got, Some(Accepted::Empty)), "{got:?}");
     }
 
@@ -176,7 +170,7 @@ mod tests {
     fn running_out_of_descriptors_backs_off() {
         let stats = stats();
         for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
-            let got = sort(os_error(code), &stats, Blocking::No);
+            let got = sort(os_error(code), &stats);
             assert!(matches!(got, Some(Accepted::BackOff)), "{code}: {got:?}");
         }
     }
@@ -185,7 +179,7 @@ mod tests {
     #[test]
     fn a_broken_listener_is_fatal() {
         for code in [libc::EINVAL, libc::EBADF, libc::ENOTSOCK] {
-            match sort(os_error(code), &stats(), Blocking::No) {
+            match sort(os_error(code), &stats()) {
                 Some(Accepted::Fatal(e)) => assert_eq!(e.raw_os_error(), Some(code)),
                 got => panic!("{code}: {got:?}"),
             }
@@ -201,12 +195,12 @@ mod tests {
         let _first = TcpStream::connect(addr).unwrap();
         let _second = TcpStream::connect(addr).unwrap();
         let stats = stats();
-        let first = sort(listener.accept(), &stats, Blocking::No);
+        let first = sort(crate::net::accept(&listener, Blocking::No), &stats);
         let Some(Accepted::Client(stream, _)) = first else {
             panic!("{first:?}");
         };
         assert!(stream.nodelay().unwrap());
-        assert!(sort(listener.accept(), &stats, Blocking::No).is_none());
+        assert!(sort(crate::net::accept(&listener, Blocking::No), &stats).is_none());
         assert_eq!((stats.served(), stats.rejected()), (1, 1));
     }
 }

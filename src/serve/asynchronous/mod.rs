@@ -57,7 +57,7 @@ use reactor::{Async, Reactor, sleep};
 use super::Context;
 use super::accept::{Accepted, Visit, sort};
 use super::live::Traffic;
-use crate::net::{ACCEPT_BACKOFF, Blocking};
+use crate::net::ACCEPT_BACKOFF;
 use crate::stats::Ending;
 
 /// The notes' `run_server`: accept clients and spawn the task `client`
@@ -85,7 +85,7 @@ pub async fn accept_clients<'a, F: Future<Output = ()> + 'a>(
                 return heard;
             }
         };
-        match sort(accepted, &ctx.stats, Blocking::No) {
+        match sort(accepted, &ctx.stats) {
             Some(Accepted::Client(stream, peer)) => {
                 let visit = Visit::new(peer, traffic, &ctx.stats);
                 match Async::new(stream, reactor) {

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::net::{interrupted, would_block};
+use crate::net::{self, Blocking, interrupted, would_block};
 use crate::poller::{Backend, Events, Interest, Poller};
 use crate::serve::buffers::{BufferPool, Lease, TASK_BUFFER_SIZE};
 use crate::serve::trace::Trace;
@@ -451,7 +451,7 @@ impl Async<TcpListener> {
     /// # Errors
     /// As `accept(2)`, never `WouldBlock`.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        poll_fn(|cx| self.poll_io(cx, Direction::Read, TcpListener::accept)).await
+        poll_fn(|cx| self.poll_io(cx, Direction::Read, |l| net::accept(l, Blocking::No))).await
     }
 }
 

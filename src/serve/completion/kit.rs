@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::ring::{Buf, Kind, Ring, Token};
-use crate::net::{ACCEPT_BACKOFF, Blocking};
+use crate::net::ACCEPT_BACKOFF;
 use crate::serve::Context;
 use crate::serve::accept::{Accepted, sort};
 
@@ -133,7 +133,7 @@ impl<'a> Acceptor<'a> {
         };
         let mut rearm = !more;
         let mut client = None;
-        match sort(accepted, &ctx.stats, Blocking::Yes) {
+        match sort(accepted, &ctx.stats) {
             Some(Accepted::Client(stream, peer)) => client = Some((stream, peer)),
             Some(Accepted::Empty) | None => {}
             Some(Accepted::BackOff) => {
