@@ -256,20 +256,73 @@ pub fn tree_memory(pid: u32) -> Option<TreeMemory> {
         tree.pss += field(&rollup, "Pss:") * 1024;
         tree.threads += field(&status, "Threads:");
         tree.processes += 1;
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten();
-        for task in tasks.flatten() {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            pending.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|n| n.parse::<u32>().ok()),
-            );
-        }
+        pending.extend(children(pid));
     }
     Some(tree)
+}
+
+/// The processes `pid` has started that are still there (reaped or not),
+/// from every one of its threads' `/proc/PID/task/TID/children`.
+fn children(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    let mut found = Vec::new();
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        found.extend(
+            children
+                .split_whitespace()
+                .filter_map(|n| n.parse::<u32>().ok()),
+        );
+    }
+    found
+}
+
+/// CPU time a server made of processes has used so far: `pid` and every
+/// process below it, each by its CPU clock ([`process_cpu_time`]), plus
+/// what the children each of them has reaped had used (`cutime` and
+/// `cstime` of `/proc/PID/stat`, in clock ticks). A process per client
+/// (forking) ends each child within the run: without the reaped children
+/// its clients' work would not be counted at all. `None` once `pid` is
+/// gone.
+#[cfg(target_os = "linux")]
+pub fn tree_cpu_time(pid: u32) -> Option<Duration> {
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|&t| t > 0)?;
+    let mut total = process_cpu_time(pid)? + reaped_cpu_time(pid, ticks);
+    let mut pending = children(pid);
+    while let Some(child) = pending.pop() {
+        // A child that ended meanwhile is in its parent's reaped time, or
+        // will be: it is skipped here.
+        if let Some(own) = process_cpu_time(child) {
+            total += own + reaped_cpu_time(child, ticks);
+            pending.extend(children(child));
+        }
+    }
+    Some(total)
+}
+
+/// The CPU time of the children `pid` has waited for: `cutime` and
+/// `cstime`, the 16th and 17th fields of `/proc/PID/stat`.
+#[cfg(target_os = "linux")]
+fn reaped_cpu_time(pid: u32, ticks_per_second: u64) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name, field 2, is in parentheses and may hold spaces:
+    // count from after its closing one, where field 3 starts.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |n: usize| -> u64 { fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0) };
+    let ticks = field(16) + field(17);
+    Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / ticks_per_second)
+}
+
+/// Another process tree's CPU time: read here on Linux only.
+#[cfg(not(target_os = "linux"))]
+pub fn tree_cpu_time(_pid: u32) -> Option<Duration> {
+    None
 }
 
 /// What [`tree_memory`] found.

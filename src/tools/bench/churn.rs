@@ -73,7 +73,7 @@ pub fn run(config: &BenchConfig, stop: &AtomicBool) -> anyhow::Result<BenchResul
     let sample = || {
         (
             sys::own_cpu_time(),
-            config.server_pid.and_then(sys::process_cpu_time),
+            config.server_pid.and_then(sys::tree_cpu_time),
         )
     };
     let (total, failures, cpu) = std::thread::scope(|scope| {

@@ -227,7 +227,7 @@ pub fn run_until(
         let sample = || {
             (
                 sys::own_cpu_time(),
-                config.server_pid.and_then(sys::process_cpu_time),
+                config.server_pid.and_then(sys::tree_cpu_time),
             )
         };
         let mut cpu_from = None;

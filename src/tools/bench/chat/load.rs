@@ -154,7 +154,7 @@ pub fn run(
 }
 
 fn server_cpu(config: &ChatBenchConfig) -> Option<Duration> {
-    config.server_pid.and_then(sys::process_cpu_time)
+    config.server_pid.and_then(sys::tree_cpu_time)
 }
 
 /// Registers `name` on a fresh connection and waits for its `ok` (the
