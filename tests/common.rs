@@ -173,6 +173,23 @@ pub struct BinaryServer {
     stderr: Option<thread::JoinHandle<String>>,
 }
 
+/// Starts `echo-lab serve <args>` writing its `--stats` lines every
+/// `every` to a JSON-lines file named after `test`; returns the server and
+/// the file's path.
+pub fn start_counting_every(
+    test: &str,
+    every: &str,
+    args: &[&str],
+) -> (BinaryServer, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!(
+        "echo-lab-stats-{test}-{}.jsonl",
+        std::process::id()
+    ));
+    let mut all = args.to_vec();
+    all.extend(["--stats", every, "--stats-json", path.to_str().unwrap()]);
+    (BinaryServer::start(&all), path)
+}
+
 impl BinaryServer {
     /// Runs `echo-lab serve --addr 127.0.0.1:0 <args>` and waits for its
     /// `listening on` line.

@@ -33,14 +33,9 @@ fn total(lines: &[Value], key: &str) -> u64 {
 /// Starts `mode` (with `extra` flags) writing `--stats` lines every 100 ms
 /// to a file of its own, and returns it with the file's path.
 fn start_counting(test: &str, mode: Mode, extra: &[&str]) -> (BinaryServer, PathBuf) {
-    let path = std::env::temp_dir().join(format!(
-        "echo-lab-stats-{test}-{mode}-{}.jsonl",
-        std::process::id()
-    ));
-    let mut args = vec!["--mode", mode.name(), "--quiet", "--stats", "100ms"];
+    let mut args = vec!["--mode", mode.name(), "--quiet"];
     args.extend(extra);
-    args.extend(["--stats-json", path.to_str().unwrap()]);
-    (BinaryServer::start(&args), path)
+    start_counting_every(&format!("{test}-{mode}"), "100ms", &args)
 }
 
 /// Three clients, four messages each: the interval lines add up to 3

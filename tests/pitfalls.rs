@@ -67,16 +67,7 @@ fn a_blocking_send_in_the_loop_stops_every_client() {
 /// rest, and serves everyone else meanwhile; `--stats` counts them.
 #[test]
 fn the_selector_counts_its_short_writes_and_goes_on() {
-    let path = std::env::temp_dir().join(format!("echo-lab-short-{}.jsonl", std::process::id()));
-    let server = BinaryServer::start(&[
-        "--mode",
-        "selector",
-        "--quiet",
-        "--stats",
-        "100ms",
-        "--stats-json",
-        path.to_str().unwrap(),
-    ]);
+    let (server, path) = start_counting_every("short", "100ms", &["--mode", "selector", "--quiet"]);
     let _stuck = never_reader(&server);
     let mut other = connect(server.addr);
     assert_echo(&mut other, b"still served");
@@ -98,18 +89,11 @@ fn the_selector_counts_its_short_writes_and_goes_on() {
 /// is a `would_block`. It still serves (slowly burning a core).
 #[test]
 fn busy_polling_burns_a_core_with_no_client() {
-    let path = std::env::temp_dir().join(format!("echo-lab-spin-{}.jsonl", std::process::id()));
-    let server = BinaryServer::start(&[
-        "--mode",
-        "selector",
-        "--poller",
+    let (server, path) = start_counting_every(
         "spin",
-        "--quiet",
-        "--stats",
         "200ms",
-        "--stats-json",
-        path.to_str().unwrap(),
-    ]);
+        &["--mode", "selector", "--poller", "spin", "--quiet"],
+    );
     let burned = server.cpu_burned_during(Duration::from_millis(600));
     assert!(
         burned >= Duration::from_millis(300),
