@@ -28,10 +28,14 @@ pub const TASK_BUFFER_SIZE: usize = 4096;
 /// holding unsent data at once make a loop allocate.
 pub const MAX_IDLE_BUFFERS: usize = 256;
 
+/// One buffer: its size is in its type, so a pointer to it is one word
+/// (a boxed slice carries its length beside the pointer).
+type Buffer = [u8; TASK_BUFFER_SIZE];
+
 /// The buffers of one event loop that no task holds right now.
 #[derive(Default)]
 pub struct BufferPool {
-    free: RefCell<Vec<Box<[u8]>>>,
+    free: RefCell<Vec<Box<Buffer>>>,
 }
 
 impl BufferPool {
@@ -47,10 +51,10 @@ impl BufferPool {
             .free
             .borrow_mut()
             .pop()
-            .unwrap_or_else(|| vec![0; TASK_BUFFER_SIZE].into_boxed_slice());
+            .unwrap_or_else(|| Box::new([0; TASK_BUFFER_SIZE]));
         Lease {
-            len: bytes.len(),
-            bytes,
+            bytes: Some(bytes),
+            len: TASK_BUFFER_SIZE,
             pool: self,
         }
     }
@@ -65,7 +69,8 @@ impl BufferPool {
 /// dereferences to its first `len()` bytes: all of them when lent, the
 /// bytes received after [`Lease::truncate`].
 pub struct Lease<'p> {
-    bytes: Box<[u8]>,
+    /// `None` only once `drop` has given it back.
+    bytes: Option<Box<Buffer>>,
     len: usize,
     pool: &'p BufferPool,
 }
@@ -89,13 +94,15 @@ impl Deref for Lease<'_> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.bytes[..self.len]
+        self.bytes.as_ref().map_or(&[], |bytes| &bytes[..self.len])
     }
 }
 
 impl DerefMut for Lease<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.bytes[..self.len]
+        self.bytes
+            .as_mut()
+            .map_or(&mut [], |bytes| &mut bytes[..self.len])
     }
 }
 
@@ -103,8 +110,7 @@ impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let mut free = self.pool.free.borrow_mut();
         if free.len() < MAX_IDLE_BUFFERS {
-            // An empty boxed slice takes the buffer's place: no allocation.
-            free.push(std::mem::take(&mut self.bytes));
+            free.extend(self.bytes.take());
         }
     }
 }

@@ -12,10 +12,17 @@
 //! - [`Executor::block_on`] is `run_until_complete`: run ready tasks; when
 //!   none is ready, block in the reactor until something happens.
 //!
-//! A waker holds only the task's id and the ready queue, so it is `Send` and
-//! `Sync` (as [`std::task::Wake`] requires): a thread that is not the
-//! executor's may wake a task, and then calls `Poller::notify()` to interrupt
-//! the executor's wait. Wakes from the executor's own thread never need that.
+//! A waker is two numbers and nothing else: the executor's and the task's,
+//! packed in the one word a [`RawWaker`] carries. Making, cloning and
+//! dropping one allocates nothing and counts no reference, so a task costs
+//! its future and no more (tokio's and async-task's wakers point at the
+//! task's own allocation instead, which takes reference counts and more
+//! `unsafe`). Waking looks the numbers up: on the executor's own thread,
+//! while it runs, the task id goes straight into its ready queue; from any
+//! other thread (an offload pool's), into the executor's inbox, found by
+//! its number in [`INBOXES`], and `Poller::notify()` interrupts the wait.
+//! A waker that outlives its task wakes whatever task has its number next,
+//! or none: a spurious wake, which every future must take in its stride.
 //!
 //! Fairness comes from two bounds. A task may complete only so many I/O
 //! operations per poll (the reactor's cooperative budget, `--budget`):
@@ -39,7 +46,7 @@ use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use slab::Slab;
 
@@ -50,8 +57,9 @@ use std::time::Instant;
 
 type Task<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 
-/// The id the future given to [`Executor::block_on`] is woken with.
-const MAIN: usize = usize::MAX;
+/// The id the future given to [`Executor::block_on`] is woken with; task
+/// ids are below it.
+const MAIN: usize = u32::MAX as usize;
 
 /// Task polls per tick at most, before the executor asks the reactor
 /// (without blocking) what became ready. A tick already polls only the
@@ -66,9 +74,16 @@ const POLLS_PER_TICK: usize = 128;
 /// executor is dropped are dropped with it (cancelled).
 pub struct Executor<'a> {
     reactor: Rc<Reactor>,
-    tasks: RefCell<Slab<Slot<'a>>>,
+    /// The tasks by id; a task is `None` while it is being polled.
+    tasks: RefCell<Slab<Option<Task<'a>>>>,
     spawner: Spawner<'a>,
-    ready: Arc<ReadyQueue>,
+    /// This executor's number in [`INBOXES`], the first half of its
+    /// wakers.
+    number: u32,
+    /// Where wakes on this thread queue tasks.
+    ready: Rc<RefCell<ReadyQueue>>,
+    /// Where wakes from other threads do.
+    inbox: Arc<Inbox>,
     /// The ids taken from the ready queue for one tick (kept to reuse its
     /// memory).
     tick: RefCell<VecDeque<usize>>,
@@ -89,16 +104,6 @@ struct Metered<'a> {
     more: Box<dyn Fn(&mut Line) + 'a>,
 }
 
-/// A task and its waker.
-struct Slot<'a> {
-    /// The future and the waker it is polled with; `None` while it is
-    /// being polled. The waker is made once, so that polling a task costs
-    /// no reference count.
-    running: Option<(Task<'a>, Waker)>,
-    /// The same waker's state, to mark the task as no longer queued.
-    state: Arc<TaskWaker>,
-}
-
 /// A handle that spawns tasks onto an [`Executor`] from inside its tasks.
 #[derive(Clone)]
 pub struct Spawner<'a> {
@@ -112,25 +117,60 @@ impl<'a> Spawner<'a> {
     }
 }
 
-/// Task ids ready to be polled. Behind a mutex because wakers may be used
-/// from any thread.
+/// Task ids to be polled, in the order they were woken, each at most once.
+/// Only the executor's thread touches it, so it needs no lock.
+#[derive(Default)]
 struct ReadyQueue {
-    ids: Mutex<VecDeque<usize>>,
+    ids: VecDeque<usize>,
+    /// By task id: already in `ids`, so waking it again changes nothing.
+    queued: Vec<bool>,
+    /// The same, for [`MAIN`].
+    main_queued: bool,
+}
+
+impl ReadyQueue {
+    fn queued(&mut self, id: usize) -> &mut bool {
+        if id == MAIN {
+            return &mut self.main_queued;
+        }
+        if id >= self.queued.len() {
+            self.queued.resize(id + 1, false);
+        }
+        &mut self.queued[id]
+    }
+
+    fn push(&mut self, id: usize) {
+        let queued = self.queued(id);
+        if !*queued {
+            *queued = true;
+            self.ids.push_back(id);
+        }
+    }
+
+    /// The task is about to be polled: a wake from now on queues it again.
+    fn unqueue(&mut self, id: usize) {
+        *self.queued(id) = false;
+    }
+}
+
+/// Task ids woken from other threads, until the executor moves them into
+/// its ready queue at its next tick.
+struct Inbox {
+    ids: Mutex<Vec<usize>>,
     /// Set while the executor blocks in the reactor: only then must a wake
     /// interrupt it.
     sleeping: AtomicBool,
     reactor_poller: Arc<crate::poller::Poller>,
-    /// Wakes that had to interrupt the wait: they came from another
-    /// thread (an offload pool's), for `--stats`.
+    /// Wakes that had to interrupt the wait, for `--stats`.
     notified: AtomicU64,
 }
 
-impl ReadyQueue {
+impl Inbox {
     fn push(&self, id: usize) {
         self.ids
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push_back(id);
+            .push(id);
         if self.sleeping.load(Ordering::SeqCst) {
             self.notified.fetch_add(1, Ordering::Relaxed);
             let _ = self.reactor_poller.notify();
@@ -145,42 +185,105 @@ impl ReadyQueue {
     }
 }
 
-/// What a [`Waker`] of ours is: a task id and where to queue it.
-struct TaskWaker {
-    id: usize,
-    /// Already in the ready queue: waking again changes nothing.
-    queued: AtomicBool,
-    ready: Arc<ReadyQueue>,
+/// Every executor's inbox, by executor number: how a waker used on another
+/// thread finds where to go.
+static INBOXES: Mutex<Slab<Arc<Inbox>>> = Mutex::new(Slab::new());
+
+thread_local! {
+    /// The executor running `block_on` on this thread, if any: its number
+    /// and its ready queue.
+    static RUNNING: RefCell<Option<(u32, Rc<RefCell<ReadyQueue>>)>> =
+        const { RefCell::new(None) };
 }
 
-impl Wake for TaskWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
+// A waker's word holds two 32-bit numbers.
+const _: () = assert!(usize::BITS == 64, "wakers pack two u32s in a usize");
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        if !self.queued.swap(true, Ordering::AcqRel) {
-            self.ready.push(self.id);
+/// The waker of task `id` (or [`MAIN`]) of executor `number`.
+fn task_waker(number: u32, id: usize) -> Waker {
+    let word = (number as usize) << 32 | id;
+    // SAFETY: the functions of `VTABLE` treat the pointer as a number and
+    // never dereference it, so every copy is valid on any thread, for ever.
+    unsafe { Waker::from_raw(RawWaker::new(std::ptr::without_provenance(word), &VTABLE)) }
+}
+
+/// What our wakers do: cloning copies the word, waking queues the task
+/// (by value or by reference alike), dropping has nothing to release.
+static VTABLE: RawWakerVTable =
+    RawWakerVTable::new(|word| RawWaker::new(word, &VTABLE), wake, wake, |_| {});
+
+/// Queues the task a waker's word names, wherever its executor is.
+fn wake(word: *const ()) {
+    let word = word.addr();
+    let (number, id) = ((word >> 32) as u32, word & 0xffff_ffff);
+    if !wake_here(number, id) {
+        let inbox = INBOXES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(number as usize)
+            .cloned();
+        // None: the executor is gone, and its tasks with it.
+        if let Some(inbox) = inbox {
+            inbox.push(id);
         }
+    }
+}
+
+/// Queues task `id` if executor `number` is running on this thread (and
+/// not using its queue at this instant); returns whether it did.
+fn wake_here(number: u32, id: usize) -> bool {
+    let queue = |running: &Option<(u32, Rc<RefCell<ReadyQueue>>)>| match running {
+        Some((running, ready)) if *running == number => ready
+            .try_borrow_mut()
+            .map(|mut ready| ready.push(id))
+            .is_ok(),
+        _ => false,
+    };
+    RUNNING
+        .try_with(|running| queue(&running.borrow()))
+        .unwrap_or(false)
+}
+
+/// Makes an executor the one running on this thread, until dropped.
+struct Running {
+    before: Option<(u32, Rc<RefCell<ReadyQueue>>)>,
+}
+
+impl Running {
+    fn start(number: u32, ready: &Rc<RefCell<ReadyQueue>>) -> Running {
+        let before = RUNNING.replace(Some((number, ready.clone())));
+        Running { before }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.set(self.before.take());
     }
 }
 
 impl<'a> Executor<'a> {
     /// An executor whose tasks wait on `reactor`.
     pub fn new(reactor: Rc<Reactor>) -> Self {
-        let ready = Arc::new(ReadyQueue {
-            ids: Mutex::new(VecDeque::new()),
+        let inbox = Arc::new(Inbox {
+            ids: Mutex::new(Vec::new()),
             sleeping: AtomicBool::new(false),
             reactor_poller: reactor.poller().clone(),
             notified: AtomicU64::new(0),
         });
+        let number = INBOXES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(inbox.clone());
         Executor {
             reactor,
             tasks: RefCell::new(Slab::new()),
             spawner: Spawner {
                 new_tasks: Rc::new(RefCell::new(Vec::new())),
             },
-            ready,
+            number: u32::try_from(number).expect("fewer than 2^32 executors at once"),
+            ready: Rc::default(),
+            inbox,
             tick: RefCell::new(VecDeque::new()),
             meter: RefCell::new(None),
             queue: RefCell::new(ReadyQueueStats::default()),
@@ -228,7 +331,7 @@ impl<'a> Executor<'a> {
                 .gauge("timers", self.reactor.timers() as u64)
                 .count(
                     "cross_wakeups",
-                    self.ready.notified.swap(0, Ordering::Relaxed),
+                    self.inbox.notified.swap(0, Ordering::Relaxed),
                 )
                 .count("would_block", self.reactor.take_would_block());
             queue.fill(line);
@@ -282,27 +385,17 @@ impl<'a> Executor<'a> {
     /// If waiting in the reactor fails.
     pub fn block_on<F: Future>(&self, main: F) -> io::Result<F::Output> {
         let mut main = pin!(main);
-        let main_waker = Arc::new(TaskWaker {
-            id: MAIN,
-            queued: AtomicBool::new(true),
-            ready: self.ready.clone(),
-        });
-        let waker = Waker::from(main_waker.clone());
-        self.ready.push(MAIN);
+        let waker = task_waker(self.number, MAIN);
+        let _running = Running::start(self.number, &self.ready);
+        self.ready.borrow_mut().push(MAIN);
         self.admit_new_tasks();
         loop {
             // One tick: poll every task that was ready when it began. Tasks
             // woken during the tick run in the next one, after the reactor
             // has been asked (without blocking) what else is ready.
+            self.empty_inbox();
             let mut tick = self.tick.borrow_mut();
-            std::mem::swap(
-                &mut *tick,
-                &mut *self
-                    .ready
-                    .ids
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
+            std::mem::swap(&mut *tick, &mut self.ready.borrow_mut().ids);
             {
                 let mut queue = self.queue.borrow_mut();
                 queue.turn(tick.len());
@@ -321,16 +414,12 @@ impl<'a> Executor<'a> {
                 self.reactor.budget().refill();
                 if id == MAIN {
                     self.queue.borrow_mut().polls += 1;
-                    main_waker.queued.store(false, Ordering::Release);
+                    self.ready.borrow_mut().unqueue(MAIN);
                     if let Poll::Ready(output) =
                         main.as_mut().poll(&mut Context::from_waker(&waker))
                     {
                         // Unpolled ids stay queued for a later block_on.
-                        self.ready
-                            .ids
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .extend(tick.drain(..));
+                        self.requeue_first(&mut tick);
                         return Ok(output);
                     }
                 } else {
@@ -341,11 +430,12 @@ impl<'a> Executor<'a> {
             // Tasks spawned during the tick are queued before the wait
             // below, which then only checks for readiness: they run next.
             self.admit_new_tasks();
-            self.ready.sleeping.store(true, Ordering::SeqCst);
+            self.inbox.sleeping.store(true, Ordering::SeqCst);
             // Checked after announcing the sleep, so that a wake from
             // another thread either is seen here or notifies the poller.
+            let ready = !self.ready.borrow().ids.is_empty() || !self.inbox.is_empty();
             let timeout = match self.report_deadline() {
-                _ if !self.ready.is_empty() => Some(std::time::Duration::ZERO),
+                _ if ready => Some(std::time::Duration::ZERO),
                 Some(due) => Some(due.saturating_duration_since(Instant::now())),
                 None => None,
             };
@@ -357,7 +447,7 @@ impl<'a> Executor<'a> {
                 metered.meter.woke_now(*waited.as_ref().unwrap_or(&0));
             }
             // Awake again: wakes from here on need no notify().
-            self.ready.sleeping.store(false, Ordering::SeqCst);
+            self.inbox.sleeping.store(false, Ordering::SeqCst);
             waited?;
             self.reactor.dispatch();
             if self.report_deadline().is_some() {
@@ -369,13 +459,22 @@ impl<'a> Executor<'a> {
     /// Puts the ids left in `tick` back at the front of the ready queue, in
     /// their order, ahead of the tasks woken during the tick.
     fn requeue_first(&self, tick: &mut VecDeque<usize>) {
-        let mut ready = self
-            .ready
+        let ready = &mut self.ready.borrow_mut().ids;
+        while let Some(id) = tick.pop_back() {
+            ready.push_front(id);
+        }
+    }
+
+    /// Queues the tasks woken from other threads since the last tick.
+    fn empty_inbox(&self) {
+        let mut inbox = self
+            .inbox
             .ids
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        while let Some(id) = tick.pop_back() {
-            ready.push_front(id);
+        let mut ready = self.ready.borrow_mut();
+        for id in inbox.drain(..) {
+            ready.push(id);
         }
     }
 
@@ -388,12 +487,8 @@ impl<'a> Executor<'a> {
         let mut tasks = self.tasks.borrow_mut();
         for future in new_tasks.drain(..) {
             let entry = tasks.vacant_entry();
-            let state = Arc::new(TaskWaker {
-                id: entry.key(),
-                queued: AtomicBool::new(true),
-                ready: self.ready.clone(),
-            });
-            self.ready.push(entry.key());
+            assert!(entry.key() < MAIN, "fewer than 2^32 - 1 tasks at once");
+            self.ready.borrow_mut().push(entry.key());
             if self.reactor.trace().is_on() {
                 self.reactor.trace().task(
                     entry.key(),
@@ -401,27 +496,23 @@ impl<'a> Executor<'a> {
                 );
                 self.fresh.borrow_mut().insert(entry.key());
             }
-            entry.insert(Slot {
-                running: Some((future, Waker::from(state.clone()))),
-                state,
-            });
+            entry.insert(Some(future));
         }
     }
 
     /// `Task.__step`: polls a task once; drops it if it completed.
     fn poll_task(&self, id: usize) {
-        let (mut future, waker) = {
+        // First, so that a later task with this id is not taken for queued.
+        self.ready.borrow_mut().unqueue(id);
+        let mut future = {
             let mut tasks = self.tasks.borrow_mut();
             // A stale wake-up of a task that already completed.
-            let Some(slot) = tasks.get_mut(id) else {
+            let Some(Some(future)) = tasks.get_mut(id).map(Option::take) else {
                 return;
             };
-            let Some(running) = slot.running.take() else {
-                return;
-            };
-            slot.state.queued.store(false, Ordering::Release);
-            running
+            future
         };
+        let waker = task_waker(self.number, id);
         // No borrow is held while the task runs: it may spawn, or drop
         // sockets that deregister from the reactor.
         self.queue.borrow_mut().polls += 1;
@@ -437,7 +528,7 @@ impl<'a> Executor<'a> {
                 self.tasks.borrow_mut().remove(id);
                 drop(future);
             }
-            Poll::Pending => self.tasks.borrow_mut()[id].running = Some((future, waker)),
+            Poll::Pending => self.tasks.borrow_mut()[id] = Some(future),
         }
     }
 
@@ -462,6 +553,10 @@ impl<'a> Executor<'a> {
 
 impl Drop for Executor<'_> {
     fn drop(&mut self) {
+        INBOXES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_remove(self.number as usize);
         // Drop the tasks outside of the RefCell borrow: their destructors
         // may use the reactor.
         let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
@@ -607,6 +702,37 @@ mod tests {
             .expect("the executor woke up");
         thread.join().unwrap();
         assert_eq!(polls, 2, "polled once at first and once when woken");
+    }
+
+    /// A wake that comes after its task has ended is harmless, and does not
+    /// keep the next task given the same id from running.
+    #[test]
+    fn a_stale_wake_does_not_stop_the_next_task_with_its_id() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ran = Cell::new(false);
+            let (_reactor, executor) = executor();
+            // Wakes itself and ends in the same poll: its id is queued
+            // with no task behind it.
+            executor.spawn(poll_fn(|cx| {
+                cx.waker().wake_by_ref();
+                Poll::Ready(())
+            }));
+            executor.block_on(yield_now()).unwrap();
+            executor.block_on(yield_now()).unwrap();
+            assert_eq!(executor.tasks(), 0);
+            executor.spawn(async { ran.set(true) });
+            executor
+                .block_on(async {
+                    while !ran.get() {
+                        yield_now().await;
+                    }
+                })
+                .unwrap();
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("the task given the stale id ran");
     }
 
     /// A connection's task ends when the peer closes, and its socket leaves
