@@ -302,3 +302,125 @@ fn a_crash_under_forking_takes_one_client() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("its process aborted"), "{stderr}");
 }
+
+/// The `offload-worker` processes under `pid`.
+fn offload_workers(pid: u32) -> Vec<u32> {
+    children(pid)
+        .into_iter()
+        .filter(|&kid| {
+            std::fs::read(format!("/proc/{kid}/cmdline"))
+                .is_ok_and(|line| line.split(|&b| b == 0).any(|arg| arg == b"offload-worker"))
+        })
+        .collect()
+}
+
+/// Sends one byte on each client at once, and waits for the first echo.
+fn send_both_and_wait_for_one(clients: &mut [TcpStream]) {
+    for client in clients.iter_mut() {
+        client.write_all(b"x").unwrap();
+    }
+    let mut echo = [0; 1];
+    clients[0].read_exact(&mut echo).unwrap();
+}
+
+/// `--offload` threads share their process's `--global-lock`: while one
+/// computes its 200 ms, the other waits for the lock, so when the first
+/// echo is back the server has used about 200 ms of CPU, not 400.
+#[test]
+fn offload_threads_share_the_global_lock() {
+    let server = BinaryServer::start(&[
+        "--mode",
+        "async",
+        "--work",
+        "cpu:200ms",
+        "--offload",
+        "2",
+        "--global-lock",
+        "--quiet",
+    ]);
+    let mut clients = [connect(server.addr), connect(server.addr)];
+    let before = server.cpu_time();
+    send_both_and_wait_for_one(&mut clients);
+    let used = server.cpu_time() - before;
+    assert!(
+        used < Duration::from_millis(320),
+        "{used:?} of CPU by the first echo: the two jobs computed at once"
+    );
+    let mut echo = [0; 1];
+    clients[1].read_exact(&mut echo).unwrap();
+}
+
+/// `--offload-processes`: each job goes to a worker process of its own
+/// pool thread, each process has its own lock, and so under
+/// `--global-lock` the other worker computes while the first does (seen
+/// in its CPU clock when the first echo is back). SIGTERM then ends the
+/// server and its workers with it.
+#[test]
+fn offload_processes_compute_at_once_under_the_global_lock_and_end_with_the_server() {
+    let server = BinaryServer::start(&[
+        "--mode",
+        "selector",
+        "--work",
+        "cpu:200ms",
+        "--offload-processes",
+        "2",
+        "--global-lock",
+        "--quiet",
+    ]);
+    let pid = server.child.id();
+    let mut clients = [connect(server.addr), connect(server.addr)];
+    send_both_and_wait_for_one(&mut clients);
+    let workers = offload_workers(pid);
+    assert_eq!(workers.len(), 2, "a worker process per busy pool thread");
+    let cpu = |pid: u32| echo_lab::sys::process_cpu_time(pid).unwrap_or_default();
+    let computed: Vec<Duration> = workers.iter().map(|&w| cpu(w)).collect();
+    assert!(
+        computed.iter().all(|&c| c >= Duration::from_millis(50)),
+        "each worker computed when the first echo came: {computed:?}"
+    );
+    let mut echo = [0; 1];
+    clients[1].read_exact(&mut echo).unwrap();
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    for worker in workers {
+        assert!(!exists(worker), "worker {worker} outlived the server");
+    }
+}
+
+/// A worker process killed outright takes nothing else with it: the job
+/// it had is echoed (its work undone), a new process takes the next, and
+/// the server says what happened.
+#[test]
+fn a_killed_offload_worker_is_replaced() {
+    let server = BinaryServer::start(&[
+        "--mode",
+        "async",
+        "--work",
+        "cpu:1ms",
+        "--offload-processes",
+        "1",
+        "--quiet",
+    ]);
+    let pid = server.child.id();
+    let mut client = connect(server.addr);
+    assert_echo(&mut client, b"first");
+    let first = offload_workers(pid);
+    assert_eq!(first.len(), 1);
+    echo_lab::sys::signal(first[0], libc::SIGKILL).unwrap();
+    wait_until("the killed worker reaped or gone", || {
+        std::fs::read_to_string(format!("/proc/{}/stat", first[0]))
+            .map_or(true, |stat| stat.contains(") Z "))
+    });
+    for message in [&b"second"[..], b"third", b"fourth"] {
+        assert_echo(&mut client, message);
+    }
+    let now = offload_workers(pid);
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, first, "a new worker process");
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("offload worker process {} failed", first[0])),
+        "{stderr}"
+    );
+}

@@ -296,7 +296,40 @@ fn bad_work_flags_are_refused() {
             1,
             "not to sequential",
         ),
-        (&["--offload", "2"], 1, "--offload runs --work cpu"),
+        (
+            &["--offload", "2"],
+            1,
+            "--offload and --offload-processes run --work cpu",
+        ),
+        (
+            &["--offload-processes", "2"],
+            1,
+            "--offload and --offload-processes run --work cpu",
+        ),
+        (
+            &[
+                "--work",
+                "cpu:1ms",
+                "--offload",
+                "2",
+                "--offload-processes",
+                "2",
+            ],
+            2,
+            "cannot be used with",
+        ),
+        (
+            &[
+                "--mode",
+                "threadpool",
+                "--work",
+                "cpu:1ms",
+                "--offload-processes",
+                "2",
+            ],
+            1,
+            "--offload-processes applies to selector, statemachine, async and completion only",
+        ),
         (
             &["--work", "wait:1ms", "--offload", "2"],
             1,
@@ -305,7 +338,12 @@ fn bad_work_flags_are_refused() {
         (
             &["--mode", "selector", "--global-lock", "--work", "cpu:1ms"],
             1,
-            "threadpool only",
+            "give --offload or --offload-processes",
+        ),
+        (
+            &["--mode", "threads", "--global-lock", "--work", "cpu:1ms"],
+            1,
+            "--global-lock applies to threadpool, selector, statemachine, async and completion only",
         ),
         (
             &["--mode", "threadpool", "--global-lock"],

@@ -80,6 +80,10 @@ pub enum Command {
     /// Print echo-lab's man page (roff), from the same definitions as
     /// --help.
     Man,
+    /// The worker process of `serve --offload-processes`: reads jobs on
+    /// stdin, writes each chunk back on stdout (started by the server).
+    #[command(hide = true)]
+    OffloadWorker,
 }
 
 /// `echo-lab completions`.
@@ -599,6 +603,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = parse_positive_count)]
     pub offload: Option<NonZeroUsize>,
 
+    /// As --offload, but each of the N threads hands its jobs to a worker
+    /// process of its own (`echo-lab offload-worker`), copying each chunk
+    /// there and back through pipes: a ProcessPoolExecutor. Each process
+    /// has its own --global-lock, so the work runs N at once under it.
+    #[arg(long, value_name = "N", value_parser = parse_positive_count, conflicts_with = "offload")]
+    pub offload_processes: Option<NonZeroUsize>,
+
     /// The stack each client's thread gets (threads only; default 128KiB):
     /// the cost this model shows. At least 64KiB, enough for the echo's
     /// 16 KiB buffer and its frames.
@@ -606,7 +617,9 @@ pub struct ServeArgs {
     pub stack_size: Option<usize>,
 
     /// Every worker holds one shared lock while it does `cpu` work, and
-    /// releases it to sleep (threadpool only): a stand-in for CPython's GIL.
+    /// releases it to sleep: a stand-in for CPython's GIL, one per process.
+    /// The workers are threadpool's threads, or a one-thread loop's
+    /// --offload threads (--offload-processes: one lock per process).
     #[arg(long)]
     pub global_lock: bool,
 
@@ -683,8 +696,11 @@ pub struct ServeArgs {
 /// # Errors
 /// Whatever stopped the command, with context for one clear line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::OffloadWorker) {
         // Held back by `main` for serve's sake: the tools take the default.
+        // (An offload worker keeps them held: a Ctrl-C at the terminal
+        // reaches every process of the group, and its server, not the
+        // signal, ends it, by closing its input.)
         let _ = crate::sys::release_stop_signals();
     }
     match cli.command {
@@ -713,6 +729,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command()).render(&mut page)?;
             std::io::stdout().write_all(&page)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::OffloadWorker => {
+            crate::serve::offload::worker_main().context("offload worker")?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -4,12 +4,22 @@ use super::*;
 
 /// The flags that belong to some models only, and those models. Giving one
 /// to another model is an error, not a flag silently ignored.
-const MODEL_FLAGS: [(&str, &[Mode]); 11] = [
+const MODEL_FLAGS: [(&str, &[Mode]); 12] = [
     ("--workers", &[Mode::Threadpool]),
     ("--queue", &[Mode::Threadpool]),
-    ("--global-lock", &[Mode::Threadpool]),
+    (
+        "--global-lock",
+        &[
+            Mode::Threadpool,
+            Mode::Selector,
+            Mode::Statemachine,
+            Mode::Async,
+            Mode::Completion,
+        ],
+    ),
     ("--threads", &Mode::LOOPS),
     ("--offload", &Mode::LOOPS),
+    ("--offload-processes", &Mode::LOOPS),
     ("--slow-handler", &Mode::LOOPS),
     ("--poller", &Mode::READINESS),
     ("--budget", &[Mode::Async]),
@@ -26,6 +36,7 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
         args.global_lock,
         args.threads.is_some(),
         args.offload.is_some(),
+        args.offload_processes.is_some(),
         args.slow_handler.is_some(),
         args.poller.is_some(),
         args.budget.is_some(),
@@ -43,9 +54,10 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
         }
     }
     let blocking_work = args.work.is_some_and(Work::blocks);
-    if args.offload.is_some() && !blocking_work {
+    let offload = args.offload.or(args.offload_processes);
+    if offload.is_some() && !blocking_work {
         anyhow::bail!(
-            "--offload runs --work cpu:... or sleep:... on its threads; without such work it has nothing to do (wait never blocks the loop)"
+            "--offload and --offload-processes run --work cpu:... or sleep:... beside the loop; without such work they have nothing to do (wait never blocks the loop)"
         );
     }
     if args.protocol == Protocol::Chat {
@@ -53,6 +65,11 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
     }
     if args.global_lock && args.work.is_none() {
         anyhow::bail!("--global-lock is held while a worker does its --work; give --work too");
+    }
+    if args.global_lock && args.mode != Mode::Threadpool && offload.is_none() {
+        anyhow::bail!(
+            "--global-lock on a one-thread loop is held by its --offload threads while they compute (the loop alone has no one to share it with); give --offload or --offload-processes"
+        );
     }
     if args.racy_register.is_some()
         && (args.protocol != Protocol::Chat
@@ -161,7 +178,11 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         threads: args.threads.unwrap_or(1),
         quiet: args.quiet,
         work: args.work,
-        offload: args.offload.map_or(0, NonZeroUsize::get),
+        offload: args
+            .offload
+            .or(args.offload_processes)
+            .map_or(0, NonZeroUsize::get),
+        offload_processes: args.offload_processes.is_some(),
         stack_size: args
             .stack_size
             .unwrap_or(serve::threads::DEFAULT_STACK_SIZE),

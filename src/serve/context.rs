@@ -5,7 +5,7 @@
 
 use std::io;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -45,10 +45,13 @@ pub struct Config {
     /// Threads beside each one-thread loop that run its blocking `work`
     /// (0: none, the loop runs it itself).
     pub offload: usize,
+    /// `--offload-processes`: each of those threads hands its jobs to a
+    /// worker process of its own.
+    pub offload_processes: bool,
     /// The stack of each client thread (`threads`).
     pub stack_size: usize,
     /// Thread pool: every worker holds one lock while it computes, a
-    /// stand-in for CPython's GIL.
+    /// stand-in for CPython's GIL; the loops' `--offload` threads too.
     pub global_lock: bool,
     /// Warn when a one-thread loop runs longer than this without waiting.
     pub slow_handler: Option<Duration>,
@@ -130,6 +133,7 @@ impl Default for Config {
             quiet: false,
             work: None,
             offload: 0,
+            offload_processes: false,
             stack_size: super::threads::DEFAULT_STACK_SIZE,
             global_lock: false,
             slow_handler: Some(DEFAULT_SLOW_HANDLER),
@@ -156,8 +160,9 @@ pub struct Context {
     pub shutdown: Shutdown,
     /// Counters and the per-connection log.
     pub stats: Stats,
-    /// The thread pool's `--global-lock`: held while a worker computes.
-    pub global_lock: Mutex<()>,
+    /// The `--global-lock`: held while a worker computes. One per process,
+    /// as CPython's GIL.
+    pub global_lock: Arc<Mutex<()>>,
     /// What the blocking models' threads (the chat's threads too) count
     /// for `--stats`. The loops keep their own counters, on their own
     /// thread.
@@ -187,7 +192,7 @@ impl Context {
             config,
             shutdown,
             stats,
-            global_lock: Mutex::new(()),
+            global_lock: Arc::default(),
             traffic: live::Traffic::default(),
         }
     }
@@ -234,7 +239,7 @@ impl Context {
     /// The lock a blocking worker computes under: the global lock with
     /// `--global-lock`, none otherwise.
     pub fn work_lock(&self) -> Option<&Mutex<()>> {
-        self.config.global_lock.then_some(&self.global_lock)
+        self.config.global_lock.then_some(&*self.global_lock)
     }
 }
 

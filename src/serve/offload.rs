@@ -15,6 +15,25 @@
 //!
 //! No one polls a queue on a timer: a finished job wakes the loop once.
 //!
+//! **Threads or processes.** With `--offload N` a pool thread does the work
+//! itself, under the process's `--global-lock` if there is one: a Python
+//! `ThreadPoolExecutor`, whose threads compute one at a time under the GIL.
+//! With `--offload-processes N` each pool thread hands its job to a worker
+//! process of its own, and waits for the answer: a
+//! `ProcessPoolExecutor`. The chunk is copied to the worker through a pipe
+//! (its standard input) and back through another (its standard output);
+//! every process has its own lock, so the work runs N at once even under
+//! `--global-lock`, and pays two copies and four system calls a job for
+//! it. The workers are this binary again (`echo-lab offload-worker`,
+//! started fresh rather than forked: a `fork` in a process with threads
+//! copies only the calling one, and a lock another thread held stays
+//! locked in the child). A worker that dies is replaced for the next job,
+//! and the job it had is echoed with its work undone: its crash stays in
+//! its process. (Python's `ProcessPoolExecutor` instead marks the whole
+//! pool broken, `BrokenProcessPool`, and fails every job after.) A worker
+//! ends when its pipe closes, so none outlives the server; one still
+//! working at shutdown is killed after [`SHUTDOWN_GRACE`].
+//!
 //! A connection has at most one job at a time and does not read while it
 //! waits for it, so its bytes stay in order. If it disconnects meanwhile,
 //! the job still runs to its end; its token then finds no connection, and
@@ -25,16 +44,19 @@
 //! Tutorial: `docs/tutorial/7-when-the-loop-stalls.md`.
 
 use std::future::Future;
+use std::io::{self, BufReader, Read, Write};
 use std::pin::Pin;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::work::Work;
+use super::Context;
+use super::work::{Work, WorkKind};
 use crate::poller::Poller;
 
 /// How long dropping the pool waits for jobs still running: the server's
@@ -60,19 +82,35 @@ pub struct Offload {
     /// Each thread sends one message here as it exits.
     exited: Receiver<()>,
     threads: usize,
+    /// With `--offload-processes`: the worker process of each thread, by
+    /// process id, while it has one; killed if still there at shutdown.
+    workers: Arc<Mutex<Vec<u32>>>,
 }
 
 impl Offload {
-    /// Starts `threads` pool threads, named after `name`.
+    /// Starts `threads` pool threads, named after `name`, which do the
+    /// work themselves or, with `--offload-processes`, in a worker
+    /// process each.
     ///
     /// # Errors
-    /// If a thread cannot be started.
-    pub fn start(threads: usize, name: &str) -> std::io::Result<Self> {
+    /// If a thread cannot be started. (A worker process that cannot be
+    /// started is said on stderr, and its jobs are echoed undone.)
+    pub fn start(ctx: &Context, threads: usize, name: &str) -> io::Result<Self> {
         let (queue, jobs) = crossbeam_channel::unbounded::<Job>();
         let (exit, exited) = crossbeam_channel::bounded(threads);
         let closing = Arc::new(AtomicBool::new(false));
+        let workers = Arc::new(Mutex::new(Vec::new()));
+        let lock = ctx.config.global_lock.then(|| ctx.global_lock.clone());
         for i in 0..threads {
             let (jobs, exit, closing) = (jobs.clone(), exit.clone(), closing.clone());
+            let mut runner = match ctx.config.offload_processes {
+                false => Runner::Thread(lock.clone()),
+                true => Runner::Process {
+                    worker: None,
+                    workers: workers.clone(),
+                    closing: closing.clone(),
+                },
+            };
             thread::Builder::new()
                 .name(format!("{name}-offload-{i}"))
                 .spawn(move || {
@@ -80,9 +118,10 @@ impl Offload {
                         if closing.load(Relaxed) {
                             continue; // Shutting down: queued jobs are dropped.
                         }
-                        job.work.block(&job.data, None);
+                        runner.run(job.work, &job.data);
                         (job.done)(job.data);
                     }
+                    drop(runner);
                     let _ = exit.send(());
                 })?;
         }
@@ -91,6 +130,7 @@ impl Offload {
             closing,
             exited,
             threads,
+            workers,
         })
     }
 
@@ -111,11 +151,266 @@ impl Drop for Offload {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         for _ in 0..self.threads {
             if self.exited.recv_deadline(deadline).is_err() {
-                // Still working: it finishes on its own, unwaited.
+                // Still working: a thread finishes on its own, unwaited; a
+                // worker process is killed (its thread then finds its pipe
+                // closed, and reaps it).
+                for &pid in self
+                    .workers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                {
+                    // SAFETY: kill(2) has no memory effects. The pid is a
+                    // child not yet reaped (its thread forgets it before
+                    // reaping it), so it names that child and no other.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
                 break;
             }
         }
     }
+}
+
+/// Where a pool thread does a job's work.
+enum Runner {
+    /// On the thread itself, under the process's global lock if there is
+    /// one.
+    Thread(Option<Arc<Mutex<()>>>),
+    /// In a worker process of the thread's own, started at its first job
+    /// and again after one dies.
+    Process {
+        worker: Option<Worker>,
+        /// The pool's list of live workers, for shutdown.
+        workers: Arc<Mutex<Vec<u32>>>,
+        /// Set at shutdown, when a worker killed mid-job is no news.
+        closing: Arc<AtomicBool>,
+    },
+}
+
+impl Runner {
+    /// Does `work` on `data`, blocking this thread until it is done.
+    fn run(&mut self, work: Work, data: &[u8]) {
+        match self {
+            Runner::Thread(lock) => work.block(data, lock.as_deref()),
+            Runner::Process {
+                worker,
+                workers,
+                closing,
+            } => {
+                if worker.is_none() {
+                    match Worker::start() {
+                        Ok(started) => {
+                            workers
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push(started.pid());
+                            *worker = Some(started);
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "echo-lab: cannot start an offload worker process: {e}; its job is echoed undone"
+                            );
+                            return;
+                        }
+                    }
+                }
+                let Some(Err(e)) = worker.as_mut().map(|w| w.run(work, data)) else {
+                    return;
+                };
+                if let Some(failed) = worker.take() {
+                    let pid = failed.pid();
+                    let ended = failed.reap(workers, true);
+                    if !closing.load(Relaxed) {
+                        eprintln!(
+                            "echo-lab: offload worker process {pid} failed ({e}; it {ended}): its job is echoed undone, and a new process takes the next"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if let Runner::Process {
+            worker, workers, ..
+        } = self
+        {
+            // Idle between jobs: its input closes, and it exits.
+            if let Some(worker) = worker.take() {
+                worker.reap(workers, false);
+            }
+        }
+    }
+}
+
+/// A worker process: `echo-lab offload-worker`, doing one job at a time.
+struct Worker {
+    child: Child,
+    to: ChildStdin,
+    /// Buffered: a reply's length and bytes in one `read` as a rule.
+    from: BufReader<ChildStdout>,
+}
+
+impl Worker {
+    fn start() -> io::Result<Worker> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("offload-worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let (Some(to), Some(from)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other("no pipes to the worker"));
+        };
+        Ok(Worker {
+            child,
+            to,
+            from: BufReader::new(from),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends the job and waits for its chunk to come back, whole.
+    fn run(&mut self, work: Work, data: &[u8]) -> io::Result<()> {
+        write_job(&mut self.to, work, data)?;
+        let back = read_frame(&mut self.from)?.ok_or(io::ErrorKind::UnexpectedEof)?;
+        if back != data {
+            return Err(io::Error::other("it sent back another chunk"));
+        }
+        Ok(())
+    }
+
+    /// Closes its pipes (and kills it, if `kill`: it failed, and may be
+    /// stuck) and waits for it to exit; says how it ended. Forgets its pid
+    /// first, so that shutdown never signals a pid that was reused.
+    fn reap(self, workers: &Mutex<Vec<u32>>, kill: bool) -> String {
+        let pid = self.pid();
+        workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|&p| p != pid);
+        let Worker {
+            mut child,
+            to,
+            from,
+        } = self;
+        drop((to, from));
+        if kill {
+            let _ = child.kill();
+        }
+        match child.wait() {
+            Ok(status) => format!("ended with {status}"),
+            Err(e) => format!("could not be waited for: {e}"),
+        }
+    }
+}
+
+/// The most bytes a job may carry: far more than any loop reads at once.
+const MAX_JOB: usize = 1 << 20;
+
+/// A job on the wire: its kind (a byte), its duration in nanoseconds (8
+/// bytes), then the chunk as a frame; written at once, one system call.
+fn write_job(to: &mut impl Write, work: Work, data: &[u8]) -> io::Result<()> {
+    let kind = match work.kind {
+        WorkKind::Cpu => b'c',
+        WorkKind::Sleep => b's',
+        WorkKind::Wait => b'w',
+    };
+    let nanos = u64::try_from(work.duration.as_nanos()).unwrap_or(u64::MAX);
+    let mut job = vec![kind];
+    job.extend_from_slice(&nanos.to_le_bytes());
+    append_frame(&mut job, data)?;
+    to.write_all(&job)?;
+    to.flush()
+}
+
+/// A chunk on the wire: its length (4 bytes), then its bytes.
+fn append_frame(to: &mut Vec<u8>, data: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(data.len()).map_err(|_| io::Error::other("chunk too large"))?;
+    to.extend_from_slice(&len.to_le_bytes());
+    to.extend_from_slice(data);
+    Ok(())
+}
+
+/// Reads a frame; `None` at a clean end of input, before its first byte.
+fn read_frame(from: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0; 4];
+    if !read_all_or_nothing(from, &mut len)? {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_JOB {
+        return Err(io::Error::other(format!(
+            "a chunk of {len} bytes, over {MAX_JOB}"
+        )));
+    }
+    let mut data = vec![0; len];
+    from.read_exact(&mut data)?;
+    Ok(Some(data))
+}
+
+/// Fills `buf`; false if the input ended before its first byte.
+fn read_all_or_nothing(from: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    let n = loop {
+        match from.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => break other?,
+        }
+    };
+    if n == 0 {
+        return Ok(false);
+    }
+    from.read_exact(&mut buf[n..])?;
+    Ok(true)
+}
+
+/// Reads a job; `None` at a clean end of input.
+fn read_job(from: &mut impl Read) -> io::Result<Option<(Work, Vec<u8>)>> {
+    let mut head = [0; 9];
+    if !read_all_or_nothing(from, &mut head)? {
+        return Ok(None);
+    }
+    let kind = match head[0] {
+        b'c' => WorkKind::Cpu,
+        b's' => WorkKind::Sleep,
+        b'w' => WorkKind::Wait,
+        other => return Err(io::Error::other(format!("unknown kind of work {other}"))),
+    };
+    let nanos = u64::from_le_bytes(head[1..].try_into().unwrap_or_default());
+    let work = Work {
+        kind,
+        duration: Duration::from_nanos(nanos),
+    };
+    let data = read_frame(from)?.ok_or(io::ErrorKind::UnexpectedEof)?;
+    Ok(Some((work, data)))
+}
+
+/// `echo-lab offload-worker`: the worker process of `--offload-processes`.
+/// Reads jobs from standard input, does each, and writes its chunk back to
+/// standard output, until its input ends.
+///
+/// # Errors
+/// If the input is not a job, or a pipe fails.
+pub fn worker_main() -> io::Result<()> {
+    let (mut input, mut output) = (io::stdin().lock(), io::stdout().lock());
+    let mut reply = Vec::new();
+    while let Some((work, data)) = read_job(&mut input)? {
+        // One job at a time, in a process of its own: its own lock, which
+        // nobody else could hold.
+        work.block(&data, None);
+        reply.clear();
+        append_frame(&mut reply, &data)?;
+        output.write_all(&reply)?;
+        output.flush()?;
+    }
+    Ok(())
 }
 
 /// Where a pool thread tells a loop that a job is done: a channel of tokens
@@ -201,7 +496,7 @@ pub struct Offloaded {
 impl Future for Offloaded {
     type Output = Vec<u8>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Vec<u8>> {
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Vec<u8>> {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         match slot.data.take() {
             Some(data) => Poll::Ready(data),

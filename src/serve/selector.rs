@@ -187,7 +187,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
             let pool = match ctx.config.offload {
                 0 => None,
                 threads => Some((
-                    Offload::start(threads, "selector")?,
+                    Offload::start(ctx, threads, "selector")?,
                     Finished::new(poller.clone()),
                 )),
             };

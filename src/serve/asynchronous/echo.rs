@@ -27,7 +27,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     // Made before the executor, so that it outlives every task.
     let pool = match (ctx.config.work, ctx.config.offload) {
         (Some(work), threads) if work.blocks() && threads > 0 => {
-            Some(Offload::start(threads, "async")?)
+            Some(Offload::start(ctx, threads, "async")?)
         }
         _ => None,
     };

@@ -37,7 +37,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     ring.poll_readable(bell.as_raw_fd(), token(Kind::Bell, 0, 0))?;
     let acceptor = Acceptor::start(&listener, &mut ring)?;
     let plan = match ctx.config.work {
-        Some(work) => Some(WorkPlan::new(work, ctx.config.offload, &mut ring)?),
+        Some(work) => Some(WorkPlan::new(work, ctx, &mut ring)?),
         None => None,
     };
     let traffic = Traffic::default();
@@ -129,8 +129,8 @@ struct Pool {
 }
 
 impl WorkPlan {
-    fn new(work: Work, offload: usize, ring: &mut Ring) -> io::Result<WorkPlan> {
-        let pool = match offload {
+    fn new(work: Work, ctx: &Context, ring: &mut Ring) -> io::Result<WorkPlan> {
+        let pool = match ctx.config.offload {
             0 => None,
             threads => {
                 let (doorbell, ringer) = UnixStream::pair()?;
@@ -140,7 +140,7 @@ impl WorkPlan {
                 let finished = Finished::ringing(move || {
                     let _ = (&ringer).write(&[1]);
                 });
-                let offload = Offload::start(threads, "completion")?;
+                let offload = Offload::start(ctx, threads, "completion")?;
                 ring.poll_readable(doorbell.as_raw_fd(), token(Kind::Jobs, 0, 0))?;
                 Some(Pool {
                     offload,

@@ -316,7 +316,7 @@ impl<'a> EventLoop<'a> {
         let poller = Arc::new(Poller::new(ctx.config.poller)?);
         let pool = match (ctx.config.work, ctx.config.offload) {
             (Some(work), threads) if work.blocks() && threads > 0 => Some((
-                Offload::start(threads, "statemachine")?,
+                Offload::start(ctx, threads, "statemachine")?,
                 Finished::new(poller.clone()),
             )),
             _ => None,

@@ -174,6 +174,13 @@ pub fn run(
             server_pid: Some(server.child.id()),
             churn: config.churn,
         };
+        if config.protocol == Protocol::Echo {
+            // What a server sets up once it runs (a loop's tables, the
+            // completion ring's 4 MiB of buffers) is in place once it has
+            // echoed: measured from here on, memory grows only with the
+            // run's clients.
+            echo_once(server.addr).with_context(|| format!("{name} did not echo"))?;
+        }
         let sampler = MemorySampler::start(server.child.id());
         let results = match config.protocol {
             Protocol::Echo => bench::run_until(&bench_config, stop, |_, _| {})?,
@@ -208,6 +215,20 @@ pub fn run(
     output::write_files(&comparison, &dir)?;
     output::mark_latest(&config.out, &dir)?;
     Ok(comparison)
+}
+
+/// One byte echoed over a connection of its own, within
+/// [`SERVER_PATIENCE`](servers::SERVER_PATIENCE).
+fn echo_once(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let patience = servers::SERVER_PATIENCE;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, patience)?;
+    stream.set_read_timeout(Some(patience))?;
+    stream.write_all(b"x")?;
+    let mut byte = [0];
+    stream.read_exact(&mut byte)?;
+    anyhow::ensure!(byte == *b"x", "echoed {byte:?} for \"x\"");
+    Ok(())
 }
 
 /// Reads a server's memory every [`Memory::EVERY`] on a thread of its own
