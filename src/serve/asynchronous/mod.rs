@@ -88,7 +88,7 @@ pub async fn accept_clients<'a, F: Future<Output = ()> + 'a>(
         match sort(accepted, &ctx.stats) {
             Some(Accepted::Client(stream, peer)) => {
                 let visit = Visit::new(peer, traffic, &ctx.stats);
-                match Async::new(stream, reactor) {
+                match Async::accepted(stream, reactor) {
                     Ok(stream) => spawner.spawn(client(stream, visit)),
                     Err(e) => visit.end(Ending::Failed(e)),
                 }

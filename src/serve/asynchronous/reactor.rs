@@ -358,6 +358,12 @@ impl<T: AsFd> Async<T> {
     /// # Errors
     /// If the poller refuses the socket.
     pub fn new(io: T, reactor: &Rc<Reactor>) -> io::Result<Async<T>> {
+        Self::register(io, reactor, false)
+    }
+
+    /// Registers `io`; with `assume_ready`, its first operations are tried
+    /// before any readiness is reported.
+    fn register(io: T, reactor: &Rc<Reactor>, assume_ready: bool) -> io::Result<Async<T>> {
         let mut sources = reactor.sources.borrow_mut();
         let entry = sources.vacant_entry();
         let key = u32::try_from(entry.key()).map_err(|_| io::Error::other("too many sockets"))?;
@@ -365,8 +371,8 @@ impl<T: AsFd> Async<T> {
         unsafe { reactor.poller.add_edge_triggered(&io, entry.key())? };
         entry.insert(Source {
             // Registering reports whatever is ready already.
-            readable: Cell::new(false),
-            writable: Cell::new(false),
+            readable: Cell::new(assume_ready),
+            writable: Cell::new(assume_ready),
             read_closed: Cell::new(false),
             reader: Waiter::default(),
             writer: Waiter::default(),
@@ -471,6 +477,19 @@ impl Async<TcpListener> {
 }
 
 impl Async<TcpStream> {
+    /// Registers a client just accepted, non-blocking, whose first read and
+    /// write are tried at once, as asyncio's `sock_recv` tries `recv`
+    /// before it registers a reader: a new client has usually sent
+    /// already, and its first message is then read with no wait. A wrong
+    /// guess costs one `WouldBlock`. (Not for [`Async::readable`], which
+    /// tries nothing and would believe the guess.)
+    ///
+    /// # Errors
+    /// If the poller refuses the socket.
+    pub fn accepted(stream: TcpStream, reactor: &Rc<Reactor>) -> io::Result<Async<TcpStream>> {
+        Self::register(stream, reactor, true)
+    }
+
     /// Waits for data and returns what has arrived, at most
     /// [`TASK_BUFFER_SIZE`] bytes: the notes' `loop.sock_recv(sock, 4096)`.
     /// Empty means the peer closed its side. Like Python's `bytes`, the
@@ -685,6 +704,36 @@ mod tests {
         assert!(waiter.wake());
         assert!(!waiter.wake(), "woken already, not waiting again");
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
+    }
+
+    /// A client just accepted is read at once, before any readiness is
+    /// reported: its first message needs no wait. A socket registered
+    /// the plain way waits for the poller first.
+    #[test]
+    fn an_accepted_client_is_read_before_any_readiness() {
+        let reactor = Reactor::new(Backend::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(b"hi").unwrap();
+        let (waker, plain_waker) = (counter().1, counter().1);
+        for (accepted, waker) in [(true, waker), (false, plain_waker)] {
+            let (server_side, _) = listener.accept().unwrap();
+            server_side.set_nonblocking(true).unwrap();
+            let stream = match accepted {
+                true => Async::accepted(server_side, &reactor).unwrap(),
+                false => Async::new(server_side, &reactor).unwrap(),
+            };
+            let mut recv = std::pin::pin!(stream.recv());
+            let poll = recv.as_mut().poll(&mut Context::from_waker(&waker));
+            match (accepted, poll) {
+                (true, Poll::Ready(Ok(data))) => assert_eq!(&*data, b"hi"),
+                (false, Poll::Pending) => {}
+                (accepted, poll) => panic!("accepted: {accepted}, {poll:?}"),
+            }
+            // The second round: a new client with its message sent.
+            client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            client.write_all(b"hi").unwrap();
+        }
     }
 
     /// A task waiting again is not woken twice: its waker is recorded
