@@ -314,6 +314,22 @@ fn offload_workers(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// A `mode` server doing 200 ms of CPU work per chunk on a pool of two,
+/// `pool` being `--offload` or `--offload-processes`, under
+/// `--global-lock`.
+fn start_two_pool_under_the_lock(mode: &str, pool: &str) -> BinaryServer {
+    BinaryServer::start(&[
+        "--mode",
+        mode,
+        "--work",
+        "cpu:200ms",
+        pool,
+        "2",
+        "--global-lock",
+        "--quiet",
+    ])
+}
+
 /// Sends one byte on each client at once, and waits for the first echo.
 fn send_both_and_wait_for_one(clients: &mut [TcpStream]) {
     for client in clients.iter_mut() {
@@ -328,16 +344,7 @@ fn send_both_and_wait_for_one(clients: &mut [TcpStream]) {
 /// echo is back the server has used about 200 ms of CPU, not 400.
 #[test]
 fn offload_threads_share_the_global_lock() {
-    let server = BinaryServer::start(&[
-        "--mode",
-        "async",
-        "--work",
-        "cpu:200ms",
-        "--offload",
-        "2",
-        "--global-lock",
-        "--quiet",
-    ]);
+    let server = start_two_pool_under_the_lock("async", "--offload");
     let mut clients = [connect(server.addr), connect(server.addr)];
     let before = server.cpu_time();
     send_both_and_wait_for_one(&mut clients);
@@ -357,16 +364,7 @@ fn offload_threads_share_the_global_lock() {
 /// server and its workers with it.
 #[test]
 fn offload_processes_compute_at_once_under_the_global_lock_and_end_with_the_server() {
-    let server = BinaryServer::start(&[
-        "--mode",
-        "selector",
-        "--work",
-        "cpu:200ms",
-        "--offload-processes",
-        "2",
-        "--global-lock",
-        "--quiet",
-    ]);
+    let server = start_two_pool_under_the_lock("selector", "--offload-processes");
     let pid = server.child.id();
     let mut clients = [connect(server.addr), connect(server.addr)];
     send_both_and_wait_for_one(&mut clients);

@@ -20,9 +20,10 @@
 //! `unsafe`). Waking looks the numbers up: on the executor's own thread,
 //! while it runs, the task id goes straight into its ready queue; from any
 //! other thread (an offload pool's), into the executor's inbox, found by
-//! its number in [`INBOXES`], and `Poller::notify()` interrupts the wait.
-//! A waker that outlives its task wakes whatever task has its number next,
-//! or none: a spurious wake, which every future must take in its stride.
+//! its number in a global table (`INBOXES`), and `Poller::notify()`
+//! interrupts the wait. A waker that outlives its task wakes whatever task
+//! has its number next, or none: a spurious wake, which every future must
+//! take in its stride.
 //!
 //! Fairness comes from two bounds. A task may complete only so many I/O
 //! operations per poll (the reactor's cooperative budget, `--budget`):
