@@ -1057,5 +1057,10 @@ fn churn_from_the_command_line() {
     assert_eq!(json["churn"], true);
     for row in json["rows"].as_array().unwrap() {
         assert!(row["results"]["messages"].as_u64() > Some(0), "{row}");
+        // No connection stays: no memory per connection to show.
+        if cfg!(target_os = "linux") {
+            assert!(row["memory"]["peak"].as_u64() > Some(0), "{row}");
+            assert!(row["memory"]["per_connection"].is_null(), "{row}");
+        }
     }
 }

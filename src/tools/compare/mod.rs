@@ -187,7 +187,9 @@ pub fn run(
             Protocol::Chat => chat_run(&bench_config)?,
         };
         let clients = connections + config.idle + config.hogs;
-        let memory = sampler.finish(clients);
+        // Under --churn no connection stays: memory per connection means
+        // nothing there.
+        let memory = sampler.finish((!config.churn).then_some(clients));
         let stopped = server.stop();
         if stop.load(Relaxed) {
             // The run was cut short: its numbers cover part of a window.
@@ -261,15 +263,16 @@ impl MemorySampler {
         }
     }
 
-    /// The run's memory, over `clients` connections.
-    fn finish(self, clients: usize) -> Option<Memory> {
+    /// The run's memory, over `clients` connections held through the run
+    /// (`None`: none was).
+    fn finish(self, clients: Option<usize>) -> Option<Memory> {
         self.done.store(true, Relaxed);
         let peak = self.thread.join().ok()?;
         let baseline = self.baseline?;
         (peak > 0).then(|| Memory {
             baseline,
             peak,
-            per_connection: peak.saturating_sub(baseline) / clients.max(1) as u64,
+            per_connection: clients.map(|n| peak.saturating_sub(baseline) / n.max(1) as u64),
         })
     }
 }

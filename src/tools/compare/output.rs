@@ -111,7 +111,8 @@ columns: msg/s  echoes (chat: lines delivered; --churn: connections, one echo ea
          mem  the most memory the server held during the run, all its processes,
               shared pages counted once (proportional set size)
          B/conn  that peak less the server's memory before the run, per connection
-                 of the run (measured, --idle and --hogs): what a client costs
+                 of the run (measured, --idle and --hogs): what a client costs;
+                 not with --churn, where no connection stays
          -  not measured in this run: not one of our loops, a server that counts
             nothing of the kind (the blocking models), or memory off Linux
 ";
@@ -148,7 +149,10 @@ pub fn render_row(row: &Row) -> String {
     let peak = row
         .memory
         .map(|m| format!("{:.1}MiB", m.peak as f64 / f64::from(1 << 20)));
-    let per_connection = row.memory.map(|m| m.per_connection.to_string());
+    let per_connection = row
+        .memory
+        .and_then(|m| m.per_connection)
+        .map(|b| b.to_string());
     format!(
         "{:<14} {:>6} {:>4} {:>12.0} {:>8.3}ms {:>8.3}ms {:>7} {:>8} {:>6} {:>8} {:>7}  {}\n",
         row.server,
@@ -204,7 +208,8 @@ pub fn write_files(comparison: &Comparison, dir: &Path) -> anyhow::Result<()> {
                 .map_or_else(String::new, |cpu| format!("{cpu:.3}")),
             row.memory.map_or_else(String::new, |m| m.peak.to_string()),
             row.memory
-                .map_or_else(String::new, |m| m.per_connection.to_string()),
+                .and_then(|m| m.per_connection)
+                .map_or_else(String::new, |b| b.to_string()),
         );
     }
     std::fs::write(dir.join("results.csv"), csv).context("writing results.csv")?;

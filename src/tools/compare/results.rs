@@ -38,8 +38,9 @@ pub struct Memory {
     /// The most it held while the run went on, in bytes.
     pub peak: u64,
     /// `peak - baseline` over every connection of the run (measured, idle
-    /// and hogs): what a connection costs.
-    pub per_connection: u64,
+    /// and hogs): what a connection costs. `None` under `--churn`, where no
+    /// connection stays.
+    pub per_connection: Option<u64>,
 }
 
 impl Memory {
