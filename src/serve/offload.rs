@@ -109,6 +109,7 @@ impl Offload {
                     worker: None,
                     workers: workers.clone(),
                     closing: closing.clone(),
+                    retry_at: None,
                 },
             };
             thread::Builder::new()
@@ -184,8 +185,15 @@ enum Runner {
         workers: Arc<Mutex<Vec<u32>>>,
         /// Set at shutdown, when a worker killed mid-job is no news.
         closing: Arc<AtomicBool>,
+        /// After a worker could not be started: when to try again. Jobs
+        /// until then are echoed undone, without a line each.
+        retry_at: Option<Instant>,
     },
 }
+
+/// How long a pool thread waits before it tries again to start a worker
+/// process that could not be started.
+const RETRY_START: Duration = Duration::from_secs(1);
 
 impl Runner {
     /// Does `work` on `data`, blocking this thread until it is done.
@@ -196,8 +204,12 @@ impl Runner {
                 worker,
                 workers,
                 closing,
+                retry_at,
             } => {
                 if worker.is_none() {
+                    if retry_at.is_some_and(|at| Instant::now() < at) {
+                        return;
+                    }
                     match Worker::start() {
                         Ok(started) => {
                             workers
@@ -205,11 +217,13 @@ impl Runner {
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .push(started.pid());
                             *worker = Some(started);
+                            *retry_at = None;
                         }
                         Err(e) => {
                             eprintln!(
-                                "echo-lab: cannot start an offload worker process: {e}; its job is echoed undone"
+                                "echo-lab: cannot start an offload worker process: {e}; its jobs are echoed undone until it can, tried again in {RETRY_START:?}"
                             );
+                            *retry_at = Some(Instant::now() + RETRY_START);
                             return;
                         }
                     }
