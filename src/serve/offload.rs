@@ -23,8 +23,8 @@
 //! `ProcessPoolExecutor`. The chunk is copied to the worker through a pipe
 //! (its standard input) and back through another (its standard output);
 //! every process has its own lock, so the work runs N at once even under
-//! `--global-lock`, and pays two copies and four system calls a job for
-//! it. The workers are this binary again (`echo-lab offload-worker`,
+//! `--global-lock`, and pays for it: the chunk copied into a pipe and out
+//! of it each way, four system calls a job. The workers are this binary again (`echo-lab offload-worker`,
 //! started fresh rather than forked: a `fork` in a process with threads
 //! copies only the calling one, and a lock another thread held stays
 //! locked in the child). A worker that dies is replaced for the next job,
@@ -44,7 +44,7 @@
 //! Tutorial: `docs/tutorial/7-when-the-loop-stalls.md`.
 
 use std::future::Future;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::pin::Pin;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -161,10 +161,10 @@ impl Drop for Offload {
                     .unwrap_or_else(PoisonError::into_inner)
                     .iter()
                 {
-                    // SAFETY: kill(2) has no memory effects. The pid is a
-                    // child not yet reaped (its thread forgets it before
-                    // reaping it), so it names that child and no other.
-                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    // The pid is a child not yet reaped (its thread forgets
+                    // it before reaping it), so it names that child and no
+                    // other.
+                    let _ = crate::sys::signal(pid, libc::SIGKILL);
                 }
                 break;
             }
@@ -294,7 +294,7 @@ impl Worker {
     /// Sends the job and waits for its chunk to come back, whole.
     fn run(&mut self, work: Work, data: &[u8]) -> io::Result<()> {
         write_job(&mut self.to, work, data)?;
-        let back = read_frame(&mut self.from)?.ok_or(io::ErrorKind::UnexpectedEof)?;
+        let back = read_frame(&mut self.from)?;
         if back != data {
             return Err(io::Error::other("it sent back another chunk"));
         }
@@ -353,12 +353,10 @@ fn append_frame(to: &mut Vec<u8>, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads a frame; `None` at a clean end of input, before its first byte.
-fn read_frame(from: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+/// Reads a frame (a reply cut short is an `UnexpectedEof` error).
+fn read_frame(from: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut len = [0; 4];
-    if !read_all_or_nothing(from, &mut len)? {
-        return Ok(None);
-    }
+    from.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_JOB {
         return Err(io::Error::other(format!(
@@ -367,30 +365,24 @@ fn read_frame(from: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
     }
     let mut data = vec![0; len];
     from.read_exact(&mut data)?;
-    Ok(Some(data))
+    Ok(data)
 }
 
-/// Fills `buf`; false if the input ended before its first byte.
-fn read_all_or_nothing(from: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
-    let n = loop {
-        match from.read(buf) {
+/// Reads a job; `None` at a clean end of input, before the job's first
+/// byte.
+fn read_job(from: &mut impl BufRead) -> io::Result<Option<(Work, Vec<u8>)>> {
+    let ended = loop {
+        match from.fill_buf() {
+            Ok(buffered) => break buffered.is_empty(),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            other => break other?,
+            Err(e) => return Err(e),
         }
     };
-    if n == 0 {
-        return Ok(false);
-    }
-    from.read_exact(&mut buf[n..])?;
-    Ok(true)
-}
-
-/// Reads a job; `None` at a clean end of input.
-fn read_job(from: &mut impl Read) -> io::Result<Option<(Work, Vec<u8>)>> {
-    let mut head = [0; 9];
-    if !read_all_or_nothing(from, &mut head)? {
+    if ended {
         return Ok(None);
     }
+    let mut head = [0; 9];
+    from.read_exact(&mut head)?;
     let kind = match head[0] {
         b'c' => WorkKind::Cpu,
         b's' => WorkKind::Sleep,
@@ -402,8 +394,7 @@ fn read_job(from: &mut impl Read) -> io::Result<Option<(Work, Vec<u8>)>> {
         kind,
         duration: Duration::from_nanos(nanos),
     };
-    let data = read_frame(from)?.ok_or(io::ErrorKind::UnexpectedEof)?;
-    Ok(Some((work, data)))
+    Ok(Some((work, read_frame(from)?)))
 }
 
 /// `echo-lab offload-worker`: the worker process of `--offload-processes`.
