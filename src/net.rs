@@ -108,9 +108,14 @@ fn first_that_binds<T>(
     }
     match last_error {
         Some((candidate, e)) if e.kind() == io::ErrorKind::AddrInUse => {
+            // The hint keeps the user's host: only the port must change.
+            let host = match candidate {
+                SocketAddr::V4(v4) => v4.ip().to_string(),
+                SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+            };
             bail!(
                 "cannot listen on {candidate}: address already in use (another server holds it: stop it, \
-                 or pick another port with --addr 127.0.0.1:PORT or ECHO_LAB_ADDR=127.0.0.1:PORT; \
+                 or pick another port with --addr {host}:PORT or ECHO_LAB_ADDR={host}:PORT; \
                  port 0 picks a free one)"
             )
         }
@@ -120,29 +125,34 @@ fn first_that_binds<T>(
 }
 
 /// Accepts one connection from `listener`, in the blocking mode the model
-/// needs. Linux does not pass a listener's O_NONBLOCK on to the sockets
-/// `accept()` returns; there `accept4` makes the socket non-blocking as it
-/// is made, one system call where `accept` then `fcntl` would be two (as
-/// tokio's mio does). Elsewhere the two.
+/// needs, whatever the listener's own. Linux does not pass a listener's
+/// O_NONBLOCK on to the sockets `accept()` returns; there `accept4` makes
+/// the socket blocking or not as it is made, one system call where
+/// `accept` then `fcntl` would be two (as tokio's mio does). Elsewhere
+/// (the BSDs and macOS pass the flag on) the two.
 ///
 /// # Errors
-/// As `accept(2)`: `WouldBlock` when the backlog is empty, and the
-/// failures [`AcceptFailure`] sorts.
+/// As `accept(2)`: `WouldBlock` when the backlog is empty (and the
+/// listener is non-blocking), and the failures [`AcceptFailure`] sorts.
 pub fn accept(listener: &TcpListener, blocking: Blocking) -> io::Result<(TcpStream, SocketAddr)> {
     #[cfg(target_os = "linux")]
-    if blocking == Blocking::No {
-        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    {
+        let mut flags = libc::SOCK_CLOEXEC;
+        if blocking == Blocking::No {
+            flags |= libc::SOCK_NONBLOCK;
+        }
         let (socket, peer) = socket2::SockRef::from(listener).accept4(flags)?;
         let peer = peer
             .as_socket()
             .ok_or_else(|| io::Error::other("accepted a connection that is not TCP/IP"))?;
-        return Ok((socket.into(), peer));
+        Ok((socket.into(), peer))
     }
-    let (stream, peer) = listener.accept()?;
-    if blocking == Blocking::No {
-        stream.set_nonblocking(true)?;
+    #[cfg(not(target_os = "linux"))]
+    {
+        let (stream, peer) = listener.accept()?;
+        stream.set_nonblocking(blocking == Blocking::No)?;
+        Ok((stream, peer))
     }
-    Ok((stream, peer))
 }
 
 /// Prepares an accepted connection: TCP_NODELAY, because an echo server

@@ -11,8 +11,9 @@
 //! runtime is.
 //!
 //! A blocking model has no loop to watch the bell with. It registers hooks
-//! instead: `shutdown(2)` of its sockets, which makes a thread blocked in
-//! `accept()`, `read()` or `write()` return at once; and when signals are
+//! instead: `shutdown(2)` of its client sockets, which makes a thread
+//! blocked in `read()` or `write()` return at once (its accept loop waits in
+//! `poll(2)` on the listener and this bell); and when signals are
 //! in play, one thread waits for the bell on its behalf.
 
 use std::collections::BTreeMap;

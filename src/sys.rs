@@ -422,6 +422,54 @@ pub fn adopt_listener(fd: std::os::fd::RawFd) -> io::Result<std::net::TcpListene
     Ok(unsafe { std::net::TcpListener::from_raw_fd(fd) })
 }
 
+/// Waits, with no time limit, until `first` or `second` is readable
+/// (a listener with a client waiting, a bell that rang), and says which
+/// are: `poll(2)` on two descriptors. A signal that interrupts the wait
+/// returns `[false, false]`.
+///
+/// # Errors
+/// As `poll(2)`: out of memory.
+pub fn wait_readable(
+    first: std::os::fd::BorrowedFd<'_>,
+    second: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<[bool; 2]> {
+    use std::os::fd::AsRawFd;
+    let watch = |fd: std::os::fd::BorrowedFd<'_>| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [watch(first), watch(second)];
+    // SAFETY: poll(2) reads and writes the two pollfd of `fds`, which lives
+    // across the call; the descriptors are borrowed, so open.
+    match check(unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) }) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok([false, false]),
+        Err(e) => Err(e),
+        // An error or hang-up counts as readable: the next call says what.
+        Ok(()) => Ok(fds.map(|fd| fd.revents != 0)),
+    }
+}
+
+/// Makes this process receive SIGTERM when its parent dies, however it
+/// dies (Linux's `PR_SET_PDEATHSIG`; elsewhere nothing). `parent` is the
+/// pid it had before the fork: if the parent died before the request was
+/// made, the process exits at once. Two system calls, safe in a forked
+/// child.
+pub fn die_with_parent(parent: u32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and
+        // touches no memory of ours.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+        // SAFETY: getppid(2) cannot fail and touches no memory.
+        if unsafe { libc::getppid() } as u32 != parent {
+            exit_now(0);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = parent;
+}
+
 /// Forks this process: `Some(pid)` in the parent, `None` in the child.
 ///
 /// In the child only the calling thread exists, and every lock another

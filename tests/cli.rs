@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 
-use crate::common::{BinaryServer, binary, run_binary};
+use crate::common::{BinaryServer, binary, run_binary, run_into_closed_pipe};
 
 /// Asserts a clean failure: the expected exit code, the expected words on
 /// stderr, and no panic or backtrace.
@@ -35,10 +35,10 @@ fn version_names_the_commit() {
 }
 
 /// `completions SHELL` prints a script for each shell, and bash accepts
-/// its own (`bash -n`); `man` prints a roff page. Both come from the same
-/// clap definitions as `--help`, so they name the same subcommands.
+/// its own (`bash -n`). Completions come from the same clap definitions as
+/// `--help`, so they name the same subcommands.
 #[test]
-fn completions_and_the_man_page_come_from_the_cli() {
+fn completions_come_from_the_cli() {
     for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
         let (code, stdout, stderr) = run_binary(&["completions", shell]);
         assert_eq!(code, Some(0), "{shell}: {stderr}");
@@ -57,16 +57,131 @@ fn completions_and_the_man_page_come_from_the_cli() {
         .unwrap();
     let _ = std::fs::remove_file(&path);
     assert!(checked.status.success(), "{checked:?}");
-    let (code, page, _) = run_binary(&["man"]);
-    assert_eq!(code, Some(0));
-    assert!(page.contains(".TH echo-lab 1"), "{page}");
-    assert!(
-        page.contains("completions") && page.contains("serve"),
-        "{page}"
-    );
     let (code, _, stderr) = run_binary(&["completions", "nope"]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("possible values: bash"), "{stderr}");
+}
+
+/// What bash offers for the command line `words` (the last one the word
+/// being completed) with echo-lab's completion script sourced, as a
+/// user's shell would after `source <(echo-lab completions bash)`.
+fn bash_completes(script: &std::path::Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "source '{}'\nCOMP_WORDS=({})\nCOMP_CWORD={}\n_echo__lab echo-lab '{}' '{}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        script.display(),
+        quoted.join(" "),
+        words.len() - 1,
+        words[words.len() - 1],
+        words[words.len() - 2],
+    );
+    let output = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(program)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Completion goes on past the subcommand: its flags, and a flag's values
+/// (clap_complete's bash script for a hyphenated name matched nothing
+/// after the subcommand, clap-rs/clap#6421). Run in bash itself; zsh and
+/// fish are checked where installed (by `zsh -n` and `fish -n`), and say
+/// they were skipped where not.
+#[test]
+fn completion_reaches_flags_and_their_values() {
+    let (_, script, _) = run_binary(&["completions", "bash"]);
+    let path = std::env::temp_dir().join(format!("echo-lab-complete-{}.bash", std::process::id()));
+    std::fs::write(&path, script).unwrap();
+    let offered = |words: &[&str]| bash_completes(&path, words);
+    assert!(offered(&["echo-lab", "se"]).contains(&"serve".to_owned()));
+    assert!(
+        !offered(&["echo-lab", ""])
+            .iter()
+            .any(|w| w.contains("offload"))
+    );
+    assert_eq!(offered(&["echo-lab", "serve", "--mo"]), ["--mode"]);
+    let backends = offered(&["echo-lab", "serve", "--poller", ""]);
+    for backend in ["polling", "epoll", "poll", "spin"] {
+        assert!(backends.contains(&backend.to_owned()), "{backends:?}");
+    }
+    assert_eq!(offered(&["echo-lab", "bench", "--pro"]), ["--protocol"]);
+    let _ = std::fs::remove_file(&path);
+    for (shell, flag) in [("zsh", "-n"), ("fish", "--no-execute")] {
+        let (_, script, _) = run_binary(&["completions", shell]);
+        let path = std::env::temp_dir().join(format!("echo-lab-{}.{shell}", std::process::id()));
+        std::fs::write(&path, script).unwrap();
+        match std::process::Command::new(shell)
+            .arg(flag)
+            .arg(&path)
+            .output()
+        {
+            Ok(checked) => assert!(checked.status.success(), "{shell}: {checked:?}"),
+            Err(_) => eprintln!("skipped: checking the {shell} script ({shell} is not installed)"),
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// `man` prints the top-level page, which refers to a page per subcommand,
+/// and `man SUBCOMMAND` prints each of those; every page renders (through
+/// groff, where installed) without a warning.
+#[test]
+fn every_man_page_renders() {
+    let (code, page, _) = run_binary(&["man"]);
+    assert_eq!(code, Some(0));
+    assert!(page.contains(".TH echo-lab 1"), "{page}");
+    let mut pages = vec![page];
+    for name in echo_lab::cli::SUBCOMMANDS {
+        assert!(
+            pages[0].contains(&format!("echo\\-lab\\-{name}(1)")),
+            "the top page does not refer to echo-lab-{name}(1)"
+        );
+        let (code, page, stderr) = run_binary(&["man", name]);
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        assert!(page.contains(&format!(".TH echo-lab-{name} 1")), "{page}");
+        pages.push(page);
+    }
+    let (code, _, stderr) = run_binary(&["man", "nope"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    for page in pages {
+        let rendered = std::process::Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut groff) = rendered else {
+            eprintln!("skipped: rendering the man pages (groff is not installed)");
+            return;
+        };
+        use std::io::Write as _;
+        groff
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(page.as_bytes())
+            .unwrap();
+        let output = groff.wait_with_output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let warnings = String::from_utf8_lossy(&output.stderr);
+        assert!(warnings.is_empty(), "{warnings}\n{page}");
+    }
+}
+
+/// A tool whose reader has gone (`| head`) ends quietly with status 0, as
+/// `ls | head` does, never with a panic.
+#[test]
+fn a_closed_stdout_ends_a_tool_quietly() {
+    for args in [&["man"][..], &["man", "serve"], &["completions", "bash"]] {
+        let (code, stderr) = run_into_closed_pipe(args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }
 
 /// A `--work` whose kind is right and whose duration is wrong gets one
@@ -300,4 +415,54 @@ fn help_and_version_read_well() {
     let (status, stdout, _) = run_binary(&["--help"]);
     assert_eq!(status, Some(0));
     assert!(stdout.contains("serve"), "{stdout}");
+}
+
+/// The help tells the truth: no model count (there are `Mode::ALL` of
+/// them), no rustdoc link leaking into a flag's text, the chat's models
+/// and the four backends named.
+#[test]
+fn the_help_names_what_exists() {
+    let (_, top, _) = run_binary(&["--help"]);
+    for word in ["six", "seven", "five"] {
+        assert!(!top.contains(word), "{word}: {top}");
+    }
+    let (_, serve, _) = run_binary(&["serve", "--help"]);
+    assert!(!serve.contains("super::"), "{serve}");
+    assert!(serve.contains("on threads and threadpool"), "{serve}");
+    for backend in ["`polling`", "`epoll`", "`poll`", "`spin`"] {
+        assert!(serve.contains(backend), "{backend}: {serve}");
+    }
+}
+
+/// A garbage `ECHO_LAB_ADDR` is reported as the variable's, not as a
+/// `--addr` the user never typed; with `--addr` given, the variable does
+/// not matter.
+#[test]
+fn a_bad_address_variable_is_named() {
+    let output = std::process::Command::new(binary())
+        .args(["probe"])
+        .env("ECHO_LAB_ADDR", "garbage")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ECHO_LAB_ADDR='garbage'"), "{stderr}");
+    assert!(!stderr.contains("--addr <"), "{stderr}");
+    let output = std::process::Command::new(binary())
+        .args(["man", "serve"])
+        .env("ECHO_LAB_ADDR", "garbage")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+}
+
+/// A port that is taken on the wildcard address gets a hint that keeps
+/// the wildcard: only the port must change.
+#[test]
+fn a_taken_port_hint_keeps_the_host() {
+    let taken = TcpListener::bind("0.0.0.0:0").unwrap();
+    let addr = format!("0.0.0.0:{}", taken.local_addr().unwrap().port());
+    let (code, _, stderr) = run_binary(&["serve", "--addr", &addr]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--addr 0.0.0.0:PORT"), "{stderr}");
 }

@@ -334,6 +334,25 @@ pub fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// Runs the real binary with `args`, its standard output a pipe whose
+/// reading end is closed before it writes (as `| head` does once it has
+/// its lines); returns its exit code and stderr.
+pub fn run_into_closed_pipe(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start echo-lab");
+    drop(child.stdout.take());
+    let output = wait_with_patience(child);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Makes a test of each function named, once per model: `every_model!(f)`
 /// turns `fn f(mode: Mode)` into a module `f` with a `#[test]` per model
 /// (`f::selector`, `f::asynchronous`, ...), so that a failing model never

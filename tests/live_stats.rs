@@ -329,3 +329,11 @@ fn a_client_that_never_reads_holds_no_pool_buffer() {
     drop(client);
     let _ = std::fs::remove_file(&path);
 }
+
+/// Forking's children count their traffic in their own memory; the parent
+/// adds each child's to its lines when the child reports at its end, so
+/// forking's lines add up to the traffic as every model's do.
+#[test]
+fn forking_counts_add_up_to_the_traffic() {
+    counts_add_up_to_the_traffic(Mode::Forking);
+}

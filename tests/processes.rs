@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use echo_lab::serve::Mode;
 
 /// The processes `pid` has started and not yet reaped.
 fn children(pid: u32) -> Vec<u32> {
@@ -421,4 +422,189 @@ fn a_killed_offload_worker_is_replaced() {
         stderr.contains(&format!("offload worker process {} failed", first[0])),
         "{stderr}"
     );
+}
+
+/// Connects clients one after another, each echoed and closed, until
+/// every one of `workers` has served one: a `sequential` worker serves the
+/// next client only once the last has gone, so none is kept.
+fn every_worker_serves(server: &BinaryServer, workers: &[u32]) {
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        if workers.iter().all(|w| seen.contains(w)) {
+            return;
+        }
+        let mut client = connect(server.addr);
+        assert_echo(&mut client, b"hello");
+        seen.extend(owner(&client, workers));
+    }
+    panic!("200 clients and only {seen:?} of {workers:?} served");
+}
+
+/// SIGTERM to one worker of `mode` under `--processes 2` (the blocking
+/// workers once woke their `accept()` by shutting the listener down, and
+/// every worker after it found a dead socket): the worker stops as a
+/// server does, the other goes on serving, the master starts another on
+/// the same listener, and both serve new clients; the summary has every
+/// count, and no worker failed.
+fn sigterm_to_one_worker_stops_only_it(mode: Mode) {
+    let server = BinaryServer::start(&["--mode", mode.name(), "--processes", "2", "--quiet"]);
+    let master = server.child.id();
+    wait_until("two workers", || children(master).len() == 2);
+    let workers = children(master);
+    every_worker_serves(&server, &workers);
+    let (victim, survivor) = (workers[0], workers[1]);
+    echo_lab::sys::signal(victim, libc::SIGTERM).unwrap();
+    wait_until("the stopped worker replaced", || {
+        let now = children(master);
+        now.len() == 2 && !now.contains(&victim)
+    });
+    let workers = children(master);
+    assert!(workers.contains(&survivor), "{workers:?}");
+    every_worker_serves(&server, &workers);
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "(pid {victim}) exited with status 0; starting another"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("failed:"), "{stderr}");
+    assert!(!stderr.contains("missing from the counts"), "{stderr}");
+}
+
+every_model!(sigterm_to_one_worker_stops_only_it);
+
+/// Twelve clients of a `threadpool --processes 3`, then SIGTERM to the
+/// master: every worker stops cleanly (none reports a failed `accept()`),
+/// and the summary counts every client and byte, with each worker's share.
+#[test]
+fn a_stopped_master_counts_every_workers_clients() {
+    let server = BinaryServer::start(&["--mode", "threadpool", "--processes", "3", "--quiet"]);
+    let master = server.child.id();
+    wait_until("three workers", || children(master).len() == 3);
+    let mut clients: Vec<TcpStream> = (0..12).map(|_| connect(server.addr)).collect();
+    for client in &mut clients {
+        assert_echo(client, b"hello");
+    }
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("failed:"), "{stderr}");
+    assert!(
+        stderr.contains("served 12 connections, echoed 60 bytes"),
+        "{stderr}"
+    );
+    let per_worker = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("clients per worker: "))
+        .unwrap_or_else(|| panic!("no clients per worker: {stderr}"));
+    let shares: Vec<u64> = per_worker
+        .split(", ")
+        .map(|share| share.split(": ").nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(shares.len(), 3, "{per_worker}");
+    assert_eq!(shares.iter().sum::<u64>(), 12, "{per_worker}");
+}
+
+/// Eight clients arriving at once on `threadpool --processes 2`: both
+/// workers take some (each worker has a listener of its own, and the
+/// kernel spreads the clients over them), where one shared listener let
+/// the first worker's acceptor take all eight.
+#[test]
+fn workers_share_a_burst_of_clients() {
+    let server = BinaryServer::start(&["--mode", "threadpool", "--processes", "2", "--quiet"]);
+    let master = server.child.id();
+    wait_until("two workers", || children(master).len() == 2);
+    let workers = children(master);
+    // Sixteen: the chance that a fair hash gives all to one is 2 in 65,536.
+    let mut clients: Vec<TcpStream> = (0..16).map(|_| connect(server.addr)).collect();
+    let mut held = [0; 2];
+    for client in &mut clients {
+        assert_echo(client, b"x");
+        let owner = owner(client, &workers).expect("a worker holds the client");
+        held[usize::from(owner == workers[1])] += 1;
+    }
+    assert!(held[0] > 0 && held[1] > 0, "clients per worker: {held:?}");
+}
+
+/// `kill -9` of a forking parent: its children die with it (Linux's
+/// parent-death signal), so no process serves on under PID 1, and every
+/// client sees its connection end.
+#[test]
+fn forking_children_die_with_a_killed_parent() {
+    let server = BinaryServer::start(&["--mode", "forking", "--quiet"]);
+    let pid = server.child.id();
+    let mut clients: Vec<TcpStream> = (0..3).map(|_| connect(server.addr)).collect();
+    for client in &mut clients {
+        assert_echo(client, b"here");
+    }
+    let kids = children(pid);
+    assert_eq!(kids.len(), 3, "{kids:?}");
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGKILL, PATIENCE);
+    assert_eq!(status.code(), None, "{stderr}");
+    wait_until("every child gone", || kids.iter().all(|&kid| !exists(kid)));
+    for client in &mut clients {
+        assert!(!still_echoes(client));
+    }
+}
+
+/// `kill -9` of a `--processes` master: every worker stops with it, and
+/// none panics writing its counts to the master that is gone.
+#[test]
+fn workers_end_quietly_with_a_killed_master() {
+    let server = BinaryServer::start(&["--mode", "selector", "--processes", "3"]);
+    let master = server.child.id();
+    wait_until("three workers", || children(master).len() == 3);
+    let workers = children(master);
+    let mut client = connect(server.addr);
+    assert_echo(&mut client, b"hello");
+    // The workers share the master's stderr: reading it to its end waits
+    // for them too.
+    let (_, _, stderr) = server.signal_and_wait(libc::SIGKILL, PATIENCE);
+    wait_until("every worker gone", || workers.iter().all(|&w| !exists(w)));
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A SIGTERM while the master is still starting its workers stops the
+/// start at once: the master exits 0 within the usual 2 s, having started
+/// only some, and leaves none behind.
+#[test]
+fn a_stop_during_the_start_stops_it() {
+    let many = echo_lab::serve::processes::max_processes()
+        .min(100)
+        .to_string();
+    let server = BinaryServer::start(&["--mode", "selector", "--processes", &many]);
+    let (status, took, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(took < Duration::from_secs(2), "{took:?}: {stderr}");
+    let started: Vec<u32> = stderr
+        .lines()
+        .filter_map(|line| {
+            line.split("started (pid ")
+                .nth(1)?
+                .strip_suffix(')')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        started.len() < 100,
+        "all {} started: {stderr}",
+        started.len()
+    );
+    for worker in started {
+        assert!(!exists(worker), "worker {worker} outlived the start");
+    }
+}
+
+/// More workers than the machine can sensibly run are refused in one
+/// line that says the limit.
+#[test]
+fn too_many_processes_are_refused() {
+    let (code, _, stderr) =
+        run_binary(&["serve", "--addr", "127.0.0.1:0", "--processes", "100000"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let most = echo_lab::serve::processes::max_processes();
+    assert!(stderr.contains(&format!("at most {most}")), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }

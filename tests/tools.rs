@@ -72,6 +72,12 @@ fn churn_makes_a_connection_per_message(mode: Mode) {
         results.served_connections >= results.messages,
         "{mode}: {results:?}"
     );
+    // Named for what it counts, in --json too.
+    assert_eq!(
+        results.connections_per_sec,
+        Some(results.messages_per_sec),
+        "{mode}"
+    );
     wait_until("every churned connection closed", || {
         server.stats().active() == 0
     });
@@ -584,6 +590,58 @@ fn a_client_started_with_the_server_waits_for_it() {
     }
 }
 
+/// `probe --register` and `probe --flood` wait for a chat server still
+/// starting, as every tool does: each is started first, against a port
+/// nobody listens on yet; once it says it is retrying, the server starts,
+/// and the probe reports as against a server that was there all along.
+#[test]
+fn the_chat_probes_wait_for_a_server_still_starting() {
+    use std::io::BufRead;
+    for (probe, expected) in [
+        ("--register", "1 of 2 got ok for alice"),
+        ("--flood", "bob was cut off as too slow"),
+    ] {
+        let addr = free_port();
+        let mut child = Command::new(binary())
+            .args([
+                "probe",
+                probe,
+                if probe == "--flood" { "bob" } else { "alice" },
+            ])
+            .args(["--clients", "2", "--addr", &addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("retrying"), "{probe}: {line}");
+        let mut server = Command::new(binary())
+            .args([
+                "serve",
+                "--mode",
+                "threads",
+                "--protocol",
+                "chat",
+                "--quiet",
+            ])
+            .args(["--addr", &addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let output = wait_with_patience(child);
+        let _ = server.kill();
+        let _ = server.wait();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{probe}: {stdout}");
+        assert!(stdout.contains(expected), "{probe}: {stdout}");
+    }
+}
+
 /// `client` against a server that accepts and never answers gives up after
 /// `--timeout` with a line that says what happened, and exits 1.
 #[test]
@@ -862,6 +920,10 @@ fn saved_results_describe_themselves_and_can_be_held_against_each_other() {
     std::fs::remove_file(old.join("latest/throughput.svg")).unwrap();
     let (status, stdout, _) = run_binary(&["report", old.to_str().unwrap()]);
     assert_eq!(status, Some(0), "{stdout}");
+    // `report DIR | head -1`: a reader that has gone ends it quietly.
+    let (status, stderr) = run_into_closed_pipe(&["report", old.to_str().unwrap()]);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(
         stdout
             .lines()

@@ -53,6 +53,8 @@ enum Expect {
     OneAtATime,
     TwoAtATime,
     MaxUnder(Duration),
+    /// Every worker of the last `--processes` summary served a client.
+    EveryWorkerServes,
     Picture(String),
 }
 
@@ -97,6 +99,7 @@ fn parse_expect(text: &str) -> Expect {
         "third-waits" => Expect::ThirdWaits,
         "one-at-a-time" => Expect::OneAtATime,
         "two-at-a-time" => Expect::TwoAtATime,
+        "every-worker-serves" => Expect::EveryWorkerServes,
         other => panic!("unknown expectation {other:?}"),
     }
 }
@@ -243,6 +246,18 @@ fn bench_max(output: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(ms.parse::<f64>().ok()? / 1000.0))
 }
 
+/// The clients each worker served, from the last `clients per worker: 1:
+/// 4, 2: 4` line of a `--processes` master.
+fn worker_shares(output: &str) -> Option<Vec<u64>> {
+    let line = output
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("clients per worker: "))?;
+    line.split(", ")
+        .map(|share| share.split(": ").nth(1)?.parse().ok())
+        .collect()
+}
+
 fn check_expect(place: &str, expect: &Expect, output: &str, statuses: &[i32]) {
     let rows = probe_rows(output);
     let shown = format!("{place}: expected {expect:?}; output:\n{output}");
@@ -251,6 +266,10 @@ fn check_expect(place: &str, expect: &Expect, output: &str, statuses: &[i32]) {
         Expect::Exit(code) => assert_eq!(statuses.last(), Some(code), "{shown}"),
         // Checked against the file, once the whole chapter has run.
         Expect::Picture(_) => {}
+        Expect::EveryWorkerServes => {
+            let shares = worker_shares(output).unwrap_or_else(|| panic!("no shares: {shown}"));
+            assert!(shares.len() > 1 && !shares.contains(&0), "{shown}");
+        }
         Expect::MaxUnder(bound) => {
             let max = bench_max(output).unwrap_or_else(|| panic!("no latency line: {shown}"));
             assert!(max < *bound, "{shown}");

@@ -9,12 +9,12 @@ pub(super) fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let chat_timeout = args.timeout.unwrap_or(Duration::from_secs(10));
     if let Some(name) = &args.register {
         let report = crate::tools::race::register_at_once(&args.addr, name, clients, chat_timeout)?;
-        print!("{}", crate::tools::race::render(&report));
+        out!("{}", crate::tools::race::render(&report))?;
         return Ok(success_if(report.all_answered()));
     }
     if let Some(name) = &args.flood {
         let report = crate::tools::flood::flood(&args.addr, name, clients, chat_timeout)?;
-        print!("{}", crate::tools::flood::render(&report));
+        out!("{}", crate::tools::flood::render(&report))?;
         return Ok(success_if(report.cut_off()));
     }
     let config = probe::ProbeConfig {
@@ -33,7 +33,7 @@ pub(super) fn probe_command(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         announce(&serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", probe::render(&report));
+        out!("{}", probe::render(&report))?;
     }
     Ok(success_if(report.all_ok()))
 }
@@ -88,22 +88,27 @@ fn print_report<R: serde::Serialize>(
     if json {
         announce(&serde_json::to_string_pretty(report)?);
     } else {
-        print!("{}", render(report));
+        out!("{}", render(report))?;
     }
     Ok(success_if(!failed))
 }
 
 /// The table of medians, when there are repeats or baselines.
-fn print_medians(comparison: &compare::Comparison, repeat: usize, baselines: &[String]) {
+fn print_medians(
+    comparison: &compare::Comparison,
+    repeat: usize,
+    baselines: &[String],
+) -> std::io::Result<()> {
     if repeat > 1 || !baselines.is_empty() {
         let medians = compare::medians(comparison, baselines);
-        println!(
+        outln!(
             "\nmedians of {} ({}):\n",
             counted(repeat as u64, "run"),
             comparison.placement
-        );
-        print!("{}", compare::render_medians(&medians, baselines));
+        )?;
+        out!("{}", compare::render_medians(&medians, baselines))?;
     }
+    Ok(())
 }
 
 /// With `--against`, prints each cell's change against the earlier run;
@@ -113,13 +118,13 @@ fn hold_against(comparison: &compare::Comparison, judge: &JudgeArgs) -> anyhow::
         return Ok(false);
     };
     let old = compare::against::load(path)?;
-    println!(
+    outln!(
         "\nagainst {} ({}):\n",
         path.display(),
         old.environment.headline()
-    );
+    )?;
     let changes = compare::against::against(comparison, &old);
-    print!("{}", compare::against::render_changes(&changes));
+    out!("{}", compare::against::render_changes(&changes))?;
     let Some(percent) = judge.fail_if_slower else {
         return Ok(false);
     };
@@ -137,23 +142,23 @@ fn hold_against(comparison: &compare::Comparison, judge: &JudgeArgs) -> anyhow::
 
 pub(super) fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let comparison = compare::against::load(&args.dir)?;
-    println!(
+    outln!(
         "# {}; placement {}",
         comparison.environment.headline(),
         comparison.placement
-    );
+    )?;
     if !comparison.environment.command.is_empty() {
-        println!("# {}", comparison.environment.command);
+        outln!("# {}", comparison.environment.command)?;
     }
-    print!("{}", compare::header());
+    out!("{}", compare::header())?;
     for row in &comparison.rows {
-        print!("{}", compare::render_row(row));
+        out!("{}", compare::render_row(row))?;
     }
-    print!("\n{}", compare::LEGEND);
+    out!("\n{}", compare::LEGEND)?;
     let repeat = comparison.rows.iter().map(|r| r.repeat).max().unwrap_or(1);
-    print_medians(&comparison, repeat, &args.baseline);
+    print_medians(&comparison, repeat, &args.baseline)?;
     compare::write_chart(&comparison, &comparison.dir)?;
-    println!("\nredrew throughput.svg in {}", comparison.dir.display());
+    outln!("\nredrew throughput.svg in {}", comparison.dir.display())?;
     let slower = hold_against(&comparison, &args.judge)?;
     Ok(success_if(!slower))
 }
@@ -325,32 +330,33 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
     // group): caught, it ends the sweep, which stops it and writes what was
     // measured.
     let interrupt = Interrupt::catch()?;
-    println!(
+    outln!(
         "# {}; placement {}",
         Environment::current().headline(),
         compare::placement(&config).2
-    );
+    )?;
     if config.hogs > 0 {
-        println!(
+        outln!(
             "# {} beside every run; latencies are the measured connections'",
             counted(config.hogs as u64, "hog")
-        );
+        )?;
     }
-    print!("{}", compare::header());
+    out!("{}", compare::header())?;
+    // A row that cannot be shown (stdout closed) is still measured and
+    // written to the files; the next line out ends the command quietly.
     let comparison = compare::run(&config, interrupt.flag(), |row| {
-        print!("{}", compare::render_row(row));
-        let _ = std::io::stdout().flush();
+        let _ = out!("{}", compare::render_row(row)).and_then(|()| std::io::stdout().flush());
     })?;
-    print!("\n{}", compare::LEGEND);
+    out!("\n{}", compare::LEGEND)?;
     for unclean in &comparison.unclean_exits {
-        println!("did not stop cleanly: {unclean}");
+        outln!("did not stop cleanly: {unclean}")?;
     }
-    print_medians(&comparison, config.repeat, &args.baseline);
-    println!(
+    print_medians(&comparison, config.repeat, &args.baseline)?;
+    outln!(
         "\nwrote results.json, results.csv and throughput.svg to {} ({} names the latest run; earlier runs stay beside it)",
         comparison.dir.display(),
         config.out.join(compare::LATEST).display()
-    );
+    )?;
     let slower = hold_against(&comparison, &args.judge)?;
     if let Some(code) = interrupt.exit_code() {
         eprintln!(

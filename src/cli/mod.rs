@@ -33,8 +33,54 @@ use crate::tools::compare::{self, CompareConfig, Peer, parse_peer};
 use crate::tools::interrupt::Interrupt;
 use crate::tools::{client, probe};
 
+/// `print!` that returns the error instead of panicking on it: a closed
+/// stdout (`echo-lab report DIR | head -1`) is an `Err` of kind
+/// `BrokenPipe`, which `main` takes as a quiet end.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `println!` that returns the error instead of panicking on it.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod measure;
 mod server;
+
+/// When clap refused an address that came from [`ADDR_VARIABLE`], not
+/// from `--addr` (which clap would name instead): the line that names the
+/// variable.
+pub fn blame_the_environment(error: &clap::Error) -> Option<String> {
+    if error.kind() != clap::error::ErrorKind::ValueValidation {
+        return None;
+    }
+    let value = std::env::var(ADDR_VARIABLE).ok()?;
+    let given = std::env::args().any(|arg| arg == "--addr" || arg.starts_with("--addr="));
+    let why = parse_addr(&value).err()?;
+    (!given).then(|| {
+        format!(
+            "{ADDR_VARIABLE}='{value}' is not an address: {why} (fix or unset it, or give --addr)"
+        )
+    })
+}
+
+/// Whether `error` is a write to a standard output nobody reads any more
+/// (`| head` has exited): a reason to stop quietly, as `ls | head` does,
+/// not a failure to report.
+pub fn is_closed_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 use measure::{bench_command, compare_command, probe_command, report_command};
 pub use server::exposure_notice;
@@ -48,8 +94,8 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:55555";
 /// the notes' port together.
 pub const ADDR_VARIABLE: &str = "ECHO_LAB_ADDR";
 
-/// echo-lab: one echo protocol, six concurrency models, and the tools to
-/// watch and measure the difference.
+/// echo-lab: one echo protocol, a server for each concurrency model, and
+/// the tools to watch and measure the difference.
 #[derive(Debug, Parser)]
 #[command(name = "echo-lab", version = env!("ECHO_LAB_VERSION"), about, long_about = None)]
 pub struct Cli {
@@ -77,14 +123,31 @@ pub enum Command {
     /// Print a completion script for SHELL (bash, zsh, fish, powershell,
     /// elvish), from the same definitions as --help.
     Completions(CompletionsArgs),
-    /// Print echo-lab's man page (roff), from the same definitions as
-    /// --help.
-    Man,
-    /// The worker process of `serve --offload-processes`: reads jobs on
-    /// stdin, writes each chunk back on stdout (started by the server).
-    #[command(hide = true)]
-    OffloadWorker,
+    /// Print a man page (roff): echo-lab's, or with SUBCOMMAND that
+    /// subcommand's (echo-lab-serve(1) and so on), from the same
+    /// definitions as --help.
+    Man(ManArgs),
 }
+
+/// `echo-lab man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The subcommand whose page to print; none for the top-level page.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(SUBCOMMANDS))]
+    pub subcommand: Option<String>,
+}
+
+/// The subcommands that have a man page of their own.
+pub const SUBCOMMANDS: [&str; 8] = [
+    "serve",
+    "client",
+    "probe",
+    "bench",
+    "compare",
+    "report",
+    "completions",
+    "man",
+];
 
 /// `echo-lab completions`.
 #[derive(Debug, Args)]
@@ -531,8 +594,9 @@ pub struct ServeArgs {
     /// What the server speaks. `echo`: every byte back to its sender.
     /// `chat`: the notes' chat, one command per line (`register,NAME` ->
     /// ok; `list` -> the names; `chat,NAME,TEXT` -> NAME gets
-    /// `from,SENDER,TEXT`, `*` for everyone else; `quit`), on threadpool (a
-    /// thread per client), selector, statemachine, async and completion.
+    /// `from,SENDER,TEXT`, `*` for everyone else; `quit`), on threads and
+    /// threadpool (a thread per client), selector, statemachine, async and
+    /// completion.
     #[arg(long, value_enum, default_value_t = Protocol::Echo)]
     pub protocol: Protocol,
 
@@ -567,11 +631,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 
-    /// Worker processes, each running the model on the one listening
-    /// socket they inherit, under a master that restarts a worker that dies
-    /// and stops them all on SIGINT/SIGTERM (nginx's master and workers,
-    /// Apache's prefork and worker MPMs). Every worker has its own
-    /// counters, limits and --global-lock; the master prints one summary.
+    /// Worker processes (at most 64 per CPU), each running the model on a
+    /// listener of its own on the one port (SO_REUSEPORT: the kernel
+    /// spreads clients over them), under a master that restarts a worker
+    /// that dies and stops them all on SIGINT/SIGTERM (nginx's master and
+    /// workers, Apache's prefork and worker MPMs). Every worker has its own
+    /// counters, limits and --global-lock; the master prints one summary,
+    /// with the clients each worker served.
     #[arg(long, value_name = "N", value_parser = parse_positive_count)]
     pub processes: Option<NonZeroUsize>,
 
@@ -604,7 +670,7 @@ pub struct ServeArgs {
     pub offload: Option<NonZeroUsize>,
 
     /// As --offload, but each of the N threads hands its jobs to a worker
-    /// process of its own (`echo-lab offload-worker`), copying each chunk
+    /// process of its own (this binary again), copying each chunk
     /// there and back through pipes: a ProcessPoolExecutor. Each process
     /// has its own --global-lock, so the work runs N at once under it.
     #[arg(long, value_name = "N", value_parser = parse_positive_count, conflicts_with = "offload")]
@@ -634,7 +700,9 @@ pub struct ServeArgs {
     /// and async only): `polling`, the portable crate (epoll, kqueue or
     /// IOCP: Python's DefaultSelector), the default; `epoll`, our own, one
     /// system call per wait (Linux); `poll`, poll(2) over every socket on
-    /// every wait (the notes' select loop).
+    /// every wait (the notes' select loop); `spin`, wrong on purpose: no
+    /// wait at all, every socket asked in turn (the notes' loop before
+    /// select), a core burnt even with no client.
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub poller: Option<Backend>,
 
@@ -696,11 +764,8 @@ pub struct ServeArgs {
 /// # Errors
 /// Whatever stopped the command, with context for one clear line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if !matches!(cli.command, Command::Serve(_) | Command::OffloadWorker) {
+    if !matches!(cli.command, Command::Serve(_)) {
         // Held back by `main` for serve's sake: the tools take the default.
-        // (An offload worker keeps them held: a Ctrl-C at the terminal
-        // reaches every process of the group, and its server, not the
-        // signal, ends it, by closing its input.)
         let _ = crate::sys::release_stop_signals();
     }
     match cli.command {
@@ -721,21 +786,53 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compare(args) => compare_command(args),
         Command::Report(args) => report_command(args),
         Command::Completions(args) => {
-            let mut command = Cli::command();
-            clap_complete::generate(args.shell, &mut command, "echo-lab", &mut std::io::stdout());
+            std::io::stdout().write_all(&completions(args.shell))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-            std::io::stdout().write_all(&page)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::OffloadWorker => {
-            crate::serve::offload::worker_main().context("offload worker")?;
+        Command::Man(args) => {
+            std::io::stdout().write_all(&man_page(args.subcommand.as_deref())?)?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The completion script for `shell`.
+///
+/// clap_complete's bash script names the case labels of a hyphenated
+/// binary's subcommands one way (`echo__subcmd__lab__subcmd__serve`) and
+/// the state it matches them against another (`echo__lab__subcmd__serve`),
+/// so nothing after the subcommand completed (clap-rs/clap#6421): the
+/// labels are renamed to match.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "echo-lab", &mut script);
+    if shell != clap_complete::Shell::Bash {
+        return script;
+    }
+    String::from_utf8_lossy(&script)
+        .replace("echo__subcmd__lab", "echo__lab")
+        .into_bytes()
+}
+
+/// The man page of echo-lab, or of one of its [`SUBCOMMANDS`]
+/// (`echo-lab-serve(1)`, which the top-level page refers to).
+///
+/// # Errors
+/// No such subcommand, or the page cannot be rendered.
+pub fn man_page(subcommand: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    let mut command = Cli::command();
+    command.build();
+    let command = match subcommand {
+        None => command,
+        Some(name) => command
+            .find_subcommand(name)
+            .with_context(|| format!("no subcommand {name}"))?
+            .clone()
+            .name(format!("echo-lab-{name}")),
+    };
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command).render(&mut page)?;
+    Ok(page)
 }
 
 /// Refuses the first flag given (`true`) that does not apply to the chat,

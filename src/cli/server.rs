@@ -99,7 +99,7 @@ fn check_model_flags(args: &ServeArgs) -> anyhow::Result<()> {
     }
     if args.processes.is_some() && args.threads.is_some_and(|n| n != 1) {
         anyhow::bail!(
-            "--processes and --threads both multiply the model: choose one (processes share one listener; threads each bind their own)"
+            "--processes and --threads both multiply the model: choose one (each worker or loop gets a listener of its own on the port)"
         );
     }
     Ok(())
@@ -216,11 +216,16 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         worker: seat.as_ref().map(|seat| seat.index),
     };
     if let Some(seat) = seat {
-        // A worker: the master listens, announces and sums up.
+        // A worker: the master listens, announces and sums up. Its counts
+        // go to the master however the run ended.
         let ctx = Context::with_shutdown(config, shutdown);
-        serve::run(args.mode, serve::Listeners::one(seat.listener), &ctx)?;
+        let served = serve::run(args.mode, serve::Listeners::one(seat.listener), &ctx);
         serve::processes::report_totals(&ctx.stats.totals());
+        served?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(count) = args.processes {
+        serve::processes::check_count(count.get())?;
     }
     if config.poller == crate::poller::Backend::Spin {
         eprintln!(
@@ -242,22 +247,39 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "wrong on purpose: --naive-send writes each echo with a blocking sendall inside the loop, as the notes' selector does; a client that does not read will stop every other client"
         );
     }
-    let listeners = serve::bind(args.mode, &args.addr, &config)?;
+    let listeners = match args.processes {
+        // A listener per worker, on one port (see `processes`).
+        #[cfg(target_os = "linux")]
+        Some(count) => serve::bind_group(args.mode, &args.addr, &config, count.get())?,
+        _ => serve::bind(args.mode, &args.addr, &config)?,
+    };
     let ctx = Context::with_shutdown(config, shutdown);
     let local = listeners.local_addr()?;
     announce(&format!("listening on {local}"));
     if let Some(notice) = exposure_notice(local) {
         eprintln!("{notice}");
     }
-    match args.processes {
+    let roll = match args.processes {
         Some(count) => {
-            let listener = listeners.into_one();
-            serve::processes::supervise(listener, count.get(), &ctx)?;
+            let mut seats = listeners.into_vec();
+            // One listener shared by every worker where SO_REUSEPORT does
+            // not spread connections.
+            while seats.len() < count.get() {
+                seats.push(seats[0].try_clone().context("sharing the listener")?);
+            }
+            let roll = serve::processes::supervise(seats, &ctx)?;
             eprintln!("the workers' counts, added up (the peak is the busiest worker's):");
+            Some(roll)
         }
-        None => serve::run(args.mode, listeners, &ctx)?,
-    }
+        None => {
+            serve::run(args.mode, listeners, &ctx)?;
+            None
+        }
+    };
     eprintln!("{}", ctx.stats.summary());
+    if let Some(roll) = roll {
+        eprintln!("{roll}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

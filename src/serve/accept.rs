@@ -1,7 +1,7 @@
 //! The one accept step every model takes: turn what `accept()` returned into
 //! what the model should do next.
 //!
-//! Accepting is the same in all six models: admit the client against
+//! Accepting is the same in every model: admit the client against
 //! `--max-connections` (and close it at once if it is one too many), prepare
 //! its socket ([`prepare_stream`]), and sort a failure into "that client is
 //! gone, accept the next", "out of descriptors, back off" or "the listener is
@@ -175,7 +175,7 @@ mod tests {
         }
     }
 
-    /// EINVAL (the listener was shut down) and EBADF cannot be retried.
+    /// EINVAL (the listener is not listening) and EBADF cannot be retried.
     #[test]
     fn a_broken_listener_is_fatal() {
         for code in [libc::EINVAL, libc::EBADF, libc::ENOTSOCK] {

@@ -1,53 +1,62 @@
-//! What the two blocking models share: the accept loop and the notes'
-//! `handle_client`, one thread blocked on one socket at a time.
+//! What the four blocking models (and the thread chat) share: the accept
+//! loop and the notes' `handle_client`, one thread blocked on one socket
+//! at a time.
 //!
-//! A thread blocked in `accept()`, `read()` or `write()` cannot check a flag,
-//! so shutdown reaches it through the kernel: `shutdown(2)` on the socket it
-//! waits on makes the call return at once (`accept()` with EINVAL, `read()`
-//! with 0, `write()` with EPIPE).
+//! A thread blocked in `read()` or `write()` cannot check a flag, so
+//! shutdown reaches it through the kernel: `shutdown(2)` on the client's
+//! socket makes the call return at once (`read()` with 0, `write()` with
+//! EPIPE). The accept loop cannot be woken that way: `shutdown(2)` acts on
+//! the socket, not on one process's descriptor of it, and under
+//! `--processes` a worker's listener is also its successor's (the master
+//! keeps it for the next worker of that seat). So the accept loop waits in
+//! `poll(2)` for either the listener or the shutdown's bell, and only then
+//! calls `accept()`, on a non-blocking listener: a client another thread
+//! or process took first means "wait again", never a blocked `accept()`.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as Direction, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-
-use socket2::SockRef;
 
 use super::accept::{Accepted, Visit, accept};
 use super::live::{Line, Reporter};
 use super::{Context, READ_BUFFER_SIZE};
 use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted};
-use crate::shutdown::HookGuard;
 use crate::stats::Ending;
 use std::time::Instant;
 
 /// The clients a listener accepts, one after another, until shutdown.
 ///
 /// Each client comes through the one accept step ([`super::accept`]); what
-/// is left here is the blocking way of waiting: running out of descriptors
-/// sleeps for [`ACCEPT_BACKOFF`], and a broken listener ends the iteration
-/// (see [`Clients::finish`]).
+/// is left here is the blocking way of waiting: `poll(2)` on the listener
+/// and the shutdown's bell, running out of descriptors sleeps for
+/// [`ACCEPT_BACKOFF`], and a broken listener ends the iteration (see
+/// [`Clients::finish`]).
 pub struct Clients<'a> {
+    /// Non-blocking: the wait is in `poll(2)`, never in `accept()`.
     listener: Arc<TcpListener>,
+    /// Readable once the shutdown is triggered (or a signal asks for it).
+    bell: UnixStream,
     ctx: &'a Context,
     fatal: Option<io::Error>,
-    _wake: HookGuard,
 }
 
 impl<'a> Clients<'a> {
-    /// Starts accepting on `listener`; shutdown will wake a blocked `accept()`.
-    pub fn new(listener: TcpListener, ctx: &'a Context) -> Self {
-        let listener = Arc::new(listener);
-        let waker = listener.clone();
-        let _wake = ctx.shutdown.on_trigger(move || {
-            let _ = SockRef::from(&*waker).shutdown(Direction::Both);
-        });
-        Clients {
-            listener,
+    /// Starts accepting on `listener`.
+    ///
+    /// # Errors
+    /// The listener cannot be made non-blocking, or the bell duplicated
+    /// (out of descriptors).
+    pub fn new(listener: TcpListener, ctx: &'a Context) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Clients {
+            listener: Arc::new(listener),
+            bell: ctx.shutdown.bell()?,
             ctx,
             fatal: None,
-            _wake,
-        }
+        })
     }
 
     /// The listener, for a `--stats` reporter to look at its queue.
@@ -61,6 +70,13 @@ impl<'a> Clients<'a> {
     /// The `accept()` error that ended the iteration.
     pub fn finish(self) -> io::Result<()> {
         self.fatal.map_or(Ok(()), Err)
+    }
+
+    /// Stops the whole server because the listener broke, waking every
+    /// thread blocked on a client, and keeps the error for `finish`.
+    fn fail(&mut self, e: io::Error) {
+        self.fatal = Some(e);
+        self.ctx.shutdown.trigger();
     }
 }
 
@@ -77,20 +93,26 @@ impl<'a> Iterator for Clients<'a> {
                     let visit = Visit::new(peer, &self.ctx.traffic, &self.ctx.stats);
                     return Some((stream, visit));
                 }
-                // The listener was shut down to wake us: not a failure.
-                Accepted::Fatal(_) if self.ctx.shutdown.is_triggered() => break,
-                // The listener is broken: stop the whole server, waking
-                // every thread blocked on a client, and report the error.
                 Accepted::Fatal(e) => {
-                    self.fatal = Some(e);
-                    self.ctx.shutdown.trigger();
+                    self.fail(e);
                     break;
                 }
                 Accepted::BackOff => {
                     self.ctx.shutdown.sleep(ACCEPT_BACKOFF);
                 }
-                // A blocking listener waits instead of saying "empty".
-                Accepted::Empty => {}
+                // Nobody waiting: sleep until a client comes or the bell
+                // rings. A signal's bell is heard here as well; the
+                // signal watcher triggers the shutdown itself.
+                Accepted::Empty => {
+                    match crate::sys::wait_readable(self.listener.as_fd(), self.bell.as_fd()) {
+                        Ok([_, true]) => self.ctx.shutdown.trigger(),
+                        Ok(_) => {}
+                        Err(e) => {
+                            self.fail(e);
+                            break;
+                        }
+                    }
+                }
             }
         }
         None
@@ -128,7 +150,10 @@ pub fn handle_client((stream, mut visit): Client<'_>, ctx: &Context) {
     let wake = ctx.shutdown.on_trigger(move || {
         let _ = waker.shutdown(Direction::Both);
     });
-    let ending = match echo(&stream, ctx, &mut visit.bytes) {
+    let mut echoed = Echoed::default();
+    let served = echo(&stream, ctx, &mut echoed);
+    visit.bytes = echoed.bytes;
+    let ending = match served {
         _ if ctx.shutdown.is_triggered() => Ending::Shutdown,
         Ok(()) => Ending::Closed,
         Err(e) => Ending::from_error(e),
@@ -144,7 +169,7 @@ pub fn handle_client((stream, mut visit): Client<'_>, ctx: &Context) {
 ///
 /// Half-close needs no special case: everything read has been written back
 /// by the time `read()` reports the end of the stream with 0.
-pub(super) fn echo(mut stream: &TcpStream, ctx: &Context, bytes: &mut u64) -> io::Result<()> {
+pub(super) fn echo(mut stream: &TcpStream, ctx: &Context, echoed: &mut Echoed) -> io::Result<()> {
     // With an idle timeout, a read (or a write to a client that stopped
     // reading) that waits longer fails with WouldBlock: we disconnect.
     stream.set_read_timeout(ctx.config.idle_timeout)?;
@@ -172,8 +197,18 @@ pub(super) fn echo(mut stream: &TcpStream, ctx: &Context, bytes: &mut u64) -> io
         if counting {
             ctx.traffic.wrote(n);
         }
-        *bytes += n as u64;
+        echoed.reads += 1;
+        echoed.bytes += n as u64;
     }
+}
+
+/// What [`echo`] has done for one client so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Echoed {
+    /// Reads that brought bytes: messages, as `--stats` counts them.
+    pub reads: u64,
+    /// Bytes read and written back.
+    pub bytes: u64,
 }
 
 /// Runs `fill` into a `--stats` line every interval on a thread of its own

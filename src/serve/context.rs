@@ -100,7 +100,7 @@ pub enum Protocol {
     /// RFC 862: every byte comes back to its sender.
     #[default]
     Echo,
-    /// The notes' chat: register, list, chat, quit (see [`chat`](super::chat)).
+    /// The notes' chat: register, list, chat, quit.
     Chat,
 }
 

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use super::Context;
 use super::accept::Visit;
-use super::blocking::{echo, report_every};
+use super::blocking::{Echoed, echo, report_every};
 use super::processes::ChildBell;
 use super::readiness::Listener;
 use crate::poller::{Events, Interest, Poller};
@@ -63,26 +63,27 @@ const BELL: usize = 1;
 const CHILDREN: usize = 2;
 const REPORTS: usize = 3;
 
-/// What a child tells its parent as it exits: its pid, the bytes it
-/// echoed, how it ended. One datagram, sent with one system call.
+/// What a child tells its parent as it exits: its pid, what it echoed,
+/// how it ended. One datagram, sent with one system call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Report {
     pid: u32,
-    bytes: u64,
+    echoed: Echoed,
     /// 0 closed, 1 idle timeout, 2 failed with `errno`.
     how: u8,
     errno: i32,
 }
 
 impl Report {
-    const SIZE: usize = 17;
+    const SIZE: usize = 25;
 
     fn encode(self) -> [u8; Self::SIZE] {
         let mut out = [0; Self::SIZE];
         out[..4].copy_from_slice(&self.pid.to_le_bytes());
-        out[4..12].copy_from_slice(&self.bytes.to_le_bytes());
-        out[12] = self.how;
-        out[13..].copy_from_slice(&self.errno.to_le_bytes());
+        out[4..12].copy_from_slice(&self.echoed.bytes.to_le_bytes());
+        out[12..20].copy_from_slice(&self.echoed.reads.to_le_bytes());
+        out[20] = self.how;
+        out[21..].copy_from_slice(&self.errno.to_le_bytes());
         out
     }
 
@@ -90,9 +91,12 @@ impl Report {
         let bytes: &[u8; Self::SIZE] = bytes.try_into().ok()?;
         Some(Report {
             pid: u32::from_le_bytes(bytes[..4].try_into().ok()?),
-            bytes: u64::from_le_bytes(bytes[4..12].try_into().ok()?),
-            how: bytes[12],
-            errno: i32::from_le_bytes(bytes[13..].try_into().ok()?),
+            echoed: Echoed {
+                bytes: u64::from_le_bytes(bytes[4..12].try_into().ok()?),
+                reads: u64::from_le_bytes(bytes[12..20].try_into().ok()?),
+            },
+            how: bytes[20],
+            errno: i32::from_le_bytes(bytes[21..].try_into().ok()?),
         })
     }
 
@@ -180,11 +184,12 @@ impl Parent<'_> {
     fn accept_clients(&mut self) -> io::Result<()> {
         while let Some((stream, peer)) = self.listener.next_client(&self.ctx.stats)? {
             let visit = Visit::new(peer, &self.ctx.traffic, &self.ctx.stats);
+            let parent = std::process::id();
             match crate::sys::fork() {
                 Ok(Some(pid)) => {
                     self.children.insert(pid, (visit, stream));
                 }
-                Ok(None) => child(stream, self.report_writer, self.ctx),
+                Ok(None) => child(stream, parent, self.report_writer, self.ctx),
                 Err(e) => visit.end(Ending::Failed(e)),
             }
         }
@@ -215,8 +220,14 @@ impl Parent<'_> {
                 continue;
             };
             if let Some((visit, _)) = self.children.get_mut(&report.pid) {
-                visit.bytes = report.bytes;
+                visit.bytes = report.echoed.bytes;
                 visit.ends(report.ending());
+                // --stats: a child's traffic is known when it ends.
+                if self.ctx.config.stats.is_some() {
+                    let echoed = report.echoed;
+                    self.ctx.traffic.reads(echoed.reads, echoed.bytes);
+                    self.ctx.traffic.wrote(echoed.bytes as usize);
+                }
             }
         }
     }
@@ -264,12 +275,15 @@ fn died(status: ExitStatus) -> Option<Ending> {
 
 /// The child: serves `stream` with the blocking echo, reports, exits.
 /// System calls only from here on (see the module's doc).
-fn child(stream: TcpStream, reports: &UnixDatagram, ctx: &Context) -> ! {
+fn child(stream: TcpStream, parent: u32, reports: &UnixDatagram, ctx: &Context) -> ! {
     crate::sys::default_stop_signals();
-    let mut bytes = 0;
+    // A parent killed outright (SIGKILL) runs no shutdown: its children
+    // end with it, as `--processes` workers end with their master.
+    crate::sys::die_with_parent(parent);
+    let mut echoed = Echoed::default();
     let served = stream
         .set_nonblocking(false)
-        .and_then(|()| echo(&stream, ctx, &mut bytes));
+        .and_then(|()| echo(&stream, ctx, &mut echoed));
     let (how, errno) = match served.map_err(Ending::from_error) {
         Ok(()) => (0, 0),
         Err(Ending::IdleTimeout) => (1, 0),
@@ -278,7 +292,7 @@ fn child(stream: TcpStream, reports: &UnixDatagram, ctx: &Context) -> ! {
     };
     let report = Report {
         pid: std::process::id(),
-        bytes,
+        echoed,
         how,
         errno,
     };
@@ -295,7 +309,10 @@ mod tests {
     fn reports_make_the_round_trip() {
         let report = Report {
             pid: 42,
-            bytes: 1 << 40,
+            echoed: Echoed {
+                bytes: 1 << 40,
+                reads: 7,
+            },
             how: 2,
             errno: libc::ECONNRESET,
         };

@@ -1,4 +1,4 @@
-//! The seven servers: one echo protocol, seven concurrency models (and a chat
+//! The servers: one echo protocol, a concurrency model each (and a chat
 //! on five of them).
 //!
 //! Every model is started the same way: [`run`] hands it a listener built by
@@ -9,17 +9,19 @@
 //! Read the models in the order of the notes:
 //! 1. [`sequential`]: one client at a time.
 //! 2. [`threads`]: a blocking thread per client, unbounded.
-//! 3. [`threadpool`]: a fixed pool of blocking threads.
-//! 4. [`selector`]: one thread, a readiness loop, a handler per socket.
-//! 5. [`statemachine`]: the same loop driving hand-written generators.
-//! 6. [`asynchronous`]: async/await on an executor and reactor of our own.
-//! 7. [`completion`]: one thread, one io_uring: completions, not readiness.
+//! 3. [`forking`]: a process per client.
+//! 4. [`threadpool`]: a fixed pool of blocking threads.
+//! 5. [`selector`]: one thread, a readiness loop, a handler per socket.
+//! 6. [`statemachine`]: the same loop driving hand-written generators.
+//! 7. [`asynchronous`]: async/await on an executor and reactor of our own.
+//! 8. [`completion`]: one thread, one io_uring: completions, not readiness.
 //!
-//! [`chat`] is the notes' chat server on models 2 to 7 (all but
-//! sequential; on `threads` and `threadpool` it is the same thread per
-//! client).
+//! [`processes`] runs any of them but forking as worker processes under a
+//! master. [`chat`] is the notes' chat server on every model but
+//! sequential and forking (on `threads` and `threadpool` it is the same
+//! thread per client).
 //!
-//! [`accept`] is what all seven share: the one accept step (admit, prepare,
+//! [`accept`] is what all of them share: the one accept step (admit, prepare,
 //! sort the failures). [`work`] is `--work`, what a handler does with each
 //! chunk before echoing it; [`offload`] the pool a one-thread loop hands
 //! blocking work to, and [`stall`] the warning when it did not. [`buffers`] is what the last two share: read buffers
@@ -194,9 +196,9 @@ impl Listeners {
         Listeners(vec![listener])
     }
 
-    /// The first listener (the only one, with one loop).
-    pub fn into_one(mut self) -> TcpListener {
-        self.0.swap_remove(0)
+    /// The listeners, to be handed out.
+    pub fn into_vec(self) -> Vec<TcpListener> {
+        self.0
     }
 }
 
@@ -205,15 +207,29 @@ impl Listeners {
 /// # Errors
 /// The address cannot be bound, or `--threads` does not apply to `mode`.
 pub fn bind(mode: Mode, addr: &HostPort, config: &Config) -> anyhow::Result<Listeners> {
-    let loops = config.loops(mode)?;
-    if loops == 1 {
+    bind_group(mode, addr, config, config.loops(mode)?)
+}
+
+/// Binds `count` listeners on `addr` for `mode`: one as it is, or a group
+/// of `count` on one port with SO_REUSEPORT, which the kernel spreads new
+/// connections over (`--threads`, and a seat per `--processes` worker).
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn bind_group(
+    mode: Mode,
+    addr: &HostPort,
+    config: &Config,
+    count: usize,
+) -> anyhow::Result<Listeners> {
+    if count <= 1 {
         let listener = bind_listener(addr, config.backlog, mode.blocking_sockets(), false)?;
         return Ok(Listeners(vec![listener]));
     }
     // A port held by anyone else is "already in use", as with one loop;
     // claiming it also resolves port 0 for every loop.
     let port: HostPort = claim_port(addr)?.into();
-    let listeners = (0..loops)
+    let listeners = (0..count)
         .map(|_| bind_listener(&port, config.backlog, mode.blocking_sockets(), true))
         .collect::<anyhow::Result<_>>()?;
     Ok(Listeners(listeners))

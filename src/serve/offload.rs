@@ -270,7 +270,7 @@ struct Worker {
 impl Worker {
     fn start() -> io::Result<Worker> {
         let mut child = Command::new(std::env::current_exe()?)
-            .arg("offload-worker")
+            .arg(WORKER_ARG)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -396,6 +396,10 @@ fn read_job(from: &mut impl BufRead) -> io::Result<Option<(Work, Vec<u8>)>> {
     };
     Ok(Some((work, read_frame(from)?)))
 }
+
+/// The one argument that makes `echo-lab` an offload worker (read by
+/// `main` before the command line is parsed: it is no subcommand).
+pub const WORKER_ARG: &str = "offload-worker";
 
 /// `echo-lab offload-worker`: the worker process of `--offload-processes`.
 /// Reads jobs from standard input, does each, and writes its chunk back to

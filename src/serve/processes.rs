@@ -14,17 +14,21 @@
 //! `exec` starts the worker as clean as any server, whatever threads the
 //! master has; the price is one program start per worker, paid once.
 //!
-//! **How they share the port.** One listening socket, inherited by all:
-//! nginx's default (`reuseport` is opt-in there). The kernel's accept
-//! queue is one; a worker blocked in `accept()` (the blocking models) is
-//! woken alone, but the event loops each watch the listener with their
-//! own poller, so a new client wakes every idle loop and all but one find
-//! the queue empty: the thundering herd. EPOLLEXCLUSIVE would wake one, but
-//! the `polling` crate cannot ask for it; per-worker SO_REUSEPORT listeners
-//! (what `--threads` does inside one process) would end it too, but a
-//! worker that dies then takes its queue's waiting clients with it. With a
-//! few workers the herd costs a wasted wake-up per client, which is what
-//! nginx accepts by default.
+//! **How they share the port.** A listener per worker, all bound to one
+//! port with SO_REUSEPORT (on Linux; elsewhere one listener, shared): the
+//! kernel hashes each new connection to one of them, so the workers share
+//! the clients whatever each is doing. With one shared listener (nginx's
+//! default) the first worker back in `accept()` takes every client of a
+//! burst: a thread pool whose acceptor never waits takes all eight of a
+//! `bench -c 8` while its sibling idles. nginx's other answers are an
+//! accept mutex (`accept_mutex`, a lock in shared memory) and
+//! `EPOLLEXCLUSIVE`, which the `polling` crate cannot ask for and the
+//! blocking models do not use. The master keeps every listener: a worker
+//! that dies leaves its listener, and the clients waiting in its queue, to
+//! the worker that replaces it, which is also why a stopping worker must
+//! never shut its listener down (see `blocking`). The cost: while a seat
+//! is empty (a second at most), the clients hashed to it wait in its
+//! queue.
 //!
 //! **Supervision.** The master waits on two bells: the shutdown's (SIGINT
 //! or SIGTERM) and a self-pipe rung by SIGCHLD. A worker that dies is
@@ -34,8 +38,12 @@
 //! worker, waits for them (each finishes as a server does, within its
 //! usual time), kills any still running after [`STOP_PATIENCE`], and
 //! prints one summary: each worker writes its counts to its standard
-//! output as it exits, and the master adds them up. A worker killed
-//! outright takes its counts with it, and the master says so. On Linux a
+//! output as it exits, and the master adds them up, and says how many
+//! clients each worker served. A worker killed outright takes its counts
+//! with it, and the master says whose are missing. A SIGTERM while the
+//! workers are still starting stops the start at once. At most
+//! [`max_processes`] workers: beyond a few per CPU they only queue for a
+//! core. On Linux a
 //! worker is also told to stop when the master dies, however it dies: no
 //! worker outlives its master.
 //!
@@ -45,7 +53,7 @@
 //! Tutorial: `docs/tutorial/10-threads-or-processes.md`.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -74,6 +82,31 @@ const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// The line a worker ends its standard output with: its counts.
 const TOTALS: &str = "totals ";
+
+/// Workers per CPU that `--processes` accepts at most: Apache's prefork
+/// serves each client with a process and defaults to 256 of them
+/// (`MaxRequestWorkers`) on any machine; 64 a CPU allows that on four.
+pub const PROCESSES_PER_CPU: usize = 64;
+
+/// The most workers `--processes` accepts on this machine.
+pub fn max_processes() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    PROCESSES_PER_CPU * cpus
+}
+
+/// Refuses a count of workers this machine cannot sensibly run.
+///
+/// # Errors
+/// `count` is over [`max_processes`].
+pub fn check_count(count: usize) -> anyhow::Result<()> {
+    let most = max_processes();
+    if count > most {
+        anyhow::bail!(
+            "--processes {count} is more than this machine can sensibly run: at most {most} ({PROCESSES_PER_CPU} per CPU); beyond a few per CPU, workers only queue for a core, each with its own process, memory and descriptors"
+        );
+    }
+    Ok(())
+}
 
 /// What a worker process knows of itself.
 pub struct Seat {
@@ -104,10 +137,12 @@ pub fn seat() -> anyhow::Result<Option<Seat>> {
 }
 
 /// A worker's last words to its master: its counts, on its standard
-/// output.
+/// output. A master that is gone (killed) cannot read them: the write
+/// fails, and the worker exits all the same.
 pub fn report_totals(totals: &Totals) {
     if let Ok(json) = serde_json::to_string(totals) {
-        println!("{TOTALS}{json}");
+        let mut stdout = io::stdout().lock();
+        let _ = writeln!(stdout, "{TOTALS}{json}").and_then(|()| stdout.flush());
     }
 }
 
@@ -117,12 +152,14 @@ struct Worker {
     started: Instant,
 }
 
-/// Starts `count` workers on `listener` and supervises them until the
-/// shutdown; their counts end up in `ctx.stats`.
+/// Starts a worker on each of `seats` (a listener each) and supervises
+/// them until the shutdown; their counts end up in `ctx.stats`, and what
+/// the summary should add (clients per worker, counts lost) in the
+/// returned [`Roll`].
 ///
 /// # Errors
 /// The first worker cannot be started, or the master's own poller fails.
-pub fn supervise(listener: TcpListener, count: usize, ctx: &Context) -> anyhow::Result<()> {
+pub fn supervise(seats: Vec<TcpListener>, ctx: &Context) -> anyhow::Result<Roll> {
     let poller = Poller::new(ctx.config.poller).context("starting the master's poller")?;
     let bell = ctx.shutdown.bell()?;
     let children = ChildBell::new().context("watching for workers that end")?;
@@ -130,8 +167,9 @@ pub fn supervise(listener: TcpListener, count: usize, ctx: &Context) -> anyhow::
     let _children = poller.register(&children, 1, Interest::READ)?;
     let restarted = AtomicU64::new(0);
     let mut master = Master {
-        listener,
+        seats,
         workers: BTreeMap::new(),
+        roll: Roll::default(),
         restarts: BTreeMap::new(),
         restarted: &restarted,
         ctx,
@@ -142,14 +180,43 @@ pub fn supervise(listener: TcpListener, count: usize, ctx: &Context) -> anyhow::
         let report = super::blocking::report_every(scope, ctx, "master", |line| {
             line.count("restarts", restarted.swap(0, Relaxed));
         });
-        let served = master.serve(count, &poller, &children);
+        let served = master.serve(&poller, &children);
         master.stop_all(&poller, &children);
         ctx.shutdown.trigger();
         if let Some(report) = report {
             report.finish();
         }
-        served
+        served.map(|()| master.roll)
     })
+}
+
+/// What the master's summary adds to the counts: the clients each worker
+/// served (every worker of that number, replacements included), and the
+/// workers whose counts were lost with them.
+#[derive(Debug, Default)]
+pub struct Roll {
+    /// Clients served, by worker number.
+    pub served: BTreeMap<usize, u64>,
+    /// Each worker that ended without leaving its counts, and how it ended.
+    pub lost: Vec<String>,
+}
+
+impl std::fmt::Display for Roll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let served: Vec<String> = self
+            .served
+            .iter()
+            .map(|(index, clients)| format!("{index}: {clients}"))
+            .collect();
+        write!(f, "clients per worker: {}", served.join(", "))?;
+        for lost in &self.lost {
+            write!(
+                f,
+                "\nmissing from the counts: worker {lost} before it could report them"
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// A self-pipe that SIGCHLD rings: readable (in a poller) once a child of
@@ -195,7 +262,11 @@ impl Drop for ChildBell {
 }
 
 struct Master<'a> {
-    listener: TcpListener,
+    /// A listener per worker number, kept here for each worker of that
+    /// number in turn.
+    seats: Vec<TcpListener>,
+    /// What the summary adds.
+    roll: Roll,
     /// Running workers, by number.
     workers: BTreeMap<usize, Worker>,
     /// Workers to start again, and when.
@@ -207,11 +278,19 @@ struct Master<'a> {
 
 impl Master<'_> {
     /// Starts the workers, then restarts any that dies, until the shutdown.
-    fn serve(&mut self, count: usize, poller: &Poller, children: &ChildBell) -> anyhow::Result<()> {
-        for index in 1..=count {
+    fn serve(&mut self, poller: &Poller, children: &ChildBell) -> anyhow::Result<()> {
+        let mut events = Events::new();
+        for index in 1..=self.seats.len() {
+            self.roll.served.insert(index, 0);
+            // A stop asked for while the workers start stops the start.
+            if poller.wait(&mut events, Some(Duration::ZERO))? > 0
+                && events.iter().any(|event| event.key == 0)
+            {
+                self.ctx.shutdown.trigger();
+                return Ok(());
+            }
             self.start(index)?;
         }
-        let mut events = Events::new();
         while !self.ctx.shutdown.is_triggered() {
             let next_restart = self.restarts.values().min().copied();
             let timeout = next_restart.map(|at| at.saturating_duration_since(Instant::now()));
@@ -228,7 +307,7 @@ impl Master<'_> {
 
     /// Starts worker `index`: this binary again, with the same arguments.
     fn start(&mut self, index: usize) -> anyhow::Result<()> {
-        let fd = self.listener.as_raw_fd();
+        let fd = self.seats[index - 1].as_raw_fd();
         let exe = std::env::current_exe().context("finding echo-lab itself")?;
         let mut command = Command::new(exe);
         command
@@ -258,7 +337,14 @@ impl Master<'_> {
             let Some(mut worker) = self.workers.remove(&index) else {
                 continue;
             };
-            let counted = self.collect(&mut worker);
+            let counted = self.collect(index, &mut worker);
+            if !counted {
+                self.roll.lost.push(format!(
+                    "{index} (pid {}) {}",
+                    worker.child.id(),
+                    describe(status)
+                ));
+            }
             if !restart {
                 continue;
             }
@@ -282,7 +368,7 @@ impl Master<'_> {
     }
 
     /// Adds an ended worker's counts to the master's; whether it left any.
-    fn collect(&mut self, worker: &mut Worker) -> bool {
+    fn collect(&mut self, index: usize, worker: &mut Worker) -> bool {
         let mut output = String::new();
         if let Some(mut stdout) = worker.child.stdout.take() {
             let _ = stdout.read_to_string(&mut output);
@@ -295,6 +381,7 @@ impl Master<'_> {
         match totals {
             Some(totals) => {
                 self.ctx.stats.absorb(&totals);
+                *self.roll.served.entry(index).or_default() += totals.served;
                 true
             }
             None => false,
@@ -348,6 +435,10 @@ impl Master<'_> {
             );
             let _ = worker.child.kill();
             let _ = worker.child.wait();
+            self.roll.lost.push(format!(
+                "{index} (pid {}), killed when it did not stop,",
+                worker.child.id()
+            ));
         }
     }
 }

@@ -6,8 +6,9 @@
 //! synchronise. Its limit is plain to see: while one client is connected,
 //! every other client waits in the kernel's backlog, and a client that stays
 //! connected without sending anything blocks the whole server (only
-//! `--idle-timeout` frees it). Shutdown wakes the blocked `accept()` or
-//! `read()` by shutting the socket down.
+//! `--idle-timeout` frees it). Shutdown wakes the wait for a client
+//! (`poll(2)` on the listener and the shutdown's bell) or the blocked
+//! `read()` (by shutting the client's socket down).
 //!
 //! Next: [`super::threads`], a thread per client; then [`super::threadpool`],
 //! which bounds the threads.
@@ -25,7 +26,7 @@ use super::blocking::{Clients, handle_client, report_every};
 /// # Errors
 /// If the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
-    let mut clients = Clients::new(listener, ctx);
+    let mut clients = Clients::new(listener, ctx)?;
     let listener = clients.listener();
     std::thread::scope(|scope| {
         // --stats: the one client served, and the others waiting in the

@@ -64,7 +64,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
                     1,
                 );
         });
-        let mut clients = Clients::new(listener, ctx);
+        let mut clients = Clients::new(listener, ctx)?;
         for client in &mut clients {
             // Blocks while the queue is full: this is the back-pressure.
             if queue.send((client, Instant::now())).is_err() {

@@ -36,7 +36,7 @@ pub const DEFAULT_STACK_SIZE: usize = 128 * 1024;
 /// # Errors
 /// If the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
-    let mut clients = Clients::new(listener, ctx);
+    let mut clients = Clients::new(listener, ctx)?;
     thread::scope(|outer| {
         // --stats: the clients served right now are the threads serving
         // (each line also counts the process's threads and its memory).

@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::net::connect;
+use crate::net::{connect, connect_patiently};
 use crate::parse::HostPort;
 
 /// Lines each sender sends at most: 20 MB of 1 KB lines, far past any
@@ -66,7 +66,8 @@ pub fn flood(
     senders: usize,
     timeout: Duration,
 ) -> anyhow::Result<FloodReport> {
-    let receiver = connect(addr, timeout)?;
+    // It waits for a server still starting, as every tool's first does.
+    let receiver = connect_patiently(addr, timeout)?;
     register(&receiver, name, timeout)?;
     let streams = (0..senders)
         .map(|i| {

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::sync::Barrier;
 use std::time::Duration;
 
-use crate::net::connect;
+use crate::net::{connect, connect_patiently};
 use crate::parse::HostPort;
 
 /// What each client was answered, in the order they connected.
@@ -49,8 +49,12 @@ pub fn register_at_once(
     clients: usize,
     timeout: Duration,
 ) -> anyhow::Result<RaceReport> {
+    // The first waits for a server still starting, as every tool's does.
     let streams = (0..clients)
-        .map(|_| connect(addr, timeout))
+        .map(|i| match i {
+            0 => connect_patiently(addr, timeout),
+            _ => connect(addr, timeout),
+        })
         .collect::<anyhow::Result<Vec<TcpStream>>>()?;
     let (start, done) = (Barrier::new(clients), Barrier::new(clients));
     let line = format!("register,{name}\n");

@@ -35,7 +35,7 @@
 //! executor drops every client task, which closes its socket.
 //!
 //! Next: `completion`, one io_uring instead of readiness; then the tools
-//! that measure the six models side by side.
+//! that measure the models side by side.
 //!
 //! Tutorial: `docs/tutorial/5-async-await-from-the-ground-up.md`.
 

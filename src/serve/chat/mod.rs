@@ -1,4 +1,4 @@
-//! The chat server: the notes' last program, on five of the six models,
+//! The chat server: the notes' last program, on every model that serves clients at once,
 //! with shared state at last.
 //!
 //! An echo has nothing to share: each connection is its own world. A chat

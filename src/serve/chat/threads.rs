@@ -55,7 +55,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         watch: ctx.config.lock_order_bug.then(LockWatch::default),
         ctx,
     };
-    let mut clients = Clients::new(listener, ctx);
+    let mut clients = Clients::new(listener, ctx)?;
     let mut switches = sys::own_context_switches();
     let chat = &chat;
     thread::scope(|outer| {

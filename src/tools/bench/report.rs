@@ -64,6 +64,11 @@ pub struct BenchResults {
     pub seconds: f64,
     /// `messages / seconds`.
     pub messages_per_sec: f64,
+    /// With `--churn`, where every message has a connection of its own:
+    /// connections made and closed per second (the same number as
+    /// `messages_per_sec`, named for what it counts); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_per_sec: Option<f64>,
     /// Echoed bytes per second in each direction, in MiB.
     pub mib_per_sec: f64,
     /// Latency of the measured messages, in microseconds.
@@ -284,6 +289,7 @@ impl WorkerResult {
             messages: self.messages,
             seconds,
             messages_per_sec: self.messages as f64 / seconds,
+            connections_per_sec: config.churn.then(|| self.messages as f64 / seconds),
             mib_per_sec: (self.messages * config.size as u64) as f64 / seconds / (1 << 20) as f64,
             latency_us: Latency::of(&self.histogram),
             connect_failures: 0,
