@@ -21,7 +21,12 @@ pub enum Ending {
     IdleTimeout,
     /// The server is shutting down.
     Shutdown,
-    /// The connection failed: a reset, a broken pipe, another error.
+    /// The client reset the connection while nothing was owed to it: it
+    /// left, abruptly, but abandoned nothing (`bench --idle` closes its
+    /// idle connections so).
+    Reset,
+    /// The connection failed: a reset or a broken pipe while an echo was
+    /// owed (abandoned by the client), or another error.
     Failed(io::Error),
     /// The server cut the client off, for this reason (a chat receiver too
     /// slow to keep up, a client that only sends garbage).
@@ -35,6 +40,20 @@ impl Ending {
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Ending::IdleTimeout,
             _ => Ending::Failed(e),
+        }
+    }
+
+    /// Classifies an error met while *reading*, with nothing held for the
+    /// client (no unsent echo): a reset then means the client left owing
+    /// and owed nothing, because the kernel hands over every byte a client
+    /// sent before its reset ahead of the reset itself. Met while writing,
+    /// or with an echo held, the same reset is an abandonment
+    /// ([`Ending::from_error`]).
+    pub fn from_read_error(e: io::Error) -> Ending {
+        if abandoned(&e) {
+            Ending::Reset
+        } else {
+            Ending::from_error(e)
         }
     }
 }
@@ -138,13 +157,18 @@ impl Stats {
             Ending::Failed(e) if abandoned(e) => self.abandoned.fetch_add(1, Relaxed),
             Ending::Failed(_) => self.failed.fetch_add(1, Relaxed),
             Ending::Dropped(_) => self.dropped.fetch_add(1, Relaxed),
-            Ending::Closed | Ending::Shutdown => 0,
+            Ending::Closed | Ending::Reset | Ending::Shutdown => 0,
         };
         if self.quiet {
             return;
         }
         match ending {
             Ending::Closed => eprintln!("{peer} disconnected after {bytes} bytes"),
+            Ending::Reset => {
+                eprintln!(
+                    "{peer} disconnected after {bytes} bytes (reset by the client, owed nothing)"
+                )
+            }
             Ending::IdleTimeout => {
                 eprintln!("{peer} disconnected after {bytes} bytes (idle timeout)")
             }
@@ -317,6 +341,8 @@ pub struct Totals {
 /// A connection the client left (a reset, or a write to a client that has
 /// gone: EPIPE) before it took every echo: it abandoned the server, as
 /// `bench` reports a client that gave up waiting. Not the server's failure.
+/// (Met while reading with nothing owed, the same error is
+/// [`Ending::Reset`].)
 fn abandoned(e: &io::Error) -> bool {
     matches!(
         e.kind(),

@@ -61,6 +61,10 @@ fn a_blocking_send_in_the_loop_stops_every_client() {
         stderr.contains("ran ") && stderr.contains("without waiting"),
         "{stderr}"
     );
+    // The warning names the blocking send as the cause, not "no handler
+    // blocked".
+    assert!(stderr.contains("A handler blocked in its send"), "{stderr}");
+    assert!(!stderr.contains("No handler blocked"), "{stderr}");
 }
 
 /// The selector itself meets the same client with short writes, keeps the

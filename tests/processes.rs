@@ -608,3 +608,85 @@ fn too_many_processes_are_refused() {
     assert!(stderr.contains(&format!("at most {most}")), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// One SIGTERM at a random moment of a server's life, from its first
+/// instructions to well after it listens, must always stop it within 2 s
+/// (twice, scripted runs seemed to need a second SIGTERM). Every model,
+/// `--processes 2` and the thread chat, 200 starts in all, four at a
+/// time; the moments come from a fixed seed, so a failure can be rerun.
+/// A signal that lands before `main` holds it back (in the loader) kills
+/// the process by the default action: also an end within the bound, and
+/// counted apart.
+///
+/// The lost signal has not been reproduced here (nor in 25 scripted
+/// tries). A candidate outside echo-lab, not proven: an interactive bash
+/// ignores SIGTERM itself, and the child it forks for a job keeps that
+/// disposition until it resets it just before `exec`; a `kill %1` sent in
+/// that window is discarded before echo-lab exists.
+#[test]
+fn one_sigterm_at_any_moment_stops_every_server() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let mut configs: Vec<Vec<&str>> = Mode::ALL
+        .iter()
+        .filter(|&&mode| !unavailable(mode))
+        .map(|mode| vec!["--mode", mode.name()])
+        .collect();
+    configs.push(vec!["--mode", "threadpool", "--processes", "2"]);
+    configs.push(vec!["--mode", "threads", "--protocol", "chat"]);
+    let runs: Vec<(usize, u64)> = (0..200u64)
+        .map(|i| {
+            // A fixed linear congruential sequence: 0 to 200 ms.
+            let delay = i
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407)
+                >> 33;
+            (i as usize % configs.len(), delay % 201)
+        })
+        .collect();
+    let killed_early = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for share in runs.chunks(runs.len() / 4) {
+            let (configs, killed_early) = (&configs, &killed_early);
+            scope.spawn(move || {
+                for &(config, delay) in share {
+                    let args = &configs[config];
+                    let mut child = Command::new(binary())
+                        .args(["serve", "--addr", "127.0.0.1:0", "--quiet"])
+                        .args(args)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .unwrap();
+                    std::thread::sleep(Duration::from_millis(delay));
+                    echo_lab::sys::signal(child.id(), libc::SIGTERM).unwrap();
+                    let mut status = None;
+                    let stopped = poll_until(Duration::from_secs(2), || {
+                        status = child.try_wait().unwrap();
+                        status.is_some()
+                    });
+                    if !stopped {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    assert!(
+                        stopped,
+                        "{args:?}: still running 2 s after SIGTERM at {delay} ms"
+                    );
+                    let status = status.unwrap();
+                    if status.signal() == Some(libc::SIGTERM) {
+                        killed_early.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        assert_eq!(status.code(), Some(0), "{args:?} at {delay} ms");
+                    }
+                }
+            });
+        }
+    });
+    let early = killed_early.into_inner();
+    assert!(
+        early < 20,
+        "{early} of 200 died before main held the signal"
+    );
+}

@@ -90,6 +90,59 @@ fn churn_makes_a_connection_per_message(mode: Mode) {
 
 every_model!(churn_makes_a_connection_per_message);
 
+/// "Abandoned" means one thing on both ends (README): the client left
+/// while an echo was owed to it. `bench -c 2 --idle 50` against every
+/// model: bench closes its idle connections with a reset, owing and owed
+/// nothing, and the server must not count them (it once counted every
+/// one); a measured connection that bench gave up on (sequential's second,
+/// which waits behind the first) is counted by both.
+fn abandoned_means_the_same_on_both_ends(mode: Mode) {
+    let server = start(mode);
+    let config = BenchConfig {
+        idle: 50,
+        ..short_bench(server.addr().into(), 2)
+    };
+    let results = bench::run(&config, |_, _| {}).unwrap();
+    wait_until("the server has met every connection's end", || {
+        server.stats().active() == 0
+    });
+    assert_eq!(
+        server.stats().abandoned(),
+        results.abandoned_connections,
+        "{mode}: the server's count against bench's: {results:?}"
+    );
+}
+
+every_model!(abandoned_means_the_same_on_both_ends);
+
+/// The same against forking, whose children meet the ends: bench's count
+/// is the summary's.
+#[test]
+fn abandoned_means_the_same_on_both_ends_under_forking() {
+    let server = BinaryServer::start(&["--mode", "forking", "--quiet"]);
+    let addr = HostPort::from(server.addr);
+    let results = bench::run(
+        &BenchConfig {
+            idle: 50,
+            ..short_bench(addr, 2)
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    let pid = server.child.id();
+    wait_until("every child reaped", || {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .is_ok_and(|kids| kids.trim().is_empty())
+    });
+    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let expected = format!(
+        "{} abandoned by their client",
+        results.abandoned_connections
+    );
+    assert!(stderr.contains(&expected), "{expected}: {stderr}");
+}
+
 /// bench against every model: echoes counted, every byte verified, no errors.
 fn bench_verifies_every_model(mode: Mode) {
     let server = start(mode);

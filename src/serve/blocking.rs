@@ -156,7 +156,7 @@ pub fn handle_client((stream, mut visit): Client<'_>, ctx: &Context) {
     let ending = match served {
         _ if ctx.shutdown.is_triggered() => Ending::Shutdown,
         Ok(()) => Ending::Closed,
-        Err(e) => Ending::from_error(e),
+        Err(ending) => ending,
     };
     drop(wake);
     drop(stream);
@@ -169,18 +169,25 @@ pub fn handle_client((stream, mut visit): Client<'_>, ctx: &Context) {
 ///
 /// Half-close needs no special case: everything read has been written back
 /// by the time `read()` reports the end of the stream with 0.
-pub(super) fn echo(mut stream: &TcpStream, ctx: &Context, echoed: &mut Echoed) -> io::Result<()> {
+pub(super) fn echo(
+    mut stream: &TcpStream,
+    ctx: &Context,
+    echoed: &mut Echoed,
+) -> Result<(), Ending> {
     // With an idle timeout, a read (or a write to a client that stopped
     // reading) that waits longer fails with WouldBlock: we disconnect.
-    stream.set_read_timeout(ctx.config.idle_timeout)?;
-    stream.set_write_timeout(ctx.config.idle_timeout)?;
+    stream
+        .set_read_timeout(ctx.config.idle_timeout)
+        .and_then(|()| stream.set_write_timeout(ctx.config.idle_timeout))
+        .map_err(Ending::Failed)?;
     let mut buffer = [0; READ_BUFFER_SIZE];
     loop {
         let n = match stream.read(&mut buffer) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if interrupted(&e) => continue,
-            Err(e) => return Err(e),
+            // Nothing is held here: whatever came before was echoed.
+            Err(e) => return Err(Ending::from_read_error(e)),
         };
         // Shared by every worker: counted only when someone reads it.
         super::crash::check(&buffer[..n]);
@@ -193,7 +200,7 @@ pub(super) fn echo(mut stream: &TcpStream, ctx: &Context, echoed: &mut Echoed) -
             // thread pool's other workers go on; sequential's clients wait.
             work.block(&buffer[..n], ctx.work_lock());
         }
-        stream.write_all(&buffer[..n])?;
+        stream.write_all(&buffer[..n]).map_err(Ending::from_error)?;
         if counting {
             ctx.traffic.wrote(n);
         }

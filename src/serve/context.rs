@@ -228,6 +228,7 @@ impl Context {
         let blocking_work = config.work.is_some_and(|w| w.blocks()) && config.offload == 0;
         let advice = match model {
             _ if blocking_work => stall::Advice::BlockingWork,
+            _ if config.naive_send => stall::Advice::BlockingSend,
             "async" if config.budget == 0 => stall::Advice::NoBudget,
             _ => stall::Advice::NeverIdle,
         };

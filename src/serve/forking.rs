@@ -69,7 +69,8 @@ const REPORTS: usize = 3;
 struct Report {
     pid: u32,
     echoed: Echoed,
-    /// 0 closed, 1 idle timeout, 2 failed with `errno`.
+    /// 0 closed, 1 idle timeout, 2 failed with `errno`, 3 reset with
+    /// nothing owed.
     how: u8,
     errno: i32,
 }
@@ -104,6 +105,7 @@ impl Report {
         match self.how {
             0 => Ending::Closed,
             1 => Ending::IdleTimeout,
+            3 => Ending::Reset,
             _ => Ending::Failed(io::Error::from_raw_os_error(self.errno)),
         }
     }
@@ -283,10 +285,12 @@ fn child(stream: TcpStream, parent: u32, reports: &UnixDatagram, ctx: &Context) 
     let mut echoed = Echoed::default();
     let served = stream
         .set_nonblocking(false)
+        .map_err(Ending::Failed)
         .and_then(|()| echo(&stream, ctx, &mut echoed));
-    let (how, errno) = match served.map_err(Ending::from_error) {
+    let (how, errno) = match served {
         Ok(()) => (0, 0),
         Err(Ending::IdleTimeout) => (1, 0),
+        Err(Ending::Reset) => (3, 0),
         Err(Ending::Failed(e)) => (2, e.raw_os_error().unwrap_or(0)),
         Err(_) => (2, 0),
     };

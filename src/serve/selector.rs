@@ -554,6 +554,11 @@ impl Connection<'_> {
         if event.readable && self.interest.read {
             match self.read_and_echo(buffer, now, plan, event.key) {
                 Ok(()) => {}
+                // Every byte it sent came back: a reset is the client
+                // leaving, not abandoning an echo.
+                Err(e) if self.received == self.visit.bytes => {
+                    return Some(Ending::from_read_error(e));
+                }
                 Err(e) => return Some(Ending::Failed(e)),
             }
         }

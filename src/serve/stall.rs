@@ -44,6 +44,9 @@ pub enum Advice {
     /// Its handlers do blocking `--work` on the loop's own thread: that is
     /// the likely stall.
     BlockingWork,
+    /// `--naive-send`: each echo is a blocking `sendall` on the loop's
+    /// thread, which waits for as long as its client does not read.
+    BlockingSend,
     /// Nothing it runs blocks: its ready work never ran out (clients that
     /// never pause, or very many ready at once).
     NeverIdle,
@@ -58,6 +61,11 @@ impl Advice {
             Advice::BlockingWork => {
                 "Move blocking work off the loop (--offload N), wait without blocking (--work wait:...), \
                  or run more loops (--threads N)."
+            }
+            Advice::BlockingSend => {
+                "A handler blocked in its send: --naive-send writes each echo with a blocking sendall, \
+                 which waits until the client takes every byte; a client that does not read holds the \
+                 whole loop. Without --naive-send the loop keeps unsent bytes and waits for writability."
             }
             Advice::NeverIdle => {
                 "No handler blocked (there is no blocking --work on this loop): it never ran out of ready \

@@ -186,8 +186,13 @@ fn probe_one(config: &ProbeConfig, client: usize, origin: Instant) -> ClientTime
         }
         timeline.echoed = Some(since());
         timeline.closed_by_server = hold_open(&mut stream, config.hold)?;
-        drop(stream);
+        // Read before the close, not after: the server cannot see a close
+        // before it is made, so a next client's echo, read after the
+        // server saw it, is always later than this, however the threads
+        // are scheduled. (Read after, a preempted reader could stamp the
+        // close after an echo it caused.)
         timeline.closed = Some(since());
+        drop(stream);
         Ok(())
     })();
     if let Err(e) = result {

@@ -103,7 +103,8 @@ fn handle_client<'a>(
             let data = match clients.limit(pin!(client.stream.recv())).await {
                 Ok(Ok(data)) if data.is_empty() => break Ending::Closed,
                 Ok(Ok(data)) => data,
-                Ok(Err(e)) => break Ending::Failed(e),
+                // Nothing is held while it receives.
+                Ok(Err(e)) => break Ending::from_read_error(e),
                 Err(TimedOut) => {
                     clients.reactor.trace().here(format_args!(
                         "idle timeout: the timer was ready first, and `timeout` dropped the unfinished `recv` future: cancelled (asyncio's wait_for would raise CancelledError inside it; Rust just never polls it again)"

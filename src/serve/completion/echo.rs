@@ -315,6 +315,10 @@ impl Proactor<'_> {
                         conn.paused = true;
                         self.starved.push_back((token.slot, token.generation));
                     }
+                    // A reset with nothing held is the client leaving.
+                    Received::Failed(e) if conn.held == 0 => {
+                        conn.ending.get_or_insert(Ending::from_read_error(e));
+                    }
                     Received::Failed(e) => {
                         conn.ending.get_or_insert(Ending::Failed(e));
                     }

@@ -205,7 +205,8 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                             return self.wait_read();
                         }
                         Err(e) if interrupted(&e) => {}
-                        Err(e) => return self.finish(Ending::Failed(e)),
+                        // Nothing is held while it reads.
+                        Err(e) => return self.finish(Ending::from_read_error(e)),
                     }
                 }
                 // `sock.sendall(data)`, one write at a time.

@@ -86,8 +86,10 @@ pub struct BenchResults {
     /// that serves some connections and starves others).
     pub starved: u64,
     /// Connections that held such a message: bench gives up on them when
-    /// the window ends and closes them, which the server's summary counts
-    /// as "abandoned by their client": the same event, seen from each end.
+    /// the window ends and closes them with a reset, which the server's
+    /// summary counts as "abandoned by their client" when it meets it: the
+    /// same event (the client left while an echo was owed), seen from each
+    /// end.
     pub abandoned_connections: u64,
     /// Open loop only: due messages not sent because the server had not
     /// returned the previous ones.
