@@ -14,8 +14,8 @@
 //!    [`sys`], the few system calls outside the poller (limits, CPU time,
 //!    placement, signals).
 //! 3. [`serve`]: the models, each in its own file, in the order of the
-//!    notes: [`serve::sequential`], [`serve::threads`], [`serve::forking`]
-//!    (a process per client), [`serve::threadpool`], [`serve::selector`], [`serve::statemachine`], [`serve::asynchronous`]
+//!    notes: [`serve::blocking::sequential`], [`serve::blocking::threads`], [`serve::blocking::forking`]
+//!    (a process per client), [`serve::blocking::threadpool`], [`serve::readiness::selector`], [`serve::statemachine`], [`serve::asynchronous`]
 //!    (with its [executor](serve::asynchronous::executor) and
 //!    [reactor](serve::asynchronous::reactor)), then `serve::completion`
 //!    (one io_uring, Linux), and [`serve::chat`], the notes' chat, where
@@ -34,6 +34,7 @@
 //! behaves, built to the standard of one.
 
 pub mod cli;
+pub mod lab;
 pub mod net;
 pub mod parse;
 pub mod poller;

@@ -16,9 +16,9 @@ fn main() -> ExitCode {
     // by closing its input.
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|arg| arg == echo_lab::serve::offload::WORKER_ARG)
+        .is_some_and(|arg| arg == echo_lab::lab::offload::WORKER_ARG)
     {
-        return match echo_lab::serve::offload::worker_main() {
+        return match echo_lab::lab::offload::worker_main() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("echo-lab: offload worker: {e}");

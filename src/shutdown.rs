@@ -182,26 +182,15 @@ impl Drop for HookGuard {
 /// If the handlers cannot be installed or the thread cannot start.
 pub fn trigger_on_signals(shutdown: &Shutdown, watcher: bool) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    use signal_hook::low_level::{self, pipe};
+    use signal_hook::low_level::pipe;
     let signalled = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {
-        let seen = signalled.clone();
-        // One atomic swap decides which signal is the first, even when two
-        // arrive at once and two threads run their handlers side by side
-        // (a check and a separate set would let both pass as first).
-        let first_or_exit = move || {
-            if seen.swap(true, Ordering::SeqCst) {
-                low_level::exit(128 + signal);
-            }
-        };
         // The bell first: a signal that arrives between the two
         // registrations must ring it. (The other way round, it was
         // recorded as the first and rang nothing, and the server ran on
         // until a second signal.)
         pipe::register(signal, shutdown.inner.ringer.try_clone()?)
-            // SAFETY: the handler does only async-signal-safe things: an
-            // atomic swap, and `_exit`.
-            .and_then(|_| unsafe { low_level::register(signal, first_or_exit) })
+            .and_then(|_| crate::sys::exit_on_second(signal, signalled.clone()))
             .context("installing signal handlers")?;
     }
     if watcher {

@@ -470,6 +470,115 @@ pub fn die_with_parent(parent: u32) {
     let _ = parent;
 }
 
+/// A self-pipe that SIGCHLD rings: readable (in a poller) once a child of
+/// this process has ended. Both process models wait on one, the master for
+/// its workers and `forking`'s parent for its children. The handler goes
+/// when it is dropped.
+pub struct ChildBell {
+    bell: std::os::unix::net::UnixStream,
+    handler: signal_hook::SigId,
+}
+
+impl ChildBell {
+    /// Installs the SIGCHLD handler that rings it.
+    ///
+    /// # Errors
+    /// Out of descriptors, or the handler cannot be installed.
+    pub fn new() -> io::Result<ChildBell> {
+        let (bell, ringer) = std::os::unix::net::UnixStream::pair()?;
+        for end in [&bell, &ringer] {
+            end.set_nonblocking(true)?;
+        }
+        let handler = signal_hook::low_level::pipe::register(libc::SIGCHLD, ringer)?;
+        Ok(ChildBell { bell, handler })
+    }
+
+    /// Empties it after a wait, so that it rings again at the next end.
+    pub fn drain(&self) {
+        let mut bytes = [0; 64];
+        while matches!(std::io::Read::read(&mut &self.bell, &mut bytes), Ok(n) if n > 0) {}
+    }
+}
+
+impl std::os::fd::AsFd for ChildBell {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.bell.as_fd()
+    }
+}
+
+impl Drop for ChildBell {
+    fn drop(&mut self) {
+        signal_hook::low_level::unregister(self.handler);
+    }
+}
+
+/// Makes `signal` end the process at once (status 128 + `signal`) when it
+/// is not the first stop signal: `seen` is shared by the handlers of every
+/// signal so registered, and the first to arrive only marks it. One atomic
+/// swap decides which is the first, even when two arrive at once and two
+/// threads run their handlers side by side (a check and a separate set
+/// would let both pass as first).
+///
+/// # Errors
+/// The handler cannot be installed.
+pub fn exit_on_second(
+    signal: libc::c_int,
+    seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> io::Result<signal_hook::SigId> {
+    let first_or_exit = move || {
+        if seen.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            signal_hook::low_level::exit(128 + signal);
+        }
+    };
+    // SAFETY: the handler does only async-signal-safe things: an atomic
+    // swap, and `_exit`.
+    unsafe { signal_hook::low_level::register(signal, first_or_exit) }
+}
+
+/// Closes every descriptor of this process from 3 up but `keep`: what a
+/// forked child does first, so that it holds its own client's socket and
+/// nothing else of its parent's (another client's socket held here would
+/// keep that connection open after its own child closed it, and a test's
+/// client sockets, forked along, would never see their server close). No
+/// allocation: safe in a forked child. `close_range(2)` on Linux, a loop
+/// up to the descriptor limit elsewhere or where the kernel lacks it.
+pub fn close_other_descriptors(mut keep: [std::os::fd::RawFd; 2]) {
+    keep.sort_unstable();
+    let mut from: libc::c_int = 3;
+    for fd in keep.into_iter().chain([libc::c_int::MAX]) {
+        if fd > from {
+            close_between(from, fd - 1);
+        }
+        from = from.max(fd.saturating_add(1));
+    }
+}
+
+/// Closes descriptors `first` to `last`, both included.
+fn close_between(first: libc::c_int, last: libc::c_int) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: close_range(2) takes two numbers and flags, and closes
+        // descriptors of this process only; it touches no memory.
+        let closed = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first as libc::c_uint,
+                last as libc::c_uint,
+                0,
+            )
+        };
+        if closed == 0 {
+            return;
+        }
+    }
+    // SAFETY: getdtablesize(3) takes nothing and returns the limit.
+    let limit = unsafe { libc::getdtablesize() };
+    for fd in first..=last.min(limit - 1) {
+        // SAFETY: close(2) on a number: at worst EBADF, nothing touched.
+        unsafe { libc::close(fd) };
+    }
+}
+
 /// Forks this process: `Some(pid)` in the parent, `None` in the child.
 ///
 /// In the child only the calling thread exists, and every lock another
@@ -511,15 +620,15 @@ pub fn write_stderr_raw(message: &[u8]) {
     let _ = unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
 }
 
-/// A child of this process that has ended, if any, without waiting: its
-/// pid and its wait status.
-pub fn reap_any() -> Option<(u32, std::process::ExitStatus)> {
+/// Reaps child `pid` if it has ended, without waiting: its wait status.
+pub fn reap(pid: u32) -> Option<std::process::ExitStatus> {
     use std::os::unix::process::ExitStatusExt;
+    let pid = libc::pid_t::try_from(pid).ok()?;
     let mut status = 0;
     // SAFETY: waitpid writes one int into `status`, which lives across the
     // call.
-    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-    (pid > 0).then(|| (pid as u32, std::process::ExitStatus::from_raw(status)))
+    let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    (reaped == pid).then(|| std::process::ExitStatus::from_raw(status))
 }
 
 /// Sends `signal` to process `pid`.
@@ -609,7 +718,7 @@ mod tests {
     fn a_process_keeps_the_cpu_time_of_threads_that_ended() {
         let pid = std::process::id();
         let before = process_cpu_time(pid).unwrap();
-        std::thread::spawn(|| crate::serve::work::burn_cpu(Duration::from_millis(50), b"x"))
+        std::thread::spawn(|| crate::lab::work::burn_cpu(Duration::from_millis(50), b"x"))
             .join()
             .unwrap();
         let used = process_cpu_time(pid).unwrap() - before;

@@ -359,20 +359,22 @@ pub fn run_into_closed_pipe(args: &[&str]) -> (Option<i32>, String) {
 /// hides the others and each can be run alone. `every_model!(one_thread:
 /// f)` runs `f` on the one-thread readiness loops only, `loops:` on those
 /// and completion, `concurrent:` on every model that serves more than one
-/// client at once, `chat:` on the models that host the chat; with
-/// `backends:` (alone or after `one_thread,`, `loops,` or `concurrent,`)
+/// client at once, `chat:` on the models that host the chat,
+/// `processes:` on those `--processes` runs (all but forking); with
+/// `backends:` (alone or after `one_thread,`, `loops,`, `concurrent,` or
+/// `chat,`)
 /// each readiness loop runs once per backend (`f::selector::poll`).
 ///
 /// Each arm names the models that are not readiness loops; the three
 /// readiness loops and the three backends are written only in `@each`, so
 /// a new readiness loop or backend joins by one line there. A new model of
-/// another kind is added to each arm whose set includes it (every set is
-/// named once: `chat:` is `concurrent:`).
+/// another kind is added to each arm whose set includes it.
 macro_rules! every_model {
     (backends: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [
             sequential => Sequential,
             threads => Threads,
+            forking => Forking,
             threadpool => Threadpool,
             completion => Completion,
         ] backends);)+
@@ -380,6 +382,7 @@ macro_rules! every_model {
     (concurrent, backends: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [
             threads => Threads,
+            forking => Forking,
             threadpool => Threadpool,
             completion => Completion,
         ] backends);)+
@@ -393,6 +396,7 @@ macro_rules! every_model {
     (concurrent: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [
             threads => Threads,
+            forking => Forking,
             threadpool => Threadpool,
             completion => Completion,
         ] plain);)+
@@ -400,9 +404,31 @@ macro_rules! every_model {
     (loops: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [completion => Completion] plain);)+
     };
-    // The models that host the chat are the concurrent ones.
+    (chat, backends: $($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [
+            threads => Threads,
+            threadpool => Threadpool,
+            completion => Completion,
+        ] backends);)+
+    };
+    // Every model `--processes` runs: all but forking, which makes its
+    // processes itself.
+    (processes: $($test:ident),+ $(,)?) => {
+        $(every_model!(@each $test [
+            sequential => Sequential,
+            threads => Threads,
+            threadpool => Threadpool,
+            completion => Completion,
+        ] plain);)+
+    };
+    // The models that host the chat: the concurrent ones but forking,
+    // whose processes could not share one room.
     (chat: $($test:ident),+ $(,)?) => {
-        every_model!(concurrent: $($test),+);
+        $(every_model!(@each $test [
+            threads => Threads,
+            threadpool => Threadpool,
+            completion => Completion,
+        ] plain);)+
     };
     (one_thread: $($test:ident),+ $(,)?) => {
         $(every_model!(@each $test [] plain);)+
@@ -411,6 +437,7 @@ macro_rules! every_model {
         $(every_model!(@each $test [
             sequential => Sequential,
             threads => Threads,
+            forking => Forking,
             threadpool => Threadpool,
             completion => Completion,
         ] plain);)+

@@ -80,4 +80,5 @@ fn chat_beside_hogs(mode: Mode) {
     assert!(worst < BOUND, "{mode}: the worst line took {worst:?}");
 }
 
-every_model!(concurrent, backends: echo_beside_hogs, chat_beside_hogs);
+every_model!(concurrent, backends: echo_beside_hogs);
+every_model!(chat, backends: chat_beside_hogs);

@@ -473,7 +473,7 @@ fn sigterm_to_one_worker_stops_only_it(mode: Mode) {
     assert!(!stderr.contains("missing from the counts"), "{stderr}");
 }
 
-every_model!(sigterm_to_one_worker_stops_only_it);
+every_model!(processes: sigterm_to_one_worker_stops_only_it);
 
 /// Twelve clients of a `threadpool --processes 3`, then SIGTERM to the
 /// master: every worker stops cleanly (none reports a failed `accept()`),

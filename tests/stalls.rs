@@ -11,7 +11,7 @@ use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use echo_lab::serve::work::parse_work;
+use echo_lab::lab::work::parse_work;
 use echo_lab::serve::{Config, Mode};
 use echo_lab::tools::bench::{self, BenchConfig};
 use echo_lab::tools::probe::{self, ProbeConfig};

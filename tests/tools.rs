@@ -115,34 +115,6 @@ fn abandoned_means_the_same_on_both_ends(mode: Mode) {
 
 every_model!(abandoned_means_the_same_on_both_ends);
 
-/// The same against forking, whose children meet the ends: bench's count
-/// is the summary's.
-#[test]
-fn abandoned_means_the_same_on_both_ends_under_forking() {
-    let server = BinaryServer::start(&["--mode", "forking", "--quiet"]);
-    let addr = HostPort::from(server.addr);
-    let results = bench::run(
-        &BenchConfig {
-            idle: 50,
-            ..short_bench(addr, 2)
-        },
-        |_, _| {},
-    )
-    .unwrap();
-    let pid = server.child.id();
-    wait_until("every child reaped", || {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .is_ok_and(|kids| kids.trim().is_empty())
-    });
-    let (status, _, stderr) = server.signal_and_wait(libc::SIGTERM, PATIENCE);
-    assert_eq!(status.code(), Some(0), "{stderr}");
-    let expected = format!(
-        "{} abandoned by their client",
-        results.abandoned_connections
-    );
-    assert!(stderr.contains(&expected), "{expected}: {stderr}");
-}
-
 /// bench against every model: echoes counted, every byte verified, no errors.
 fn bench_verifies_every_model(mode: Mode) {
     let server = start(mode);
@@ -383,7 +355,7 @@ fn probe_shows_the_sequential_staircase() {
 #[test]
 fn probe_numbers_clients_in_the_order_served() {
     let config = echo_lab::serve::Config {
-        work: Some(echo_lab::serve::work::parse_work("sleep:100ms").unwrap()),
+        work: Some(echo_lab::lab::work::parse_work("sleep:100ms").unwrap()),
         slow_handler: None,
         ..quiet()
     };

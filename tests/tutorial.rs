@@ -557,12 +557,21 @@ fn chapters_and_modules_link_each_other() {
         }
     }
     for (module, chapter) in [
-        ("src/serve/sequential.rs", "1-one-client-at-a-time.md"),
-        ("src/serve/threads.rs", "2-a-pool-of-threads.md"),
-        ("src/serve/forking.rs", "10-threads-or-processes.md"),
+        (
+            "src/serve/blocking/sequential.rs",
+            "1-one-client-at-a-time.md",
+        ),
+        ("src/serve/blocking/threads.rs", "2-a-pool-of-threads.md"),
+        (
+            "src/serve/blocking/forking.rs",
+            "10-threads-or-processes.md",
+        ),
         ("src/serve/processes.rs", "10-threads-or-processes.md"),
-        ("src/serve/threadpool.rs", "2-a-pool-of-threads.md"),
-        ("src/serve/selector.rs", "3-readiness-and-epoll.md"),
+        ("src/serve/blocking/threadpool.rs", "2-a-pool-of-threads.md"),
+        (
+            "src/serve/readiness/selector.rs",
+            "3-readiness-and-epoll.md",
+        ),
         (
             "src/serve/statemachine/mod.rs",
             "4-generators-are-state-machines.md",
@@ -571,9 +580,9 @@ fn chapters_and_modules_link_each_other() {
             "src/serve/asynchronous/mod.rs",
             "5-async-await-from-the-ground-up.md",
         ),
-        ("src/serve/work.rs", "7-when-the-loop-stalls.md"),
-        ("src/serve/offload.rs", "7-when-the-loop-stalls.md"),
-        ("src/serve/stall.rs", "7-when-the-loop-stalls.md"),
+        ("src/lab/work.rs", "7-when-the-loop-stalls.md"),
+        ("src/lab/offload.rs", "7-when-the-loop-stalls.md"),
+        ("src/lab/stall.rs", "7-when-the-loop-stalls.md"),
         ("src/serve/chat/mod.rs", "8-shared-state-a-chat-server.md"),
         (
             "src/serve/completion/mod.rs",

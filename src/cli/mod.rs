@@ -18,13 +18,13 @@ use anyhow::Context as _;
 use clap::builder::PossibleValue;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::lab::work::{Work, parse_work};
 use crate::net::Blocking;
 use crate::parse::{
     HostPort, parse_addr, parse_counts, parse_duration, parse_positive_count,
     parse_positive_duration, parse_rate, parse_size,
 };
 use crate::poller::Backend;
-use crate::serve::work::{Work, parse_work};
 use crate::serve::{self, Config, Context, Mode, Protocol};
 use crate::shutdown::{Shutdown, trigger_on_signals};
 use crate::stats::counted;
@@ -510,7 +510,7 @@ pub fn parse_modes(text: &str) -> Result<ModeList, String> {
 fn serve_limits() -> String {
     use crate::serve::buffers::{MAX_IDLE_BUFFERS, TASK_BUFFER_SIZE};
     use crate::serve::chat::{CLOSE_GRACE, protocol::MAX_LINE, room::MAX_PENDING};
-    use crate::serve::{READ_BUFFER_SIZE, selector::MAX_UNSENT};
+    use crate::serve::{READ_BUFFER_SIZE, readiness::selector::MAX_UNSENT};
     let kib = |bytes: usize| format!("{} KiB", bytes / 1024);
     #[cfg(target_os = "linux")]
     let completion = {
@@ -574,7 +574,7 @@ Limits (every bound on memory, per model):
         pending = kib(MAX_PENDING),
         grace = CLOSE_GRACE.as_secs(),
         line = kib(MAX_LINE),
-        stack = kib(crate::serve::threads::DEFAULT_STACK_SIZE),
+        stack = kib(crate::serve::DEFAULT_STACK_SIZE),
     )
 }
 

@@ -183,9 +183,7 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .or(args.offload_processes)
             .map_or(0, NonZeroUsize::get),
         offload_processes: args.offload_processes.is_some(),
-        stack_size: args
-            .stack_size
-            .unwrap_or(serve::threads::DEFAULT_STACK_SIZE),
+        stack_size: args.stack_size.unwrap_or(serve::DEFAULT_STACK_SIZE),
         global_lock: args.global_lock,
         slow_handler: match args.slow_handler {
             None => Some(serve::DEFAULT_SLOW_HANDLER),
@@ -197,16 +195,14 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         racy_register: args.racy_register,
         lock_order_bug: args.lock_order_bug,
         trace: args.trace,
-        budget: args
-            .budget
-            .unwrap_or(serve::asynchronous::reactor::DEFAULT_BUDGET),
+        budget: args.budget.unwrap_or(serve::DEFAULT_BUDGET),
         stats: args
             .stats
             .or(args.stats_json.is_some().then_some(Duration::from_secs(1))),
         stats_json: match &args.stats_json {
             // Every worker adds its lines to the file its master made.
             Some(path) => Some(
-                serve::live::JsonSink::open(path, seat.is_some())
+                crate::lab::live::JsonSink::open(path, seat.is_some())
                     .with_context(|| format!("opening {}", path.display()))?,
             ),
             None => None,

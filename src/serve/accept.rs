@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
-use super::live::{Counter, Traffic};
+use crate::lab::live::{Counter, Traffic};
 use crate::net::{AcceptFailure, Blocking, prepare_stream, would_block};
 use crate::stats::{Ending, Stats};
 

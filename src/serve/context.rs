@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::work::Work;
-use super::{Mode, asynchronous, list_of, live, stall};
+use super::{Mode, list_of};
+use crate::lab::work::Work;
+use crate::lab::{live, stall};
 use crate::net::{Blocking, DEFAULT_BACKLOG};
 use crate::poller::Backend;
 use crate::shutdown::Shutdown;
@@ -108,6 +109,20 @@ pub enum Protocol {
 /// slower than 100 ms, and so do we.
 pub const DEFAULT_SLOW_HANDLER: Duration = Duration::from_millis(100);
 
+/// The stack each client thread of `threads` gets by default. The echo
+/// needs its 16 KiB read buffer and a few frames; Rust's default of 2 MiB
+/// per thread would reserve 2 GiB of address space for a thousand clients.
+/// Linux touches only the pages used, so what a client really costs shows
+/// in the server's resident memory, not here.
+pub const DEFAULT_STACK_SIZE: usize = 128 * 1024;
+
+/// I/O operations an async task may complete per poll before it must
+/// yield (`serve --budget`): tokio's number. An echo spends two per
+/// message (a read and a write), so a client that never pauses gets 64
+/// echoes of up to 4 KiB, about a quarter of a millisecond, before the
+/// others' turn.
+pub const DEFAULT_BUDGET: u32 = 128;
+
 /// The notes' thread pool size: `ThreadPoolExecutor(max_workers=20)`.
 pub const DEFAULT_WORKERS: NonZeroUsize = NonZeroUsize::new(20).unwrap();
 
@@ -134,11 +149,11 @@ impl Default for Config {
             work: None,
             offload: 0,
             offload_processes: false,
-            stack_size: super::threads::DEFAULT_STACK_SIZE,
+            stack_size: DEFAULT_STACK_SIZE,
             global_lock: false,
             slow_handler: Some(DEFAULT_SLOW_HANDLER),
             poller: Backend::default(),
-            budget: asynchronous::reactor::DEFAULT_BUDGET,
+            budget: DEFAULT_BUDGET,
             naive_send: false,
             racy_register: None,
             lock_order_bug: false,
@@ -182,7 +197,7 @@ impl Context {
     /// triggered (made early, so that signals reach it from the start).
     pub fn with_shutdown(config: Config, shutdown: Shutdown) -> Self {
         if let Some(word) = &config.crash_on {
-            super::crash::arm(word);
+            crate::lab::crash::arm(word);
         }
         let mut stats = Stats::new(config.quiet, config.max_connections.get());
         if config.protocol == Protocol::Chat {

@@ -1,31 +1,34 @@
 //! The servers: one echo protocol, a concurrency model each (and a chat
-//! on five of them).
+//! on most of them), in families, one folder each.
 //!
 //! Every model is started the same way: [`run`] hands it a listener built by
 //! [`crate::net::bind_listener`] and a [`Context`] (its settings, the
 //! shutdown handle and the counters). A model returns when the shutdown is
 //! triggered, after closing every connection it holds.
 //!
-//! Read the models in the order of the notes:
-//! 1. [`sequential`]: one client at a time.
-//! 2. [`threads`]: a blocking thread per client, unbounded.
-//! 3. [`forking`]: a process per client.
-//! 4. [`threadpool`]: a fixed pool of blocking threads.
-//! 5. [`selector`]: one thread, a readiness loop, a handler per socket.
-//! 6. [`statemachine`]: the same loop driving hand-written generators.
-//! 7. [`asynchronous`]: async/await on an executor and reactor of our own.
-//! 8. [`completion`]: one thread, one io_uring: completions, not readiness.
+//! Read the families in the order of the notes:
+//! 1. [`blocking`]: one thread blocked on one socket at a time, around
+//!    one accept loop: [`blocking::sequential`] (one client at a time),
+//!    [`blocking::threads`] (a thread per client),
+//!    [`blocking::forking`] (a process per client) and
+//!    [`blocking::threadpool`] (a fixed pool of threads).
+//! 2. [`readiness`]: one thread, a readiness loop, on its kit (the
+//!    listener, the deadlines): [`readiness::selector`], a handler per
+//!    ready socket.
+//! 3. [`statemachine`]: the same loop driving hand-written generators.
+//! 4. [`asynchronous`]: async/await on an executor and reactor of our own.
+//! 5. [`completion`]: one thread, one io_uring: completions, not readiness.
+//! 6. [`chat`]: the notes' chat server, on every model but sequential and
+//!    forking (on `threads` and `threadpool` it is the same thread per
+//!    client).
 //!
-//! [`processes`] runs any of them but forking as worker processes under a
-//! master. [`chat`] is the notes' chat server on every model but
-//! sequential and forking (on `threads` and `threadpool` it is the same
-//! thread per client).
-//!
-//! [`accept`] is what all of them share: the one accept step (admit, prepare,
-//! sort the failures). [`work`] is `--work`, what a handler does with each
-//! chunk before echoing it; [`offload`] the pool a one-thread loop hands
-//! blocking work to, and [`stall`] the warning when it did not. [`buffers`] is what the last two share: read buffers
-//! a loop lends to its tasks only while they hold data.
+//! Beside the families, what they all share: [`accept`], the one accept
+//! step (admit, prepare, sort the failures); `Context`, the settings and
+//! counters a model is handed; [`buffers`], the read buffers the
+//! statemachine and async loops lend their tasks only while they hold
+//! data; and [`processes`], which runs any model but forking as worker
+//! processes under a master. The instruments (`--stats`, `--work`,
+//! stalls, traces, offload) are [`crate::lab`]'s.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -38,13 +41,13 @@ use crate::parse::HostPort;
 use crate::stats::Stats;
 
 pub use context::{
-    Config, Context, DEFAULT_MAX_CONNECTIONS, DEFAULT_QUEUE, DEFAULT_SLOW_HANDLER, DEFAULT_WORKERS,
-    Protocol, READ_BUFFER_SIZE,
+    Config, Context, DEFAULT_BUDGET, DEFAULT_MAX_CONNECTIONS, DEFAULT_QUEUE, DEFAULT_SLOW_HANDLER,
+    DEFAULT_STACK_SIZE, DEFAULT_WORKERS, Protocol, READ_BUFFER_SIZE,
 };
 
 pub mod accept;
 pub mod asynchronous;
-mod blocking;
+pub mod blocking;
 pub mod buffers;
 pub mod chat;
 #[cfg(target_os = "linux")]
@@ -53,22 +56,9 @@ pub mod completion;
 #[path = "completion_elsewhere.rs"]
 pub mod completion;
 mod context;
-pub mod crash;
-pub mod deadlines;
-pub mod forking;
-pub mod live;
-pub mod meter;
-pub mod offload;
 pub mod processes;
 pub mod readiness;
-pub mod selector;
-pub mod sequential;
-pub mod stall;
 pub mod statemachine;
-pub mod threadpool;
-pub mod threads;
-pub mod trace;
-pub mod work;
 
 /// The concurrency models, in the order the notes introduce them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -279,11 +269,11 @@ pub fn run(mode: Mode, listeners: Listeners, ctx: &Context) -> anyhow::Result<()
 fn run_one(mode: Mode, listener: TcpListener, ctx: &Context) -> anyhow::Result<()> {
     let served = match mode {
         _ if ctx.config.protocol == Protocol::Chat => chat::run(mode, listener, ctx),
-        Mode::Sequential => sequential::run(listener, ctx),
-        Mode::Threads => threads::run(listener, ctx),
-        Mode::Forking => forking::run(listener, ctx),
-        Mode::Threadpool => threadpool::run(listener, ctx),
-        Mode::Selector => selector::run(listener, ctx),
+        Mode::Sequential => blocking::sequential::run(listener, ctx),
+        Mode::Threads => blocking::threads::run(listener, ctx),
+        Mode::Forking => blocking::forking::run(listener, ctx),
+        Mode::Threadpool => blocking::threadpool::run(listener, ctx),
+        Mode::Selector => readiness::selector::run(listener, ctx),
         Mode::Statemachine => statemachine::run(listener, ctx),
         Mode::Async => asynchronous::run(listener, ctx),
         Mode::Completion => completion::run(listener, ctx),

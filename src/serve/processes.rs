@@ -55,8 +55,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -67,6 +66,7 @@ use anyhow::Context as _;
 use super::Context;
 use crate::poller::{Events, Interest, Poller};
 use crate::stats::Totals;
+use crate::sys::ChildBell;
 
 /// The environment variable that makes a process a worker: `INDEX:FD`, its
 /// number and the descriptor of the listener it inherited.
@@ -216,48 +216,6 @@ impl std::fmt::Display for Roll {
             )?;
         }
         Ok(())
-    }
-}
-
-/// A self-pipe that SIGCHLD rings: readable (in a poller) once a child of
-/// this process has ended. Both process models wait on one, the master for
-/// its workers and `forking`'s parent for its children. The handler goes
-/// when it is dropped.
-pub(crate) struct ChildBell {
-    bell: UnixStream,
-    handler: signal_hook::SigId,
-}
-
-impl ChildBell {
-    /// Installs the SIGCHLD handler that rings it.
-    ///
-    /// # Errors
-    /// Out of descriptors, or the handler cannot be installed.
-    pub(crate) fn new() -> io::Result<ChildBell> {
-        let (bell, ringer) = UnixStream::pair()?;
-        for end in [&bell, &ringer] {
-            end.set_nonblocking(true)?;
-        }
-        let handler = signal_hook::low_level::pipe::register(libc::SIGCHLD, ringer)?;
-        Ok(ChildBell { bell, handler })
-    }
-
-    /// Empties it after a wait, so that it rings again at the next end.
-    pub(crate) fn drain(&self) {
-        let mut bytes = [0; 64];
-        while matches!((&self.bell).read(&mut bytes), Ok(n) if n > 0) {}
-    }
-}
-
-impl AsFd for ChildBell {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.bell.as_fd()
-    }
-}
-
-impl Drop for ChildBell {
-    fn drop(&mut self) {
-        signal_hook::low_level::unregister(self.handler);
     }
 }
 

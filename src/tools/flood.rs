@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::net::{connect, connect_patiently};
 use crate::parse::HostPort;
+use crate::tools::handshake::register;
 
 /// Lines each sender sends at most: 20 MB of 1 KB lines, far past any
 /// outbox bound and the socket buffers in front of it.
@@ -98,19 +99,6 @@ pub fn flood(
         senders,
         receiver_last: last_line(&receiver, timeout),
     })
-}
-
-/// Sends `register,NAME` and expects `ok`.
-fn register(stream: &TcpStream, name: &str, timeout: Duration) -> anyhow::Result<()> {
-    stream.set_read_timeout(Some(timeout))?;
-    (&*stream).write_all(format!("register,{name}\n").as_bytes())?;
-    let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
-    anyhow::ensure!(
-        answer.trim_end() == "ok",
-        "registering {name}: the server said {answer:?}"
-    );
-    Ok(())
 }
 
 /// Sends `line` until told the receiver is gone, or the server stops

@@ -30,7 +30,7 @@ use anyhow::Context as _;
 use crate::net::connect_patiently;
 use crate::parse::HostPort;
 use crate::serve::Protocol;
-use crate::tools::bench::chat::register;
+use crate::tools::handshake::register;
 
 /// Bytes a hog writes per `write()`: as much as a socket buffer takes in
 /// one go, so the hog never waits on itself.
@@ -69,7 +69,7 @@ impl Hogs {
                 Protocol::Echo => (stream, vec![b'h'; BLOCK]),
                 Protocol::Chat => {
                     let name = format!("hog{}-{i}", std::process::id());
-                    let stream = register(stream, &name)?;
+                    register(&stream, &name, START_LIMIT)?;
                     // The hog's reader waits as long as the run lasts.
                     stream.set_read_timeout(None)?;
                     (stream, chat_block(&name))

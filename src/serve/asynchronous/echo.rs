@@ -11,12 +11,12 @@ use std::rc::Rc;
 use super::accept_clients;
 use super::executor::Executor;
 use super::reactor::{Async, Reactor, TimedOut, Timeout, sleep, timeout};
+use crate::lab::live::Traffic;
+use crate::lab::meter::Meter;
+use crate::lab::offload::Offload;
+use crate::lab::work::WorkKind;
 use crate::serve::Context;
 use crate::serve::accept::Visit;
-use crate::serve::live::Traffic;
-use crate::serve::meter::Meter;
-use crate::serve::offload::Offload;
-use crate::serve::work::WorkKind;
 use crate::stats::Ending;
 
 /// Serves every client from this thread until shutdown.
@@ -113,7 +113,7 @@ fn handle_client<'a>(
                 }
             };
             clients.traffic.read(data.len());
-            crate::serve::crash::check(&data);
+            crate::lab::crash::check(&data);
             if let Some(work) = clients.ctx.config.work {
                 // `--work` before the echo (see chapter 7).
                 match (work.kind, clients.pool) {

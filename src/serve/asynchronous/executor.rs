@@ -60,8 +60,8 @@ use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use slab::Slab;
 
 use super::reactor::Reactor;
-use crate::serve::live::{Line, ReadyQueue as ReadyQueueStats, Traffic};
-use crate::serve::meter::Meter;
+use crate::lab::live::{Line, ReadyQueue as ReadyQueueStats, Traffic};
+use crate::lab::meter::Meter;
 use std::time::Instant;
 
 type Task<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
@@ -75,7 +75,7 @@ const MAIN: usize = u32::MAX as usize;
 /// tasks that were ready when it began; this bounds it when thousands are
 /// (tokio checks for I/O every 61 polls). With the cooperative budget it
 /// bounds how long readiness can go unheard: 128 polls of at most
-/// [`DEFAULT_BUDGET`](super::reactor::DEFAULT_BUDGET) operations each.
+/// [`DEFAULT_BUDGET`](crate::serve::DEFAULT_BUDGET) operations each.
 const POLLS_PER_TICK: usize = 128;
 
 /// Runs futures on this thread until the one given to `block_on` completes.

@@ -56,7 +56,7 @@ use reactor::{Async, Reactor, sleep};
 
 use super::Context;
 use super::accept::{Accepted, Visit, sort};
-use super::live::Traffic;
+use crate::lab::live::Traffic;
 use crate::net::ACCEPT_BACKOFF;
 use crate::stats::Ending;
 

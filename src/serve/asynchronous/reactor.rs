@@ -39,16 +39,12 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use crate::lab::trace::Trace;
 use crate::net::{self, Blocking, interrupted, would_block};
 use crate::poller::{Backend, Events, Interest, Poller};
 use crate::serve::buffers::{BufferPool, Lease, TASK_BUFFER_SIZE};
-use crate::serve::trace::Trace;
 
-/// I/O operations a task may complete per poll before it must yield
-/// (`serve --budget`): tokio's number. An echo spends two per message (a
-/// read and a write), so a client that never pauses gets 64 echoes of up to
-/// 4 KiB, about a quarter of a millisecond, before the others' turn.
-pub const DEFAULT_BUDGET: u32 = 128;
+use crate::serve::DEFAULT_BUDGET;
 
 /// The kernel side of the runtime: one poller, the registered sockets, the
 /// pending timers, and the read buffers lent to tasks that hold data.

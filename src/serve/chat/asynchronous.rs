@@ -25,13 +25,13 @@ use std::time::Duration;
 
 use super::CLOSE_GRACE;
 use super::room::{After, Room};
+use crate::lab::live::Traffic;
+use crate::lab::meter::Meter;
 use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::asynchronous::accept_clients;
 use crate::serve::asynchronous::executor::{Either, Executor, select};
 use crate::serve::asynchronous::reactor::{Async, Reactor, TimedOut, sleep, timeout};
-use crate::serve::live::Traffic;
-use crate::serve::meter::Meter;
 use crate::stats::Ending;
 
 /// The room of an async loop: a member's handle is the waker of its task

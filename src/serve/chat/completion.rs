@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use super::CLOSE_GRACE;
 use super::room::{After, Room};
+use crate::lab::live::Traffic;
+use crate::lab::meter::Meter;
 use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::completion;
@@ -32,8 +34,6 @@ use crate::serve::completion::kit::{
     Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token,
 };
 use crate::serve::completion::ring::{Completion, Kind, Outgoing, Ring, Token};
-use crate::serve::live::Traffic;
-use crate::serve::meter::Meter;
 use crate::stats::Ending;
 
 /// Serves the chat from this thread until shutdown.
@@ -146,7 +146,11 @@ impl Chat<'_> {
     fn timeout(&self) -> Option<Duration> {
         let grace = self.closing.front().map(|&(at, _, _)| at);
         let report = self.meter.deadline();
-        crate::serve::deadlines::until_earliest([self.acceptor.paused_until(), grace, report])
+        crate::serve::readiness::deadlines::until_earliest([
+            self.acceptor.paused_until(),
+            grace,
+            report,
+        ])
     }
 
     fn complete(&mut self, done: Completion, now: Instant) -> io::Result<()> {

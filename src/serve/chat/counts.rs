@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 
-use crate::serve::live::{Counter, Line};
+use crate::lab::live::{Counter, Line};
 
 /// A chat's counters between two `--stats` lines.
 #[derive(Debug, Default)]

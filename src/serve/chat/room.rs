@@ -521,7 +521,7 @@ impl<H> Room<H> {
 
     /// Adds the chat's `--stats` fields to `line`: deliveries and cut-offs
     /// since the last line, names and bytes owed now.
-    pub fn fill(&self, line: &mut crate::serve::live::Line) {
+    pub fn fill(&self, line: &mut crate::lab::live::Line) {
         let owed = self.members.iter().map(|(_, m)| m.outbox.pending().len());
         let owed = owed.sum::<usize>() as u64;
         self.counts.fill(line, self.registered() as u64, owed);

@@ -21,12 +21,12 @@ use slab::Slab;
 
 use super::CLOSE_GRACE;
 use super::room::{After, Room};
+use crate::lab::live::Traffic;
+use crate::lab::meter::Meter;
 use crate::net::{interrupted, would_block, write_some};
 use crate::poller::{Events, Interest, Poller, Registered};
 use crate::serve::Context;
 use crate::serve::accept::Visit;
-use crate::serve::live::Traffic;
-use crate::serve::meter::Meter;
 use crate::serve::readiness::Listener;
 use crate::stats::Ending;
 
@@ -286,7 +286,11 @@ impl Chat<'_> {
     fn timeout(&self) -> Option<Duration> {
         let grace = self.closing.front().map(|&(at, _, _)| at);
         let report = self.meter.deadline();
-        crate::serve::deadlines::until_earliest([self.listener.paused_until(), grace, report])
+        crate::serve::readiness::deadlines::until_earliest([
+            self.listener.paused_until(),
+            grace,
+            report,
+        ])
     }
 
     /// Deletes a client from the poller (before its socket closes), from

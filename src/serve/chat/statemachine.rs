@@ -23,11 +23,11 @@ use std::time::Instant;
 
 use super::CLOSE_GRACE;
 use super::room::{After, Room};
+use crate::lab::live::{Line, Traffic};
 use crate::net::{interrupted, would_block, write_some};
 use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::buffers::BufferPool;
-use crate::serve::live::{Line, Traffic};
 use crate::serve::statemachine::{self, Coroutine, Resume, Step, Wait};
 use crate::stats::Ending;
 

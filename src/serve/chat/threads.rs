@@ -158,7 +158,7 @@ impl LockTimes {
 
     /// Adds the registry's fields to `line`, and starts afresh: the means
     /// in microseconds.
-    fn fill(&self, line: &mut crate::serve::live::Line) {
+    fn fill(&self, line: &mut crate::lab::live::Line) {
         let taken = self.taken.swap(0, Relaxed);
         let per_lock = taken * 1000;
         line.count("registry_locks", taken)

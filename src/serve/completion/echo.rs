@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use super::kit::{Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token};
 use super::ring::{Buf, Completion, Kind, Outgoing, Ring, Token};
 use super::{available, unavailable};
+use crate::lab::live::Traffic;
+use crate::lab::meter::Meter;
+use crate::lab::offload::{Finished, Job, Offload};
+use crate::lab::work::{Work, WorkKind};
 use crate::serve::Context;
 use crate::serve::accept::Visit;
-use crate::serve::deadlines::sweep_interval;
-use crate::serve::live::Traffic;
-use crate::serve::meter::Meter;
-use crate::serve::offload::{Finished, Job, Offload};
-use crate::serve::work::{Work, WorkKind};
+use crate::serve::readiness::deadlines::sweep_interval;
 use crate::stats::Ending;
 
 /// The most bytes one client may have received and not yet had echoed
@@ -235,7 +235,7 @@ impl Proactor<'_> {
             .plan
             .as_ref()
             .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
-        crate::serve::deadlines::until_earliest([
+        crate::serve::readiness::deadlines::until_earliest([
             self.acceptor.paused_until(),
             self.next_idle_sweep,
             work_timer,
@@ -305,7 +305,7 @@ impl Proactor<'_> {
                         conn.held += buf.len();
                         conn.last_active = now;
                         self.traffic.read(buf.len());
-                        crate::serve::crash::check(self.ring.bytes(&buf));
+                        crate::lab::crash::check(self.ring.bytes(&buf));
                         self.take_in(token, buf, now)?;
                     }
                     Received::End => conn.read_closed = true,

@@ -10,12 +10,12 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use super::{Coroutine, Resume, Step, Wait, serve};
+use crate::lab::live::Traffic;
+use crate::lab::work::{Work, WorkKind};
 use crate::net::{interrupted, would_block};
 use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::buffers::{BufferPool, Lease};
-use crate::serve::live::Traffic;
-use crate::serve::work::{Work, WorkKind};
 use crate::stats::Ending;
 
 /// Serves every client from this thread until shutdown.
@@ -187,7 +187,7 @@ impl<'a> Coroutine<'a> for Echo<'a> {
                         Ok(len) => {
                             data.truncate(len);
                             self.shared.traffic.read(len);
-                            crate::serve::crash::check(&data);
+                            crate::lab::crash::check(&data);
                             if let Some(work) = self.shared.ctx.config.work {
                                 // `--work` first (see chapter 7).
                                 let wait = self.start_work(work, &data);

@@ -77,11 +77,11 @@ use slab::Slab;
 
 use super::Context;
 use super::accept::{Accepted, Visit, accept};
-use super::live::{Line, ReadyQueue, Traffic};
-use super::meter::Meter;
-use super::offload::{Finished, Job, Offload};
-use super::trace::Trace;
-use super::work::Work;
+use crate::lab::live::{Line, ReadyQueue, Traffic};
+use crate::lab::meter::Meter;
+use crate::lab::offload::{Finished, Job, Offload};
+use crate::lab::trace::Trace;
+use crate::lab::work::Work;
 use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::poller::{Events, Interest, Poller};
 use crate::shutdown::Shutdown;
@@ -562,7 +562,7 @@ impl<'a> EventLoop<'a> {
             return Some(Duration::ZERO);
         }
         let timer = self.timers.first().map(|&(at, _)| at);
-        super::deadlines::until_earliest([timer, self.meter.deadline()])
+        super::readiness::deadlines::until_earliest([timer, self.meter.deadline()])
     }
 
     /// Queues every task whose deadline has passed, to resume as timed out.

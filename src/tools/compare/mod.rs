@@ -42,9 +42,9 @@ pub use results::{Comparison, Counters, Median, Memory, Ratio, Row, medians};
 pub use servers::{Peer, SERVER_PATIENCE, parse_peer};
 
 use super::bench::{self, BenchConfig, Environment};
+use crate::lab::work::Work;
 use crate::parse::HostPort;
 use crate::poller::Backend;
-use crate::serve::work::Work;
 use crate::serve::{Mode, Protocol};
 use crate::tools::bench::chat::{self, ChatBenchConfig};
 use results::note_for;

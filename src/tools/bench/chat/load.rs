@@ -3,11 +3,10 @@
 //! delivered against what its sender sent (see the module above).
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
 
 use super::super::{CONNECT_PHASE_LIMIT, DRAIN_LIMIT, ERROR_SAMPLES, Latency};
@@ -17,6 +16,7 @@ use crate::poller::{Events, Interest, Poller, Registered};
 use crate::serve::Protocol;
 use crate::stats::counted;
 use crate::sys;
+use crate::tools::handshake::register;
 use crate::tools::hogs::Hogs;
 
 /// One client of the load.
@@ -73,7 +73,7 @@ pub fn run(
         } else {
             connect(&config.addr, left)?
         };
-        let stream = register(stream, &format!("{prefix}-{i}"))?;
+        register(&stream, &format!("{prefix}-{i}"), CONNECT_PHASE_LIMIT)?;
         stream.set_nonblocking(true)?;
         clients.push(Client::new(poller.register(stream, i, Interest::READ)?));
     }
@@ -155,27 +155,6 @@ pub fn run(
 
 fn server_cpu(config: &ChatBenchConfig) -> Option<Duration> {
     config.server_pid.and_then(sys::tree_cpu_time)
-}
-
-/// Registers `name` on a fresh connection and waits for its `ok` (the
-/// load's clients, and `bench --hogs`'s chat hogs). The stream is left
-/// with a read timeout of [`CONNECT_PHASE_LIMIT`].
-pub(crate) fn register(stream: TcpStream, name: &str) -> anyhow::Result<TcpStream> {
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(CONNECT_PHASE_LIMIT))?;
-    (&stream).write_all(format!("register,{name}\n").as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(&stream)
-        .take(4096)
-        .read_line(&mut reply)
-        .with_context(|| format!("registering {name}"))?;
-    if reply != "ok\n" {
-        bail!(
-            "registering {name}: the server answered {:?}, not ok (is it serving --protocol chat?)",
-            reply.trim_end()
-        );
-    }
-    Ok(stream)
 }
 
 impl<'p> Client<'p> {

@@ -15,7 +15,6 @@
 
 mod load;
 
-pub(crate) use load::register;
 pub use load::run;
 
 use std::time::Duration;

@@ -55,9 +55,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::Context;
 use super::work::{Work, WorkKind};
 use crate::poller::Poller;
+use crate::serve::Context;
 
 /// How long dropping the pool waits for jobs still running: the server's
 /// whole shutdown must take under two seconds.

@@ -13,6 +13,11 @@
 //! calls `accept()`, on a non-blocking listener: a client another thread
 //! or process took first means "wait again", never a blocked `accept()`.
 
+pub mod forking;
+pub mod sequential;
+pub mod threadpool;
+pub mod threads;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as Direction, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -20,16 +25,16 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use super::accept::{Accepted, Visit, accept};
-use super::live::{Line, Reporter};
-use super::{Context, READ_BUFFER_SIZE};
+use crate::lab::live::{Line, Reporter};
 use crate::net::{ACCEPT_BACKOFF, Blocking, interrupted};
+use crate::serve::accept::{Accepted, Visit, accept};
+use crate::serve::{Context, READ_BUFFER_SIZE};
 use crate::stats::Ending;
 use std::time::Instant;
 
 /// The clients a listener accepts, one after another, until shutdown.
 ///
-/// Each client comes through the one accept step ([`super::accept`]); what
+/// Each client comes through the one accept step ([`crate::serve::accept`]); what
 /// is left here is the blocking way of waiting: `poll(2)` on the listener
 /// and the shutdown's bell, running out of descriptors sleeps for
 /// [`ACCEPT_BACKOFF`], and a broken listener ends the iteration (see
@@ -190,7 +195,7 @@ pub(super) fn echo(
             Err(e) => return Err(Ending::from_read_error(e)),
         };
         // Shared by every worker: counted only when someone reads it.
-        super::crash::check(&buffer[..n]);
+        crate::lab::crash::check(&buffer[..n]);
         let counting = ctx.config.stats.is_some();
         if counting {
             ctx.traffic.read(n);

@@ -18,8 +18,8 @@
 use std::io;
 use std::net::TcpListener;
 
-use super::Context;
-use super::blocking::{Clients, handle_client, report_every};
+use super::{Clients, handle_client, report_every};
+use crate::serve::Context;
 
 /// Serves one client at a time until shutdown.
 ///

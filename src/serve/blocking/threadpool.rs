@@ -28,8 +28,8 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use super::Context;
-use super::blocking::{Client, Clients, handle_client, report_every};
+use super::{Client, Clients, handle_client, report_every};
+use crate::serve::Context;
 
 /// Serves up to `--workers` clients at once until shutdown.
 ///

@@ -4,13 +4,16 @@
 //! out of descriptors without spinning. (The statemachine and async
 //! runtimes accept through their own tasks, as the notes' do.)
 
+pub mod deadlines;
+pub mod selector;
+
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Instant;
 
-use super::accept::{Accepted, accept};
 use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::poller::{Interest, Poller, Registered};
+use crate::serve::accept::{Accepted, accept};
 use crate::stats::Stats;
 
 /// A readiness loop's listener, registered level-triggered in its poller

@@ -43,7 +43,7 @@
 //! (a signal rings it); its handler triggers the shutdown, and the loop
 //! deletes and closes every socket.
 //!
-//! Next: [`super::statemachine`], the same loop driving generator-like tasks.
+//! Next: [`crate::serve::statemachine`], the same loop driving generator-like tasks.
 //!
 //! Tutorial: `docs/tutorial/3-readiness-and-epoll.md`.
 
@@ -56,16 +56,16 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::accept::Visit;
+use super::Listener;
 use super::deadlines::sweep_interval;
-use super::live::{Counter, Traffic};
-use super::meter::Meter;
-use super::offload::{Finished, Job, Offload};
-use super::readiness::Listener;
-use super::work::{Work, WorkKind};
-use super::{Context, READ_BUFFER_SIZE};
+use crate::lab::live::{Counter, Traffic};
+use crate::lab::meter::Meter;
+use crate::lab::offload::{Finished, Job, Offload};
+use crate::lab::work::{Work, WorkKind};
 use crate::net::{interrupted, would_block, write_some};
 use crate::poller::{Event, Events, Interest, Poller, Registered};
+use crate::serve::accept::Visit;
+use crate::serve::{Context, READ_BUFFER_SIZE};
 use crate::stats::Ending;
 
 /// The most echoed bytes one client may leave unsent before we stop reading
@@ -615,7 +615,7 @@ impl Connection<'_> {
         self.reads = self.reads.wrapping_add(1);
         self.received += n as u64;
         let data = &buffer[..n];
-        super::crash::check(data);
+        crate::lab::crash::check(data);
         if let Some(plan) = plan {
             if plan.start(key, self.id, data, &mut self.held, now) {
                 // Echoed when its work is done; no reading meanwhile.

@@ -18,9 +18,9 @@
 
 use std::time::Instant;
 
-use super::Context;
 use super::live::{Counter, Line, Reporter, Traffic};
 use super::stall::StallWatch;
+use crate::serve::Context;
 
 /// What a loop tells about itself: stalls, turns, `--stats` lines.
 pub struct Meter<'a> {

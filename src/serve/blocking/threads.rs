@@ -5,7 +5,7 @@
 //! code behind the notes' first article.
 //!
 //! Nothing is bounded but `--max-connections`: a thousand clients are a
-//! thousand threads, each with a stack (`--stack-size`, [`DEFAULT_STACK_SIZE`]
+//! thousand threads, each with a stack (`--stack-size`, [`DEFAULT_STACK_SIZE`](crate::serve::DEFAULT_STACK_SIZE)
 //! by default: the memory is reserved at once and touched as it is used)
 //! and a kernel task the scheduler must switch between. That cost is what
 //! this model is here to show; the pool bounds it, the loops avoid it.
@@ -21,15 +21,8 @@ use std::io;
 use std::net::TcpListener;
 use std::thread;
 
-use super::Context;
-use super::blocking::{Clients, handle_client, report_every, spawn_client};
-
-/// The stack each client thread gets by default. The echo needs its 16 KiB
-/// read buffer and a few frames; Rust's default of 2 MiB per thread would
-/// reserve 2 GiB of address space for a thousand clients. Linux touches
-/// only the pages used, so what a client really costs shows in the
-/// server's resident memory, not here.
-pub const DEFAULT_STACK_SIZE: usize = 128 * 1024;
+use super::{Clients, handle_client, report_every, spawn_client};
+use crate::serve::Context;
 
 /// Serves every client on a thread of its own until shutdown.
 ///

@@ -23,10 +23,10 @@
 //!
 //! **Reaping.** A child that exits stays a zombie until its parent waits
 //! for it. The parent hears SIGCHLD through a self-pipe in its poller, and
-//! reaps every ended child then, with `waitpid(-1, WNOHANG)`: no zombie
-//! outlives a turn of the parent's loop. That reaps *every* child of the
-//! process, so this model must own its process (the `echo-lab` binary
-//! does). `--max-connections` bounds the children, as it bounds threads
+//! asks each child it made, `waitpid(pid, WNOHANG)`, whether it has ended:
+//! no zombie outlives a turn of the parent's loop. (`waitpid(-1)` would
+//! take any ended child in one call, but also a child that is not ours,
+//! such as a server a test started beside this one.) `--max-connections` bounds the children, as it bounds threads
 //! elsewhere. The parent keeps its own descriptor of each child's socket
 //! (two per client in all): on shutdown it shuts them down, each child's
 //! blocked read returns at once and it reports and exits as after a
@@ -39,19 +39,20 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use super::Context;
-use super::accept::Visit;
-use super::blocking::{Echoed, echo, report_every};
-use super::processes::ChildBell;
-use super::readiness::Listener;
+use super::{Echoed, echo, report_every};
 use crate::poller::{Events, Interest, Poller};
+use crate::serve::Context;
+use crate::serve::accept::Visit;
+use crate::serve::readiness::Listener;
 use crate::stats::Ending;
+use crate::sys::ChildBell;
 
 /// How long children get to die after the shutdown's SIGTERM before
 /// they are killed.
@@ -202,9 +203,18 @@ impl Parent<'_> {
     /// its visit ends with what it reported, or how it died.
     fn collect(&mut self) {
         self.read_reports();
-        while let Some((pid, status)) = crate::sys::reap_any() {
-            // A report sent just before the exit is read before deciding.
+        // Only the children it made: the process may have others (a test
+        // runs this model beside servers it started as processes).
+        let ended: Vec<(u32, ExitStatus)> = self
+            .children
+            .keys()
+            .filter_map(|&pid| Some((pid, crate::sys::reap(pid)?)))
+            .collect();
+        if !ended.is_empty() {
+            // A report sent just before an exit is read before deciding.
             self.read_reports();
+        }
+        for (pid, status) in ended {
             if let Some((mut visit, _socket)) = self.children.remove(&pid) {
                 if let Some(ending) = died(status) {
                     visit.ends(ending);
@@ -279,6 +289,7 @@ fn died(status: ExitStatus) -> Option<Ending> {
 /// System calls only from here on (see the module's doc).
 fn child(stream: TcpStream, parent: u32, reports: &UnixDatagram, ctx: &Context) -> ! {
     crate::sys::default_stop_signals();
+    crate::sys::close_other_descriptors([stream.as_raw_fd(), reports.as_raw_fd()]);
     // A parent killed outright (SIGKILL) runs no shutdown: its children
     // end with it, as `--processes` workers end with their master.
     crate::sys::die_with_parent(parent);
