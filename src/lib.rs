@@ -1,5 +1,5 @@
 //! echo-lab: one TCP echo protocol (RFC 862), eight concurrency models (and
-//! the notes' chat on five of them), and the tools to watch and measure the
+//! the notes' chat on six of them), and the tools to watch and measure the
 //! difference.
 //!
 //! This crate is teaching code: each model lives whole in one file, and the

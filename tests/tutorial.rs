@@ -835,3 +835,51 @@ fn slug(heading: &str) -> String {
         })
         .collect()
 }
+
+/// The count of models is written in prose only where this test checks it:
+/// "N models", "N concurrency models" and "N servers built" in README,
+/// the crate doc, architecture.md and every chapter say as many as
+/// `Mode::ALL` holds (the count once drifted to five, six and seven).
+#[test]
+fn the_count_of_models_is_true() {
+    const WORDS: [&str; 12] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+        "eleven",
+    ];
+    let count = WORDS[echo_lab::serve::Mode::ALL.len()];
+    let mut files = vec![
+        root().join("README.md"),
+        root().join("src/lib.rs"),
+        root().join("docs/architecture.md"),
+    ];
+    files.extend(
+        std::fs::read_dir(root().join("docs/tutorial"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "md")),
+    );
+    let mut checked = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap().to_lowercase();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        for (i, pair) in words.windows(3).enumerate() {
+            let said = match pair {
+                [n, "models" | "models," | "models.", _] => n,
+                [n, "concurrency", "models" | "models," | "models."] => n,
+                [n, "servers", "built"] => n,
+                _ => continue,
+            };
+            if WORDS.contains(said) {
+                checked += 1;
+                assert_eq!(
+                    *said,
+                    count,
+                    "{}: \"{}\" (word {i}): there are {count}",
+                    file.display(),
+                    pair.join(" ")
+                );
+            }
+        }
+    }
+    assert!(checked >= 2, "found only {checked} counts of models");
+}

@@ -225,7 +225,7 @@ pub(super) fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if config.poller == crate::poller::Backend::Spin {
         eprintln!(
-            "wrong on purpose: --poller spin asks every socket in turn and never sleeps, as the notes' loop before select does; it burns a core even with no client"
+            "wrong on purpose: --poller spin asks every socket in turn and never sleeps, the loop before select that the notes only mention; it burns a core even with no client"
         );
     }
     if config.racy_register.is_some() {

@@ -13,12 +13,16 @@
 //! - [`work`]: `--work`, what a handler does with each chunk before echoing
 //!   it (compute, block, or wait); [`offload`], the pool a one-thread loop
 //!   hands blocking work to (`--offload`, `--offload-processes`).
+//! - [`defer`]: `--work` that a loop holds under a deadline or hands to
+//!   the pool, and resumes only if its client is still there: the
+//!   selector's and the completion loop's.
 //! - [`crash`]: `--crash-on`, a handler that aborts its process.
 //!
 //! The lab imports the serving base (`serve::Context`, `stats`), never a
 //! model; the models import the lab.
 
 pub mod crash;
+pub mod defer;
 pub mod live;
 pub mod meter;
 pub mod offload;

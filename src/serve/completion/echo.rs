@@ -3,7 +3,7 @@
 //! in (see the module above for the whole design). The chat's completion
 //! loop stands on the same [`kit`](super::kit).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use super::kit::{Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token};
 use super::ring::{Buf, Completion, Kind, Outgoing, Ring, Token};
 use super::{available, unavailable};
+use crate::lab::defer::{Deferrals, Started};
 use crate::lab::live::Traffic;
 use crate::lab::meter::Meter;
-use crate::lab::offload::{Finished, Job, Offload};
-use crate::lab::work::{Work, WorkKind};
+use crate::lab::offload::{Finished, Offload};
+use crate::lab::work::Work;
 use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::readiness::deadlines::sweep_interval;
@@ -36,9 +37,12 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let mut ring = Ring::new(RING_ENTRIES)?;
     ring.poll_readable(bell.as_raw_fd(), token(Kind::Bell, 0, 0))?;
     let acceptor = Acceptor::start(&listener, &mut ring)?;
-    let plan = match ctx.config.work {
-        Some(work) => Some(WorkPlan::new(work, ctx, &mut ring)?),
-        None => None,
+    let (plan, doorbell) = match ctx.config.work {
+        Some(work) => {
+            let (plan, doorbell) = start_plan(work, ctx, &mut ring)?;
+            (Some(plan), doorbell)
+        }
+        None => (None, None),
     };
     let traffic = Traffic::default();
     let mut proactor = Proactor {
@@ -51,6 +55,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
             .idle_timeout
             .map(|t| Instant::now() + sweep_interval(t)),
         plan,
+        doorbell,
         jobs_done: 0,
         meter: Meter::new(ctx, "completion"),
         traffic: &traffic,
@@ -110,81 +115,41 @@ impl Conn<'_> {
     }
 }
 
-/// What `--work` needs from the loop: the work, the pool it goes to with
-/// `--offload`, and the deadlines of the clients that wait.
-struct WorkPlan {
+/// `--work`, if given: clients are keyed by slot and generation.
+type WorkPlan = Deferrals<(u32, u32)>;
+
+/// Starts `--work`'s plan; with `--offload`, its pool rings a doorbell
+/// when a job is done, which the ring polls (returned with the plan).
+fn start_plan(
     work: Work,
-    /// With `--offload`: the pool.
-    pool: Option<Pool>,
-    /// Clients waiting out `wait` work: (deadline, slot, generation).
-    timers: BTreeSet<(Instant, u32, u32)>,
+    ctx: &Context,
+    ring: &mut Ring,
+) -> io::Result<(WorkPlan, Option<UnixStream>)> {
+    if ctx.config.offload == 0 {
+        return Ok((WorkPlan::new(work, None), None));
+    }
+    let (doorbell, ringer) = UnixStream::pair()?;
+    doorbell.set_nonblocking(true)?;
+    // A full doorbell is already ringing: never block a job.
+    ringer.set_nonblocking(true)?;
+    let finished = Finished::ringing(move || {
+        let _ = (&ringer).write(&[1]);
+    });
+    let offload = Offload::start(ctx, ctx.config.offload, "completion")?;
+    ring.poll_readable(doorbell.as_raw_fd(), token(Kind::Jobs, 0, 0))?;
+    Ok((
+        WorkPlan::new(work, Some((offload, finished))),
+        Some(doorbell),
+    ))
 }
 
-/// `--offload`: the pool threads, where they say a job is done, and the
-/// doorbell they ring then (the ring polls it).
-struct Pool {
-    offload: Offload,
-    finished: Finished<(u32, u32)>,
-    doorbell: UnixStream,
-}
-
-impl WorkPlan {
-    fn new(work: Work, ctx: &Context, ring: &mut Ring) -> io::Result<WorkPlan> {
-        let pool = match ctx.config.offload {
-            0 => None,
-            threads => {
-                let (doorbell, ringer) = UnixStream::pair()?;
-                doorbell.set_nonblocking(true)?;
-                // A full doorbell is already ringing: never block a job.
-                ringer.set_nonblocking(true)?;
-                let finished = Finished::ringing(move || {
-                    let _ = (&ringer).write(&[1]);
-                });
-                let offload = Offload::start(ctx, threads, "completion")?;
-                ring.poll_readable(doorbell.as_raw_fd(), token(Kind::Jobs, 0, 0))?;
-                Some(Pool {
-                    offload,
-                    finished,
-                    doorbell,
-                })
-            }
-        };
-        Ok(WorkPlan {
-            work,
-            pool,
-            timers: BTreeSet::new(),
-        })
-    }
-
-    /// Whether the loop goes on while a chunk is worked on (a timer, the
-    /// pool), rather than doing the work itself.
-    fn defers(&self) -> bool {
-        self.work.kind == WorkKind::Wait || self.pool.is_some()
-    }
-
-    /// Sends `chunk` of client `(slot, generation)` to its work.
-    fn start(
-        &mut self,
-        slot: u32,
-        generation: u32,
-        chunk: Vec<u8>,
-        conn: &mut Conn<'_>,
-        now: Instant,
-    ) {
-        conn.working = true;
-        match &self.pool {
-            // `run_in_executor`: the pool works, the loop goes on.
-            Some(pool) if self.work.blocks() => pool.offload.submit(Job {
-                work: self.work,
-                data: chunk,
-                done: pool.finished.notifier((slot, generation)),
-            }),
-            // The notes' `asyncio.sleep`: a timer the loop fires.
-            _ => {
-                conn.waiting = chunk;
-                self.timers
-                    .insert((now + self.work.duration, slot, generation));
-            }
+impl Conn<'_> {
+    /// Gives `chunk` to its work, which lets the loop go on (`plan`
+    /// defers): held here until due, or with the pool.
+    fn defer(&mut self, plan: &mut WorkPlan, key: (u32, u32), chunk: &[u8], now: Instant) {
+        self.working = true;
+        if plan.start(key, chunk, now) == Started::Held {
+            self.waiting = chunk.to_vec();
         }
     }
 }
@@ -199,6 +164,8 @@ struct Proactor<'a> {
     next_idle_sweep: Option<Instant>,
     /// `--work`, if given; without it the echo path is untouched.
     plan: Option<WorkPlan>,
+    /// With `--offload`: what the pool rings when a job is done.
+    doorbell: Option<UnixStream>,
     /// Jobs the pool finished since the last `--stats` line.
     jobs_done: u64,
     /// Stalls past `--slow-handler`; turns and lines for `--stats`.
@@ -231,10 +198,7 @@ impl Proactor<'_> {
     }
 
     fn timeout(&self) -> Option<Duration> {
-        let work_timer = self
-            .plan
-            .as_ref()
-            .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
+        let work_timer = self.plan.as_ref().and_then(WorkPlan::deadline);
         crate::serve::readiness::deadlines::until_earliest([
             self.acceptor.paused_until(),
             self.next_idle_sweep,
@@ -249,7 +213,7 @@ impl Proactor<'_> {
             self.ring.in_flight() as u64,
             self.ring.free_buffers() as u64,
         );
-        let timers = self.plan.as_ref().map_or(0, |p| p.timers.len() as u64)
+        let timers = self.plan.as_ref().map_or(0, |p| p.held() as u64)
             + u64::from(self.acceptor.paused_until().is_some())
             + u64::from(self.next_idle_sweep.is_some());
         let jobs_done = std::mem::take(&mut self.jobs_done);
@@ -352,13 +316,13 @@ impl Proactor<'_> {
                 if conn.working {
                     conn.unworked.extend_from_slice(bytes);
                 } else {
-                    plan.start(token.slot, token.generation, bytes.to_vec(), conn, now);
+                    conn.defer(plan, (token.slot, token.generation), bytes, now);
                 }
                 self.ring.recycle(buf);
                 return Ok(());
             }
             // On the loop's own thread: every other client waits.
-            Some(plan) => plan.work.block(bytes, None),
+            Some(plan) => drop(plan.start((token.slot, token.generation), bytes, now)),
             None => {}
         }
         if conn.sending || !conn.unsent.is_empty() {
@@ -494,7 +458,7 @@ impl Proactor<'_> {
         if !conn.unworked.is_empty() {
             let next = std::mem::take(&mut conn.unworked);
             if let Some(plan) = &mut self.plan {
-                plan.start(slot, generation, next, conn, now);
+                conn.defer(plan, (slot, generation), &next, now);
             }
         }
         self.settle(token)
@@ -503,17 +467,14 @@ impl Proactor<'_> {
     /// The pool rang its doorbell: echoes the chunks whose work is done,
     /// and listens for the bell again.
     fn finish_jobs(&mut self, now: Instant) -> io::Result<()> {
-        let Some(Pool {
-            finished, doorbell, ..
-        }) = self.plan.as_mut().and_then(|p| p.pool.as_mut())
-        else {
+        let (Some(plan), Some(doorbell)) = (&self.plan, &mut self.doorbell) else {
             return Ok(());
         };
         // Silence the bell before taking the jobs: a job that finishes
         // after this rings it again, and is taken on the next turn.
         let mut rings = [0; 64];
         while matches!(doorbell.read(&mut rings), Ok(n) if n > 0) {}
-        let done: Vec<((u32, u32), Vec<u8>)> = finished.take().collect();
+        let done = plan.finished();
         let fd = doorbell.as_raw_fd();
         if !self.ctx.shutdown.is_triggered() {
             self.ring.poll_readable(fd, token(Kind::Jobs, 0, 0))?;
@@ -597,15 +558,7 @@ impl Proactor<'_> {
     }
 
     fn run_timers(&mut self, now: Instant) -> io::Result<()> {
-        while let Some(&(at, slot, generation)) =
-            self.plan.as_ref().and_then(|plan| plan.timers.first())
-        {
-            if at > now {
-                break;
-            }
-            if let Some(plan) = &mut self.plan {
-                plan.timers.pop_first();
-            }
+        while let Some((slot, generation)) = self.plan.as_mut().and_then(|plan| plan.due(now)) {
             let chunk = match self.conns.live(token(Kind::Recv, slot, generation)) {
                 Some(conn) => std::mem::take(&mut conn.waiting),
                 None => continue,
@@ -641,7 +594,7 @@ impl Proactor<'_> {
     fn close_all(&mut self) {
         let _ = self.ring.cancel(token(Kind::Accept, 0, 0));
         let _ = self.ring.cancel(token(Kind::Bell, 0, 0));
-        if self.plan.as_ref().is_some_and(|p| p.pool.is_some()) {
+        if self.doorbell.is_some() {
             let _ = self.ring.cancel(token(Kind::Jobs, 0, 0));
         }
         let slots: Vec<u32> = self.conns.iter().map(|(token, _)| token.slot).collect();

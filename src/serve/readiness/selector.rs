@@ -48,7 +48,6 @@
 //! Tutorial: `docs/tutorial/3-readiness-and-epoll.md`.
 
 use std::cell::Cell;
-use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -58,10 +57,10 @@ use slab::Slab;
 
 use super::Listener;
 use super::deadlines::sweep_interval;
+use crate::lab::defer::{Deferrals, Started};
 use crate::lab::live::{Counter, Traffic};
 use crate::lab::meter::Meter;
-use crate::lab::offload::{Finished, Job, Offload};
-use crate::lab::work::{Work, WorkKind};
+use crate::lab::offload::{Finished, Offload};
 use crate::net::{interrupted, would_block, write_some};
 use crate::poller::{Event, Events, Interest, Poller, Registered};
 use crate::serve::accept::Visit;
@@ -104,70 +103,15 @@ struct Connection<'a> {
     /// Its chunk is with `--work` (a timer or a pool thread): it reads
     /// nothing more until that chunk is echoed, so bytes stay in order.
     working: bool,
-    /// Reads and bytes read so far, for `--stats`.
-    reads: u32,
-    received: u64,
     /// The chunk waiting out `wait` work (empty otherwise; kept to reuse).
     held: Vec<u8>,
-    /// Writes that took less than offered, so far, for `--stats`: the case
-    /// the notes' `sendall` never meets, because it blocks instead.
-    short_writes: u32,
-    /// Reads that found nothing (`WouldBlock`) so far, for `--stats`: a
-    /// wake-up for nothing, which a readiness backend rarely gives and
-    /// `--poller spin` gives every turn. (Both counts wrap, and only their
-    /// differences are read: 4 bytes each per connection.)
-    would_block: u32,
     /// Who it is and the bytes echoed to it: counted out and logged when
     /// the connection is dropped, after its socket.
     visit: Visit<'a>,
 }
 
-/// What `--work` needs from the loop: the work, the pool it goes to with
-/// `--offload`, and the deadlines of the clients that wait.
-struct WorkPlan {
-    work: Work,
-    /// With `--offload`: the pool, and where it says a job is done.
-    pool: Option<(Offload, Finished<(usize, u64)>)>,
-    /// Clients waiting out `wait` work: (deadline, key, id).
-    timers: BTreeSet<(Instant, usize, u64)>,
-}
-
-impl WorkPlan {
-    /// Starts the work on a chunk just read by client `(key, id)`.
-    /// Returns whether the chunk is deferred (the loop echoes it later);
-    /// otherwise the work is done, on this thread, and the chunk can go.
-    fn start(
-        &mut self,
-        key: usize,
-        id: u64,
-        data: &[u8],
-        held: &mut Vec<u8>,
-        now: Instant,
-    ) -> bool {
-        match (self.work.kind, &self.pool) {
-            // The notes' `asyncio.sleep`: a timer the loop fires.
-            (WorkKind::Wait, _) => {
-                held.extend_from_slice(data);
-                self.timers.insert((now + self.work.duration, key, id));
-                true
-            }
-            // `run_in_executor`: the pool works, the loop goes on.
-            (_, Some((pool, finished))) => {
-                pool.submit(Job {
-                    work: self.work,
-                    data: data.to_vec(),
-                    done: finished.notifier((key, id)),
-                });
-                true
-            }
-            // On the loop's own thread: every other client waits.
-            (_, None) => {
-                self.work.block(data, None);
-                false
-            }
-        }
-    }
-}
+/// `--work`, if given: clients are keyed by slot and id (never reused).
+type WorkPlan = Deferrals<(usize, u64)>;
 
 /// Serves every client from this thread until shutdown.
 ///
@@ -191,11 +135,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
                     Finished::new(poller.clone()),
                 )),
             };
-            Some(WorkPlan {
-                work,
-                pool,
-                timers: BTreeSet::new(),
-            })
+            Some(WorkPlan::new(work, pool))
         }
         None => None,
     };
@@ -212,9 +152,12 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         plan,
         next_id: 0,
         meter: Meter::new(ctx, "selector"),
-        traffic: &traffic,
+        tally: Tally {
+            traffic: &traffic,
+            short_writes: Cell::new(0),
+            would_block: Cell::new(0),
+        },
         jobs_done: 0,
-        misses: Misses::default(),
         ctx,
     };
     let served = selector.serve();
@@ -246,14 +189,11 @@ struct Selector<'a> {
     next_id: u64,
     /// Stalls past `--slow-handler`; turns and lines for `--stats`.
     meter: Meter<'a>,
-    /// What the clients did, for `--stats`; each client's [`Visit`]
-    /// counts it in and out.
-    traffic: &'a Traffic,
+    /// What the clients did, for `--stats`, counted as it happens.
+    tally: Tally<'a>,
     /// Offloaded jobs come back since the last line: each rang the poller
     /// from a pool thread (a cross-thread wake-up).
     jobs_done: u64,
-    /// Short writes and reads for nothing, since the last line.
-    misses: Misses,
     ctx: &'a Context,
 }
 
@@ -275,9 +215,8 @@ impl Selector<'_> {
                     Some(Handler::Stop) => self.ctx.shutdown.trigger(),
                     Some(Handler::Echo(conn)) => {
                         let plan = self.plan.as_mut();
-                        let before = conn.counts();
-                        let ending = conn.on_ready(event, now, self.poller, &mut self.buffer, plan);
-                        count(self.traffic, &self.misses, before, conn.counts());
+                        let (buffer, tally) = (&mut self.buffer, &self.tally);
+                        let ending = conn.on_ready(event, now, self.poller, buffer, plan, tally);
                         if let Some(ending) = ending {
                             self.close(event.key, ending);
                         }
@@ -298,28 +237,26 @@ impl Selector<'_> {
     /// One `--stats` line: traffic, turns, timers, jobs come back.
     fn report(&mut self, now: Instant, last: bool) {
         let open = self.handlers.len().saturating_sub(2) as u64;
-        let timers = self.plan.as_ref().map_or(0, |p| p.timers.len())
+        let timers = self.plan.as_ref().map_or(0, WorkPlan::held)
             + usize::from(self.listener.paused_until().is_some())
             + usize::from(self.next_idle_sweep.is_some());
         let jobs_done = std::mem::take(&mut self.jobs_done);
         let (short_writes, would_block) = (
-            self.misses.short_writes.take(),
-            self.misses.would_block.take(),
+            self.tally.short_writes.take(),
+            self.tally.would_block.take(),
         );
-        self.meter.report(now, last, self.traffic, open, |line| {
-            line.gauge("timers", timers as u64)
-                .count("cross_wakeups", jobs_done)
-                .count("short_writes", short_writes)
-                .count("would_block", would_block);
-        });
+        self.meter
+            .report(now, last, self.tally.traffic, open, |line| {
+                line.gauge("timers", timers as u64)
+                    .count("cross_wakeups", jobs_done)
+                    .count("short_writes", short_writes)
+                    .count("would_block", would_block);
+            });
     }
 
     /// How long the next wait may last: until the next timer, or forever.
     fn timeout(&self) -> Option<Duration> {
-        let work_timer = self
-            .plan
-            .as_ref()
-            .and_then(|plan| plan.timers.first().map(|&(at, _, _)| at));
+        let work_timer = self.plan.as_ref().and_then(WorkPlan::deadline);
         super::deadlines::until_earliest([
             self.listener.paused_until(),
             self.next_idle_sweep,
@@ -331,12 +268,13 @@ impl Selector<'_> {
     /// Echoes the chunks whose offloaded work is done. The pool rang the
     /// poller for each, so the loop woke up for them.
     fn finish_jobs(&mut self, now: Instant) {
-        let Some((_, finished)) = self.plan.as_ref().and_then(|plan| plan.pool.as_ref()) else {
+        let Some(plan) = self.plan.as_ref() else {
             return;
         };
-        let done: Vec<((usize, u64), Vec<u8>)> = finished.take().collect();
-        for ((key, id), data) in done {
-            self.resume(key, id, now, |conn, now| conn.echo(&data, now));
+        for ((key, id), data) in plan.finished() {
+            self.resume(key, id, now, |conn, now, tally| {
+                conn.echo(&data, now, tally)
+            });
         }
     }
 
@@ -347,7 +285,7 @@ impl Selector<'_> {
         key: usize,
         id: u64,
         now: Instant,
-        echo: impl FnOnce(&mut Connection<'_>, Instant) -> io::Result<()>,
+        echo: impl FnOnce(&mut Connection<'_>, Instant, &Tally<'_>) -> io::Result<()>,
     ) {
         let Some(Handler::Echo(conn)) = self.handlers.get_mut(key) else {
             return; // Gone while it worked: its chunk is dropped.
@@ -357,12 +295,10 @@ impl Selector<'_> {
         }
         conn.working = false;
         self.jobs_done += 1;
-        let before = conn.counts();
-        let ending = match echo(conn, now) {
+        let ending = match echo(conn, now, &self.tally) {
             Ok(()) => conn.settle(key, self.poller),
             Err(e) => Some(Ending::Failed(e)),
         };
-        count(self.traffic, &self.misses, before, conn.counts());
         if let Some(ending) = ending {
             self.close(key, ending);
         }
@@ -381,7 +317,7 @@ impl Selector<'_> {
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
         let entry = self.handlers.vacant_entry();
         let key = entry.key();
-        let visit = Visit::new(peer, self.traffic, &self.ctx.stats);
+        let visit = Visit::new(peer, self.tally.traffic, &self.ctx.stats);
         if self.ctx.config.naive_send {
             // --naive-send, wrong on purpose: a blocking socket, so that
             // each echo's write is the notes' `sendall`, which returns only
@@ -404,11 +340,7 @@ impl Selector<'_> {
             last_active: Instant::now(),
             id: self.next_id,
             working: false,
-            reads: 0,
-            received: 0,
             held: Vec::new(),
-            short_writes: 0,
-            would_block: 0,
             visit,
         }));
         self.next_id += 1;
@@ -417,16 +349,10 @@ impl Selector<'_> {
     /// Resumes accepting after a back-off, echoes the chunks whose `wait`
     /// is over, and closes idle clients.
     fn run_timers(&mut self, now: Instant) -> io::Result<()> {
-        while let Some(&(at, key, id)) = self.plan.as_ref().and_then(|plan| plan.timers.first()) {
-            if at > now {
-                break;
-            }
-            if let Some(plan) = self.plan.as_mut() {
-                plan.timers.pop_first();
-            }
-            self.resume(key, id, now, |conn, now| {
+        while let Some((key, id)) = self.plan.as_mut().and_then(|plan| plan.due(now)) {
+            self.resume(key, id, now, |conn, now, tally| {
                 let held = std::mem::take(&mut conn.held);
-                let echoed = conn.echo(&held, now);
+                let echoed = conn.echo(&held, now, tally);
                 conn.held = held;
                 conn.held.clear();
                 echoed
@@ -476,53 +402,31 @@ impl Selector<'_> {
     }
 }
 
-/// Adds what a connection did between two snapshots of its
-/// [`Connection::counts`] to the loop's traffic and misses.
-fn count(traffic: &Traffic, misses: &Misses, before: Counts, after: Counts) {
-    let missed = |after: u32, before: u32| u64::from(after.wrapping_sub(before));
-    traffic.reads(
-        missed(after.reads, before.reads),
-        after.received - before.received,
-    );
-    traffic.wrote((after.written - before.written) as usize);
-    let short_writes = missed(after.short_writes, before.short_writes);
-    misses.short_writes.add(short_writes);
-    misses
-        .would_block
-        .add(missed(after.would_block, before.would_block));
-}
-
-/// Calls that did less than asked, since the last `--stats` line.
-#[derive(Default)]
-struct Misses {
-    /// Writes the socket took only part of.
+/// What the loop counts for `--stats`, where it happens: the traffic
+/// (which each client's [`Visit`] also counts in and out), and the calls
+/// that did less than asked, since the last line.
+struct Tally<'a> {
+    traffic: &'a Traffic,
+    /// Writes the socket took only part of: the case the notes' `sendall`
+    /// never meets, because it blocks instead.
     short_writes: Cell<u64>,
-    /// Reads that found nothing.
+    /// Reads that found nothing (`WouldBlock`): a wake-up for nothing,
+    /// which a readiness backend rarely gives and `--poller spin` gives
+    /// every turn.
     would_block: Cell<u64>,
 }
 
-/// What a connection has done so far, for `--stats`.
-#[derive(Clone, Copy)]
-struct Counts {
-    reads: u32,
-    received: u64,
-    written: u64,
-    short_writes: u32,
-    would_block: u32,
+impl Tally<'_> {
+    /// A write took `written` of `offered` bytes.
+    fn wrote(&self, written: usize, offered: usize) {
+        self.traffic.wrote(written);
+        if written < offered {
+            self.short_writes.add(1);
+        }
+    }
 }
 
 impl Connection<'_> {
-    /// Reads, bytes read and bytes written so far.
-    fn counts(&self) -> Counts {
-        Counts {
-            reads: self.reads,
-            received: self.received,
-            written: self.visit.bytes,
-            short_writes: self.short_writes,
-            would_block: self.would_block,
-        }
-    }
-
     /// The echo handler (the notes' `recv_and_send`): called with whatever
     /// the kernel reported ready; returns how the connection ended, if it did.
     ///
@@ -535,6 +439,7 @@ impl Connection<'_> {
         poller: &Poller,
         buffer: &mut [u8],
         plan: Option<&mut WorkPlan>,
+        tally: &Tally<'_>,
     ) -> Option<Ending> {
         if self.interest == Interest::NONE {
             // Watched for nothing (its chunk is with its work), yet
@@ -547,19 +452,13 @@ impl Connection<'_> {
             ));
         }
         if event.writable {
-            if let Err(e) = self.flush(now) {
+            if let Err(e) = self.flush(now, tally) {
                 return Some(Ending::Failed(e));
             }
         }
         if event.readable && self.interest.read {
-            match self.read_and_echo(buffer, now, plan, event.key) {
-                Ok(()) => {}
-                // Every byte it sent came back: a reset is the client
-                // leaving, not abandoning an echo.
-                Err(e) if self.received == self.visit.bytes => {
-                    return Some(Ending::from_read_error(e));
-                }
-                Err(e) => return Some(Ending::Failed(e)),
+            if let Err(ending) = self.read_and_echo(buffer, now, plan, event.key, tally) {
+                return Some(ending);
             }
         }
         self.settle(event.key, poller)
@@ -595,7 +494,8 @@ impl Connection<'_> {
         now: Instant,
         plan: Option<&mut WorkPlan>,
         key: usize,
-    ) -> io::Result<()> {
+        tally: &Tally<'_>,
+    ) -> Result<(), Ending> {
         let room = buffer.len().min(MAX_UNSENT - self.unsent.len());
         let n = match self.stream.read(&mut buffer[..room]) {
             Ok(0) => {
@@ -605,56 +505,59 @@ impl Connection<'_> {
             Ok(n) => n,
             // A spurious wake-up: nothing to read after all.
             Err(e) if would_block(&e) => {
-                self.would_block = self.would_block.wrapping_add(1);
+                tally.would_block.add(1);
                 return Ok(());
             }
             Err(e) if interrupted(&e) => return Ok(()),
-            Err(e) => return Err(e),
+            // With nothing unsent, a reset is the client leaving, not
+            // abandoning an echo.
+            Err(e) if self.unsent.is_empty() => return Err(Ending::from_read_error(e)),
+            Err(e) => return Err(Ending::Failed(e)),
         };
         self.last_active = now;
-        self.reads = self.reads.wrapping_add(1);
-        self.received += n as u64;
+        tally.traffic.read(n);
         let data = &buffer[..n];
         crate::lab::crash::check(data);
         if let Some(plan) = plan {
-            if plan.start(key, self.id, data, &mut self.held, now) {
+            match plan.start((key, self.id), data, now) {
+                Started::Done => {}
                 // Echoed when its work is done; no reading meanwhile.
-                self.working = true;
-                return Ok(());
+                Started::Held => {
+                    self.held.extend_from_slice(data);
+                    self.working = true;
+                    return Ok(());
+                }
+                Started::Offloaded => {
+                    self.working = true;
+                    return Ok(());
+                }
             }
         }
-        self.echo(data, now)
+        self.echo(data, now, tally).map_err(Ending::Failed)
     }
 
     /// Echoes `data`: written at once if nothing is queued before it (the
     /// common case: no copy), queued otherwise.
-    fn echo(&mut self, data: &[u8], now: Instant) -> io::Result<()> {
+    fn echo(&mut self, data: &[u8], now: Instant, tally: &Tally<'_>) -> io::Result<()> {
         if self.unsent.is_empty() {
             let written = write_some(&mut self.stream, data)?;
             self.visit.bytes += written as u64;
-            self.count_short(written, data.len());
+            tally.wrote(written, data.len());
             self.unsent.extend_from_slice(&data[written..]);
         } else {
             self.unsent.extend_from_slice(data);
-            self.flush(now)?;
+            self.flush(now, tally)?;
         }
         Ok(())
     }
 
-    /// Counts a write the socket took only part of.
-    fn count_short(&mut self, written: usize, offered: usize) {
-        if written < offered {
-            self.short_writes = self.short_writes.wrapping_add(1);
-        }
-    }
-
     /// Writes as much of `unsent` as the socket takes now.
-    fn flush(&mut self, now: Instant) -> io::Result<()> {
+    fn flush(&mut self, now: Instant, tally: &Tally<'_>) -> io::Result<()> {
         if self.unsent.is_empty() {
             return Ok(());
         }
         let written = write_some(&mut self.stream, &self.unsent)?;
-        self.count_short(written, self.unsent.len());
+        tally.wrote(written, self.unsent.len());
         self.unsent.drain(..written);
         self.visit.bytes += written as u64;
         if written > 0 {
