@@ -36,6 +36,7 @@
 pub mod cli;
 pub mod lab;
 pub mod net;
+pub mod notes;
 pub mod parse;
 pub mod poller;
 pub mod serve;

@@ -197,6 +197,16 @@ impl BinaryServer {
         Self::start_with_fd_limit(args, None)
     }
 
+    /// Runs `echo-lab notes STEP --addr 127.0.0.1:0 <args>`, one of the
+    /// notes' programs, and waits for its `listening on` line.
+    pub fn start_notes(step: &str, args: &[&str]) -> BinaryServer {
+        let mut command = Command::new(binary());
+        command
+            .args(["notes", step, "--addr", "127.0.0.1:0"])
+            .args(args);
+        Self::spawn(command)
+    }
+
     /// As [`BinaryServer::start`], with the server's descriptor limit (soft
     /// and hard) set to `fd_limit`, as `prlimit --nofile=N:N` would.
     pub fn start_with_fd_limit(args: &[&str], fd_limit: Option<u64>) -> BinaryServer {
@@ -205,13 +215,18 @@ impl BinaryServer {
         if let Some(backend) = BACKEND.with(|b| b.get()) {
             command.args(["--poller", backend.name()]);
         }
+        if let Some(limit) = fd_limit {
+            echo_lab::sys::limit_descriptors(&mut command, limit);
+        }
+        Self::spawn(command)
+    }
+
+    /// Starts `command` and waits for its `listening on` line.
+    fn spawn(mut command: Command) -> BinaryServer {
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(limit) = fd_limit {
-            echo_lab::sys::limit_descriptors(&mut command, limit);
-        }
         let mut child = command.spawn().expect("start echo-lab");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();

@@ -14,6 +14,7 @@ mod event_loops;
 mod fairness;
 mod hardening;
 mod live_stats;
+mod notes;
 mod pitfalls;
 mod processes;
 mod stalls;

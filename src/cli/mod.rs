@@ -120,6 +120,9 @@ pub enum Command {
     /// Re-print a saved compare run's table and redraw its chart, without
     /// running anything; --against an earlier run.
     Report(ReportArgs),
+    /// The notes' programs, one short Rust file each: list them, or run
+    /// STEP (Ctrl-C stops it).
+    Notes(NotesArgs),
     /// Print a completion script for SHELL (bash, zsh, fish, powershell,
     /// elvish), from the same definitions as --help.
     Completions(CompletionsArgs),
@@ -138,13 +141,14 @@ pub struct ManArgs {
 }
 
 /// The subcommands that have a man page of their own.
-pub const SUBCOMMANDS: [&str; 8] = [
+pub const SUBCOMMANDS: [&str; 9] = [
     "serve",
     "client",
     "probe",
     "bench",
     "compare",
     "report",
+    "notes",
     "completions",
     "man",
 ];
@@ -371,6 +375,20 @@ pub struct JudgeArgs {
     /// (with --against), for scripts.
     #[arg(long, value_name = "PCT", requires = "against")]
     pub fail_if_slower: Option<f64>,
+}
+
+/// `echo-lab notes`.
+#[derive(Debug, Args)]
+pub struct NotesArgs {
+    /// The step to run; none lists them all.
+    #[arg(value_name = "STEP", value_parser = clap::builder::PossibleValuesParser::new(crate::notes::STEPS.map(|s| s.name)))]
+    pub step: Option<String>,
+    /// Where the step listens, as HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", env = ADDR_VARIABLE, default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+    pub addr: HostPort,
+    /// The pool's size, for the `pool` step (the notes' 20).
+    #[arg(long, value_name = "N", value_parser = parse_positive_count)]
+    pub workers: Option<NonZeroUsize>,
 }
 
 /// `echo-lab report`.
@@ -785,6 +803,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench_command(args),
         Command::Compare(args) => compare_command(args),
         Command::Report(args) => report_command(args),
+        Command::Notes(args) => notes_command(&args),
         Command::Completions(args) => {
             std::io::stdout().write_all(&completions(args.shell))?;
             Ok(ExitCode::SUCCESS)
@@ -794,6 +813,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `echo-lab notes [STEP]`: lists the steps, or runs one.
+fn notes_command(args: &NotesArgs) -> anyhow::Result<ExitCode> {
+    let Some(name) = &args.step else {
+        for step in crate::notes::STEPS {
+            outln!("{:<14} {}", step.name, step.mirrors)?;
+            outln!("{:<14} grows into: echo-lab {}", "", step.grows_into)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    if args.workers.is_some() && name != "pool" {
+        anyhow::bail!("--workers is the pool's size: it applies to the pool step only");
+    }
+    let step = crate::notes::find(name).with_context(|| format!("no step {name}"))?;
+    let notes_args = crate::notes::Args {
+        addr: args.addr.clone(),
+        workers: args.workers.map_or(20, NonZeroUsize::get),
+    };
+    (step.run)(&notes_args)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The completion script for `shell`.
