@@ -222,7 +222,7 @@ impl BinaryServer {
     }
 
     /// Starts `command` and waits for its `listening on` line.
-    fn spawn(mut command: Command) -> BinaryServer {
+    pub fn spawn(mut command: Command) -> BinaryServer {
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -3,13 +3,60 @@
 //! it can, and shows the behaviour its chapter claims: the staircase of
 //! the sequential server, the client past the pool waiting, the callback
 //! loop stopped by a client that never reads, the round-robin loop stuck
-//! in `accept`, and the others serving everyone together.
+//! in `accept`, and the others serving everyone together. The Python
+//! beside each step (`docs/tutorial/notes/`) is held to the same shape in
+//! the same test, where `python3` is installed (each test says it skipped
+//! the Python where it is not).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::common::*;
+
+/// Which program of a step: ours, or the notes' Python beside it.
+#[derive(Clone, Copy, Debug)]
+enum Lang {
+    Rust,
+    Python,
+}
+
+/// Both, or only Rust where there is no `python3` (said once per test).
+fn languages() -> Vec<Lang> {
+    let python = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !python {
+        eprintln!("skipped: the Python steps (python3 is not installed)");
+        return vec![Lang::Rust];
+    }
+    vec![Lang::Rust, Lang::Python]
+}
+
+/// Starts `step` in `lang` on a free port (`workers`: the pool's size).
+fn start(lang: Lang, step: &str, workers: Option<&str>) -> BinaryServer {
+    match lang {
+        Lang::Rust => {
+            let args: Vec<&str> = workers.map(|w| vec!["--workers", w]).unwrap_or_default();
+            BinaryServer::start_notes(step, &args)
+        }
+        Lang::Python => {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/tutorial/notes");
+            let mut command = std::process::Command::new("python3");
+            command
+                .arg("-B")
+                .arg(match step {
+                    "async" => "async_await.py".to_owned(),
+                    step => format!("{}.py", step.replace('-', "_")),
+                })
+                .arg("0")
+                .args(workers)
+                .current_dir(dir);
+            BinaryServer::spawn(command)
+        }
+    }
+}
 
 /// A window in which a blocked client gets nothing (load can delay an
 /// echo, never make one appear).
@@ -39,10 +86,18 @@ fn every_echo_step_echoes_exactly() {
         "yield-from",
         "async",
     ] {
-        let server = BinaryServer::start_notes(step, &[]);
-        let mut client = connect(server.addr);
-        assert_echo(&mut client, b"hello\n");
-        echo_large(&mut client, &payload(1 << 20, 3));
+        for lang in languages() {
+            let server = start(lang, step, None);
+            let mut client = connect(server.addr);
+            assert_echo(&mut client, b"hello\n");
+            echo_large(&mut client, &payload(1 << 20, 3));
+            // Half-closed: what it sent last still comes back, then the end.
+            client.write_all(b"last").unwrap();
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).unwrap();
+            assert_eq!(rest, b"last", "{lang:?} {step}");
+        }
     }
 }
 
@@ -59,10 +114,12 @@ fn the_concurrent_steps_serve_everyone_together() {
         "yield-from",
         "async",
     ] {
-        let server = BinaryServer::start_notes(step, &[]);
-        let mut clients: Vec<TcpStream> = (0..3).map(|_| connect(server.addr)).collect();
-        for (i, client) in clients.iter_mut().enumerate().rev() {
-            assert_echo(client, format!("{step} {i}\n").as_bytes());
+        for lang in languages() {
+            let server = start(lang, step, None);
+            let mut clients: Vec<TcpStream> = (0..3).map(|_| connect(server.addr)).collect();
+            for (i, client) in clients.iter_mut().enumerate().rev() {
+                assert_echo(client, format!("{step} {i}\n").as_bytes());
+            }
         }
     }
 }
@@ -88,16 +145,21 @@ fn the_sequential_step_serves_one_at_a_time() {
 /// one of them leaves (the notes' "long running clients").
 #[test]
 fn the_pool_step_makes_the_client_past_it_wait() {
-    let server = BinaryServer::start_notes("pool", &["--workers", "2"]);
-    let mut held: Vec<TcpStream> = (0..2).map(|_| connect(server.addr)).collect();
-    for client in &mut held {
-        assert_echo(client, b"in\n");
+    for lang in languages() {
+        let server = start(lang, "pool", Some("2"));
+        let mut held: Vec<TcpStream> = (0..2).map(|_| connect(server.addr)).collect();
+        for client in &mut held {
+            assert_echo(client, b"in\n");
+        }
+        let mut third = connect(server.addr);
+        third.write_all(b"third\n").unwrap();
+        assert!(
+            stays_silent(&mut third, SILENCE),
+            "{lang:?}: served past the pool"
+        );
+        held.pop();
+        assert_eq!(read_exact(&mut third, 6), b"third\n");
     }
-    let mut third = connect(server.addr);
-    third.write_all(b"third\n").unwrap();
-    assert!(stays_silent(&mut third, SILENCE), "served past the pool");
-    held.pop();
-    assert_eq!(read_exact(&mut third, 6), b"third\n");
 }
 
 /// The callback loop keeps the notes' "assume sendall won't block": one
@@ -106,8 +168,11 @@ fn the_pool_step_makes_the_client_past_it_wait() {
 /// what a client cannot take, serves the other client all the same.
 #[test]
 fn a_client_that_never_reads_stops_the_callback_loop_only() {
-    for (step, stops) in [("callbacks", true), ("select-queues", false)] {
-        let server = BinaryServer::start_notes(step, &[]);
+    for (step, stops, lang) in languages()
+        .into_iter()
+        .flat_map(|lang| [("callbacks", true, lang), ("select-queues", false, lang)])
+    {
+        let server = start(lang, step, None);
         let hog = connect(server.addr);
         hog.set_write_timeout(Some(Duration::from_millis(300)))
             .unwrap();
@@ -121,11 +186,14 @@ fn a_client_that_never_reads_stops_the_callback_loop_only() {
         let mut other = connect(server.addr);
         other.write_all(b"anyone?\n").unwrap();
         if stops {
-            assert!(stays_silent(&mut other, SILENCE), "{step}: answered");
+            assert!(
+                stays_silent(&mut other, SILENCE),
+                "{lang:?} {step}: answered"
+            );
             drop(hog);
             assert_eq!(read_exact(&mut other, 8), b"anyone?\n");
         } else {
-            assert_eq!(read_exact(&mut other, 8), b"anyone?\n", "{step}");
+            assert_eq!(read_exact(&mut other, 8), b"anyone?\n", "{lang:?} {step}");
         }
     }
 }
@@ -151,7 +219,13 @@ fn the_round_robin_step_waits_in_accept() {
 /// receiver, and a line to everyone reaches everyone else.
 #[test]
 fn the_chat_step_registers_and_delivers() {
-    let server = BinaryServer::start_notes("chat-threads", &[]);
+    for lang in languages() {
+        chat_registers_and_delivers(lang);
+    }
+}
+
+fn chat_registers_and_delivers(lang: Lang) {
+    let server = start(lang, "chat-threads", None);
     let lines = |name: &str| {
         let stream = connect(server.addr);
         let mut reader = BufReader::new(stream.try_clone().unwrap());

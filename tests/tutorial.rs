@@ -374,9 +374,12 @@ fn run_chapter_text(name: &str, text: &str) {
             } else if command.ends_with('&') {
                 let number = jobs.iter().map(|j| j.0).max().unwrap_or(0) + 1;
                 let server = command.contains("echo-lab serve");
+                // A notes step listens too, but ends by the signal itself
+                // (no summary, status 143), as the Python would.
+                let listens = server || command.contains("echo-lab notes ");
                 jobs.push((number, server));
                 script += &format!("{line}\n");
-                if server {
+                if listens {
                     script += &format!("wait_port {port}\n");
                 }
             } else {

@@ -1,18 +1,15 @@
 //! Step 5: the notes' `select()` server with message queues. The loop
-//! watches two lists: `read_sockets` (the listener and every client) and
-//! `write_sockets` (only the clients that have something queued). What a
-//! client sends goes into its queue; the client joins the write list, and
-//! leaves it once its queue is empty. That is how a loop waits for
-//! writability without spinning: write interest only while there is
-//! something to write. Grows into `serve --mode selector`, whose `unsent`
-//! buffer is this queue.
+//! watches `read_sockets` (the listener, every client) and `write_sockets`
+//! (the clients with something queued): a client joins the write list when
+//! its queue fills and leaves it when it empties, so the loop waits for
+//! writability only while it has something to write. In Rust a list is a
+//! registration's interest. Grows into `serve --mode selector`, whose
+//! `unsent` buffer is this queue.
 //!
-//! Where ours differs from the listing: the notes answer `"Echo : " +
-//! data`; we echo the bytes, as every echo-lab server does, so that the
-//! same tools hold both. And the notes' `sock.send(msg)` drops whatever a
-//! short send did not take; we put the rest back at the front of the
-//! queue. A list of sockets is a watch interest in Rust: a client is in
-//! `write_sockets` when its registration asks for writability.
+//! Where ours differs from the listing: we echo the bytes (the notes
+//! answer `"Echo : " + data`), so that the same tools hold both; a short
+//! send puts the rest back at the front of the queue (the notes drop it);
+//! and a client that stops sending gets its queued echoes before the close.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -26,10 +23,12 @@ use crate::net::Blocking;
 /// The listener's key in `read_sockets`.
 const SERVER: usize = 0;
 
-/// A client: its socket, and `message_queues[sock]`.
+/// A client: its socket, `message_queues[sock]`, and whether it stopped
+/// sending (out of `read_sockets`, its queue still to go).
 struct Client<'p> {
     sock: Watched<'p, TcpStream>,
     queue: VecDeque<Vec<u8>>,
+    done_sending: bool,
 }
 
 /// The notes' `while True:` loop around `select.select(read_sockets, write_sockets, [])`.
@@ -52,41 +51,46 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 };
                 sock.set_nonblocking(true)?;
                 let sock = Watched::new(&poller, sock, Event::readable(next_key))?;
-                clients.insert(
-                    next_key,
-                    Client {
-                        sock,
-                        queue: VecDeque::new(),
-                    },
-                );
+                let queue = VecDeque::new();
+                let client = Client {
+                    sock,
+                    queue,
+                    done_sending: false,
+                };
+                clients.insert(next_key, client);
                 next_key += 1;
                 continue;
             }
             let Some(client) = clients.get_mut(&event.key) else {
                 continue;
             };
-            let gone = (event.readable && !client.receive()) || (event.writable && !client.send());
-            if gone {
+            let failed =
+                (event.readable && !client.receive()) || (event.writable && !client.send());
+            if failed || (client.done_sending && client.queue.is_empty()) {
                 // delete_socket(sock)
                 clients.remove(&event.key);
                 continue;
             }
-            // `write_sockets`: watched for writing while its queue holds data.
-            let interest = match client.queue.is_empty() {
-                true => Event::readable(event.key),
-                false => Event::all(event.key),
-            };
+            // In `read_sockets` until it stops sending; in `write_sockets`
+            // while its queue holds data.
+            let mut interest = Event::none(event.key);
+            interest.readable = !client.done_sending;
+            interest.writable = !client.queue.is_empty();
             client.sock.change(interest)?;
         }
     }
 }
 
 impl Client<'_> {
-    /// The `for sock in readable` branch: `data = recv(sock)`, queued.
+    /// `for sock in readable`: `data = recv(sock)`, queued.
     fn receive(&mut self) -> bool {
         let mut data = vec![0; 1 << 10];
         match self.sock.source.read(&mut data) {
-            Ok(0) => false,
+            // Done sending: its echoes still go before the close.
+            Ok(0) => {
+                self.done_sending = true;
+                true
+            }
             Ok(n) => {
                 data.truncate(n);
                 // message_queues[sock].put(...)
@@ -97,24 +101,20 @@ impl Client<'_> {
         }
     }
 
-    /// The `for sock in writable` branch: `get_nowait()`, then `send`.
+    /// `for sock in writable`: `get_nowait()`, `send`, the rest kept.
     fn send(&mut self) -> bool {
         let Some(mut message) = self.queue.pop_front() else {
             return true;
         };
-        match self.sock.source.write(&message) {
-            Ok(n) if n < message.len() => {
-                // A short send: the rest goes first next time.
-                message.drain(..n);
-                self.queue.push_front(message);
-                true
-            }
-            Ok(_) => true,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                self.queue.push_front(message);
-                true
-            }
-            Err(_) => false,
+        let sent = match self.sock.source.write(&message) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+            Err(_) => return false,
+        };
+        message.drain(..sent);
+        if !message.is_empty() {
+            self.queue.push_front(message);
         }
+        true
     }
 }
