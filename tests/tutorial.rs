@@ -124,7 +124,7 @@ fn parse_chapter(text: &str) -> (Vec<Block>, Vec<Excerpt>) {
                 .map(str::to_owned)
                 .collect();
             match (info, excerpt_file.take()) {
-                ("sh", None) => blocks.push(Block {
+                ("sh" | "bash", None) => blocks.push(Block {
                     line: number + 1,
                     expects: std::mem::take(&mut expects),
                     needs_ring: std::mem::take(&mut needs_ring),
@@ -736,9 +736,10 @@ fn the_summary_lists_every_chapter() {
     let chapters = chapters_on_disk(&dir);
     let listed: Vec<String> = links(&summary)
         .into_iter()
-        .filter(|target| target != "README.md")
+        .filter(|target| target != "README.md" && target != "glossary.md")
         .collect();
     assert_eq!(listed, chapters, "SUMMARY.md against the chapters on disk");
+    assert!(summary.contains("(glossary.md)"), "the glossary is not listed");
 }
 
 /// Every relative link in README.md and docs/ points at a file that
