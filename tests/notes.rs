@@ -290,3 +290,46 @@ fn every_step_is_short_and_stands_alone() {
         }
     }
 }
+
+/// `compare --notes` and `--python` put a step and its Python in the same
+/// run as a lab model, each a row of the table and of results.json.
+#[test]
+fn compare_runs_the_steps_beside_a_model() {
+    let out = std::env::temp_dir().join(format!("echo-lab-notes-compare-{}", std::process::id()));
+    let python = languages().len() == 2;
+    let mut args = vec!["compare", "--modes", "selector", "--notes", "select-queues"];
+    if python {
+        args.extend(["--python", "select-queues"]);
+    }
+    args.extend([
+        "-c",
+        "2",
+        "-d",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (status, stdout, stderr) = run_binary(&args);
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    let json = std::fs::read_to_string(out.join("latest/results.json")).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    let results: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let servers: Vec<&str> = results["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["server"].as_str().unwrap())
+        .collect();
+    assert!(servers.contains(&"notes-select-queues"), "{servers:?}");
+    assert_eq!(
+        servers.contains(&"python-select-queues"),
+        python,
+        "{servers:?}"
+    );
+    for row in results["rows"].as_array().unwrap() {
+        assert!(row["results"]["messages"].as_u64() > Some(0), "{row}");
+        assert_eq!(row["results"]["errors"], 0, "{row}");
+    }
+}

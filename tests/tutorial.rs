@@ -739,7 +739,10 @@ fn the_summary_lists_every_chapter() {
         .filter(|target| target != "README.md" && target != "glossary.md")
         .collect();
     assert_eq!(listed, chapters, "SUMMARY.md against the chapters on disk");
-    assert!(summary.contains("(glossary.md)"), "the glossary is not listed");
+    assert!(
+        summary.contains("(glossary.md)"),
+        "the glossary is not listed"
+    );
 }
 
 /// Every relative link in README.md and docs/ points at a file that

@@ -292,12 +292,19 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
                 "--also",
                 "other servers speak echo, not our chat",
             ),
+            (
+                !args.notes.is_empty() || !args.python.is_empty(),
+                "--notes and --python",
+                "the notes' steps are compared as echo servers",
+            ),
         ])?;
     }
+    let mut also = args.also;
+    also.extend(notes_peers(&args.notes, &args.python)?);
     let config = CompareConfig {
         modes,
         protocol: args.protocol,
-        also: args.also,
+        also,
         connections: args.connections.0,
         size: args.size,
         duration: args.duration,
@@ -372,4 +379,38 @@ pub(super) fn compare_command(args: CompareArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .any(|r| r.results.errors > 0 || r.results.connect_failures > 0);
     Ok(success_if(!failed))
+}
+
+/// `compare --notes` and `--python`: each step a server like `--also`'s,
+/// started by its command on the port compare picks.
+fn notes_peers(notes: &[String], python: &[String]) -> anyhow::Result<Vec<compare::Peer>> {
+    let quote =
+        |path: &std::path::Path| format!("'{}'", path.display().to_string().replace('\'', "'\\''"));
+    let exe = std::env::current_exe().context("finding echo-lab itself")?;
+    let mut peers: Vec<compare::Peer> = notes
+        .iter()
+        .map(|step| compare::Peer {
+            name: format!("notes-{step}"),
+            command: format!("{} notes {step} --addr 127.0.0.1:{{port}}", quote(&exe)),
+        })
+        .collect();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/tutorial/notes");
+    for step in python {
+        let file = match step.as_str() {
+            "async" => "async_await.py".to_owned(),
+            step => format!("{}.py", step.replace('-', "_")),
+        };
+        let path = dir.join(&file);
+        if !path.exists() {
+            anyhow::bail!(
+                "--python runs the notes' Python from the source tree; {} is not there",
+                path.display()
+            );
+        }
+        peers.push(compare::Peer {
+            name: format!("python-{step}"),
+            command: format!("python3 -B {} {{port}}", quote(&path)),
+        });
+    }
+    Ok(peers)
 }

@@ -120,7 +120,7 @@ columns: msg/s  echoes (chat: lines delivered; --churn: connections, one echo ea
 /// The table's header line.
 pub fn header() -> String {
     format!(
-        "{:<14} {:>6} {:>4} {:>12} {:>10} {:>10} {:>7} {:>8} {:>6} {:>8} {:>7}  {}\n",
+        "{:<17} {:>6} {:>4} {:>12} {:>10} {:>10} {:>7} {:>8} {:>6} {:>8} {:>7}  {}\n",
         "server",
         "conns",
         "run",
@@ -154,7 +154,7 @@ pub fn render_row(row: &Row) -> String {
         .and_then(|m| m.per_connection)
         .map(|b| b.to_string());
     format!(
-        "{:<14} {:>6} {:>4} {:>12.0} {:>8.3}ms {:>8.3}ms {:>7} {:>8} {:>6} {:>8} {:>7}  {}\n",
+        "{:<17} {:>6} {:>4} {:>12.0} {:>8.3}ms {:>8.3}ms {:>7} {:>8} {:>6} {:>8} {:>7}  {}\n",
         row.server,
         row.connections,
         row.repeat,
