@@ -17,12 +17,18 @@
 //! across one (the buffer, the byte count) become fields of the future.
 //! Polling the future is `resume`; `Poll::Pending` is the `yield`.
 //!
-//! The runtime has two halves, each in its own file:
-//! - [`reactor`]: epoll and timers. [`reactor::Async`] wraps a socket so that
-//!   `read`, `write_all` and `accept` are futures; [`reactor::sleep`] and
-//!   [`reactor::timeout`] are timers. The idle timeout is one of them,
-//!   awaited like any I/O.
-//! - [`executor`]: tasks, wakers and the ready queue, and `block_on`.
+//! The runtime has two halves, each a folder whose `mod.rs` is the part
+//! to read first:
+//! - [`reactor`]: the poller and the registrations. [`reactor::Async`]
+//!   wraps a socket so that `read`, `write_all` and `accept` are futures;
+//!   its `timers` file holds [`reactor::sleep`] and [`reactor::timeout`].
+//!   The idle timeout is one of them, awaited like any I/O.
+//! - [`executor`]: tasks, the ready queue, and `block_on`; its cooperative
+//!   budget and tick bound are said in its doc.
+//!
+//! [`wake`] is the performance part a first reading can take on trust: a
+//! waker that is two numbers, no allocation and no reference count, and
+//! the inbox that takes wakes from other threads.
 //!
 //! This file adds the notes' `run_server`, [`accept_clients`], which
 //! spawns a task per client; [`echo`] makes those tasks for the echo, and
@@ -42,6 +48,7 @@
 pub mod echo;
 pub mod executor;
 pub mod reactor;
+pub mod wake;
 
 pub use echo::run;
 
