@@ -100,14 +100,27 @@ pub fn assert_echo(stream: &mut TcpStream, message: &[u8]) {
 /// a server is (correctly) making a client wait: a correct server never
 /// answers early, so a slow machine cannot make this fail.
 pub fn stays_silent(stream: &mut TcpStream, window: Duration) -> bool {
-    stream.set_read_timeout(Some(window)).unwrap();
+    let until = Instant::now() + window;
     let mut byte = [0];
-    let silent = match stream.read(&mut byte) {
-        Err(e) => matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-        Ok(_) => false,
+    let silent = loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break true;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut byte) {
+            // A signal to this process (a forking server under test reaps
+            // its children on SIGCHLD) ends a read that has a timeout with
+            // EINTR, whatever SA_RESTART says: not an answer, wait on.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                break matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+            Ok(_) => break false,
+        }
     };
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     silent

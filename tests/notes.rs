@@ -128,17 +128,17 @@ fn the_concurrent_steps_serve_everyone_together() {
 /// echo only once the first has gone (the staircase).
 #[test]
 fn the_sequential_step_serves_one_at_a_time() {
-    let server = BinaryServer::start_notes("sequential", &[]);
-    let mut first = connect(server.addr);
-    assert_echo(&mut first, b"first\n");
-    let mut second = connect(server.addr);
-    second.write_all(b"second\n").unwrap();
-    assert!(
-        stays_silent(&mut second, SILENCE),
-        "served beside the first"
-    );
-    drop(first);
-    assert_eq!(read_exact(&mut second, 7), b"second\n");
+    for lang in languages() {
+        let server = start(lang, "sequential", None);
+        let mut first = connect(server.addr);
+        assert_echo(&mut first, b"first\n");
+        let mut second = connect(server.addr);
+        second.write_all(b"second\n").unwrap();
+        let silent = stays_silent(&mut second, SILENCE);
+        assert!(silent, "{lang:?}: served beside the first");
+        drop(first);
+        assert_eq!(read_exact(&mut second, 7), b"second\n");
+    }
 }
 
 /// The pool of N serves N clients; client N + 1 waits in the queue until
@@ -203,16 +203,16 @@ fn a_client_that_never_reads_stops_the_callback_loop_only() {
 /// its `sendall` after the one after that.
 #[test]
 fn the_round_robin_step_waits_in_accept() {
-    let server = BinaryServer::start_notes("round-robin", &[]);
-    let mut first = connect(server.addr);
-    first.write_all(b"first\n").unwrap();
-    assert!(
-        stays_silent(&mut first, SILENCE),
-        "echoed with no other client"
-    );
-    let _second = connect(server.addr);
-    let _third = connect(server.addr);
-    assert_eq!(read_exact(&mut first, 6), b"first\n");
+    for lang in languages() {
+        let server = start(lang, "round-robin", None);
+        let mut first = connect(server.addr);
+        first.write_all(b"first\n").unwrap();
+        let silent = stays_silent(&mut first, SILENCE);
+        assert!(silent, "{lang:?}: echoed with no other client");
+        let _second = connect(server.addr);
+        let _third = connect(server.addr);
+        assert_eq!(read_exact(&mut first, 6), b"first\n");
+    }
 }
 
 /// The chat on threads: names are taken once, a line reaches its
