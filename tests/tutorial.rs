@@ -25,7 +25,9 @@
 //!   `max-under DURATION` (a bench's slowest echo, the
 //!   `max` of its latency line, is shorter).
 //! - `<!-- needs: io_uring -->` before a block: it runs only where the
-//!   completion model can (elsewhere the test says it skipped it, and why).
+//!   completion model can (elsewhere the test says it skipped it, and why);
+//!   `<!-- needs: python3 -->`, only where `python3` is installed (the
+//!   notes' Python steps; elsewhere the test says it skipped them).
 //! - An `<!-- excerpt: PATH -->` comment before a ```` ```rust ```` block
 //!   makes the block a quotation: its lines (trimmed) must appear in PATH in
 //!   order and contiguously, except where a `// ...` line marks a gap.
@@ -64,6 +66,8 @@ struct Block {
     expects: Vec<Expect>,
     /// It starts the completion model.
     needs_ring: bool,
+    /// It runs one of the notes' Python steps.
+    needs_python: bool,
     commands: Vec<String>,
 }
 
@@ -107,6 +111,7 @@ fn parse_expect(text: &str) -> Expect {
 fn parse_chapter(text: &str) -> (Vec<Block>, Vec<Excerpt>) {
     let (mut blocks, mut excerpts) = (Vec::new(), Vec::new());
     let (mut expects, mut excerpt_file, mut needs_ring) = (Vec::new(), None, false);
+    let mut needs_python = false;
     let mut lines = text.lines().enumerate();
     while let Some((number, line)) = lines.next() {
         let trimmed = line.trim();
@@ -114,6 +119,8 @@ fn parse_chapter(text: &str) -> (Vec<Block>, Vec<Excerpt>) {
             expects.push(parse_expect(rest.trim_end_matches("-->")));
         } else if trimmed == "<!-- needs: io_uring -->" {
             needs_ring = true;
+        } else if trimmed == "<!-- needs: python3 -->" {
+            needs_python = true;
         } else if let Some(rest) = trimmed.strip_prefix("<!-- excerpt:") {
             excerpt_file = Some(rest.trim_end_matches("-->").trim().to_owned());
         } else if let Some(info) = trimmed.strip_prefix("```") {
@@ -128,6 +135,7 @@ fn parse_chapter(text: &str) -> (Vec<Block>, Vec<Excerpt>) {
                     line: number + 1,
                     expects: std::mem::take(&mut expects),
                     needs_ring: std::mem::take(&mut needs_ring),
+                    needs_python: std::mem::take(&mut needs_python),
                     commands: body.into_iter().filter(|l| !l.trim().is_empty()).collect(),
                 }),
                 ("rust", Some(file)) => excerpts.push(Excerpt {
@@ -140,7 +148,7 @@ fn parse_chapter(text: &str) -> (Vec<Block>, Vec<Excerpt>) {
                     number + 1
                 ),
                 _ => assert!(
-                    expects.is_empty() && !needs_ring,
+                    expects.is_empty() && !needs_ring && !needs_python,
                     "line {}: expectation before a non-sh block",
                     number + 1
                 ),
@@ -193,7 +201,11 @@ fn rewrite(command: &str, port: u16, bin_dir: &Path) -> String {
     let mut line = command
         .replace("$PWD/target/release", &bin)
         .replace("target/release/", &format!("{bin}/"))
-        .replace("55555", &port.to_string());
+        .replace("55555", &port.to_string())
+        .replace(
+            "python3 docs/tutorial/notes/",
+            &format!("python3 -B {}/docs/tutorial/notes/", root().display()),
+        );
     for sub in ["serve", "client", "probe", "bench"] {
         let call = format!("echo-lab {sub}");
         if line.contains(&call) && !line.contains("--addr") {
@@ -334,6 +346,14 @@ fn run_chapter_text(name: &str, text: &str) {
         // `unavailable` said why; the chapter's other blocks still run.
         blocks.retain(|b| !b.needs_ring);
     }
+    let python = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if blocks.iter().any(|b| b.needs_python) && !python {
+        eprintln!("skipped: {name}'s Python blocks (python3 is not installed)");
+        blocks.retain(|b| !b.needs_python);
+    }
     for excerpt in &excerpts {
         check_excerpt(name, excerpt);
     }
@@ -376,7 +396,9 @@ fn run_chapter_text(name: &str, text: &str) {
                 let server = command.contains("echo-lab serve");
                 // A notes step listens too, but ends by the signal itself
                 // (no summary, status 143), as the Python would.
-                let listens = server || command.contains("echo-lab notes ");
+                let listens = server
+                    || command.contains("echo-lab notes ")
+                    || command.starts_with("python3 docs/tutorial/notes/");
                 jobs.push((number, server));
                 script += &format!("{line}\n");
                 if listens {
