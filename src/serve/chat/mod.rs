@@ -48,6 +48,7 @@ pub mod asynchronous;
 pub mod completion;
 pub mod counts;
 pub mod lockwatch;
+pub mod outbox;
 pub mod protocol;
 pub mod room;
 pub mod selector;
