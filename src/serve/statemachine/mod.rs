@@ -56,11 +56,20 @@
 //! signal rings) and triggers the shutdown; the loop sees the flag and
 //! drops every task, deleting each socket from the poller first.
 //!
+//! Here: the loop and what a task yields; `echo.rs` the echo task;
+//! `tasks.rs` the loop's own two tasks (the acceptor and the stopper);
+//! `trace.rs` tells each resume in the notes' words for `--trace`.
+//!
 //! Next: `async`, where the compiler writes these state machines for us.
 //!
 //! Tutorial: `docs/tutorial/4-generators-are-state-machines.md`.
 
 pub mod echo;
+mod tasks;
+mod trace;
+
+use tasks::{Acceptor, Stopper};
+use trace::trace_step;
 
 pub use echo::run;
 
@@ -68,23 +77,20 @@ use std::cell::Cell;
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use super::Context;
-use super::accept::{Accepted, Visit, accept};
+use super::accept::Visit;
 use crate::lab::live::{Line, ReadyQueue, Traffic};
 use crate::lab::meter::Meter;
 use crate::lab::offload::{Finished, Job, Offload};
 use crate::lab::trace::Trace;
 use crate::lab::work::Work;
-use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::poller::{Events, Interest, Poller};
-use crate::shutdown::Shutdown;
 
 /// What a task yields when it cannot go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,20 +142,6 @@ impl Wait {
             Wait::Offload | Wait::Done => None,
         }
     }
-
-    /// What the notes' generator would have done, for `--trace`.
-    fn in_the_notes_words(self) -> &'static str {
-        match self {
-            Wait::Read { until: None } => "yield WAIT_READ",
-            Wait::Read { until: Some(_) } => "yield WAIT_READ (until its idle deadline)",
-            Wait::Write { until: None } => "yield WAIT_WRITE",
-            Wait::Write { until: Some(_) } => "yield WAIT_WRITE (until its idle deadline)",
-            Wait::ReadOrWrite { .. } => "yield WAIT_READ or WAIT_WRITE",
-            Wait::Sleep(_) => "yield SLEEP",
-            Wait::Offload => "yield RUN_IN_EXECUTOR",
-            Wait::Done => "returned (StopIteration): the loop drops it, its socket closes",
-        }
-    }
 }
 
 /// Why a task is resumed.
@@ -161,23 +153,6 @@ pub enum Resume {
     TimedOut,
     /// Another task woke it ([`Step::wake`]): something it holds changed.
     Woken,
-}
-
-impl Resume {
-    /// How the notes' loop would resume the generator, for `--trace`:
-    /// `next()` the first time, then with what became ready, read from
-    /// what the task's socket is registered for.
-    fn in_the_notes_words(self, registered: Option<Interest>) -> &'static str {
-        match (self, registered) {
-            (Resume::Ready, None) => "next()",
-            (Resume::Ready, Some(Interest::READ)) => "send(readable)",
-            (Resume::Ready, Some(Interest::WRITE)) => "send(writable)",
-            (Resume::Ready, Some(Interest::NONE)) => "send(job done)",
-            (Resume::Ready, Some(_)) => "send(ready)",
-            (Resume::TimedOut, _) => "send(deadline passed)",
-            (Resume::Woken, _) => "send(woken)",
-        }
-    }
 }
 
 /// What a task may do while it runs, besides returning its [`Wait`].
@@ -591,96 +566,5 @@ impl<'a> EventLoop<'a> {
             );
             self.remove(key);
         }
-    }
-}
-
-/// One `--trace` line for a resume: how the loop resumed the task and what
-/// it yielded, or, for a task resumed at its deadline that then ends, the
-/// notes' `close()`.
-fn trace_step(trace: &Trace, key: usize, slot: &Slot<'_>, how: Resume, wait: Wait) {
-    let name = slot.task.name();
-    if how == Resume::TimedOut && wait == Wait::Done {
-        trace.task(
-            key,
-            format_args!(
-                "{name}: close() at its idle deadline: in Python, GeneratorExit raised at its yield and its cleanup run; here the loop drops it and its socket closes"
-            ),
-        );
-        return;
-    }
-    let resumed = how.in_the_notes_words(slot.registered);
-    let yielded = wait.in_the_notes_words();
-    trace.task(key, format_args!("{name}: {resumed} → {yielded}"));
-}
-
-/// Hears the shutdown's bell: `yield 'WAIT_READ', bell`, then trigger the
-/// shutdown. A signal only rings the bell; this task, run by the loop like
-/// any other, turns that into a stop, and the loop needs no second thread.
-struct Stopper<'a> {
-    bell: UnixStream,
-    shutdown: &'a Shutdown,
-    /// Has yielded already: being resumed now means the bell rang.
-    listening: bool,
-}
-
-impl<'a> Coroutine<'a> for Stopper<'a> {
-    fn resume(&mut self, _how: Resume, _step: &mut Step<'_, 'a>) -> Wait {
-        if std::mem::replace(&mut self.listening, true) {
-            self.shutdown.trigger();
-            return Wait::Done;
-        }
-        Wait::Read { until: None }
-    }
-
-    fn source(&self) -> BorrowedFd<'_> {
-        self.bell.as_fd()
-    }
-
-    fn name(&self) -> &'static str {
-        "stopper"
-    }
-}
-
-/// The notes' `run_server` generator: accept, spawn a client task, repeat.
-struct Acceptor<'a> {
-    listener: &'a TcpListener,
-    ctx: &'a Context,
-    /// Makes a client's task.
-    client: Box<dyn FnMut(TcpStream, Visit<'a>) -> Box<dyn Coroutine<'a> + 'a> + 'a>,
-    /// The loop's `--stats` traffic, which every client task counts into.
-    traffic: &'a Traffic,
-    /// Where the acceptor leaves the error of a broken listener for `run`.
-    fatal: &'a Cell<Option<io::Error>>,
-}
-
-impl<'a> Coroutine<'a> for Acceptor<'a> {
-    fn resume(&mut self, _how: Resume, step: &mut Step<'_, 'a>) -> Wait {
-        loop {
-            match accept(self.listener, &self.ctx.stats, Blocking::No) {
-                Accepted::Client(stream, peer) => {
-                    let visit = Visit::new(peer, self.traffic, &self.ctx.stats);
-                    step.spawn((self.client)(stream, visit));
-                }
-                Accepted::Empty => return Wait::Read { until: None },
-                // Out of descriptors: sleep instead of spinning on a
-                // listener that stays readable.
-                Accepted::BackOff => return Wait::Sleep(Instant::now() + ACCEPT_BACKOFF),
-                // The listener is broken: hand the error to `run`, which
-                // returns it once the shutdown has emptied the loop.
-                Accepted::Fatal(e) => {
-                    self.fatal.set(Some(e));
-                    self.ctx.shutdown.trigger();
-                    return Wait::Done;
-                }
-            }
-        }
-    }
-
-    fn source(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
-    }
-
-    fn name(&self) -> &'static str {
-        "run_server"
     }
 }
