@@ -1,10 +1,11 @@
 //! The echo on the completion loop: one ring, a multishot receive per
 //! client into the pool's buffers, the echo sent from the buffer it came
 //! in (see the module above for the whole design). The chat's completion
-//! loop stands on the same [`kit`](super::kit).
+//! loop stands on the same [`kit`](super::kit). `--work` (a chunk held
+//! or offloaded until its work is done) is the lab's, in `work.rs`.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -13,15 +14,16 @@ use std::time::{Duration, Instant};
 use super::kit::{Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token};
 use super::ring::{Buf, Completion, Kind, Outgoing, Ring, Token};
 use super::{available, unavailable};
-use crate::lab::defer::{Deferrals, Started};
 use crate::lab::live::Traffic;
 use crate::lab::meter::Meter;
-use crate::lab::offload::{Finished, Offload};
-use crate::lab::work::Work;
 use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::readiness::deadlines::sweep_interval;
 use crate::stats::Ending;
+
+mod work;
+
+use work::{WorkPlan, start_plan};
 
 /// The most bytes one client may have received and not yet had echoed
 /// before its receive is cancelled: as the selector's unsent cap.
@@ -111,45 +113,6 @@ impl Conn<'_> {
         match self.unsent.back_mut() {
             Some(last) => last.extend_from_slice(bytes),
             None => self.unsent.push_back(bytes.to_vec()),
-        }
-    }
-}
-
-/// `--work`, if given: clients are keyed by slot and generation.
-type WorkPlan = Deferrals<(u32, u32)>;
-
-/// Starts `--work`'s plan; with `--offload`, its pool rings a doorbell
-/// when a job is done, which the ring polls (returned with the plan).
-fn start_plan(
-    work: Work,
-    ctx: &Context,
-    ring: &mut Ring,
-) -> io::Result<(WorkPlan, Option<UnixStream>)> {
-    if ctx.config.offload == 0 {
-        return Ok((WorkPlan::new(work, None), None));
-    }
-    let (doorbell, ringer) = UnixStream::pair()?;
-    doorbell.set_nonblocking(true)?;
-    // A full doorbell is already ringing: never block a job.
-    ringer.set_nonblocking(true)?;
-    let finished = Finished::ringing(move || {
-        let _ = (&ringer).write(&[1]);
-    });
-    let offload = Offload::start(ctx, ctx.config.offload, "completion")?;
-    ring.poll_readable(doorbell.as_raw_fd(), token(Kind::Jobs, 0, 0))?;
-    Ok((
-        WorkPlan::new(work, Some((offload, finished))),
-        Some(doorbell),
-    ))
-}
-
-impl Conn<'_> {
-    /// Gives `chunk` to its work, which lets the loop go on (`plan`
-    /// defers): held here until due, or with the pool.
-    fn defer(&mut self, plan: &mut WorkPlan, key: (u32, u32), chunk: &[u8], now: Instant) {
-        self.working = true;
-        if plan.start(key, chunk, now) == Started::Held {
-            self.waiting = chunk.to_vec();
         }
     }
 }
@@ -429,59 +392,6 @@ impl Proactor<'_> {
                 self.ring
                     .receive(fd, self::token(Kind::Recv, slot, generation))?;
             }
-        }
-        Ok(())
-    }
-
-    /// A chunk of client `(slot, generation)` is through its work: it is
-    /// echoed, and the bytes that came meanwhile go to theirs.
-    fn worked(
-        &mut self,
-        slot: u32,
-        generation: u32,
-        chunk: Vec<u8>,
-        now: Instant,
-    ) -> io::Result<()> {
-        let token = token(Kind::Recv, slot, generation);
-        let Some(conn) = self.conns.live(token) else {
-            return Ok(()); // Gone while it worked: its chunk is dropped.
-        };
-        if !conn.working {
-            return Ok(());
-        }
-        conn.working = false;
-        if conn.unsent.is_empty() {
-            conn.unsent.push_back(chunk); // No copy.
-        } else {
-            conn.keep(&chunk);
-        }
-        if !conn.unworked.is_empty() {
-            let next = std::mem::take(&mut conn.unworked);
-            if let Some(plan) = &mut self.plan {
-                conn.defer(plan, (slot, generation), &next, now);
-            }
-        }
-        self.settle(token)
-    }
-
-    /// The pool rang its doorbell: echoes the chunks whose work is done,
-    /// and listens for the bell again.
-    fn finish_jobs(&mut self, now: Instant) -> io::Result<()> {
-        let (Some(plan), Some(doorbell)) = (&self.plan, &mut self.doorbell) else {
-            return Ok(());
-        };
-        // Silence the bell before taking the jobs: a job that finishes
-        // after this rings it again, and is taken on the next turn.
-        let mut rings = [0; 64];
-        while matches!(doorbell.read(&mut rings), Ok(n) if n > 0) {}
-        let done = plan.finished();
-        let fd = doorbell.as_raw_fd();
-        if !self.ctx.shutdown.is_triggered() {
-            self.ring.poll_readable(fd, token(Kind::Jobs, 0, 0))?;
-        }
-        for ((slot, generation), chunk) in done {
-            self.jobs_done += 1;
-            self.worked(slot, generation, chunk, now)?;
         }
         Ok(())
     }
