@@ -594,7 +594,7 @@ fn chapters_and_modules_link_each_other() {
         ("src/serve/processes.rs", "10-threads-or-processes.md"),
         ("src/serve/blocking/threadpool.rs", "2-a-pool-of-threads.md"),
         (
-            "src/serve/readiness/selector.rs",
+            "src/serve/readiness/selector/mod.rs",
             "3-readiness-and-epoll.md",
         ),
         (

@@ -18,7 +18,7 @@ use crate::lab::live::Traffic;
 use crate::lab::meter::Meter;
 use crate::serve::Context;
 use crate::serve::accept::Visit;
-use crate::serve::readiness::deadlines::sweep_interval;
+use crate::serve::readiness::deadlines::IdleSweep;
 use crate::stats::Ending;
 
 mod work;
@@ -52,10 +52,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         acceptor,
         conns: Slots::new(),
         starved: VecDeque::new(),
-        next_idle_sweep: ctx
-            .config
-            .idle_timeout
-            .map(|t| Instant::now() + sweep_interval(t)),
+        idle: IdleSweep::new(ctx.config.idle_timeout),
         plan,
         doorbell,
         jobs_done: 0,
@@ -124,7 +121,7 @@ struct Proactor<'a> {
     conns: Slots<Conn<'a>>,
     /// Slots whose receive ended for want of buffers.
     starved: VecDeque<(u32, u32)>,
-    next_idle_sweep: Option<Instant>,
+    idle: Option<IdleSweep>,
     /// `--work`, if given; without it the echo path is untouched.
     plan: Option<WorkPlan>,
     /// With `--offload`: what the pool rings when a job is done.
@@ -164,7 +161,7 @@ impl Proactor<'_> {
         let work_timer = self.plan.as_ref().and_then(WorkPlan::deadline);
         crate::serve::readiness::deadlines::until_earliest([
             self.acceptor.paused_until(),
-            self.next_idle_sweep,
+            self.idle.as_ref().map(IdleSweep::next),
             work_timer,
             self.meter.deadline(),
         ])
@@ -178,7 +175,7 @@ impl Proactor<'_> {
         );
         let timers = self.plan.as_ref().map_or(0, |p| p.held() as u64)
             + u64::from(self.acceptor.paused_until().is_some())
-            + u64::from(self.next_idle_sweep.is_some());
+            + u64::from(self.idle.is_some());
         let jobs_done = std::mem::take(&mut self.jobs_done);
         self.meter.report(now, last, self.traffic, open, |line| {
             line.gauge("timers", timers)
@@ -476,23 +473,16 @@ impl Proactor<'_> {
             self.worked(slot, generation, chunk, now)?;
         }
         self.acceptor.resume_if_due(&mut self.ring, now)?;
-        if let (Some(sweep), Some(idle)) = (self.next_idle_sweep, self.ctx.config.idle_timeout) {
-            if sweep <= now {
-                let idle_slots: Vec<u32> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| {
-                        // A client whose chunk is with its work is busy, not idle.
-                        c.ending.is_none()
-                            && !c.working
-                            && now.duration_since(c.last_active) >= idle
-                    })
-                    .map(|(token, _)| token.slot)
-                    .collect();
-                for slot in idle_slots {
-                    self.end(slot, Ending::IdleTimeout)?;
-                }
-                self.next_idle_sweep = Some(now + sweep_interval(idle));
+        if let Some(idle) = self.idle.as_mut().and_then(|idle| idle.due(now)) {
+            // A client whose chunk is with its work is busy, not idle.
+            let idle_slots: Vec<u32> = (self.conns.iter())
+                .filter(|(_, c)| {
+                    c.ending.is_none() && !c.working && idle.is_idle(c.last_active, now)
+                })
+                .map(|(token, _)| token.slot)
+                .collect();
+            for slot in idle_slots {
+                self.end(slot, Ending::IdleTimeout)?;
             }
         }
         Ok(())
