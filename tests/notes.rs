@@ -215,17 +215,20 @@ fn the_round_robin_step_waits_in_accept() {
     }
 }
 
-/// The chat on threads: names are taken once, a line reaches its
-/// receiver, and a line to everyone reaches everyone else.
+/// The chat on threads and on the async step: names are taken once, a
+/// line reaches its receiver, and a line to everyone reaches everyone
+/// else.
 #[test]
-fn the_chat_step_registers_and_delivers() {
+fn the_chat_steps_register_and_deliver() {
     for lang in languages() {
-        chat_registers_and_delivers(lang);
+        for step in ["chat-threads", "chat-async"] {
+            chat_registers_and_delivers(lang, step);
+        }
     }
 }
 
-fn chat_registers_and_delivers(lang: Lang) {
-    let server = start(lang, "chat-threads", None);
+fn chat_registers_and_delivers(lang: Lang, step: &str) {
+    let server = start(lang, step, None);
     let lines = |name: &str| {
         let stream = connect(server.addr);
         let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -248,8 +251,15 @@ fn chat_registers_and_delivers(lang: Lang) {
     for expected in ["from,alice,hello bob\n", "from,alice,hello all\n"] {
         let mut line = String::new();
         bob.read_line(&mut line).unwrap();
-        assert_eq!(line, expected);
+        assert_eq!(line, expected, "{lang:?} {step}");
     }
+    // `quit` closes the connection, and the name is free again.
+    (&alice).write_all(b"quit\n").unwrap();
+    let mut rest = Vec::new();
+    (&alice).read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{lang:?} {step}: {rest:?}");
+    let (_, _, again) = lines("alice");
+    assert_eq!(again, "ok\n", "{lang:?} {step}");
 }
 
 /// `echo-lab notes` lists every step with the listing it mirrors and the

@@ -18,6 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::chat::{Reply, command};
 use super::{Args, listen};
 use crate::net::Blocking;
 
@@ -41,42 +42,15 @@ fn serve(mut sock: TcpStream, registry: &Registry) {
     let mut name = None;
     for line in BufReader::new(reader).lines() {
         let Ok(line) = line else { break };
+        // with lock:
         let mut names = registry.lock().unwrap_or_else(PoisonError::into_inner);
-        let reply = match line.splitn(3, ',').collect::<Vec<_>>()[..] {
-            ["register", wanted]
-                if name.is_none() && !wanted.is_empty() && !wanted.contains('*') =>
-            {
-                match names.contains_key(wanted) {
-                    true => "error,name taken".to_owned(),
-                    false => match sock.try_clone() {
-                        Ok(handle) => {
-                            names.insert(wanted.to_owned(), handle);
-                            name = Some(wanted.to_owned());
-                            "ok".to_owned()
-                        }
-                        Err(_) => break,
-                    },
-                }
-            }
-            ["list"] => names.keys().cloned().collect::<Vec<_>>().join(","),
-            ["chat", to, text] => match &name {
-                None => "error,register first".to_owned(),
-                Some(from) => {
-                    let line = format!("from,{from},{text}\n");
-                    let sent: Vec<_> = names
-                        .iter_mut()
-                        .filter(|(n, _)| (to == "*" && *n != from) || n.as_str() == to)
-                        .map(|(_, peer)| peer.write_all(line.as_bytes()))
-                        .collect();
-                    if sent.is_empty() {
-                        "error,no such user".to_owned()
-                    } else {
-                        continue;
-                    }
-                }
-            },
-            ["quit"] => break,
-            _ => "error,unknown command".to_owned(),
+        let me = || sock.try_clone().ok();
+        // peer.sendall(...), the lock held
+        let send = |peer: &mut TcpStream, line: &str| drop(peer.write_all(line.as_bytes()));
+        let reply = match command(&line, &mut name, &mut names, me, send) {
+            Reply::Line(reply) => reply,
+            Reply::Nothing => continue,
+            Reply::Quit => break,
         };
         drop(names);
         if sock.write_all(format!("{reply}\n").as_bytes()).is_err() {

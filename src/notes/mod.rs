@@ -18,6 +18,8 @@ use crate::parse::HostPort;
 
 pub mod async_await;
 pub mod callbacks;
+pub mod chat;
+pub mod chat_async;
 pub mod chat_threads;
 pub mod io_loop;
 pub mod pool;
@@ -50,7 +52,7 @@ pub struct Step {
 }
 
 /// Every step, in the notes' order.
-pub const STEPS: [Step; 10] = [
+pub const STEPS: [Step; 11] = [
     Step {
         name: "sequential",
         mirrors: "note 1, \"Sequential Server\": run_server and handle_client",
@@ -110,6 +112,12 @@ pub const STEPS: [Step; 10] = [
         mirrors: "the chat, on a thread per client with one lock",
         grows_into: "serve --protocol chat --mode threads",
         run: chat_threads::run,
+    },
+    Step {
+        name: "chat-async",
+        mirrors: "the chat on the async step: one thread, no lock (asyncio.start_server)",
+        grows_into: "serve --protocol chat --mode async",
+        run: chat_async::run,
     },
 ];
 
