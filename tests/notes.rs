@@ -277,6 +277,9 @@ fn the_steps_are_listed() {
     assert_eq!(code, Some(2));
     let (code, _, stderr) = run_binary(&["notes", "sequential", "--workers", "3"]);
     assert_eq!(code, Some(1), "{stderr}");
+    // A chat step does not echo: compare cannot measure it, and says so.
+    let (code, _, stderr) = run_binary(&["compare", "--notes", "chat-async"]);
+    assert_eq!(code, Some(2), "{stderr}");
 }
 
 /// Every step is short, as the notes' listings are: under 120 lines

@@ -281,12 +281,12 @@ pub struct CompareArgs {
     pub also: Vec<Peer>,
     /// Notes steps to include (`echo-lab notes`), named notes-STEP in the
     /// table: the notes' programs beside the lab's models.
-    #[arg(long, value_name = "STEPS", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::notes::STEPS.map(|s| s.name)))]
+    #[arg(long, value_name = "STEPS", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::notes::echo_steps()))]
     pub notes: Vec<String>,
     /// The notes' Python of these steps to include (`python3
     /// docs/tutorial/notes/STEP.py`), named python-STEP: needs python3 and
     /// the source tree.
-    #[arg(long, value_name = "STEPS", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::notes::STEPS.map(|s| s.name)))]
+    #[arg(long, value_name = "STEPS", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::notes::echo_steps()))]
     pub python: Vec<String>,
     /// Run each server on CPU 0 and the client on CPU 1 (needs 2 CPUs).
     #[arg(long, conflicts_with = "shared_core")]

@@ -121,6 +121,12 @@ pub const STEPS: [Step; 11] = [
     },
 ];
 
+/// The steps that serve the echo (all but the chats): what `compare`,
+/// `bench` and `probe` can measure.
+pub fn echo_steps() -> impl Iterator<Item = &'static str> {
+    STEPS.iter().map(|step| step.name).filter(|name| !name.starts_with("chat-"))
+}
+
 /// The step called `name`.
 pub fn find(name: &str) -> Option<&'static Step> {
     STEPS.iter().find(|step| step.name == name)
