@@ -25,6 +25,10 @@
 #   5. bench itself against a minimal raw-epoll client
 #      (examples/reference_client.rs) on the same server: bench must reach
 #      at least 0.95x its rate while verifying every byte.
+#   memory. Bytes per idle connection: 5,000 idle connections and one busy
+#      one, every model, tokio and raw epoll, medians of 3 (chapter 10).
+#   churn. Connections per second: every message on a new connection, four
+#      clients, every model and tokio, medians of 5 (chapter 10).
 #
 # How rigorous: every run gets a fresh server; for each connection count the
 # servers run side by side, seconds apart, in an order rotated each repeat.
@@ -39,14 +43,21 @@
 # whose range spans 1.0 as "the same". Under strace the servers run far
 # slower; only the counts per message are meaningful there.
 #
-# Usage: scripts/bench.sh            (about 12 minutes on 2 cores)
+# Usage: scripts/bench.sh                 (every section but memory and
+#                                          churn: about 12 minutes on 2 cores)
+#        scripts/bench.sh hogs memory     (only the sections named: 1a 1b
+#                                          1c 1d 1e hogs 2 3 4 5 memory churn)
 #        DURATION=3s REPEATS=9 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+SECTIONS=" ${*:-1a 1b 1c 1d 1e hogs 2 3 4 5} "
+want() { [[ $SECTIONS == *" $1 "* ]]; }
+
 DURATION=${DURATION:-1.5s}
 REPEATS=${REPEATS:-5}
 OUT=${OUT:-echo-lab-results/bench}
+mkdir -p "$(dirname "$OUT")"
 
 cargo build --release --quiet --bin echo-lab --example tokio_echo --example reference_servers \
     --example reference_client
@@ -58,16 +69,21 @@ COMMON=(--duration "$DURATION" --warmup 500ms --repeat "$REPEATS")
 
 echo "# echo-lab benchmark, $(date -u +%F), $(nproc) CPUs, kernel $(uname -r)"
 echo
+if want 1a; then
 echo "## 1a. One-thread models vs tokio and raw epoll, pinned apart"
 "$LAB" compare --modes selector,statemachine,async --also "$TOKIO" --also "$RAW" \
     -c 10,100,1000 "${COMMON[@]}" --pin --baseline tokio,raw-epoll --out "$OUT/apart" \
     | sed -n '/^medians/,$p'
 echo
+fi
+if want 1b; then
 echo "## 1b. The same on one shared core"
 "$LAB" compare --modes selector,statemachine,async --also "$TOKIO" --also "$RAW" \
     -c 10,100,1000 "${COMMON[@]}" --shared-core --baseline tokio,raw-epoll --out "$OUT/shared" \
     | sed -n '/^medians/,$p'
 echo
+fi
+if want 1c; then
 echo "## 1c. Readiness backends: the default (polling) against --poller epoll, one shared core"
 EPOLL_ALSO=()
 for mode in selector statemachine async; do
@@ -77,6 +93,8 @@ done
     -c 100,1000 "${COMMON[@]}" --shared-core --baseline tokio,selector-epoll --out "$OUT/backends" \
     | sed -n '/^medians/,$p'
 echo
+fi
+if want 1d; then
 echo "## 1d. 10 active clients and 5,000 idle ones, the selector on each backend, one shared core"
 "$LAB" compare --modes selector \
     --also "selector-epoll=$LAB serve --mode selector --poller epoll --addr 127.0.0.1:{port} --quiet" \
@@ -85,6 +103,8 @@ echo "## 1d. 10 active clients and 5,000 idle ones, the selector on each backend
     -c 10 --idle 5000 --duration "$DURATION" --warmup 500ms --repeat 3 --shared-core \
     --baseline selector-epoll --out "$OUT/idle" | sed -n '/^medians/,$p'
 echo
+fi
+if want 1e; then
 echo "## 1e. The async budget (on, off) and backend, one shared core"
 "$LAB" compare --modes async \
     --also "async-budget0=$LAB serve --mode async --budget 0 --addr 127.0.0.1:{port} --quiet" \
@@ -92,35 +112,53 @@ echo "## 1e. The async budget (on, off) and backend, one shared core"
     --also "$TOKIO" --also "$RAW" -c 100,1000 "${COMMON[@]}" --shared-core \
     --baseline tokio,async-epoll --out "$OUT/budget" | sed -n '/^medians/,$p'
 echo
-echo "One measured connection beside four hogs (bench --hogs 4, 3 s, unpinned):"
+fi
+if want hogs; then
+echo "## hogs. One measured connection beside four hogs (bench --hogs 4, 3 s, unpinned, 3 runs: lowest-highest)"
 echo
 echo "| server | p99 | max |"
 echo "| --- | ---: | ---: |"
+# Latencies as bench prints them (0.24ms, 1.8s): the lowest and highest
+# of the runs, "0.22ms-0.24ms".
+span() { awk '{ v = $1 + 0; if ($1 ~ /ms$/) v /= 1000; else if ($1 ~ /µs$/) v /= 1e6
+               if (NR == 1 || v < lo) { lo = v; l = $1 } if (NR == 1 || v > hi) { hi = v; h = $1 } }
+             END { print l "-" h }'; }
 hog_row() {
     local name=$1; shift
-    "$@" > "$OUT.hog.listening" 2>/dev/null &
-    local server=$!
-    until grep -q listening "$OUT.hog.listening" 2>/dev/null; do sleep 0.05; done
-    local addr
-    addr=$(sed -n 's/^listening on //p' "$OUT.hog.listening")
-    "$LAB" bench --addr "$addr" -c 1 --hogs 4 --duration 3s --warmup 0s 2>/dev/null \
-        | awk -v n="$name" '/latency/ { print "| " n " | " $7 " | " $11 " |" }'
-    kill -TERM "$server"; wait "$server" 2>/dev/null || true
+    local runs="$OUT.hog.runs"
+    : > "$runs"
+    for _ in 1 2 3; do
+        "$@" > "$OUT.hog.listening" 2>/dev/null &
+        local server=$!
+        until grep -q listening "$OUT.hog.listening" 2>/dev/null; do sleep 0.05; done
+        local addr
+        addr=$(sed -n 's/^listening on //p' "$OUT.hog.listening")
+        "$LAB" bench --addr "$addr" -c 1 --hogs 4 --duration 3s --warmup 0s 2>/dev/null \
+            | awk '/latency/ { print $7, $11 }' >> "$runs"
+        kill -TERM "$server"; wait "$server" 2>/dev/null || true
+        : > "$OUT.hog.listening"
+    done
+    echo "| $name | $(awk '{ print $1 }' "$runs" | span) | $(awk '{ print $2 }' "$runs" | span) |"
+    rm -f "$runs"
 }
 for mode in selector statemachine async completion threadpool; do
     hog_row "$mode" "$LAB" serve --mode "$mode" --addr 127.0.0.1:0 --quiet
 done
 hog_row "async --budget 0" "$LAB" serve --mode async --budget 0 --addr 127.0.0.1:0 --quiet
+hog_row "async --poller epoll" "$LAB" serve --mode async --poller epoll --addr 127.0.0.1:0 --quiet
 hog_row "tokio current_thread" target/release/examples/tokio_echo 0
 rm -f "$OUT.hog.listening"
 echo
 
+fi
+if want 2; then
 echo "## 2. Blocking models at 1 connection vs a blocking thread-per-connection server, pinned apart"
 "$LAB" compare --modes sequential,threadpool --also "$BLOCKING" \
     -c 1 "${COMMON[@]}" --pin --baseline blocking --out "$OUT/blocking" \
     | sed -n '/^medians/,$p'
 echo
 
+fi
 # Prints "calls/message" for one traced process: total syscalls in an
 # `strace -c` summary file divided by the messages bench counted.
 per_message() {
@@ -143,7 +181,9 @@ stop_traced() {
     wait "$tracer" 2>/dev/null || true
 }
 
-if command -v strace >/dev/null; then
+if ! want 3; then
+    :
+elif command -v strace >/dev/null; then
     echo "## 3. Syscalls per echoed message at 100 connections (strace -c -f)"
     echo
     echo "| server | server syscalls/msg | bench client syscalls/msg |"
@@ -173,6 +213,7 @@ else
     echo "## 3. Syscalls: skipped (no strace on this machine)"
 fi
 
+if want 4; then
 echo "## 4. --threads scaling (unpinned; the client shares the same 2 CPUs)"
 for threads in 1 2; do
     "$LAB" compare --modes selector,async -c 100,1000 --duration "$DURATION" --warmup 500ms \
@@ -180,6 +221,8 @@ for threads in 1 2; do
         | sed "s/^/threads=$threads  /" || true
 done
 
+fi
+if want 5; then
 echo
 echo "## 5. bench vs a minimal raw-epoll client, 100 connections, server on CPU 0, client on CPU 1"
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -210,3 +253,18 @@ echo "| client | msg/s (median of $REPEATS) | ratio |"
 echo "| --- | ---: | ---: |"
 echo "| reference_client | $reference | 1.000 |"
 awk -v o="$ours" -v r="$reference" 'BEGIN { printf "| echo-lab bench | %.0f | %.3f |\n", o, o / r }'
+fi
+
+if want memory; then
+    echo
+    echo "## memory. Bytes per idle connection: 5,000 idle and one busy, medians of 3"
+    "$LAB" compare --modes all --also "$TOKIO" --also "$RAW" --idle 5000 -c 1 \
+        --duration "$DURATION" --warmup 500ms --repeat 3 --out "$OUT/memory" | sed -n '/^medians/,$p'
+fi
+
+if want churn; then
+    echo
+    echo "## churn. Connections per second, four clients, a connection per message, medians of 5"
+    "$LAB" compare --modes all --also "$TOKIO" --churn -c 4 --duration 2s --warmup 500ms \
+        --repeat 5 --out "$OUT/churn" | sed -n '/^medians/,$p'
+fi
