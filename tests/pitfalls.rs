@@ -303,3 +303,50 @@ fn the_async_trace_tells_a_tasks_life() {
         );
     }
 }
+
+/// A loop whose client's chunk waits out `--work wait` must not spin on
+/// the bytes that client sends meanwhile: nobody will read them before the
+/// wait is over, and a level-triggered registration still watching them
+/// would make every wait return at once. Every readiness loop, on every
+/// backend (the async reactor registers level-triggered on `polling`).
+#[test]
+fn a_waiting_chunk_with_more_behind_it_does_not_spin_the_loop() {
+    let modes = ["selector", "statemachine", "async"];
+    let backends = ["polling", "epoll", "poll"];
+    std::thread::scope(|scope| {
+        for mode in modes {
+            for backend in backends {
+                scope.spawn(move || waiting_chunk_does_not_spin(mode, backend));
+            }
+        }
+    });
+}
+
+fn waiting_chunk_does_not_spin(mode: &str, backend: &str) {
+    let args = [
+        "--mode",
+        mode,
+        "--poller",
+        backend,
+        "--work",
+        "wait:1500ms",
+        "--quiet",
+    ];
+    let server = BinaryServer::start(&args);
+    let mut client = connect(server.addr);
+    client.write_all(b"first").unwrap();
+    // Held for 1.5 s; these wait unread in the socket meanwhile.
+    std::thread::sleep(Duration::from_millis(100));
+    client.write_all(b"second").unwrap();
+    let burned = server.cpu_burned_during(Duration::from_millis(800));
+    // Spinning burns the whole window; waiting costs ~nothing. The bound
+    // is loose so that a noisy machine cannot fail it.
+    assert!(
+        burned < Duration::from_millis(300),
+        "{mode} on {backend}: burned {burned:?} of CPU in 800 ms"
+    );
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut echoed = [0; 11];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"firstsecond", "{mode} on {backend}");
+}

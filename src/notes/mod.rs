@@ -124,7 +124,10 @@ pub const STEPS: [Step; 11] = [
 /// The steps that serve the echo (all but the chats): what `compare`,
 /// `bench` and `probe` can measure.
 pub fn echo_steps() -> impl Iterator<Item = &'static str> {
-    STEPS.iter().map(|step| step.name).filter(|name| !name.starts_with("chat-"))
+    STEPS
+        .iter()
+        .map(|step| step.name)
+        .filter(|name| !name.starts_with("chat-"))
 }
 
 /// The step called `name`.

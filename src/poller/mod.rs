@@ -127,8 +127,9 @@ pub struct Event {
     pub writable: bool,
     /// The peer shut its side down, or the socket failed: from now on a
     /// read returns at once (end of stream or the error), however much was
-    /// read since. Only backends that [report it](Poller::reports_read_closed)
-    /// set it; edge-triggered callers may skip a read on its strength.
+    /// read since. Backends that [report it](Poller::reports_read_closed)
+    /// set it for a half-close too; `polling` only for an error or a full
+    /// hang-up. Edge-triggered callers may skip a read on its strength.
     pub read_closed: bool,
 }
 
@@ -340,6 +341,40 @@ impl Poller {
             Inner::Epoll(p) => p.modify(source, key, interest),
             Inner::Poll(p) => p.modify(source, key, interest),
         }
+    }
+
+    /// [`Poller::modify`] for a source known only by its descriptor: a
+    /// table that keeps the descriptor beside its key, not the socket
+    /// (the async reactor's).
+    ///
+    /// # Safety
+    /// `fd` is registered here, so still open: the rule [`Poller::add`]
+    /// states (deleted before closed) keeps a registered descriptor open.
+    ///
+    /// # Errors
+    /// As [`Poller::modify`].
+    pub unsafe fn modify_fd(
+        &self,
+        fd: std::os::fd::RawFd,
+        key: usize,
+        interest: Interest,
+    ) -> io::Result<()> {
+        // SAFETY: the caller's promise: `fd` is open while registered.
+        let source = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        self.modify(&source, key, interest)
+    }
+
+    /// [`Poller::delete`] for a source known only by its descriptor.
+    ///
+    /// # Safety
+    /// As [`Poller::modify_fd`]: `fd` is registered here.
+    ///
+    /// # Errors
+    /// As [`Poller::delete`].
+    pub unsafe fn delete_fd(&self, fd: std::os::fd::RawFd) -> io::Result<()> {
+        // SAFETY: the caller's promise: `fd` is open while registered.
+        let source = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        self.delete(&source)
     }
 
     /// Says that an edge-triggered `source` hit `WouldBlock` in the

@@ -80,13 +80,16 @@ impl Poller {
         self.inner.wait(raw, timeout)?;
         list.extend(raw.iter().map(|event| {
             // An error or hang-up comes as readable and writable, as from
-            // every backend (the crate reports the flags as they are).
+            // every backend (the crate reports the flags as they are), and
+            // as read-closed: reads never block again. (A half-close, the
+            // peer's FIN alone, is not reported: the crate does not ask
+            // for EPOLLRDHUP.)
             let failed = event.is_err().unwrap_or(false) || event.is_interrupt();
             Event {
                 key: event.key,
                 readable: event.readable || failed,
                 writable: event.writable || failed,
-                read_closed: false,
+                read_closed: failed,
             }
         }));
         Ok(())

@@ -60,6 +60,11 @@ pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
         "| server | conns | msg/s (median) | p99 (median) | server CPU/msg (median) |",
     );
     let mut rule = String::from("| --- | ---: | ---: | ---: | ---: |");
+    let memory = medians.iter().any(|m| m.bytes_per_connection.is_some());
+    if memory {
+        out += " B/conn (median, range) |";
+        rule += " ---: |";
+    }
     for b in baselines {
         out += &format!(" msg/s vs {b} (range over repeats) | p99 vs {b} |");
         rule += " ---: | ---: |";
@@ -78,6 +83,12 @@ pub fn render_medians(medians: &[Median], baselines: &[String]) -> String {
             m.messages_per_sec,
             m.p99_us / 1000.0
         );
+        if memory {
+            out += &match m.bytes_per_connection {
+                Some((median, low, high)) => format!(" {median:.0} ({low}–{high}) |"),
+                None => " - |".to_owned(),
+            };
+        }
         for b in baselines {
             match m.ratios.iter().find(|r| &r.baseline == b) {
                 Some(r) if r.rate_range.0 < r.rate_range.1 => {

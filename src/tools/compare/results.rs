@@ -179,6 +179,10 @@ pub struct Median {
     /// microseconds: what the message costs it, however busy the client
     /// kept it. `None` when its CPU use could not be read.
     pub server_us_per_msg: Option<f64>,
+    /// Bytes per connection (peak memory less the memory before the run,
+    /// over every connection of the run): the median and the lowest and
+    /// highest of the repeats. `None` where memory was not read.
+    pub bytes_per_connection: Option<(f64, u64, u64)>,
     /// The ratio to each baseline measured.
     pub ratios: Vec<Ratio>,
 }
@@ -268,11 +272,25 @@ pub fn medians(comparison: &Comparison, baselines: &[String]) -> Vec<Median> {
                 p99_us: median(runs.iter().map(|r| p99(r))),
                 server_us_per_msg: Some(median(runs.iter().filter_map(|r| server_us(r))))
                     .filter(|us| !us.is_nan()),
+                bytes_per_connection: bytes_per_connection(&runs),
                 ratios,
             });
         }
     }
     medians
+}
+
+/// The median, lowest and highest bytes per connection of `runs`, if
+/// every run read its memory.
+fn bytes_per_connection(runs: &[&Row]) -> Option<(f64, u64, u64)> {
+    let each: Option<Vec<u64>> = runs
+        .iter()
+        .map(|r| r.memory.as_ref()?.per_connection)
+        .collect();
+    let each = each.filter(|each| !each.is_empty())?;
+    let low = *each.iter().min()?;
+    let high = *each.iter().max()?;
+    Some((median(each.iter().map(|&b| b as f64)), low, high))
 }
 
 /// The median of some values (the mean of the middle two for an even

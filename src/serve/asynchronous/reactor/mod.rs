@@ -30,7 +30,7 @@ use std::future::{Future, poll_fn};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::num::NonZeroU64;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -40,7 +40,7 @@ use slab::Slab;
 
 use crate::lab::trace::Trace;
 use crate::net::{self, Blocking, interrupted, would_block};
-use crate::poller::{Backend, Events, Interest, Poller};
+use crate::poller::{Backend, Event, Events, Interest, Poller};
 use crate::serve::buffers::{BufferPool, Lease, TASK_BUFFER_SIZE};
 
 use crate::serve::DEFAULT_BUDGET;
@@ -77,6 +77,11 @@ pub struct Reactor {
     /// Operations that met `WouldBlock` since the last `--stats` line:
     /// each a system call that found nothing to do.
     would_block: Cell<u64>,
+    /// Sockets are registered level-triggered (`level.rs` says why and
+    /// when): the backend cannot report a half-close with the data.
+    level: bool,
+    /// The last wait could sleep (tasks were not waiting to run).
+    could_sleep: Cell<bool>,
 }
 
 /// The cooperative budget (tokio's `coop`): a task may complete at most
@@ -122,19 +127,30 @@ impl Budget {
 /// One registered socket: what is known of its readiness, and who waits.
 /// Its key in the reactor's slab is its key in the poller too.
 struct Source {
-    /// Edge-triggered readiness, remembered: set by an event, cleared only
-    /// when an operation hits `WouldBlock`. While it is set the operation
-    /// is tried without waiting; while it is clear, a task waits.
-    readable: Cell<bool>,
-    /// As `readable`, for writing.
-    writable: Cell<bool>,
-    /// The peer hung up (or the socket failed): reads never block again.
-    read_closed: Cell<bool>,
+    /// What is known of it, as the bits below, in one byte: every idle
+    /// connection holds a `Source`, 40 bytes with the flags packed.
+    known: Cell<u8>,
+    /// Its descriptor, for level-triggered registrations to change what
+    /// the poller watches from [`Reactor::dispatch`] (see `level.rs`).
+    fd: RawFd,
     /// The task waiting to read (one at a time).
     reader: Waiter,
     /// The task waiting to write (one at a time).
     writer: Waiter,
 }
+
+/// Readiness, remembered: set by an event, cleared only when an operation
+/// hits `WouldBlock` (or, for reads, comes back short). While it is set the
+/// operation is tried without waiting; while it is clear, a task waits.
+const READABLE: u8 = 1;
+/// As [`READABLE`], for writing.
+const WRITABLE: u8 = 1 << 1;
+/// The peer hung up (or the socket failed): reads never block again.
+const READ_CLOSED: u8 = 1 << 2;
+/// Level-triggered only: what the poller watches it for now.
+const WATCH_READ: u8 = 1 << 3;
+/// As [`WATCH_READ`], for writing.
+const WATCH_WRITE: u8 = 1 << 4;
 
 /// Who waits for one direction of a socket: the waker of the task waiting
 /// right now, if one is. A `Cell`, not a `RefCell`: taken out and put
@@ -176,12 +192,26 @@ enum Direction {
     Write,
 }
 
-impl Source {
-    fn ready(&self, direction: Direction) -> &Cell<bool> {
-        match direction {
-            Direction::Read => &self.readable,
-            Direction::Write => &self.writable,
+impl Direction {
+    /// Its bit of readiness in [`Source::known`].
+    fn ready(self) -> u8 {
+        match self {
+            Direction::Read => READABLE,
+            Direction::Write => WRITABLE,
         }
+    }
+}
+
+impl Source {
+    /// Whether `bit` of [`Source::known`] is set.
+    fn is(&self, bit: u8) -> bool {
+        self.known.get() & bit != 0
+    }
+
+    /// Sets or clears `bit` of [`Source::known`].
+    fn mark(&self, bit: u8, on: bool) {
+        let known = self.known.get();
+        self.known.set(if on { known | bit } else { known & !bit });
     }
 
     fn waiter(&self, direction: Direction) -> &Waiter {
@@ -194,17 +224,18 @@ impl Source {
     /// Whether the socket is known to be ready in `direction`; if not,
     /// leaves `waker` to be woken when it is.
     fn ready_or_wait(&self, direction: Direction, waker: &Waker) -> bool {
-        let ready = self.ready(direction).get();
+        let ready = self.is(direction.ready());
         if !ready {
             self.waiter(direction).wait(waker);
         }
         ready
     }
 
-    /// Marks `direction` ready and wakes whoever waits for it.
-    fn wake(&self, direction: Direction) {
-        self.ready(direction).set(true);
-        self.waiter(direction).wake();
+    /// Marks `direction` ready and wakes whoever waits for it; returns
+    /// whether a task waited.
+    fn wake(&self, direction: Direction) -> bool {
+        self.mark(direction.ready(), true);
+        self.waiter(direction).wake()
     }
 }
 
@@ -214,8 +245,11 @@ impl Reactor {
     /// # Errors
     /// If the poller cannot be created.
     pub fn new(backend: Backend) -> io::Result<Rc<Reactor>> {
+        let poller = Poller::new(backend)?;
         Ok(Rc::new(Reactor {
-            poller: Arc::new(Poller::new(backend)?),
+            level: !poller.reports_read_closed(),
+            could_sleep: Cell::new(true),
+            poller: Arc::new(poller),
             sources: RefCell::new(Slab::new()),
             timers: RefCell::new(BTreeMap::new()),
             next_timer_id: Cell::new(NonZeroU64::MIN),
@@ -285,6 +319,7 @@ impl Reactor {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        self.could_sleep.set(timeout != Some(Duration::ZERO));
         self.poller.wait(&mut self.events.borrow_mut(), timeout)
     }
 
@@ -300,13 +335,14 @@ impl Reactor {
                 continue;
             };
             if event.read_closed {
-                source.read_closed.set(true);
+                source.mark(READ_CLOSED, true);
             }
-            if event.readable {
-                source.wake(Direction::Read);
-            }
+            let woke_reader = event.readable && source.wake(Direction::Read);
             if event.writable {
                 source.wake(Direction::Write);
+            }
+            if self.level {
+                self.settle_level(source, &event, woke_reader);
             }
         }
         drop(sources);
@@ -363,12 +399,19 @@ impl<T: AsFd> Async<T> {
         let entry = sources.vacant_entry();
         let key = u32::try_from(entry.key()).map_err(|_| io::Error::other("too many sockets"))?;
         // SAFETY: `Drop for Async` deletes the source before `io` closes.
-        unsafe { reactor.poller.add_edge_triggered(&io, entry.key())? };
+        unsafe {
+            match reactor.level {
+                true => reactor.poller.add(&io, entry.key(), Interest::READ)?,
+                false => reactor.poller.add_edge_triggered(&io, entry.key())?,
+            }
+        }
         entry.insert(Source {
             // Registering reports whatever is ready already.
-            readable: Cell::new(assume_ready),
-            writable: Cell::new(assume_ready),
-            read_closed: Cell::new(false),
+            known: Cell::new(match assume_ready {
+                true => READABLE | WRITABLE | WATCH_READ,
+                false => WATCH_READ,
+            }),
+            fd: io.as_fd().as_raw_fd(),
             reader: Waiter::default(),
             writer: Waiter::default(),
         });
@@ -442,7 +485,13 @@ impl<T: AsFd> Async<T> {
     /// a new edge for. (The `poll` backend emulates edges and is told here
     /// to watch the direction again; the others need no call.)
     fn not_ready(&self, direction: Direction) {
-        self.source(|source| source.ready(direction).set(false));
+        self.source(|source| {
+            source.mark(direction.ready(), false);
+            if self.reactor.level {
+                self.reactor
+                    .watch_again(source, self.key as usize, direction);
+            }
+        });
         let interest = match direction {
             Direction::Read => Interest::READ,
             Direction::Write => Interest::WRITE,
@@ -507,13 +556,14 @@ impl Async<TcpStream> {
             // poller. Saves one syscall per message. Safe because data that
             // arrives after this read raises a new edge, and an end of
             // stream that arrived before it was reported with the data.
-            // (A backend that cannot report an end of stream with the data
-            // leaves us to read until WouldBlock, or we would miss it.)
+            // (Edge-triggered on a backend that cannot report an end of
+            // stream with the data, we must read until WouldBlock, or we
+            // would miss it; level-triggered, the next wait reports it.)
             if let Poll::Ready(Ok(data)) = &result {
                 if !data.is_empty()
                     && data.len() < TASK_BUFFER_SIZE
-                    && !self.source(|source| source.read_closed.get())
-                    && self.reactor.poller.reports_read_closed()
+                    && !self.source(|source| source.is(READ_CLOSED))
+                    && (self.reactor.level || self.reactor.poller.reports_read_closed())
                 {
                     self.not_ready(Direction::Read);
                 }
@@ -557,6 +607,7 @@ impl Async<TcpStream> {
     }
 }
 
+mod level;
 mod timers;
 
 pub use timers::{Sleep, TimedOut, Timeout, sleep, timeout};

@@ -87,3 +87,14 @@ fn a_waiter_holds_one_waker() {
     assert_eq!(first.0.load(Ordering::Relaxed), 0);
     assert_eq!(second.0.load(Ordering::Relaxed), 1);
 }
+
+/// A registration is what every idle connection holds in the reactor:
+/// its flags share one byte, so it stays at 40 bytes with the descriptor.
+#[test]
+fn a_registration_stays_small() {
+    assert!(
+        std::mem::size_of::<super::Source>() <= 40,
+        "{}",
+        std::mem::size_of::<super::Source>()
+    );
+}
