@@ -25,6 +25,10 @@
 #   5. bench itself against a minimal raw-epoll client
 #      (examples/reference_client.rs) on the same server: bench must reach
 #      at least 0.95x its rate while verifying every byte.
+#   cpu. Server CPU per message, the yardstick: every one-thread model
+#      (selector, statemachine, async, completion) on every readiness
+#      backend (polling, epoll, poll) against tokio and raw epoll, at 100
+#      and 1,000 connections on one shared core, 3 s runs, medians of 5.
 #   memory. Bytes per idle connection: 5,000 idle connections and one busy
 #      one, every model, tokio and raw epoll, medians of 3 (chapter 10).
 #   churn. Connections per second: every message on a new connection, four
@@ -45,8 +49,9 @@
 #
 # Usage: scripts/bench.sh                 (every section but memory and
 #                                          churn: about 12 minutes on 2 cores)
-#        scripts/bench.sh hogs memory     (only the sections named: 1a 1b
-#                                          1c 1d 1e hogs 2 3 4 5 memory churn)
+#        scripts/bench.sh cpu memory      (only the sections named: 1a 1b
+#                                          1c 1d 1e hogs 2 3 4 5 cpu memory
+#                                          churn; cpu takes about 8 minutes)
 #        DURATION=3s REPEATS=9 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -253,6 +258,20 @@ echo "| client | msg/s (median of $REPEATS) | ratio |"
 echo "| --- | ---: | ---: |"
 echo "| reference_client | $reference | 1.000 |"
 awk -v o="$ours" -v r="$reference" 'BEGIN { printf "| echo-lab bench | %.0f | %.3f |\n", o, o / r }'
+fi
+
+if want cpu; then
+    echo
+    echo "## cpu. Server CPU per message: every one-thread model on every backend, one shared core"
+    BACKENDS=()
+    for mode in selector statemachine async; do
+        for backend in epoll poll; do
+            BACKENDS+=(--also "$mode-$backend=$LAB serve --mode $mode --poller $backend --addr 127.0.0.1:{port} --quiet")
+        done
+    done
+    "$LAB" compare --modes selector,statemachine,async,completion "${BACKENDS[@]}" \
+        --also "$TOKIO" --also "$RAW" -c 100,1000 --duration 3s --warmup 500ms --repeat "$REPEATS" \
+        --shared-core --baseline tokio,raw-epoll --out "$OUT/cpu" | sed -n '/^medians/,$p'
 fi
 
 if want memory; then
