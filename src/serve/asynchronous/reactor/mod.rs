@@ -7,19 +7,23 @@
 //! future clears the flag, leaves its waker with the socket, and returns
 //! `Pending`. The next readiness event sets the flag and wakes that waker.
 //!
-//! Registrations are edge-triggered, as mio's are: a socket is added once
-//! for both directions and never touched again, and a wait reports only
-//! what changed. The selector and the statemachine loop use the
-//! level-triggered kind, which reports a socket for as long as it is ready;
-//! that costs the kernel a second look at every socket it reported, at the
-//! next wait, once per message (docs/performance.md measures it). Edges ask
-//! more of us instead: readiness is remembered here until a call says
-//! `WouldBlock`, nothing spins when nobody waits (an edge comes once), and
-//! a hang-up is remembered for good. That last one matters because of the
-//! short-read shortcut in [`Async::recv`]: a read that returns less than
-//! asked forgets readiness without the read that would say `WouldBlock`,
-//! and a FIN that arrived with the last data raises no edge of its own; the
-//! event that reported the data already said `read_closed`.
+//! Registrations are edge-triggered, as mio's are, where the backend
+//! reports a half-close with the data (`--poller epoll`, `poll`): a socket
+//! is added once for both directions and never touched again, and a wait
+//! reports only what changed. The selector and the statemachine loop use
+//! the level-triggered kind, which reports a socket for as long as it is
+//! ready; that costs the kernel a second look at every socket it reported,
+//! at the next wait, once per message (docs/performance.md measures it).
+//! Edges ask more of us instead: readiness is remembered here until a call
+//! says `WouldBlock`, nothing spins when nobody waits (an edge comes
+//! once), and a hang-up is remembered for good. That last one matters
+//! because of the short-read shortcut in [`Async::recv`]: a read that
+//! returns less than asked forgets readiness without the read that would
+//! say `WouldBlock`, and a FIN that arrived with the last data raises no
+//! edge of its own; the event that reported the data already said
+//! `read_closed`. On `polling`, the default, which cannot say that, the
+//! reactor registers level-triggered instead, and watches only what a
+//! task will act on: `level.rs`, the performance part, says why and how.
 //!
 //! In asyncio's terms this is the selector half of the event loop
 //! (`add_reader`/`add_writer`) plus `call_later`'s timer heap.
