@@ -1,6 +1,6 @@
 //! The system calls echo-lab makes outside its poller, in one place: the
 //! descriptor limit, CPU placement, CPU time and memory here; processes
-//! and signals in [`process`]. Each `unsafe` block is a single call whose
+//! and signals in `process.rs`. Each `unsafe` block is a single call whose
 //! contract is stated beside it, and each result is checked; the rest of
 //! the crate calls these safe functions.
 //!
