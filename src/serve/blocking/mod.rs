@@ -223,6 +223,27 @@ pub(super) struct Echoed {
     pub bytes: u64,
 }
 
+/// Runs `serve` (a model's accept loop) with `--stats` beside it: `fill`
+/// makes a line every interval on a thread of its own (the blocking
+/// models' threads block and cannot), and the final line is written once
+/// `serve` has returned, so it counts every thread of the model. Nothing
+/// but `serve` without `--stats`.
+pub fn with_stats<R>(
+    ctx: &Context,
+    name: &str,
+    fill: impl FnMut(&mut Line) + Send,
+    serve: impl FnOnce() -> R,
+) -> R {
+    std::thread::scope(|scope| {
+        let report = report_every(scope, ctx, name, fill);
+        let result = serve();
+        if let Some(report) = report {
+            report.finish();
+        }
+        result
+    })
+}
+
 /// Runs `fill` into a `--stats` line every interval on a thread of its own
 /// (the blocking models' threads block and cannot) until the shutdown.
 /// [`Report::finish`] writes the final line once the model's own threads

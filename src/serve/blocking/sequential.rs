@@ -18,7 +18,8 @@
 use std::io;
 use std::net::TcpListener;
 
-use super::{Clients, handle_client, report_every};
+use super::{Clients, handle_client, with_stats};
+use crate::lab::live::Line;
 use crate::serve::Context;
 
 /// Serves one client at a time until shutdown.
@@ -28,21 +29,19 @@ use crate::serve::Context;
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let mut clients = Clients::new(listener, ctx)?;
     let listener = clients.listener();
-    std::thread::scope(|scope| {
-        // --stats: the one client served, and the others waiting in the
-        // kernel's accept queue (which Linux can count).
-        let report = report_every(scope, ctx, "sequential", move |line| {
-            ctx.traffic.fill(line, ctx.stats.active());
-            line.gauge("serving", ctx.stats.active());
-            if let Some(waiting) = crate::sys::accept_queue(&*listener) {
-                line.gauge("accept_queue", u64::from(waiting));
-            }
-        });
+    // --stats: the one client served, and the others waiting in the
+    // kernel's accept queue (which Linux can count).
+    let stats = move |line: &mut Line| {
+        ctx.traffic.fill(line, ctx.stats.active());
+        line.gauge("serving", ctx.stats.active());
+        if let Some(waiting) = crate::sys::accept_queue(&*listener) {
+            line.gauge("accept_queue", u64::from(waiting));
+        }
+    };
+    with_stats(ctx, "sequential", stats, || {
+        // for client in clients: handle_client(client)
         for client in &mut clients {
             handle_client(client, ctx);
-        }
-        if let Some(report) = report {
-            report.finish();
         }
     });
     clients.finish()

@@ -21,7 +21,8 @@ use std::io;
 use std::net::TcpListener;
 use std::thread;
 
-use super::{Clients, handle_client, report_every, spawn_client};
+use super::{Clients, handle_client, spawn_client, with_stats};
+use crate::lab::live::Line;
 use crate::serve::Context;
 
 /// Serves every client on a thread of its own until shutdown.
@@ -30,14 +31,10 @@ use crate::serve::Context;
 /// If the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let mut clients = Clients::new(listener, ctx)?;
-    thread::scope(|outer| {
-        // --stats: the clients served right now are the threads serving
-        // (each line also counts the process's threads and its memory).
-        let report = report_every(outer, ctx, "threads", move |line| {
-            ctx.traffic.fill(line, ctx.stats.active());
-        });
-        // Every client thread ends inside this scope, so that the final
-        // line counts them all.
+    // --stats: the clients served right now are the threads serving (each
+    // line also counts the process's threads and its memory).
+    let stats = |line: &mut Line| ctx.traffic.fill(line, ctx.stats.active());
+    with_stats(ctx, "threads", stats, || {
         thread::scope(|scope| {
             for client in &mut clients {
                 spawn_client(scope, ctx, "client".into(), client, |client| {
@@ -45,9 +42,6 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
                 });
             }
         });
-        if let Some(report) = report {
-            report.finish();
-        }
     });
     clients.finish()
 }
