@@ -648,10 +648,15 @@ fn inline_commands_still_parse() {
         // blocks are also run, README's are only parsed), without what the
         // shell adds around them (`&`, pipes, redirections, comments).
         let spans = text.split('`').skip(1).step_by(2);
-        // A synopsis continues on indented lines that start with `[`.
+        // A synopsis continues on indented lines that start with `[`, and
+        // a shell line on the next after a trailing `\`.
         let mut joined = String::new();
         for line in text.lines() {
-            if line.starts_with(' ') && line.trim_start().starts_with('[') {
+            if joined.ends_with('\\') {
+                joined.pop();
+                joined.push(' ');
+                joined.push_str(line.trim());
+            } else if line.starts_with(' ') && line.trim_start().starts_with('[') {
                 joined.push(' ');
                 joined.push_str(line.trim());
             } else {
