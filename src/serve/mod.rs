@@ -59,6 +59,7 @@ mod context;
 pub mod processes;
 pub mod readiness;
 pub mod statemachine;
+pub(crate) mod turns;
 
 /// The concurrency models, in the order the notes introduce them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

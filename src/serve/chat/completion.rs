@@ -34,6 +34,7 @@ use crate::serve::completion::kit::{
     Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token,
 };
 use crate::serve::completion::ring::{Completion, Kind, Outgoing, Ring, Token};
+use crate::serve::turns::{self, Turns};
 use crate::stats::Ending;
 
 /// Serves the chat from this thread until shutdown.
@@ -59,10 +60,46 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         traffic: &traffic,
         ctx,
     };
-    let served = chat.serve();
-    chat.close_all();
-    chat.report(Instant::now(), true);
-    served
+    turns::run(&mut chat)
+}
+
+impl<'a> Turns<'a> for Chat<'a> {
+    fn stopping(&self) -> bool {
+        self.ctx.shutdown.is_triggered()
+    }
+
+    fn meter(&mut self) -> &mut Meter<'a> {
+        &mut self.meter
+    }
+
+    /// Submits what is queued and waits for a completion, in one call.
+    fn wait(&mut self) -> io::Result<()> {
+        let timeout = self.timeout();
+        self.ring.submit_and_wait(timeout)
+    }
+
+    fn handle(&mut self, now: Instant) -> io::Result<usize> {
+        let mut completions = 0;
+        while let Some(done) = self.ring.next_completion() {
+            completions += 1;
+            self.complete(done, now)?;
+        }
+        Ok(completions)
+    }
+
+    fn after(&mut self, now: Instant) -> io::Result<()> {
+        self.deliver()?;
+        self.rearm_starved()?;
+        self.run_timers(now)
+    }
+
+    fn report(&mut self, now: Instant, last: bool) {
+        self.stats_line(now, last);
+    }
+
+    fn close_all(&mut self) {
+        Chat::close_every_client(self);
+    }
 }
 
 /// One client, and what of it is with the kernel.
@@ -114,29 +151,8 @@ struct Chat<'a> {
 }
 
 impl Chat<'_> {
-    fn serve(&mut self) -> io::Result<()> {
-        while !self.ctx.shutdown.is_triggered() {
-            self.meter.waiting();
-            self.ring.submit_and_wait(self.timeout())?;
-            let now = Instant::now();
-            let mut completions = 0;
-            while let Some(done) = self.ring.next_completion() {
-                completions += 1;
-                self.complete(done, now)?;
-            }
-            self.meter.woke(now, completions);
-            self.deliver()?;
-            self.rearm_starved()?;
-            self.run_timers(now)?;
-            if self.meter.due(now) {
-                self.report(now, false);
-            }
-        }
-        Ok(())
-    }
-
     /// One `--stats` line: traffic, turns, and the chat's own fields.
-    fn report(&mut self, now: Instant, last: bool) {
+    fn stats_line(&mut self, now: Instant, last: bool) {
         let open = self.clients.len() as u64;
         let room = &self.room;
         self.meter
@@ -403,7 +419,7 @@ impl Chat<'_> {
 
     /// At shutdown: ends every client and the accept, then waits until the
     /// kernel has finished with every operation.
-    fn close_all(&mut self) {
+    fn close_every_client(&mut self) {
         let _ = self.ring.cancel(token(Kind::Accept, 0, 0));
         let _ = self.ring.cancel(token(Kind::Bell, 0, 0));
         let tokens: Vec<Token> = self.clients.iter().map(|(token, _)| token).collect();

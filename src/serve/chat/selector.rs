@@ -28,6 +28,7 @@ use crate::poller::{Events, Interest, Poller, Registered};
 use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::readiness::Listener;
+use crate::serve::turns::{self, Turns};
 use crate::stats::Ending;
 
 /// What to do when a registered socket is ready.
@@ -73,6 +74,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         handlers,
         room: Room::default(),
         buffer: vec![0; 4096].into_boxed_slice(),
+        events: Events::new(),
         closing: VecDeque::new(),
         posted: Vec::new(),
         next_id: 0,
@@ -80,10 +82,67 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         traffic: &traffic,
         ctx,
     };
-    let served = chat.serve();
-    chat.close_all();
-    chat.report(Instant::now(), true);
-    served
+    turns::run(&mut chat)
+}
+
+impl<'a> Turns<'a> for Chat<'a> {
+    fn stopping(&self) -> bool {
+        self.ctx.shutdown.is_triggered()
+    }
+
+    fn meter(&mut self) -> &mut Meter<'a> {
+        &mut self.meter
+    }
+
+    fn wait(&mut self) -> io::Result<()> {
+        let timeout = self.timeout();
+        self.poller.wait(&mut self.events, timeout).map(drop)
+    }
+
+    fn handle(&mut self, now: Instant) -> io::Result<usize> {
+        let events = std::mem::take(&mut self.events);
+        let mut handled = Ok(0);
+        for event in events.iter() {
+            match self.handlers.get_mut(event.key) {
+                Some(Handler::Accept) => {
+                    if let Err(e) = self.accept_clients() {
+                        handled = Err(e);
+                        break;
+                    }
+                }
+                Some(Handler::Stop) => self.ctx.shutdown.trigger(),
+                Some(Handler::Client(_)) => {
+                    if event.writable {
+                        self.flush(event.key);
+                    }
+                    if event.readable {
+                        self.read(event.key, now);
+                    }
+                    self.settle(event.key, now);
+                }
+                None => {}
+            }
+            handled = handled.map(|n| n + 1);
+        }
+        self.events = events;
+        handled
+    }
+
+    fn after(&mut self, now: Instant) -> io::Result<()> {
+        self.deliver(now);
+        self.run_timers(now)
+    }
+
+    fn report(&mut self, now: Instant, last: bool) {
+        self.stats_line(now, last);
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<usize> = self.handlers.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close(key, Ending::Shutdown);
+        }
+    }
 }
 
 /// The loop and everything it owns, the chat included.
@@ -97,6 +156,8 @@ struct Chat<'a> {
     /// client's key in `handlers`.
     room: Room<usize>,
     buffer: Box<[u8]>,
+    /// What the last wait reported, kept to reuse its memory.
+    events: Events,
     /// Clients that stopped sending, by deadline: (deadline, key, id).
     /// Deadlines are `now + CLOSE_GRACE`, so they come in order.
     closing: VecDeque<(Instant, usize, u64)>,
@@ -112,40 +173,8 @@ struct Chat<'a> {
 }
 
 impl Chat<'_> {
-    fn serve(&mut self) -> io::Result<()> {
-        let mut events = Events::new();
-        while !self.ctx.shutdown.is_triggered() {
-            self.meter.waiting();
-            let ready = self.poller.wait(&mut events, self.timeout())?;
-            let now = Instant::now();
-            self.meter.woke(now, ready);
-            for event in events.iter() {
-                match self.handlers.get_mut(event.key) {
-                    Some(Handler::Accept) => self.accept_clients()?,
-                    Some(Handler::Stop) => self.ctx.shutdown.trigger(),
-                    Some(Handler::Client(_)) => {
-                        if event.writable {
-                            self.flush(event.key);
-                        }
-                        if event.readable {
-                            self.read(event.key, now);
-                        }
-                        self.settle(event.key, now);
-                    }
-                    None => {}
-                }
-            }
-            self.deliver(now);
-            self.run_timers(now)?;
-            if self.meter.due(now) {
-                self.report(now, false);
-            }
-        }
-        Ok(())
-    }
-
     /// One `--stats` line: traffic, turns, and the chat's own fields.
-    fn report(&mut self, now: Instant, last: bool) {
+    fn stats_line(&mut self, now: Instant, last: bool) {
         let open = self.handlers.len().saturating_sub(2) as u64;
         let room = &self.room;
         self.meter
@@ -302,13 +331,6 @@ impl Chat<'_> {
             // Dropping it deletes it from the poller, closes it, then
             // counts it out and logs it.
             drop(client);
-        }
-    }
-
-    fn close_all(&mut self) {
-        let keys: Vec<usize> = self.handlers.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.close(key, Ending::Shutdown);
         }
     }
 }

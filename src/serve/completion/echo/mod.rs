@@ -19,6 +19,7 @@ use crate::lab::meter::Meter;
 use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::readiness::deadlines::IdleSweep;
+use crate::serve::turns::{self, Turns};
 use crate::stats::Ending;
 
 mod work;
@@ -60,10 +61,45 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         traffic: &traffic,
         ctx,
     };
-    let served = proactor.serve();
-    proactor.close_all();
-    proactor.report(Instant::now(), true);
-    served
+    turns::run(&mut proactor)
+}
+
+impl<'a> Turns<'a> for Proactor<'a> {
+    fn stopping(&self) -> bool {
+        self.ctx.shutdown.is_triggered()
+    }
+
+    fn meter(&mut self) -> &mut Meter<'a> {
+        &mut self.meter
+    }
+
+    /// Submits what is queued and waits for a completion, in one call.
+    fn wait(&mut self) -> io::Result<()> {
+        let timeout = self.timeout();
+        self.ring.submit_and_wait(timeout)
+    }
+
+    fn handle(&mut self, now: Instant) -> io::Result<usize> {
+        let mut completions = 0;
+        while let Some(done) = self.ring.next_completion() {
+            completions += 1;
+            self.complete(done, now)?;
+        }
+        Ok(completions)
+    }
+
+    fn after(&mut self, now: Instant) -> io::Result<()> {
+        self.rearm_starved()?;
+        self.run_timers(now)
+    }
+
+    fn report(&mut self, now: Instant, last: bool) {
+        self.stats_line(now, last);
+    }
+
+    fn close_all(&mut self) {
+        Proactor::close_every_client(self);
+    }
 }
 
 /// One client, and what of it is with the kernel.
@@ -137,26 +173,6 @@ struct Proactor<'a> {
 }
 
 impl Proactor<'_> {
-    fn serve(&mut self) -> io::Result<()> {
-        while !self.ctx.shutdown.is_triggered() {
-            self.meter.waiting();
-            self.ring.submit_and_wait(self.timeout())?;
-            let now = Instant::now();
-            let mut completions = 0;
-            while let Some(completion) = self.ring.next_completion() {
-                completions += 1;
-                self.complete(completion, now)?;
-            }
-            self.meter.woke(now, completions);
-            self.rearm_starved()?;
-            self.run_timers(now)?;
-            if self.meter.due(now) {
-                self.report(now, false);
-            }
-        }
-        Ok(())
-    }
-
     fn timeout(&self) -> Option<Duration> {
         let work_timer = self.plan.as_ref().and_then(WorkPlan::deadline);
         crate::serve::readiness::deadlines::until_earliest([
@@ -167,7 +183,7 @@ impl Proactor<'_> {
         ])
     }
 
-    fn report(&mut self, now: Instant, last: bool) {
+    fn stats_line(&mut self, now: Instant, last: bool) {
         let open = self.conns.len() as u64;
         let (in_flight, free) = (
             self.ring.in_flight() as u64,
@@ -491,7 +507,7 @@ impl Proactor<'_> {
     /// At shutdown: ends every connection and the accept, then waits until
     /// the kernel has finished with every operation, so that no memory or
     /// descriptor goes while it is still in use.
-    fn close_all(&mut self) {
+    fn close_every_client(&mut self) {
         let _ = self.ring.cancel(token(Kind::Accept, 0, 0));
         let _ = self.ring.cancel(token(Kind::Bell, 0, 0));
         if self.doorbell.is_some() {

@@ -67,6 +67,7 @@ use crate::lab::live::Traffic;
 use crate::lab::meter::Meter;
 use crate::poller::{Events, Interest, Poller};
 use crate::serve::accept::Visit;
+use crate::serve::turns::{self, Turns};
 use crate::serve::{Context, READ_BUFFER_SIZE};
 use crate::stats::Ending;
 
@@ -113,6 +114,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         listener: Listener::register(&poller, &listener, listener_key)?,
         handlers,
         buffer: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
+        events: Events::new(),
         idle: IdleSweep::new(ctx.config.idle_timeout),
         plan: work::start_plan(ctx, &poller)?,
         next_id: 0,
@@ -125,10 +127,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         jobs_done: 0,
         ctx,
     };
-    let served = selector.serve();
-    selector.close_all();
-    selector.report(Instant::now(), true);
-    served
+    turns::run(&mut selector)
 }
 
 /// The loop and everything it owns.
@@ -146,6 +145,8 @@ struct Selector<'a> {
     /// One read buffer for every client: a read is echoed (or moved to the
     /// client's `unsent`) before the next read, so nothing stays in it.
     buffer: Box<[u8]>,
+    /// What the last wait reported, kept to reuse its memory.
+    events: Events,
     /// When to look for idle clients next; `None` without `--idle-timeout`.
     idle: Option<IdleSweep>,
     /// `--work`, if given; without it the echo path is untouched.
@@ -162,43 +163,70 @@ struct Selector<'a> {
     ctx: &'a Context,
 }
 
-impl Selector<'_> {
-    /// The readiness loop: wait, dispatch each event to its handler, repeat.
-    fn serve(&mut self) -> io::Result<()> {
-        let mut events = Events::new();
-        while !self.ctx.shutdown.is_triggered() {
-            self.meter.waiting();
-            // One epoll_wait for a whole batch of ready sockets.
-            let ready = self.poller.wait(&mut events, self.timeout())?;
-            // One clock reading per batch, not per message: it only dates
-            // activity for the idle sweep, which is coarser anyway.
-            let now = Instant::now();
-            self.meter.woke(now, ready);
-            for event in events.iter() {
-                match self.handlers.get_mut(event.key) {
-                    Some(Handler::Accept) => self.accept_clients()?,
-                    Some(Handler::Stop) => self.ctx.shutdown.trigger(),
-                    Some(Handler::Echo(conn)) => {
-                        let plan = self.plan.as_mut();
-                        let (buffer, tally) = (&mut self.buffer, &self.tally);
-                        let ending = conn.on_ready(event, now, self.poller, buffer, plan, tally);
-                        if let Some(ending) = ending {
-                            self.close(event.key, ending);
-                        }
-                    }
-                    // Closed earlier in this batch.
-                    None => {}
-                }
-            }
-            self.finish_jobs(now);
-            self.run_timers(now)?;
-            if self.meter.due(now) {
-                self.report(now, false);
-            }
-        }
-        Ok(())
+impl<'a> Turns<'a> for Selector<'a> {
+    fn stopping(&self) -> bool {
+        self.ctx.shutdown.is_triggered()
     }
 
+    fn meter(&mut self) -> &mut Meter<'a> {
+        &mut self.meter
+    }
+
+    /// One epoll_wait for a whole batch of ready sockets.
+    fn wait(&mut self) -> io::Result<()> {
+        let timeout = self.timeout();
+        self.poller.wait(&mut self.events, timeout).map(drop)
+    }
+
+    /// Dispatches each event to its socket's handler: the notes'
+    /// `callback = key.data; callback(key.fileobj)`.
+    fn handle(&mut self, now: Instant) -> io::Result<usize> {
+        let events = std::mem::take(&mut self.events);
+        let mut handled = Ok(0);
+        for event in events.iter() {
+            match self.handlers.get_mut(event.key) {
+                Some(Handler::Accept) => {
+                    if let Err(e) = self.accept_clients() {
+                        handled = Err(e);
+                        break;
+                    }
+                }
+                Some(Handler::Stop) => self.ctx.shutdown.trigger(),
+                Some(Handler::Echo(conn)) => {
+                    let plan = self.plan.as_mut();
+                    let (buffer, tally) = (&mut self.buffer, &self.tally);
+                    let ending = conn.on_ready(event, now, self.poller, buffer, plan, tally);
+                    if let Some(ending) = ending {
+                        self.close(event.key, ending);
+                    }
+                }
+                // Closed earlier in this batch.
+                None => {}
+            }
+            handled = handled.map(|n| n + 1);
+        }
+        self.events = events;
+        handled
+    }
+
+    fn after(&mut self, now: Instant) -> io::Result<()> {
+        self.finish_jobs(now);
+        self.run_timers(now)
+    }
+
+    fn report(&mut self, now: Instant, last: bool) {
+        self.stats_line(now, last);
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<usize> = self.handlers.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close(key, Ending::Shutdown);
+        }
+    }
+}
+
+impl Selector<'_> {
     /// How long the next wait may last: until the next timer, or forever.
     fn timeout(&self) -> Option<Duration> {
         let work_timer = self.plan.as_ref().and_then(WorkPlan::deadline);
@@ -281,13 +309,6 @@ impl Selector<'_> {
             // Dropping it deletes it from the poller, closes it, then
             // counts it out and logs it.
             drop(conn);
-        }
-    }
-
-    fn close_all(&mut self) {
-        let keys: Vec<usize> = self.handlers.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.close(key, Ending::Shutdown);
         }
     }
 }

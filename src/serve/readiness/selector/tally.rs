@@ -35,7 +35,7 @@ impl Tally<'_> {
 
 impl Selector<'_> {
     /// One `--stats` line: traffic, turns, timers, jobs come back.
-    pub(super) fn report(&mut self, now: Instant, last: bool) {
+    pub(super) fn stats_line(&mut self, now: Instant, last: bool) {
         let open = self.handlers.len().saturating_sub(2) as u64;
         let timers = self.plan.as_ref().map_or(0, WorkPlan::held)
             + usize::from(self.listener.paused_until().is_some())
