@@ -157,6 +157,11 @@ impl Events {
     }
 }
 
+/// A registered descriptor, to change or delete its registration without
+/// the socket at hand: see [`Poller::handle_of`]. Four bytes.
+#[derive(Debug)]
+pub struct Watched(std::os::fd::RawFd);
+
 /// A source registered with a [`Poller`] by [`Poller::register`]: it is
 /// watched for exactly as long as this guard lives. Dropping the guard
 /// deletes the source from the poller and only then drops the source, so
@@ -343,37 +348,42 @@ impl Poller {
         }
     }
 
-    /// [`Poller::modify`] for a source known only by its descriptor: a
-    /// table that keeps the descriptor beside its key, not the socket
-    /// (the async reactor's).
+    /// The handle to change or delete a registered `source` later
+    /// without the source at hand: for a table that keeps it beside its
+    /// key instead of the socket (the async reactor's). Takes no system
+    /// call; the registration is [`Poller::add`]'s.
     ///
     /// # Safety
-    /// `fd` is registered here, so still open: the rule [`Poller::add`]
-    /// states (deleted before closed) keeps a registered descriptor open.
+    /// `source` is registered here, and the handle is used only while it
+    /// is: the rule [`Poller::add`] states (deleted before closed) then
+    /// keeps the descriptor open whenever the handle is used.
+    pub unsafe fn handle_of(&self, source: &impl AsFd) -> Watched {
+        Watched(std::os::fd::AsRawFd::as_raw_fd(&source.as_fd()))
+    }
+
+    /// [`Poller::modify`] through a [`Watched`] handle.
     ///
     /// # Errors
     /// As [`Poller::modify`].
-    pub unsafe fn modify_fd(
+    pub fn modify_watched(
         &self,
-        fd: std::os::fd::RawFd,
+        watched: &Watched,
         key: usize,
         interest: Interest,
     ) -> io::Result<()> {
-        // SAFETY: the caller's promise: `fd` is open while registered.
-        let source = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        // SAFETY: a `Watched` is used only while its source is registered,
+        // so open (the promise of `handle_of`).
+        let source = unsafe { std::os::fd::BorrowedFd::borrow_raw(watched.0) };
         self.modify(&source, key, interest)
     }
 
-    /// [`Poller::delete`] for a source known only by its descriptor.
-    ///
-    /// # Safety
-    /// As [`Poller::modify_fd`]: `fd` is registered here.
+    /// [`Poller::delete`] through a [`Watched`] handle.
     ///
     /// # Errors
     /// As [`Poller::delete`].
-    pub unsafe fn delete_fd(&self, fd: std::os::fd::RawFd) -> io::Result<()> {
-        // SAFETY: the caller's promise: `fd` is open while registered.
-        let source = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    pub fn delete_watched(&self, watched: &Watched) -> io::Result<()> {
+        // SAFETY: as in `modify_watched`.
+        let source = unsafe { std::os::fd::BorrowedFd::borrow_raw(watched.0) };
         self.delete(&source)
     }
 

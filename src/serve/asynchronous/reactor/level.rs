@@ -35,8 +35,7 @@ impl Reactor {
         if event.read_closed {
             // Reported at every wait whatever it is watched for: stop
             // watching it (its operations no longer block).
-            // SAFETY: in the table, so registered (and open).
-            let _ = unsafe { self.poller.delete_fd(source.fd) };
+            let _ = self.poller.delete_watched(&source.watched);
             source.mark(WATCH_READ | WATCH_WRITE, false);
             return;
         }
@@ -69,9 +68,11 @@ impl Reactor {
         if source.watched() == interest || source.is(READ_CLOSED) {
             return;
         }
-        // SAFETY: a source in the reactor's table is registered, and
-        // `Drop for Async` deletes it before its socket closes.
-        if unsafe { self.poller.modify_fd(source.fd, key, interest) }.is_ok() {
+        if self
+            .poller
+            .modify_watched(&source.watched, key, interest)
+            .is_ok()
+        {
             source.mark(WATCH_READ, interest.read);
             source.mark(WATCH_WRITE, interest.write);
         }

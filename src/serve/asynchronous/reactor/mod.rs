@@ -34,7 +34,7 @@ use std::future::{Future, poll_fn};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::num::NonZeroU64;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -44,7 +44,7 @@ use slab::Slab;
 
 use crate::lab::trace::Trace;
 use crate::net::{self, Blocking, interrupted, would_block};
-use crate::poller::{Backend, Event, Events, Interest, Poller};
+use crate::poller::{Backend, Event, Events, Interest, Poller, Watched};
 use crate::serve::buffers::{BufferPool, Lease, TASK_BUFFER_SIZE};
 
 use crate::serve::DEFAULT_BUDGET;
@@ -134,9 +134,9 @@ struct Source {
     /// What is known of it, as the bits below, in one byte: every idle
     /// connection holds a `Source`, 40 bytes with the flags packed.
     known: Cell<u8>,
-    /// Its descriptor, for level-triggered registrations to change what
-    /// the poller watches from [`Reactor::dispatch`] (see `level.rs`).
-    fd: RawFd,
+    /// Its registration, for level-triggered ones to change what the
+    /// poller watches from [`Reactor::dispatch`] (see `level.rs`).
+    watched: Watched,
     /// The task waiting to read (one at a time).
     reader: Waiter,
     /// The task waiting to write (one at a time).
@@ -402,20 +402,22 @@ impl<T: AsFd> Async<T> {
         let mut sources = reactor.sources.borrow_mut();
         let entry = sources.vacant_entry();
         let key = u32::try_from(entry.key()).map_err(|_| io::Error::other("too many sockets"))?;
-        // SAFETY: `Drop for Async` deletes the source before `io` closes.
-        unsafe {
+        // SAFETY: `Drop for Async` deletes the source before `io` closes,
+        // and removes its entry (the handle with it) at the same time.
+        let watched = unsafe {
             match reactor.level {
                 true => reactor.poller.add(&io, entry.key(), Interest::READ)?,
                 false => reactor.poller.add_edge_triggered(&io, entry.key())?,
             }
-        }
+            reactor.poller.handle_of(&io)
+        };
         entry.insert(Source {
             // Registering reports whatever is ready already.
             known: Cell::new(match assume_ready {
                 true => READABLE | WRITABLE | WATCH_READ,
                 false => WATCH_READ,
             }),
-            fd: io.as_fd().as_raw_fd(),
+            watched,
             reader: Waiter::default(),
             writer: Waiter::default(),
         });
