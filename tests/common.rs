@@ -288,7 +288,14 @@ impl BinaryServer {
             "echo-lab did not exit within {deadline:?} of signal {signal}"
         );
         let elapsed = sent.elapsed();
-        let stderr = self.stderr.take().unwrap().join().unwrap();
+        // Read to its end: a process the server started that outlives it
+        // keeps it open, which must fail the test, not hang it.
+        let reader = self.stderr.take().unwrap();
+        assert!(
+            poll_until(PATIENCE, || reader.is_finished()),
+            "the server's stderr stayed open {PATIENCE:?} after it exited: a process it started holds it"
+        );
+        let stderr = reader.join().unwrap();
         (status.unwrap(), elapsed, stderr)
     }
 

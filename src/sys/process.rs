@@ -13,17 +13,27 @@ use super::check;
 /// down to a worker: every descriptor of ours is close-on-exec, so the
 /// flag is cleared in the child alone), and, on Linux, receive SIGTERM if
 /// this process dies first, so that a worker never outlives its master.
+/// A master that dies between the fork and that request sends nothing:
+/// the child sees it has another parent already, and does not start.
 pub fn pass_down(command: &mut Command, fd: std::os::fd::RawFd) {
+    #[cfg(target_os = "linux")]
+    let master = std::process::id();
     // SAFETY: the closure runs between fork and exec, where only
-    // async-signal-safe calls are allowed: fcntl and prctl are plain system
-    // calls, and nothing is allocated.
+    // async-signal-safe calls are allowed: fcntl, prctl and getppid are
+    // plain system calls, and nothing is allocated (an error is made of a
+    // number).
     unsafe {
         command.pre_exec(move || {
             let flags = libc::fcntl(fd, libc::F_GETFD);
             check(flags)?;
             check(libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC))?;
             #[cfg(target_os = "linux")]
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM))?;
+            {
+                check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM))?;
+                if libc::getppid() as u32 != master {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+            }
             Ok(())
         });
     }
