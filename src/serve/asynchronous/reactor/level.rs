@@ -39,7 +39,7 @@ impl Reactor {
             source.mark(WATCH_READ | WATCH_WRITE, false);
             return;
         }
-        let mut watched = source.watched();
+        let mut watched = source.watching();
         if event.readable && !woke_reader && self.could_sleep.get() {
             watched.read = false;
         }
@@ -52,7 +52,7 @@ impl Reactor {
     /// A task found the socket not ready in `direction` and waits for it:
     /// watch that direction (again).
     pub(super) fn watch_again(&self, source: &Source, key: usize, direction: Direction) {
-        let mut watched = source.watched();
+        let mut watched = source.watching();
         match direction {
             Direction::Read => watched.read = true,
             Direction::Write => watched.write = true,
@@ -65,7 +65,7 @@ impl Reactor {
     /// failed and is reported anyway.
     fn watch(&self, source: &Source, key: usize, interest: Interest) {
         // A socket that failed or hung up is watched no more.
-        if source.watched() == interest || source.is(READ_CLOSED) {
+        if source.watching() == interest || source.is(READ_CLOSED) {
             return;
         }
         if self
@@ -81,7 +81,7 @@ impl Reactor {
 
 impl Source {
     /// What the poller watches it for now (level-triggered).
-    fn watched(&self) -> Interest {
+    fn watching(&self) -> Interest {
         Interest {
             read: self.is(WATCH_READ),
             write: self.is(WATCH_WRITE),

@@ -43,8 +43,10 @@
 //! (a signal rings it); its handler triggers the shutdown, and the loop
 //! deletes and closes every socket.
 //!
-//! Here: the loop (wait, dispatch, repeat) and the table of handlers;
-//! `connection.rs`: a client and its echo handler, the notes' callback.
+//! Here: the loop's two steps (wait, then dispatch each event to its
+//! handler) and the table of handlers; `serve/turns.rs` repeats them, the
+//! same skeleton for every one-thread loop. `connection.rs`: a client and
+//! its echo handler, the notes' callback.
 //! The lab's parts, which a first reading may skip: `work.rs` (`--work`
 //! and `--offload`: a chunk held until its work is done) and `tally.rs`
 //! (what `--stats` counts, where it happens).
