@@ -155,6 +155,12 @@ impl Events {
     pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
         self.list.iter().copied()
     }
+
+    /// The `index`th event of the last wait, if there is one: for a loop
+    /// whose handlers change the loop (the events included) as it goes.
+    pub fn get(&self, index: usize) -> Option<Event> {
+        self.list.get(index).copied()
+    }
 }
 
 /// A registered descriptor, to change or delete its registration without

@@ -100,16 +100,12 @@ impl<'a> Turns<'a> for Chat<'a> {
     }
 
     fn handle(&mut self, now: Instant) -> io::Result<usize> {
-        let events = std::mem::take(&mut self.events);
-        let mut handled = Ok(0);
-        for event in events.iter() {
+        // By index, not by iterator: a handler changes the loop.
+        let mut handled = 0;
+        while let Some(event) = self.events.get(handled) {
+            handled += 1;
             match self.handlers.get_mut(event.key) {
-                Some(Handler::Accept) => {
-                    if let Err(e) = self.accept_clients() {
-                        handled = Err(e);
-                        break;
-                    }
-                }
+                Some(Handler::Accept) => self.accept_clients()?,
                 Some(Handler::Stop) => self.ctx.shutdown.trigger(),
                 Some(Handler::Client(_)) => {
                     if event.writable {
@@ -122,10 +118,8 @@ impl<'a> Turns<'a> for Chat<'a> {
                 }
                 None => {}
             }
-            handled = handled.map(|n| n + 1);
         }
-        self.events = events;
-        handled
+        Ok(handled)
     }
 
     fn after(&mut self, now: Instant) -> io::Result<()> {

@@ -183,16 +183,12 @@ impl<'a> Turns<'a> for Selector<'a> {
     /// Dispatches each event to its socket's handler: the notes'
     /// `callback = key.data; callback(key.fileobj)`.
     fn handle(&mut self, now: Instant) -> io::Result<usize> {
-        let events = std::mem::take(&mut self.events);
-        let mut handled = Ok(0);
-        for event in events.iter() {
+        // By index, not by iterator: a handler changes the loop.
+        let mut handled = 0;
+        while let Some(event) = self.events.get(handled) {
+            handled += 1;
             match self.handlers.get_mut(event.key) {
-                Some(Handler::Accept) => {
-                    if let Err(e) = self.accept_clients() {
-                        handled = Err(e);
-                        break;
-                    }
-                }
+                Some(Handler::Accept) => self.accept_clients()?,
                 Some(Handler::Stop) => self.ctx.shutdown.trigger(),
                 Some(Handler::Echo(conn)) => {
                     let plan = self.plan.as_mut();
@@ -205,10 +201,8 @@ impl<'a> Turns<'a> for Selector<'a> {
                 // Closed earlier in this batch.
                 None => {}
             }
-            handled = handled.map(|n| n + 1);
         }
-        self.events = events;
-        handled
+        Ok(handled)
     }
 
     fn after(&mut self, now: Instant) -> io::Result<()> {
