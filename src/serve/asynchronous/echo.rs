@@ -1,6 +1,10 @@
 //! The echo on the async runtime: the notes' `handle_client` as an `async
 //! fn`, and the model's `run`, which hands [`accept_clients`]
 //! one such task per client. The chat's task stands on the same runtime.
+//!
+//! The lab's part (`src/lab/`, skippable on a first read): the traffic
+//! each task counts for `--stats`, the executor's meter (turns, stalls),
+//! `--work` and its `--offload` pool, `--crash-on`.
 
 use std::future::Future;
 use std::io;

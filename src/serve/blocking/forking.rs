@@ -34,6 +34,9 @@
 //! handlers are the default ones), then SIGKILL, and reaped before the
 //! parent returns.
 //!
+//! The lab's part (`src/lab/`, skippable on a first read): a `--stats`
+//! line whose traffic arrives as each child ends and reports its bytes.
+//!
 //! Tutorial: `docs/tutorial/10-threads-or-processes.md`.
 
 use std::collections::HashMap;

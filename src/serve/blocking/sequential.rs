@@ -10,6 +10,10 @@
 //! (`poll(2)` on the listener and the shutdown's bell) or the blocked
 //! `read()` (by shutting the client's socket down).
 //!
+//! The lab's part (`src/lab/`, skippable on a first read): a `--stats`
+//! line (`with_stats`) with the client served and the kernel's accept
+//! queue; `--work` and `--crash-on` happen inside `handle_client`.
+//!
 //! Next: [`super::threads`], a thread per client; then [`super::threadpool`],
 //! which bounds the threads.
 //!

@@ -16,6 +16,10 @@
 //! Shutdown shuts every socket down (waking blocked workers), drops the
 //! queue's sender, and joins every worker.
 //!
+//! The lab's part (`src/lab/`, skippable on a first read): a `--stats`
+//! line with the workers busy, the clients queued and the longest wait;
+//! `--work` and `--crash-on` happen inside `handle_client`.
+//!
 //! Next: `selector`, which serves every client from one thread.
 //!
 //! Tutorial: `docs/tutorial/2-a-pool-of-threads.md`.

@@ -13,6 +13,10 @@
 //! Shutdown shuts every client's socket down (its hook wakes the blocked
 //! thread), stops accepting, and waits for every client thread to end.
 //!
+//! The lab's part (`src/lab/`, skippable on a first read): a `--stats`
+//! line (`with_stats`) counting the threads serving; `--work` and
+//! `--crash-on` happen inside `handle_client`.
+//!
 //! Next: `threadpool`, which caps the threads and queues the rest.
 //!
 //! Tutorial: `docs/tutorial/2-a-pool-of-threads.md`.

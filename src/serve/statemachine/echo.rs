@@ -2,6 +2,10 @@
 //! generator, written by hand as a state machine (see the module above for
 //! why), and the model's `run`, which hands the runtime one of these per
 //! client. The chat's task stands on the same runtime.
+//!
+//! The lab's part (`src/lab/`, skippable on a first read): the traffic
+//! each task counts for `--stats`, `--work` (a task yields `Sleep` or
+//! `Offload` for it), `--crash-on`.
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};

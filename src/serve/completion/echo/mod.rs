@@ -1,8 +1,9 @@
 //! The echo on the completion loop: one ring, a multishot receive per
 //! client into the pool's buffers, the echo sent from the buffer it came
 //! in (see the module above for the whole design). The chat's completion
-//! loop stands on the same [`kit`](super::kit). `--work` (a chunk held
-//! or offloaded until its work is done) is the lab's, in `work.rs`.
+//! loop stands on the same [`kit`](super::kit). The lab's part (`src/lab/`,
+//! skippable on a first read): `--work` (a chunk held or offloaded until
+//! its work is done) in `work.rs`, the meter and traffic for `--stats`.
 
 use std::collections::VecDeque;
 use std::io;
