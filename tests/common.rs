@@ -400,82 +400,71 @@ pub fn run_into_closed_pipe(args: &[&str]) -> (Option<i32>, String) {
 /// `chat,`)
 /// each readiness loop runs once per backend (`f::selector::poll`).
 ///
-/// Each arm names the models that are not readiness loops; the three
-/// readiness loops and the three backends are written only in `@each`, so
-/// a new readiness loop or backend joins by one line there. A new model of
-/// another kind is added to each arm whose set includes it.
+/// The models that are not readiness loops are listed once, in `@models`,
+/// each with the sets it is in; the three readiness loops and the three
+/// backends are written only in `@each`. A new model is one line in one
+/// of the two.
 macro_rules! every_model {
     (backends: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            sequential => Sequential,
-            threads => Threads,
-            forking => Forking,
-            threadpool => Threadpool,
-            completion => Completion,
-        ] backends);)+
+        $(every_model!(@models all $test backends);)+
     };
-    (concurrent, backends: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            threads => Threads,
-            forking => Forking,
-            threadpool => Threadpool,
-            completion => Completion,
-        ] backends);)+
+    ($set:ident, backends: $($test:ident),+ $(,)?) => {
+        every_model!(@known $set);
+        $(every_model!(@models $set $test backends);)+
     };
-    (one_thread, backends: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [] backends);)+
-    };
-    (loops, backends: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [completion => Completion] backends);)+
-    };
-    (concurrent: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            threads => Threads,
-            forking => Forking,
-            threadpool => Threadpool,
-            completion => Completion,
-        ] plain);)+
-    };
-    (loops: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [completion => Completion] plain);)+
-    };
-    (chat, backends: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            threads => Threads,
-            threadpool => Threadpool,
-            completion => Completion,
-        ] backends);)+
-    };
-    // Every model `--processes` runs: all but forking, which makes its
-    // processes itself.
-    (processes: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            sequential => Sequential,
-            threads => Threads,
-            threadpool => Threadpool,
-            completion => Completion,
-        ] plain);)+
-    };
-    // The models that host the chat: the concurrent ones but forking,
-    // whose processes could not share one room.
-    (chat: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            threads => Threads,
-            threadpool => Threadpool,
-            completion => Completion,
-        ] plain);)+
-    };
-    (one_thread: $($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [] plain);)+
+    ($set:ident: $($test:ident),+ $(,)?) => {
+        every_model!(@known $set);
+        $(every_model!(@models $set $test plain);)+
     };
     ($($test:ident),+ $(,)?) => {
-        $(every_model!(@each $test [
-            sequential => Sequential,
-            threads => Threads,
-            forking => Forking,
-            threadpool => Threadpool,
-            completion => Completion,
-        ] plain);)+
+        $(every_model!(@models all $test plain);)+
+    };
+    // The sets a test may ask for; any other name is a compile error.
+    (@known concurrent) => {};
+    (@known chat) => {};
+    (@known processes) => {};
+    (@known loops) => {};
+    (@known one_thread) => {};
+    // The one list of the models that are not readiness loops (`@each`
+    // adds those), each with the sets it is in:
+    // (concurrent chat processes loops). A new model is one line here.
+    (@models $set:ident $test:ident $kind:ident) => {
+        every_model!(@pick $set $test $kind [] [
+            sequential => Sequential (no no yes no),
+            threads => Threads (yes yes yes no),
+            forking => Forking (yes no no no),
+            threadpool => Threadpool (yes yes yes no),
+            completion => Completion (yes yes yes yes),
+        ]);
+    };
+    // Keeps the models of the set, one at a time, then makes the tests.
+    (@pick $set:ident $test:ident $kind:ident [$($kept:tt)*] []) => {
+        every_model!(@each $test [$($kept)*] $kind);
+    };
+    (@pick all $test:ident $kind:ident [$($kept:tt)*]
+        [$name:ident => $mode:ident $sets:tt, $($rest:tt)*]) => {
+        every_model!(@pick all $test $kind [$($kept)* $name => $mode,] [$($rest)*]);
+    };
+    (@pick concurrent $test:ident $kind:ident [$($kept:tt)*]
+        [$name:ident => $mode:ident (yes $b:ident $c:ident $d:ident), $($rest:tt)*]) => {
+        every_model!(@pick concurrent $test $kind [$($kept)* $name => $mode,] [$($rest)*]);
+    };
+    (@pick chat $test:ident $kind:ident [$($kept:tt)*]
+        [$name:ident => $mode:ident ($a:ident yes $c:ident $d:ident), $($rest:tt)*]) => {
+        every_model!(@pick chat $test $kind [$($kept)* $name => $mode,] [$($rest)*]);
+    };
+    (@pick processes $test:ident $kind:ident [$($kept:tt)*]
+        [$name:ident => $mode:ident ($a:ident $b:ident yes $d:ident), $($rest:tt)*]) => {
+        every_model!(@pick processes $test $kind [$($kept)* $name => $mode,] [$($rest)*]);
+    };
+    (@pick loops $test:ident $kind:ident [$($kept:tt)*]
+        [$name:ident => $mode:ident ($a:ident $b:ident $c:ident yes), $($rest:tt)*]) => {
+        every_model!(@pick loops $test $kind [$($kept)* $name => $mode,] [$($rest)*]);
+    };
+    // Not in the set (`one_thread` keeps none of them).
+    (@pick $set:ident $test:ident $kind:ident [$($kept:tt)*]
+        [$name:ident => $mode:ident $sets:tt, $($rest:tt)*]) => {
+        every_model!(@pick $set $test $kind [$($kept)*] [$($rest)*]);
     };
     // The models listed, then the readiness loops: `plain`, a test each;
     // `backends`, a test per backend.
