@@ -64,6 +64,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::Context;
+use crate::lab::live::Line;
 use crate::poller::{Events, Interest, Poller};
 use crate::stats::Totals;
 use crate::sys::ChildBell;
@@ -174,18 +175,15 @@ pub fn supervise(seats: Vec<TcpListener>, ctx: &Context) -> anyhow::Result<Roll>
         restarted: &restarted,
         ctx,
     };
-    std::thread::scope(|scope| {
-        // --stats: the master's line is the whole server's memory, its
-        // workers included, and how often a worker had to be replaced.
-        let report = super::blocking::report_every(scope, ctx, "master", |line| {
-            line.count("restarts", restarted.swap(0, Relaxed));
-        });
+    // --stats: the master's line is the whole server's memory, its workers
+    // included, and how often a worker had to be replaced.
+    let stats = |line: &mut Line| {
+        line.count("restarts", restarted.swap(0, Relaxed));
+    };
+    super::blocking::with_stats(ctx, "master", stats, || {
         let served = master.serve(&poller, &children);
         master.stop_all(&poller, &children);
         ctx.shutdown.trigger();
-        if let Some(report) = report {
-            report.finish();
-        }
         served.map(|()| master.roll)
     })
 }

@@ -49,7 +49,8 @@ use std::process::ExitStatus;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use super::{Echoed, echo, report_every};
+use super::{Echoed, echo, with_stats};
+use crate::lab::live::Line;
 use crate::poller::{Events, Interest, Poller};
 use crate::serve::Context;
 use crate::serve::accept::Visit;
@@ -136,18 +137,13 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         report_writer: &report_writer,
         ctx,
     };
-    std::thread::scope(|scope| {
-        // --stats: the clients served now are the children alive (each
-        // line also counts the processes and their memory).
-        let report = report_every(scope, ctx, "forking", move |line| {
-            ctx.traffic.fill(line, ctx.stats.active());
-        });
+    // --stats: the clients served now are the children alive (each line
+    // also counts the processes and their memory).
+    let stats = |line: &mut Line| ctx.traffic.fill(line, ctx.stats.active());
+    with_stats(ctx, "forking", stats, || {
         let served = parent.serve(&poller, &children);
         parent.stop_all(&poller, &children);
         ctx.shutdown.trigger();
-        if let Some(report) = report {
-            report.finish();
-        }
         served
     })
 }

@@ -24,19 +24,15 @@ use super::room::{After, Room};
 use crate::lab::live::Traffic;
 use crate::lab::meter::Meter;
 use crate::net::{interrupted, would_block, write_some};
-use crate::poller::{Events, Interest, Poller, Registered};
+use crate::poller::{Event, Events, Interest, Poller, Registered};
 use crate::serve::Context;
 use crate::serve::accept::Visit;
-use crate::serve::readiness::Listener;
+use crate::serve::readiness::{self, Dispatch, Listener};
 use crate::serve::turns::{self, Turns};
 use crate::stats::Ending;
 
 /// What to do when a registered socket is ready.
-enum Handler<'a> {
-    Accept,
-    Stop,
-    Client(Client<'a>),
-}
+type Handler<'a> = crate::serve::readiness::Handler<Client<'a>>;
 
 /// One client's socket; what it says and is owed is in the room, under
 /// `member`.
@@ -61,16 +57,12 @@ struct Client<'a> {
 /// If the poller fails or the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let poller = Poller::new(ctx.config.poller)?;
-    let bell = ctx.shutdown.bell()?;
-    let mut handlers = Slab::new();
-    let listener_key = handlers.insert(Handler::Accept);
-    let bell_key = handlers.insert(Handler::Stop);
-    // Watched until this function returns (the guard deletes it).
-    let _bell = poller.register(&bell, bell_key, Interest::READ)?;
+    // The bell is watched until this function returns (the guard deletes it).
+    let (handlers, listener, _bell) = readiness::start(&poller, &listener, ctx.shutdown.bell()?)?;
     let traffic = Traffic::default();
     let mut chat = Chat {
         poller: &poller,
-        listener: Listener::register(&poller, &listener, listener_key)?,
+        listener,
         handlers,
         room: Room::default(),
         buffer: vec![0; 4096].into_boxed_slice(),
@@ -83,6 +75,36 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         ctx,
     };
     turns::run(&mut chat)
+}
+
+impl<'a> Dispatch for Chat<'a> {
+    type Client = Client<'a>;
+
+    fn table(&self) -> (&Events, &Slab<Handler<'a>>) {
+        (&self.events, &self.handlers)
+    }
+
+    fn accept_clients(&mut self) -> io::Result<()> {
+        while let Some((stream, peer)) = self.listener.next_client(&self.ctx.stats)? {
+            self.register(stream, peer);
+        }
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.ctx.shutdown.trigger();
+    }
+
+    /// Writes what it is owed, reads once, and settles what to watch.
+    fn on_client(&mut self, event: Event, now: Instant) {
+        if event.writable {
+            self.flush(event.key);
+        }
+        if event.readable {
+            self.read(event.key, now);
+        }
+        self.settle(event.key, now);
+    }
 }
 
 impl<'a> Turns<'a> for Chat<'a> {
@@ -100,26 +122,7 @@ impl<'a> Turns<'a> for Chat<'a> {
     }
 
     fn handle(&mut self, now: Instant) -> io::Result<usize> {
-        // By index, not by iterator: a handler changes the loop.
-        let mut handled = 0;
-        while let Some(event) = self.events.get(handled) {
-            handled += 1;
-            match self.handlers.get_mut(event.key) {
-                Some(Handler::Accept) => self.accept_clients()?,
-                Some(Handler::Stop) => self.ctx.shutdown.trigger(),
-                Some(Handler::Client(_)) => {
-                    if event.writable {
-                        self.flush(event.key);
-                    }
-                    if event.readable {
-                        self.read(event.key, now);
-                    }
-                    self.settle(event.key, now);
-                }
-                None => {}
-            }
-        }
-        Ok(handled)
+        readiness::dispatch(self, now)
     }
 
     fn after(&mut self, now: Instant) -> io::Result<()> {
@@ -259,13 +262,6 @@ impl Chat<'_> {
         }
         posted.clear();
         self.posted = posted;
-    }
-
-    fn accept_clients(&mut self) -> io::Result<()> {
-        while let Some((stream, peer)) = self.listener.next_client(&self.ctx.stats)? {
-            self.register(stream, peer);
-        }
-        Ok(())
     }
 
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) {

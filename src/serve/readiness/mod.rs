@@ -1,20 +1,98 @@
 //! The readiness kit: what the readiness loops (the selector, and the
-//! chat's selector) share, so that neither reaches into the other's file.
-//! Today that is the listener: accept the next client, and pause on running
-//! out of descriptors without spinning. (The statemachine and async
-//! runtimes accept through their own tasks, as the notes' do.)
+//! chat's selector) share, so that neither reaches into the other's file:
+//! the table of handlers and where it starts ([`start`]), the dispatch of
+//! each event to its handler ([`dispatch`]), and the listener: accept the
+//! next client, and pause on running out of descriptors without spinning.
+//! (The statemachine and async runtimes accept through their own tasks,
+//! as the notes' do.)
 
 pub mod deadlines;
 pub mod selector;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
+use slab::Slab;
+
 use crate::net::{ACCEPT_BACKOFF, Blocking};
-use crate::poller::{Interest, Poller, Registered};
+use crate::poller::{Event, Events, Interest, Poller, Registered};
 use crate::serve::accept::{Accepted, accept};
 use crate::stats::Stats;
+
+/// What a readiness loop does when a registered socket is ready: the notes'
+/// callback, as data. The listener and the shutdown's bell are the same in
+/// every loop; `C` is the loop's own client.
+pub(crate) enum Handler<C> {
+    /// The listener is readable: accept the waiting clients.
+    Accept,
+    /// The shutdown's bell rang (a signal, or `Shutdown::trigger`): stop.
+    Stop,
+    /// A client is readable or writable.
+    Client(C),
+}
+
+/// Where a readiness loop starts: its table of handlers, holding the
+/// listener's entry and the bell's; the listener, registered to read
+/// under its key; and `bell` (the shutdown's), watched under its key for
+/// as long as the returned guard lives.
+///
+/// # Errors
+/// If the poller refuses a socket.
+pub(crate) fn start<'p, C>(
+    poller: &'p Poller,
+    listener: &'p TcpListener,
+    bell: UnixStream,
+) -> io::Result<(Slab<Handler<C>>, Listener<'p>, Registered<'p, UnixStream>)> {
+    let mut handlers = Slab::new();
+    let listener_key = handlers.insert(Handler::Accept);
+    let bell_key = handlers.insert(Handler::Stop);
+    let bell = poller.register(bell, bell_key, Interest::READ)?;
+    let listener = Listener::register(poller, listener, listener_key)?;
+    Ok((handlers, listener, bell))
+}
+
+/// A readiness loop, as [`dispatch`] sees it.
+pub(crate) trait Dispatch {
+    /// The loop's own client.
+    type Client;
+    /// The events of the last wait, and the handlers, by key.
+    fn table(&self) -> (&Events, &Slab<Handler<Self::Client>>);
+    /// Accepts every client waiting in the backlog (the notes' `accept`).
+    ///
+    /// # Errors
+    /// If the listener is broken.
+    fn accept_clients(&mut self) -> io::Result<()>;
+    /// The bell rang: stops the loop.
+    fn stop(&self);
+    /// A client's socket is ready: its handler, the notes' callback.
+    fn on_client(&mut self, event: Event, now: Instant);
+}
+
+/// Hands each event of the last wait to its socket's handler (the notes'
+/// `callback = key.data; callback(key.fileobj)`), and says how many there
+/// were. By index, not by iterator: a handler changes the loop. An event
+/// whose key is vacant is of a client closed earlier in the same batch.
+///
+/// # Errors
+/// If the listener is broken.
+pub(crate) fn dispatch<D: Dispatch>(l: &mut D, now: Instant) -> io::Result<usize> {
+    let mut handled = 0;
+    loop {
+        let (events, handlers) = l.table();
+        let Some(event) = events.get(handled) else {
+            return Ok(handled);
+        };
+        handled += 1;
+        match handlers.get(event.key) {
+            Some(Handler::Accept) => l.accept_clients()?,
+            Some(Handler::Stop) => l.stop(),
+            Some(Handler::Client(_)) => l.on_client(event, now),
+            None => {}
+        }
+    }
+}
 
 /// A readiness loop's listener, registered level-triggered in its poller
 /// for as long as it lives: the selector's, and the chat selector's.

@@ -6,7 +6,7 @@
 //! Every socket is non-blocking and registered with one epoll
 //! [`Poller`]. The key of each registration indexes a table of
 //! handlers, the Rust shape of the notes' callback-as-data: `Handler::Accept`
-//! for the listener, `Handler::Echo` for a client. The loop waits until the
+//! for the listener, `Handler::Client` for a client. The loop waits until the
 //! kernel reports sockets ready, runs each one's handler, and repeats; no call
 //! ever blocks, so one thread serves thousands of clients.
 //!
@@ -63,11 +63,11 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::Listener;
 use super::deadlines::IdleSweep;
+use super::{Dispatch, Listener};
 use crate::lab::live::Traffic;
 use crate::lab::meter::Meter;
-use crate::poller::{Events, Interest, Poller};
+use crate::poller::{Event, Events, Interest, Poller};
 use crate::serve::accept::Visit;
 use crate::serve::turns::{self, Turns};
 use crate::serve::{Context, READ_BUFFER_SIZE};
@@ -87,15 +87,9 @@ use connection::Connection;
 use tally::Tally;
 use work::WorkPlan;
 
-/// What to do when a registered socket is ready: the notes' callback.
-enum Handler<'a> {
-    /// The listener is readable: accept the waiting clients.
-    Accept,
-    /// The shutdown bell rang (a signal, or `Shutdown::trigger`): stop.
-    Stop,
-    /// A client is readable or writable: echo what can be echoed.
-    Echo(Connection<'a>),
-}
+/// What to do when a registered socket is ready: the notes' callback. A
+/// client's handler echoes what can be echoed.
+type Handler<'a> = super::Handler<Connection<'a>>;
 
 /// Serves every client from this thread until shutdown.
 ///
@@ -103,17 +97,12 @@ enum Handler<'a> {
 /// If the poller fails or the listener breaks.
 pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
     let poller = Arc::new(Poller::new(ctx.config.poller)?);
-    let bell = ctx.shutdown.bell()?;
-    let mut handlers = Slab::new();
-    let listener_key = handlers.insert(Handler::Accept);
-    let bell_key = handlers.insert(Handler::Stop);
-    // Watched until this function returns (the guard deletes it).
-    let _bell = poller.register(&bell, bell_key, Interest::READ)?;
-
+    // The bell is watched until this function returns (the guard deletes it).
+    let (handlers, listener, _bell) = super::start(&poller, &listener, ctx.shutdown.bell()?)?;
     let traffic = Traffic::default();
     let mut selector = Selector {
         poller: &poller,
-        listener: Listener::register(&poller, &listener, listener_key)?,
+        listener,
         handlers,
         buffer: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
         events: Events::new(),
@@ -180,29 +169,8 @@ impl<'a> Turns<'a> for Selector<'a> {
         self.poller.wait(&mut self.events, timeout).map(drop)
     }
 
-    /// Dispatches each event to its socket's handler: the notes'
-    /// `callback = key.data; callback(key.fileobj)`.
     fn handle(&mut self, now: Instant) -> io::Result<usize> {
-        // By index, not by iterator: a handler changes the loop.
-        let mut handled = 0;
-        while let Some(event) = self.events.get(handled) {
-            handled += 1;
-            match self.handlers.get_mut(event.key) {
-                Some(Handler::Accept) => self.accept_clients()?,
-                Some(Handler::Stop) => self.ctx.shutdown.trigger(),
-                Some(Handler::Echo(conn)) => {
-                    let plan = self.plan.as_mut();
-                    let (buffer, tally) = (&mut self.buffer, &self.tally);
-                    let ending = conn.on_ready(event, now, self.poller, buffer, plan, tally);
-                    if let Some(ending) = ending {
-                        self.close(event.key, ending);
-                    }
-                }
-                // Closed earlier in this batch.
-                None => {}
-            }
-        }
-        Ok(handled)
+        super::dispatch(self, now)
     }
 
     fn after(&mut self, now: Instant) -> io::Result<()> {
@@ -222,6 +190,36 @@ impl<'a> Turns<'a> for Selector<'a> {
     }
 }
 
+impl<'a> Dispatch for Selector<'a> {
+    type Client = Connection<'a>;
+
+    fn table(&self) -> (&Events, &Slab<Handler<'a>>) {
+        (&self.events, &self.handlers)
+    }
+
+    fn accept_clients(&mut self) -> io::Result<()> {
+        while let Some((stream, peer)) = self.listener.next_client(&self.ctx.stats)? {
+            self.register(stream, peer);
+        }
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.ctx.shutdown.trigger();
+    }
+
+    fn on_client(&mut self, event: Event, now: Instant) {
+        let Some(Handler::Client(conn)) = self.handlers.get_mut(event.key) else {
+            return;
+        };
+        let plan = self.plan.as_mut();
+        let (buffer, tally) = (&mut self.buffer, &self.tally);
+        if let Some(ending) = conn.on_ready(event, now, self.poller, buffer, plan, tally) {
+            self.close(event.key, ending);
+        }
+    }
+}
+
 impl Selector<'_> {
     /// How long the next wait may last: until the next timer, or forever.
     fn timeout(&self) -> Option<Duration> {
@@ -232,14 +230,6 @@ impl Selector<'_> {
             work_timer,
             self.meter.deadline(),
         ])
-    }
-
-    /// Accepts every client waiting in the backlog (the notes' `accept`).
-    fn accept_clients(&mut self) -> io::Result<()> {
-        while let Some((stream, peer)) = self.listener.next_client(&self.ctx.stats)? {
-            self.register(stream, peer);
-        }
-        Ok(())
     }
 
     /// Adds an admitted client to the table and to the poller, interested
@@ -262,7 +252,7 @@ impl Selector<'_> {
             Ok(stream) => stream,
             Err(e) => return visit.end(Ending::Failed(e)),
         };
-        entry.insert(Handler::Echo(Connection {
+        entry.insert(Handler::Client(Connection {
             stream,
             unsent: Vec::new(),
             read_closed: false,
@@ -285,7 +275,7 @@ impl Selector<'_> {
             // A client whose chunk is with its work is busy, not idle.
             let idle_keys: Vec<usize> = (self.handlers.iter())
                 .filter(|(_, handler)| {
-                    matches!(handler, Handler::Echo(conn)
+                    matches!(handler, Handler::Client(conn)
                     if !conn.working && idle.is_idle(conn.last_active, now))
                 })
                 .map(|(key, _)| key)
@@ -300,7 +290,7 @@ impl Selector<'_> {
     /// Deletes a client from the poller (before its socket closes), from the
     /// table, and logs how it ended.
     fn close(&mut self, key: usize, ending: Ending) {
-        if let Some(Handler::Echo(mut conn)) = self.handlers.try_remove(key) {
+        if let Some(Handler::Client(mut conn)) = self.handlers.try_remove(key) {
             conn.visit.ends(ending);
             // Dropping it deletes it from the poller, closes it, then
             // counts it out and logs it.

@@ -81,7 +81,7 @@ impl Selector<'_> {
         now: Instant,
         echo: impl FnOnce(&mut Connection<'_>, Instant, &Tally<'_>) -> io::Result<()>,
     ) {
-        let Some(Handler::Echo(conn)) = self.handlers.get_mut(key) else {
+        let Some(Handler::Client(conn)) = self.handlers.get_mut(key) else {
             return; // Gone while it worked: its chunk is dropped.
         };
         if conn.id != id || !conn.working {
