@@ -1,7 +1,7 @@
 //! The readiness kit: what the readiness loops (the selector, and the
 //! chat's selector) share, so that neither reaches into the other's file:
-//! the table of handlers and where it starts ([`start`]), the dispatch of
-//! each event to its handler ([`dispatch`]), and the listener: accept the
+//! the table of handlers and where it starts (`start`), the dispatch of
+//! each event to its handler (`dispatch`), and the listener: accept the
 //! next client, and pause on running out of descriptors without spinning.
 //! (The statemachine and async runtimes accept through their own tasks,
 //! as the notes' do.)
