@@ -8,13 +8,13 @@
 //! notes' `setup_listening_socket` on echo-lab's one socket setup, and
 //! [`Watched`], the `polling` registration that deletes itself, which the
 //! loops share (the crate's rule: a source must leave the poller before it
-//! closes).
+//! closes; the type lives in `poller/`, with every `unsafe` of registering).
 
 use std::net::TcpListener;
-use std::os::fd::AsFd;
 
 use crate::net::{Blocking, DEFAULT_BACKLOG, bind_listener};
 use crate::parse::HostPort;
+pub use crate::poller::Watched;
 
 pub mod async_await;
 pub mod callbacks;
@@ -144,48 +144,4 @@ pub fn listen(addr: &HostPort, blocking: Blocking) -> anyhow::Result<TcpListener
     let listener = bind_listener(addr, DEFAULT_BACKLOG, blocking, false)?;
     println!("listening on {}", listener.local_addr()?);
     Ok(listener)
-}
-
-/// A socket watched by a `polling` poller for as long as this lives:
-/// `sel.register(...)` that cannot outlive its `sel.unregister(...)`.
-pub struct Watched<'p, T: AsFd> {
-    poller: &'p polling::Poller,
-    /// The socket.
-    pub source: T,
-}
-
-impl<'p, T: AsFd> Watched<'p, T> {
-    /// Registers `source`, level-triggered (`selectors`' kind: reported at
-    /// every wait while ready; the crate's default is oneshot), for
-    /// `interest`
-    /// (`polling::Event::readable(key)` and the like).
-    ///
-    /// # Errors
-    /// The poller refuses it.
-    pub fn new(
-        poller: &'p polling::Poller,
-        source: T,
-        interest: polling::Event,
-    ) -> std::io::Result<Self> {
-        // SAFETY: `Drop` deletes the source from the poller before the
-        // source itself is dropped (a field is dropped after `drop` runs).
-        unsafe { poller.add_with_mode(&source.as_fd(), interest, polling::PollMode::Level)? };
-        Ok(Watched { poller, source })
-    }
-
-    /// Watches it for `interest` from now on.
-    ///
-    /// # Errors
-    /// The poller refuses it.
-    pub fn change(&self, interest: polling::Event) -> std::io::Result<()> {
-        let level = polling::PollMode::Level;
-        self.poller
-            .modify_with_mode(self.source.as_fd(), interest, level)
-    }
-}
-
-impl<T: AsFd> Drop for Watched<'_, T> {
-    fn drop(&mut self) {
-        let _ = self.poller.delete(self.source.as_fd());
-    }
 }

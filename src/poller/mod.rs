@@ -35,6 +35,9 @@
 //! - A source is deleted before it is closed. `add` is `unsafe` for that
 //!   reason, as in the `polling` crate: a closed descriptor's number is
 //!   soon reused, and its stale registration would report another socket.
+//!   The loops never call it: they register through a type that keeps the
+//!   rule ([`Registered`], [`Watchlist`], [`Watched`]), so that `unsafe`
+//!   stays in this folder.
 //! - Errors and hang-ups are reported as readable and writable, whatever
 //!   the interest, so that whichever call comes next returns them.
 //! - [`Poller::notify`] ends a wait from any thread.
@@ -43,6 +46,11 @@
 pub mod epoll;
 pub mod poll;
 mod portable;
+mod registered;
+mod watchlist;
+
+pub use registered::{Handle, Registered, Registration, Watched};
+pub use watchlist::Watchlist;
 
 use std::io;
 use std::os::fd::AsFd;
@@ -163,65 +171,6 @@ impl Events {
     }
 }
 
-/// A registered descriptor, to change or delete its registration without
-/// the socket at hand: see [`Poller::handle_of`]. Four bytes.
-#[derive(Debug)]
-pub struct Watched(std::os::fd::RawFd);
-
-/// A source registered with a [`Poller`] by [`Poller::register`]: it is
-/// watched for exactly as long as this guard lives. Dropping the guard
-/// deletes the source from the poller and only then drops the source, so
-/// a registration can never outlive its socket, whatever path a loop takes
-/// to close it (an error, a timeout, shutdown).
-pub struct Registered<'p, T: AsFd> {
-    poller: &'p Poller,
-    /// The watched source (a socket, or a borrow of one).
-    source: T,
-    key: usize,
-}
-
-impl<T: AsFd> Registered<'_, T> {
-    /// The key its events carry.
-    pub fn key(&self) -> usize {
-        self.key
-    }
-
-    /// Changes what it is watched for.
-    ///
-    /// # Errors
-    /// As [`Poller::modify`].
-    pub fn modify(&self, interest: Interest) -> io::Result<()> {
-        self.poller.modify(&self.source, self.key, interest)
-    }
-}
-
-impl<T: AsFd> std::ops::Deref for Registered<'_, T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.source
-    }
-}
-
-impl<T: AsFd> std::ops::DerefMut for Registered<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.source
-    }
-}
-
-impl<T: AsFd> AsFd for Registered<'_, T> {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.source.as_fd()
-    }
-}
-
-impl<T: AsFd> Drop for Registered<'_, T> {
-    fn drop(&mut self) {
-        // Before `source` closes: that is the rule this type keeps.
-        let _ = self.poller.delete(&self.source);
-    }
-}
-
 /// A readiness poller with the backend chosen when it was made.
 #[derive(Debug)]
 pub struct Poller {
@@ -286,14 +235,7 @@ impl Poller {
         key: usize,
         interest: Interest,
     ) -> io::Result<Registered<'_, T>> {
-        // SAFETY: the guard owns `source` and deletes it in `drop`, which
-        // runs before its fields (the source among them) are dropped.
-        unsafe { self.add(&source, key, interest)? };
-        Ok(Registered {
-            poller: self,
-            source,
-            key,
-        })
+        Registration::new(self, source, key, interest)
     }
 
     /// Watches `source` for `interest`, level-triggered, reporting it under
@@ -352,45 +294,6 @@ impl Poller {
             Inner::Epoll(p) => p.modify(source, key, interest),
             Inner::Poll(p) => p.modify(source, key, interest),
         }
-    }
-
-    /// The handle to change or delete a registered `source` later
-    /// without the source at hand: for a table that keeps it beside its
-    /// key instead of the socket (the async reactor's). Takes no system
-    /// call; the registration is [`Poller::add`]'s.
-    ///
-    /// # Safety
-    /// `source` is registered here, and the handle is used only while it
-    /// is: the rule [`Poller::add`] states (deleted before closed) then
-    /// keeps the descriptor open whenever the handle is used.
-    pub unsafe fn handle_of(&self, source: &impl AsFd) -> Watched {
-        Watched(std::os::fd::AsRawFd::as_raw_fd(&source.as_fd()))
-    }
-
-    /// [`Poller::modify`] through a [`Watched`] handle.
-    ///
-    /// # Errors
-    /// As [`Poller::modify`].
-    pub fn modify_watched(
-        &self,
-        watched: &Watched,
-        key: usize,
-        interest: Interest,
-    ) -> io::Result<()> {
-        // SAFETY: a `Watched` is used only while its source is registered,
-        // so open (the promise of `handle_of`).
-        let source = unsafe { std::os::fd::BorrowedFd::borrow_raw(watched.0) };
-        self.modify(&source, key, interest)
-    }
-
-    /// [`Poller::delete`] through a [`Watched`] handle.
-    ///
-    /// # Errors
-    /// As [`Poller::delete`].
-    pub fn delete_watched(&self, watched: &Watched) -> io::Result<()> {
-        // SAFETY: as in `modify_watched`.
-        let source = unsafe { std::os::fd::BorrowedFd::borrow_raw(watched.0) };
-        self.delete(&source)
     }
 
     /// Says that an edge-triggered `source` hit `WouldBlock` in the
@@ -571,6 +474,28 @@ mod tests {
                 "{backend}: {events:?}"
             );
             poller.delete(&server).unwrap();
+        }
+    }
+
+    /// A watchlist adds an item the first time it is watched, and deletes
+    /// it before handing it back: the socket it returns, still open and
+    /// readable, is reported no more.
+    #[test]
+    fn a_watchlist_deletes_before_it_hands_back() {
+        for backend in Backend::ALL {
+            let mut list = Watchlist::new(Arc::new(Poller::new(backend).unwrap()));
+            let (mut client, server) = pair();
+            let key = list.insert(server);
+            client.write_all(b"x").unwrap();
+            assert!(wait_for(list.poller(), NOT_YET).is_empty(), "{backend}");
+            list.watch(key, Interest::READ).unwrap();
+            list.watch(key, Interest::READ).unwrap();
+            assert_eq!(list.watching(key), Some(Interest::READ));
+            let events = wait_for(list.poller(), SOON);
+            assert!(events.iter().any(|e| e.key == key), "{backend}");
+            let server = list.remove(key);
+            assert!(wait_for(list.poller(), NOT_YET).is_empty(), "{backend}");
+            drop(server);
         }
     }
 

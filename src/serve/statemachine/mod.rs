@@ -77,11 +77,9 @@ use std::cell::Cell;
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use slab::Slab;
 
 use super::Context;
 use super::accept::Visit;
@@ -90,7 +88,7 @@ use crate::lab::meter::Meter;
 use crate::lab::offload::{Finished, Job, Offload};
 use crate::lab::trace::Trace;
 use crate::lab::work::Work;
-use crate::poller::{Events, Interest, Poller};
+use crate::poller::{Events, Interest, Poller, Watchlist};
 
 /// What a task yields when it cannot go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,17 +240,21 @@ struct Slot<'a> {
     task: Box<dyn Coroutine<'a> + 'a>,
     /// What the task yielded last; `None` while it sits in the run queue.
     waiting: Option<Wait>,
-    /// What its socket is registered for in the poller (`None`: not added).
-    registered: Option<Interest>,
     /// The ticket of its job on the offload pool, while it has one.
     job: Option<u64>,
+}
+
+impl AsFd for Slot<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.task.source()
+    }
 }
 
 /// The notes' `EventLoop`: a run queue, a table of suspended tasks, and the
 /// poller that says which of them may resume.
 pub struct EventLoop<'a> {
-    poller: Arc<Poller>,
-    tasks: Slab<Slot<'a>>,
+    /// The tasks, each watched by the poller while it waits for its socket.
+    tasks: Watchlist<Slot<'a>>,
     /// Tasks ready to resume, and why (the notes' `tasks_to_run`).
     run_queue: VecDeque<(usize, Resume)>,
     /// Deadlines of suspended tasks, earliest first.
@@ -297,8 +299,7 @@ impl<'a> EventLoop<'a> {
             _ => None,
         };
         Ok(EventLoop {
-            poller,
-            tasks: Slab::new(),
+            tasks: Watchlist::new(poller),
             run_queue: VecDeque::new(),
             timers: BTreeSet::new(),
             spawned: Vec::new(),
@@ -344,7 +345,6 @@ impl<'a> EventLoop<'a> {
         let key = self.tasks.insert(Slot {
             task,
             waiting: None,
-            registered: None,
             job: None,
         });
         self.trace.task(
@@ -368,11 +368,11 @@ impl<'a> EventLoop<'a> {
                 return Ok(());
             }
             self.meter.waiting();
-            let ready = self.poller.wait(&mut events, self.timeout())?;
+            let ready = self.tasks.poller().wait(&mut events, self.timeout())?;
             let now = Instant::now();
             self.meter.woke(now, ready);
             for event in events.iter() {
-                let Some(slot) = self.tasks.get_mut(event.key) else {
+                let Some(slot) = self.tasks.get(event.key) else {
                     continue;
                 };
                 // Error and hang-up conditions come as both readable and
@@ -386,14 +386,13 @@ impl<'a> EventLoop<'a> {
                     // interest, and level-triggered on every wait. Stop
                     // watching; the task meets the error when it resumes.
                     Some(Wait::Sleep(_) | Wait::Offload) => {
-                        let _ = self.poller.delete(&slot.task.source());
-                        slot.registered = None;
+                        self.tasks.unwatch(event.key);
                         None
                     }
                     _ => None,
                 };
                 if let Some(until) = ready {
-                    slot.waiting = None;
+                    self.tasks[event.key].waiting = None;
                     if let Some(at) = until {
                         self.timers.remove(&(at, event.key));
                     }
@@ -441,7 +440,7 @@ impl<'a> EventLoop<'a> {
         };
         let wait = slot.task.resume(how, &mut step);
         if self.trace.is_on() {
-            trace_step(&self.trace, key, slot, how, wait);
+            trace_step(&self.trace, key, &self.tasks, how, wait);
         }
         while let Some(task) = self.spawned.pop() {
             self.create_task(task);
@@ -480,21 +479,11 @@ impl<'a> EventLoop<'a> {
         let interest = wait.interest();
         // Sockets stay registered while a task lives (level-triggered), so
         // the common resume-and-wait-for-read again costs no syscall.
-        if slot.registered != Some(interest) {
-            let source = slot.task.source();
-            let registered = match slot.registered {
-                // SAFETY: `remove` deletes the source before the task (and
-                // the socket it owns) is dropped.
-                None => unsafe { self.poller.add(&source, key, interest) },
-                Some(_) => self.poller.modify(&source, key, interest),
-            };
-            if let Err(e) = registered {
-                // epoll_ctl fails only when the kernel is out of memory or
-                // watches: the loop cannot do its job any more.
-                self.remove(key);
-                return Err(e);
-            }
-            slot.registered = Some(interest);
+        if let Err(e) = self.tasks.watch(key, interest) {
+            // epoll_ctl fails only when the kernel is out of memory or
+            // watches: the loop cannot do its job any more.
+            self.remove(key);
+            return Err(e);
         }
         if let Some(at) = wait.deadline() {
             self.timers.insert((at, key));
@@ -523,9 +512,6 @@ impl<'a> EventLoop<'a> {
     /// Deletes a task's socket from the poller, then drops the task.
     fn remove(&mut self, key: usize) {
         let slot = self.tasks.remove(key);
-        if slot.registered.is_some() {
-            let _ = self.poller.delete(&slot.task.source());
-        }
         if let Some(at) = slot.waiting.and_then(Wait::deadline) {
             self.timers.remove(&(at, key));
         }
@@ -555,7 +541,7 @@ impl<'a> EventLoop<'a> {
     }
 
     fn drop_every_task(&mut self) {
-        let keys: Vec<usize> = self.tasks.iter().map(|(key, _)| key).collect();
+        let keys: Vec<usize> = self.tasks.keys().collect();
         for key in keys {
             let name = self.tasks[key].task.name();
             self.trace.task(

@@ -5,7 +5,7 @@
 
 use super::{Resume, Slot, Wait};
 use crate::lab::trace::Trace;
-use crate::poller::Interest;
+use crate::poller::{Interest, Watchlist};
 
 impl Wait {
     /// What the notes' generator would have done, for `--trace`.
@@ -43,8 +43,14 @@ impl Resume {
 /// One `--trace` line for a resume: how the loop resumed the task and what
 /// it yielded, or, for a task resumed at its deadline that then ends, the
 /// notes' `close()`.
-pub(super) fn trace_step(trace: &Trace, key: usize, slot: &Slot<'_>, how: Resume, wait: Wait) {
-    let name = slot.task.name();
+pub(super) fn trace_step(
+    trace: &Trace,
+    key: usize,
+    tasks: &Watchlist<Slot<'_>>,
+    how: Resume,
+    wait: Wait,
+) {
+    let name = tasks[key].task.name();
     if how == Resume::TimedOut && wait == Wait::Done {
         trace.task(
             key,
@@ -54,7 +60,7 @@ pub(super) fn trace_step(trace: &Trace, key: usize, slot: &Slot<'_>, how: Resume
         );
         return;
     }
-    let resumed = how.in_the_notes_words(slot.registered);
+    let resumed = how.in_the_notes_words(tasks.watching(key));
     let yielded = wait.in_the_notes_words();
     trace.task(key, format_args!("{name}: {resumed} → {yielded}"));
 }

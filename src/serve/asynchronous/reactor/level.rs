@@ -35,7 +35,7 @@ impl Reactor {
         if event.read_closed {
             // Reported at every wait whatever it is watched for: stop
             // watching it (its operations no longer block).
-            let _ = self.poller.delete_watched(&source.watched);
+            let _ = self.poller.delete_handle(&source.watched);
             source.mark(WATCH_READ | WATCH_WRITE, false);
             return;
         }
@@ -70,7 +70,7 @@ impl Reactor {
         }
         if self
             .poller
-            .modify_watched(&source.watched, key, interest)
+            .modify_handle(&source.watched, key, interest)
             .is_ok()
         {
             source.mark(WATCH_READ, interest.read);

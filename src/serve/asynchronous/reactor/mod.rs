@@ -44,7 +44,7 @@ use slab::Slab;
 
 use crate::lab::trace::Trace;
 use crate::net::{self, Blocking, interrupted, would_block};
-use crate::poller::{Backend, Event, Events, Interest, Poller, Watched};
+use crate::poller::{Backend, Event, Events, Interest, Poller, Registration};
 use crate::serve::buffers::{BufferPool, Lease, TASK_BUFFER_SIZE};
 
 use crate::serve::DEFAULT_BUDGET;
@@ -52,13 +52,16 @@ use crate::serve::DEFAULT_BUDGET;
 /// The kernel side of the runtime: one poller, the registered sockets, the
 /// pending timers, and the read buffers lent to tasks that hold data.
 pub struct Reactor {
-    /// Every socket in `sources` is registered here, edge-triggered, under
-    /// its slab key; it is deleted (by `Drop for Async`) before the socket
-    /// closes. Shared with the executor's wakers only to `notify` it.
+    /// Every socket in `sources` is registered here (edge-triggered, or
+    /// level-triggered on `polling`) under its slab key, by the
+    /// [`Registration`] its [`Async`] holds, which deletes it before the
+    /// socket closes. Shared with the executor's wakers only to `notify`
+    /// it.
     poller: Arc<Poller>,
-    /// The registered sockets by key, held here and nowhere else: an
-    /// [`Async`] keeps only its key. An entry lives exactly as long as its
-    /// `Async`; an event whose key is vacant is stale and ignored.
+    /// What is known of each registered socket, by key, held here and
+    /// nowhere else: an [`Async`] keeps only the socket and its
+    /// registration. An entry lives exactly as long as its `Async`; an
+    /// event whose key is vacant is stale and ignored.
     sources: RefCell<Slab<Source>>,
     /// Pending timers by deadline, earliest first; the id makes equal
     /// deadlines distinct. A `Sleep` that is dropped removes its own entry,
@@ -88,158 +91,9 @@ pub struct Reactor {
     could_sleep: Cell<bool>,
 }
 
-/// The cooperative budget (tokio's `coop`): a task may complete at most
-/// `per_poll` I/O operations each time it is polled. Spent, every [`Async`]
-/// operation answers `Pending` (after waking its task), so the task's
-/// `await` returns to the executor and the task goes to the back of the
-/// ready queue, behind everyone else who is ready.
-///
-/// Why it is needed: an I/O future returns `Pending` only when the kernel
-/// says `WouldBlock`. A client that sends without pause and reads its
-/// echoes at once keeps its socket readable and writable forever, so its
-/// task's `recv` and `write_all` always complete, its `loop` never
-/// suspends, and nobody else runs. The notes' asyncio escapes this by
-/// design (a stream's reader waits for the loop's callback to fill its
-/// buffer, once a turn); our futures talk to the socket directly, as
-/// tokio's do, and so need what tokio has: a budget.
-pub(super) struct Budget {
-    /// Operations allowed per poll; `None` (`--budget 0`) turns it off.
-    per_poll: Cell<Option<u32>>,
-    /// Operations left for the task being polled.
-    left: Cell<u32>,
-}
-
-impl Budget {
-    /// Refills the budget before a task is polled.
-    pub(super) fn refill(&self) {
-        if let Some(per_poll) = self.per_poll.get() {
-            self.left.set(per_poll);
-        }
-    }
-
-    /// Whether the task may do one more operation.
-    fn allows(&self) -> bool {
-        self.per_poll.get().is_none() || self.left.get() > 0
-    }
-
-    /// One operation completed.
-    fn spend(&self) {
-        self.left.set(self.left.get().saturating_sub(1));
-    }
-}
-
-/// One registered socket: what is known of its readiness, and who waits.
-/// Its key in the reactor's slab is its key in the poller too.
-struct Source {
-    /// What is known of it, as the bits below, in one byte: every idle
-    /// connection holds a `Source`, 40 bytes with the flags packed.
-    known: Cell<u8>,
-    /// Its registration, for level-triggered ones to change what the
-    /// poller watches from [`Reactor::dispatch`] (see `level.rs`).
-    watched: Watched,
-    /// The task waiting to read (one at a time).
-    reader: Waiter,
-    /// The task waiting to write (one at a time).
-    writer: Waiter,
-}
-
-/// Readiness, remembered: set by an event, cleared only when an operation
-/// hits `WouldBlock` (or, for reads, comes back short). While it is set the
-/// operation is tried without waiting; while it is clear, a task waits.
-const READABLE: u8 = 1;
-/// As [`READABLE`], for writing.
-const WRITABLE: u8 = 1 << 1;
-/// The peer hung up (or the socket failed): reads never block again.
-const READ_CLOSED: u8 = 1 << 2;
-/// Level-triggered only: what the poller watches it for now.
-const WATCH_READ: u8 = 1 << 3;
-/// As [`WATCH_READ`], for writing.
-const WATCH_WRITE: u8 = 1 << 4;
-
-/// Who waits for one direction of a socket: the waker of the task waiting
-/// right now, if one is. A `Cell`, not a `RefCell`: taken out and put
-/// back, it needs no borrow flag, 8 bytes less in every socket's
-/// registration. (Our wakers cost nothing to clone and drop; a runtime
-/// whose wakers count references would rather keep one here between
-/// waits.)
-#[derive(Default)]
-struct Waiter {
-    waker: Cell<Option<Waker>>,
-}
-
-impl Waiter {
-    /// Leaves `waker` to be woken at the next readiness.
-    fn wait(&self, waker: &Waker) {
-        let kept = match self.waker.take() {
-            Some(kept) if kept.will_wake(waker) => kept,
-            _ => waker.clone(),
-        };
-        self.waker.set(Some(kept));
-    }
-
-    /// Wakes the waiting task, if any; returns whether there was one.
-    fn wake(&self) -> bool {
-        match self.waker.take() {
-            Some(waker) => {
-                waker.wake();
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-/// Which half of a socket an operation needs.
-#[derive(Clone, Copy)]
-enum Direction {
-    Read,
-    Write,
-}
-
-impl Direction {
-    /// Its bit of readiness in [`Source::known`].
-    fn ready(self) -> u8 {
-        match self {
-            Direction::Read => READABLE,
-            Direction::Write => WRITABLE,
-        }
-    }
-}
-
-impl Source {
-    /// Whether `bit` of [`Source::known`] is set.
-    fn is(&self, bit: u8) -> bool {
-        self.known.get() & bit != 0
-    }
-
-    /// Sets or clears `bit` of [`Source::known`].
-    fn mark(&self, bit: u8, on: bool) {
-        let known = self.known.get();
-        self.known.set(if on { known | bit } else { known & !bit });
-    }
-
-    fn waiter(&self, direction: Direction) -> &Waiter {
-        match direction {
-            Direction::Read => &self.reader,
-            Direction::Write => &self.writer,
-        }
-    }
-
-    /// Whether the socket is known to be ready in `direction`; if not,
-    /// leaves `waker` to be woken when it is.
-    fn ready_or_wait(&self, direction: Direction, waker: &Waker) -> bool {
-        let ready = self.is(direction.ready());
-        if !ready {
-            self.waiter(direction).wait(waker);
-        }
-        ready
-    }
-
-    /// Marks `direction` ready and wakes whoever waits for it; returns
-    /// whether a task waited.
-    fn wake(&self, direction: Direction) -> bool {
-        self.mark(direction.ready(), true);
-        self.waiter(direction).wake()
+impl AsRef<Poller> for Reactor {
+    fn as_ref(&self) -> &Poller {
+        &self.poller
     }
 }
 
@@ -380,11 +234,9 @@ impl Reactor {
 /// A non-blocking socket registered with a [`Reactor`], whose operations
 /// are futures.
 pub struct Async<T: AsFd> {
-    io: T,
-    /// Its [`Source`] in the reactor's table. (A `u32` packs beside a
-    /// socket's descriptor: 8 bytes less in every task.)
-    key: u32,
-    reactor: Rc<Reactor>,
+    /// The socket, registered with the reactor's poller under the key of
+    /// its [`Source`] in the reactor's table, for as long as it lives.
+    io: Registration<T, Rc<Reactor>>,
 }
 
 impl<T: AsFd> Async<T> {
@@ -401,15 +253,10 @@ impl<T: AsFd> Async<T> {
     fn register(io: T, reactor: &Rc<Reactor>, assume_ready: bool) -> io::Result<Async<T>> {
         let mut sources = reactor.sources.borrow_mut();
         let entry = sources.vacant_entry();
-        let key = u32::try_from(entry.key()).map_err(|_| io::Error::other("too many sockets"))?;
-        // SAFETY: `Drop for Async` deletes the source before `io` closes,
-        // and removes its entry (the handle with it) at the same time.
-        let watched = unsafe {
-            match reactor.level {
-                true => reactor.poller.add(&io, entry.key(), Interest::READ)?,
-                false => reactor.poller.add_edge_triggered(&io, entry.key())?,
-            }
-            reactor.poller.handle_of(&io)
+        let (key, owner) = (entry.key(), reactor.clone());
+        let io = match reactor.level {
+            true => Registration::new(owner, io, key, Interest::READ)?,
+            false => Registration::edge_triggered(owner, io, key)?,
         };
         entry.insert(Source {
             // Registering reports whatever is ready already.
@@ -417,15 +264,12 @@ impl<T: AsFd> Async<T> {
                 true => READABLE | WRITABLE | WATCH_READ,
                 false => WATCH_READ,
             }),
-            watched,
+            // Removed with the registration, in `Drop for Async`.
+            watched: io.handle(),
             reader: Waiter::default(),
             writer: Waiter::default(),
         });
-        Ok(Async {
-            io,
-            key,
-            reactor: reactor.clone(),
-        })
+        Ok(Async { io })
     }
 
     /// The wrapped socket.
@@ -433,10 +277,15 @@ impl<T: AsFd> Async<T> {
         &self.io
     }
 
+    /// The reactor it is registered with.
+    fn reactor(&self) -> &Reactor {
+        self.io.owner()
+    }
+
     /// Runs `f` on this socket's registration. (The table is borrowed only
     /// for `f`: nothing in it runs a task or touches the table.)
     fn source<R>(&self, f: impl FnOnce(&Source) -> R) -> R {
-        f(&self.reactor.sources.borrow()[self.key as usize])
+        f(&self.reactor().sources.borrow()[self.io.key()])
     }
 
     /// Waits until the poller reports the socket readable, reading nothing:
@@ -460,7 +309,7 @@ impl<T: AsFd> Async<T> {
         direction: Direction,
         mut op: impl FnMut(&T) -> io::Result<R>,
     ) -> Poll<io::Result<R>> {
-        let budget = &self.reactor.budget;
+        let budget = &self.reactor().budget;
         if !budget.allows() {
             cx.waker().wake_by_ref();
             return Poll::Pending;
@@ -471,7 +320,7 @@ impl<T: AsFd> Async<T> {
             }
             match op(&self.io) {
                 Err(e) if would_block(&e) => {
-                    let reactor = &self.reactor;
+                    let reactor = self.reactor();
                     reactor.would_block.set(reactor.would_block.get() + 1);
                     self.not_ready(direction);
                 }
@@ -493,26 +342,23 @@ impl<T: AsFd> Async<T> {
     fn not_ready(&self, direction: Direction) {
         self.source(|source| {
             source.mark(direction.ready(), false);
-            if self.reactor.level {
-                self.reactor
-                    .watch_again(source, self.key as usize, direction);
+            if self.reactor().level {
+                self.reactor().watch_again(source, self.io.key(), direction);
             }
         });
         let interest = match direction {
             Direction::Read => Interest::READ,
             Direction::Write => Interest::WRITE,
         };
-        self.reactor.poller.rearm(&self.io, interest);
+        self.reactor().poller.rearm(&self.io, interest);
     }
 }
 
 impl<T: AsFd> Drop for Async<T> {
     fn drop(&mut self) {
-        let _ = self.reactor.poller.delete(&self.io);
-        self.reactor
-            .sources
-            .borrow_mut()
-            .try_remove(self.key as usize);
+        // The registration is deleted after this, as `io` is dropped.
+        let sources = &self.reactor().sources;
+        sources.borrow_mut().try_remove(self.io.key());
     }
 }
 
@@ -552,7 +398,7 @@ impl Async<TcpStream> {
     pub fn recv(&self) -> impl Future<Output = io::Result<Lease<'_>>> {
         poll_fn(move |cx| {
             let result = self.poll_io(cx, Direction::Read, |mut s| {
-                let mut data = self.reactor.buffers.lend();
+                let mut data = self.reactor().buffers.lend();
                 let n = s.read(&mut data)?;
                 data.truncate(n);
                 Ok(data)
@@ -569,7 +415,7 @@ impl Async<TcpStream> {
                 if !data.is_empty()
                     && data.len() < TASK_BUFFER_SIZE
                     && !self.source(|source| source.is(READ_CLOSED))
-                    && (self.reactor.level || self.reactor.poller.reports_read_closed())
+                    && (self.reactor().level || self.reactor().poller.reports_read_closed())
                 {
                     self.not_ready(Direction::Read);
                 }
@@ -613,8 +459,13 @@ impl Async<TcpStream> {
     }
 }
 
+mod budget;
 mod level;
+mod source;
 mod timers;
+
+pub(super) use budget::Budget;
+use source::{Direction, READ_CLOSED, READABLE, Source, WATCH_READ, WATCH_WRITE, WRITABLE, Waiter};
 
 pub use timers::{Sleep, TimedOut, Timeout, sleep, timeout};
 
