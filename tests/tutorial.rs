@@ -203,8 +203,8 @@ fn rewrite(command: &str, port: u16, bin_dir: &Path) -> String {
         .replace("target/release/", &format!("{bin}/"))
         .replace("55555", &port.to_string())
         .replace(
-            "python3 docs/tutorial/notes/",
-            &format!("python3 -B {}/docs/tutorial/notes/", root().display()),
+            "python3 docs/tutorial/",
+            &format!("python3 -B {}/docs/tutorial/", root().display()),
         );
     for sub in ["serve", "client", "probe", "bench"] {
         let call = format!("echo-lab {sub}");
