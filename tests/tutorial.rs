@@ -23,7 +23,13 @@
 //!   --svg`, and the picture the chapter shows, `docs/tutorial/img/NAME`,
 //!   has the same rows and marks, so it cannot drift from the code),
 //!   `max-under DURATION` (a bench's slowest echo, the
-//!   `max` of its latency line, is shorter).
+//!   `max` of its latency line, is shorter), `order "LABEL" N` (the
+//!   largest number printed right after LABEL is of N's order, within ten
+//!   times either way: N is what the chapter's text quotes from the
+//!   block, so the text cannot drift far from what the command prints),
+//!   `at-least "LABEL" N` (that largest number is N or more: for a rate
+//!   the test's debug build, on a loaded machine, cannot be held to the
+//!   order of the release figure the text quotes).
 //! - `<!-- needs: io_uring -->` before a block: it runs only where the
 //!   completion model can (elsewhere the test says it skipped it, and why);
 //!   `<!-- needs: python3 -->`, only where `python3` is installed (the
@@ -55,6 +61,11 @@ enum Expect {
     OneAtATime,
     TwoAtATime,
     MaxUnder(Duration),
+    /// The largest number printed after the label is within ten times of
+    /// this one, either way.
+    Order(String, f64),
+    /// The largest number printed after the label is this one or more.
+    AtLeast(String, f64),
     /// Every worker of the last `--processes` summary served a client.
     EveryWorkerServes,
     Picture(String),
@@ -93,6 +104,16 @@ fn parse_expect(text: &str) -> Expect {
     if let Some(bound) = text.strip_prefix("max-under ") {
         let bound = echo_lab::parse::parse_duration(bound.trim()).expect("a duration");
         return Expect::MaxUnder(bound);
+    }
+    for (kind, make) in [
+        ("order \"", Expect::Order as fn(String, f64) -> Expect),
+        ("at-least \"", Expect::AtLeast),
+    ] {
+        if let Some(rest) = text.strip_prefix(kind) {
+            let (label, number) = rest.split_once('"').expect("KIND \"LABEL\" N");
+            let number = number.trim().replace(',', "").parse().expect("a number");
+            return make(label.to_owned(), number);
+        }
     }
     if let Some(code) = text.strip_prefix("exit ") {
         return Expect::Exit(code.trim().parse().expect("exit code"));
@@ -270,6 +291,24 @@ fn worker_shares(output: &str) -> Option<Vec<u64>> {
         .collect()
 }
 
+/// Every number printed right after `label` in `output`.
+fn numbers_after<'o>(output: &'o str, label: &'o str) -> impl Iterator<Item = f64> + 'o {
+    output.match_indices(label).filter_map(move |(at, _)| {
+        let rest = &output[at + label.len()..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    })
+}
+
+/// The largest number printed right after `label`; `shown` says where.
+fn largest_after(output: &str, label: &str, shown: &str) -> f64 {
+    numbers_after(output, label)
+        .reduce(f64::max)
+        .unwrap_or_else(|| panic!("no number after {label:?}: {shown}"))
+}
+
 fn check_expect(place: &str, expect: &Expect, output: &str, statuses: &[i32]) {
     let rows = probe_rows(output);
     let shown = format!("{place}: expected {expect:?}; output:\n{output}");
@@ -281,6 +320,20 @@ fn check_expect(place: &str, expect: &Expect, output: &str, statuses: &[i32]) {
         Expect::EveryWorkerServes => {
             let shares = worker_shares(output).unwrap_or_else(|| panic!("no shares: {shown}"));
             assert!(shares.len() > 1 && !shares.contains(&0), "{shown}");
+        }
+        Expect::Order(label, quoted) => {
+            let printed = largest_after(output, label, &shown);
+            assert!(
+                printed >= quoted / 10.0 && printed <= quoted * 10.0,
+                "{place}: the text quotes {quoted} for {label:?}, the block printed {printed}: not of the same order\n{shown}"
+            );
+        }
+        Expect::AtLeast(label, least) => {
+            let printed = largest_after(output, label, &shown);
+            assert!(
+                printed >= *least,
+                "{place}: {label:?} printed {printed}, under {least}\n{shown}"
+            );
         }
         Expect::MaxUnder(bound) => {
             let max = bench_max(output).unwrap_or_else(|| panic!("no latency line: {shown}"));
@@ -517,6 +570,30 @@ fn a_failing_command_fails_the_chapter() {
         assert!(ran.is_err(), "{what} failed and the chapter passed");
     }
     run_chapter_text("fine.md", "```sh\necho fine\nsleep 5 &\nkill %1\n```\n");
+}
+
+/// A number the text quotes holds the block to its order: ten times off,
+/// either way, fails the chapter; within, it passes. `at-least` is a floor.
+#[test]
+fn a_quoted_number_holds_its_block_to_the_same_order() {
+    let block = |quoted: &str| {
+        format!(
+            "<!-- expect: order \"waits/s=\" {quoted} -->\n```sh\necho 'a waits/s=3 b waits/s=639288 c'\n```\n"
+        )
+    };
+    for far in ["63,928,800", "60,000"] {
+        let ran = std::panic::catch_unwind(|| run_chapter_text("far.md", &block(far)));
+        assert!(ran.is_err(), "{far} passed against 639288");
+    }
+    run_chapter_text("near.md", &block("600,000"));
+    let least = |n: &str| {
+        format!(
+            "<!-- expect: at-least \"waits/s=\" {n} -->\n```sh\necho 'waits/s=3 waits/s=639288'\n```\n"
+        )
+    };
+    let ran = std::panic::catch_unwind(|| run_chapter_text("under.md", &least("700,000")));
+    assert!(ran.is_err(), "639288 passed as at least 700,000");
+    run_chapter_text("over.md", &least("10,000"));
 }
 
 /// The chapters in `dir` (the files whose name starts with a number), in
