@@ -2,18 +2,18 @@
 //! readiness or on completions: wait for a batch (or the next timer),
 //! handle it, run what comes after (deliveries, timers), write a
 //! `--stats` line when one is due; at shutdown, close every client and
-//! write the last line. A loop says how it does each step; [`run`] says
-//! when, once for all of them.
+//! write the last line. A family's kit says how its loops wait and handle
+//! a batch (`readiness::run`, `completion::kit::run`), a loop says the
+//! rest, and [`run`] says when, once for all of them.
 
 use std::io;
 use std::time::Instant;
 
 use crate::lab::meter::Meter;
+use crate::shutdown::Shutdown;
 
 /// One loop's steps.
 pub(crate) trait Turns<'a> {
-    /// Whether the shutdown has been asked for.
-    fn stopping(&self) -> bool;
     /// The loop's meter: stalls past `--slow-handler`, turns for `--stats`.
     fn meter(&mut self) -> &mut Meter<'a>;
     /// Waits until something is ready, or until the next timer.
@@ -38,20 +38,20 @@ pub(crate) trait Turns<'a> {
     fn close_all(&mut self);
 }
 
-/// Turns `turns` until the shutdown, then closes every client and writes
-/// the last `--stats` line.
+/// Turns `turns` until `shutdown` is triggered, then closes every client
+/// and writes the last `--stats` line.
 ///
 /// # Errors
 /// Whatever stopped the loop before the shutdown.
-pub(crate) fn run<'a>(turns: &mut impl Turns<'a>) -> io::Result<()> {
-    let served = turn_until_stopped(turns);
+pub(crate) fn run<'a>(turns: &mut impl Turns<'a>, shutdown: &Shutdown) -> io::Result<()> {
+    let served = turn_until_stopped(turns, shutdown);
     turns.close_all();
     turns.report(Instant::now(), true);
     served
 }
 
-fn turn_until_stopped<'a>(turns: &mut impl Turns<'a>) -> io::Result<()> {
-    while !turns.stopping() {
+fn turn_until_stopped<'a>(turns: &mut impl Turns<'a>, shutdown: &Shutdown) -> io::Result<()> {
+    while !shutdown.is_triggered() {
         turns.meter().waiting();
         turns.wait()?;
         // One clock reading per batch, not per message: it dates activity

@@ -31,10 +31,9 @@ use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::completion;
 use crate::serve::completion::kit::{
-    Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token,
+    self, Accept, Acceptor, Completions, RING_ENTRIES, Received, Slots, token,
 };
 use crate::serve::completion::ring::{Completion, Kind, Outgoing, Ring, Token};
-use crate::serve::turns::{self, Turns};
 use crate::stats::Ending;
 
 /// Serves the chat from this thread until shutdown.
@@ -60,103 +59,12 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         traffic: &traffic,
         ctx,
     };
-    turns::run(&mut chat)
+    kit::run(&mut chat, &ctx.shutdown)
 }
 
-impl<'a> Turns<'a> for Chat<'a> {
-    fn stopping(&self) -> bool {
-        self.ctx.shutdown.is_triggered()
-    }
-
-    fn meter(&mut self) -> &mut Meter<'a> {
-        &mut self.meter
-    }
-
-    /// Submits what is queued and waits for a completion, in one call.
-    fn wait(&mut self) -> io::Result<()> {
-        let timeout = self.timeout();
-        self.ring.submit_and_wait(timeout)
-    }
-
-    fn handle(&mut self, now: Instant) -> io::Result<usize> {
-        let mut completions = 0;
-        while let Some(done) = self.ring.next_completion() {
-            completions += 1;
-            self.complete(done, now)?;
-        }
-        Ok(completions)
-    }
-
-    fn after(&mut self, now: Instant) -> io::Result<()> {
-        self.deliver()?;
-        self.rearm_starved()?;
-        self.run_timers(now)
-    }
-
-    fn report(&mut self, now: Instant, last: bool) {
-        self.stats_line(now, last);
-    }
-
-    fn close_all(&mut self) {
-        Chat::close_every_client(self);
-    }
-}
-
-/// One client, and what of it is with the kernel.
-struct Client<'a> {
-    /// Closed only once `receiving` and `sending` are both false.
-    stream: TcpStream,
-    /// Its key in the room; `None` once it left the room (it is ending).
-    member: Option<usize>,
-    /// Its multishot receive is in flight.
-    receiving: bool,
-    /// A send of its outbox is in flight.
-    sending: bool,
-    /// `None` while it may send; otherwise why it stopped, and it is only
-    /// owed the rest of its outbox.
-    stopped: Option<After>,
-    /// Set once it must go; it goes when nothing of it is in flight.
-    ending: Option<Ending>,
-    /// Its receive was cancelled (it stopped, or it is ending).
-    unheard: bool,
-    /// Its socket was shut down, to end what is in flight.
-    shut: bool,
-    /// Who it is and the bytes written to it: counted out and logged
-    /// when the client is dropped, after its socket.
-    visit: Visit<'a>,
-}
-
-/// The loop and everything it owns, the chat included.
-struct Chat<'a> {
-    ring: Ring,
-    acceptor: Acceptor<'a>,
-    clients: Slots<Client<'a>>,
-    /// The registry, sessions and outboxes; a member's handle is its
-    /// client's slot.
-    room: Room<u32>,
-    /// Clients that stopped sending, by deadline: (deadline, slot,
-    /// generation). Deadlines are `now + CLOSE_GRACE`, so they come in
-    /// order.
-    closing: VecDeque<(Instant, u32, u32)>,
-    /// Slots whose receive ended for want of buffers.
-    starved: VecDeque<(u32, u32)>,
-    /// Slots posted to in this turn (kept to reuse).
-    posted: Vec<u32>,
-    /// Stalls past `--slow-handler`; turns and lines for `--stats`.
-    meter: Meter<'a>,
-    /// What the clients did, for `--stats`; each client's [`Visit`]
-    /// counts it in and out.
-    traffic: &'a Traffic,
-    ctx: &'a Context,
-}
-
-impl Chat<'_> {
-    /// One `--stats` line: traffic, turns, and the chat's own fields.
-    fn stats_line(&mut self, now: Instant, last: bool) {
-        let open = self.clients.len() as u64;
-        let room = &self.room;
-        self.meter
-            .report(now, last, self.traffic, open, |line| room.fill(line));
+impl<'a> Completions<'a> for Chat<'a> {
+    fn ring(&mut self) -> &mut Ring {
+        &mut self.ring
     }
 
     fn timeout(&self) -> Option<Duration> {
@@ -167,6 +75,10 @@ impl Chat<'_> {
             grace,
             report,
         ])
+    }
+
+    fn meter(&mut self) -> &mut Meter<'a> {
+        &mut self.meter
     }
 
     fn complete(&mut self, done: Completion, now: Instant) -> io::Result<()> {
@@ -244,6 +156,80 @@ impl Chat<'_> {
         Ok(())
     }
 
+    fn after(&mut self, now: Instant) -> io::Result<()> {
+        self.deliver()?;
+        self.rearm_starved()?;
+        self.run_timers(now)
+    }
+
+    /// One `--stats` line: traffic, turns, and the chat's own fields.
+    fn report(&mut self, now: Instant, last: bool) {
+        let open = self.clients.len() as u64;
+        let room = &self.room;
+        self.meter
+            .report(now, last, self.traffic, open, |line| room.fill(line));
+    }
+
+    fn end_all(&mut self) {
+        let tokens: Vec<Token> = self.clients.iter().map(|(token, _)| token).collect();
+        for token in tokens {
+            if let Some(client) = self.clients.live(token) {
+                client.ending.get_or_insert(Ending::Shutdown);
+            }
+            let _ = self.settle(token);
+        }
+    }
+}
+
+/// One client, and what of it is with the kernel.
+struct Client<'a> {
+    /// Closed only once `receiving` and `sending` are both false.
+    stream: TcpStream,
+    /// Its key in the room; `None` once it left the room (it is ending).
+    member: Option<usize>,
+    /// Its multishot receive is in flight.
+    receiving: bool,
+    /// A send of its outbox is in flight.
+    sending: bool,
+    /// `None` while it may send; otherwise why it stopped, and it is only
+    /// owed the rest of its outbox.
+    stopped: Option<After>,
+    /// Set once it must go; it goes when nothing of it is in flight.
+    ending: Option<Ending>,
+    /// Its receive was cancelled (it stopped, or it is ending).
+    unheard: bool,
+    /// Its socket was shut down, to end what is in flight.
+    shut: bool,
+    /// Who it is and the bytes written to it: counted out and logged
+    /// when the client is dropped, after its socket.
+    visit: Visit<'a>,
+}
+
+/// The loop and everything it owns, the chat included.
+struct Chat<'a> {
+    ring: Ring,
+    acceptor: Acceptor<'a>,
+    clients: Slots<Client<'a>>,
+    /// The registry, sessions and outboxes; a member's handle is its
+    /// client's slot.
+    room: Room<u32>,
+    /// Clients that stopped sending, by deadline: (deadline, slot,
+    /// generation). Deadlines are `now + CLOSE_GRACE`, so they come in
+    /// order.
+    closing: VecDeque<(Instant, u32, u32)>,
+    /// Slots whose receive ended for want of buffers.
+    starved: VecDeque<(u32, u32)>,
+    /// Slots posted to in this turn (kept to reuse).
+    posted: Vec<u32>,
+    /// Stalls past `--slow-handler`; turns and lines for `--stats`.
+    meter: Meter<'a>,
+    /// What the clients did, for `--stats`; each client's [`Visit`]
+    /// counts it in and out.
+    traffic: &'a Traffic,
+    ctx: &'a Context,
+}
+
+impl Chat<'_> {
     /// A send of client `token` completed: count what went, send the
     /// rest of the same bytes if the socket took only part.
     fn sent(&mut self, token: Token, result: i32, sent: Outgoing) -> io::Result<()> {
@@ -415,26 +401,6 @@ impl Chat<'_> {
             }
         }
         Ok(())
-    }
-
-    /// At shutdown: ends every client and the accept, then waits until the
-    /// kernel has finished with every operation.
-    fn close_every_client(&mut self) {
-        let _ = self.ring.cancel(token(Kind::Accept, 0, 0));
-        let _ = self.ring.cancel(token(Kind::Bell, 0, 0));
-        let tokens: Vec<Token> = self.clients.iter().map(|(token, _)| token).collect();
-        for token in tokens {
-            if let Some(client) = self.clients.live(token) {
-                client.ending.get_or_insert(Ending::Shutdown);
-            }
-            let _ = self.settle(token);
-        }
-        let deadline = Instant::now() + SHUTDOWN_PATIENCE;
-        while let Some(batch) = self.ring.drain_round(deadline) {
-            for done in batch {
-                let _ = self.complete(done, Instant::now());
-            }
-        }
     }
 }
 

@@ -27,9 +27,8 @@ use crate::net::{interrupted, would_block, write_some};
 use crate::poller::{Event, Events, Interest, Poller, Registered};
 use crate::serve::Context;
 use crate::serve::accept::Visit;
-use crate::serve::readiness::{self, Dispatch, Listener};
-use crate::serve::turns::{self, Turns};
-use crate::stats::Ending;
+use crate::serve::readiness::{self, Listener, Readiness};
+use crate::stats::{Ending, Stats};
 
 /// What to do when a registered socket is ready.
 type Handler<'a> = crate::serve::readiness::Handler<Client<'a>>;
@@ -74,25 +73,34 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         traffic: &traffic,
         ctx,
     };
-    turns::run(&mut chat)
+    readiness::run(&mut chat, &ctx.shutdown)
 }
 
-impl<'a> Dispatch for Chat<'a> {
+impl<'a> Readiness<'a> for Chat<'a> {
     type Client = Client<'a>;
 
     fn table(&self) -> (&Events, &Slab<Handler<'a>>) {
         (&self.events, &self.handlers)
     }
 
-    fn accept_clients(&mut self) -> io::Result<()> {
-        while let Some((stream, peer)) = self.listener.next_client(&self.ctx.stats)? {
-            self.register(stream, peer);
-        }
-        Ok(())
-    }
-
-    fn stop(&self) {
-        self.ctx.shutdown.trigger();
+    fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let entry = self.handlers.vacant_entry();
+        let key = entry.key();
+        let visit = Visit::new(peer, self.traffic, &self.ctx.stats);
+        // Watched until the client is dropped (in `close`).
+        let stream = match self.poller.register(stream, key, Interest::READ) {
+            Ok(stream) => stream,
+            Err(e) => return visit.end(Ending::Failed(e)),
+        };
+        entry.insert(Handler::Client(Client {
+            stream,
+            member: self.room.join(key),
+            stopped: None,
+            interest: Interest::READ,
+            id: self.next_id,
+            visit,
+        }));
+        self.next_id += 1;
     }
 
     /// Writes what it is owed, reads once, and settles what to watch.
@@ -105,40 +113,52 @@ impl<'a> Dispatch for Chat<'a> {
         }
         self.settle(event.key, now);
     }
-}
 
-impl<'a> Turns<'a> for Chat<'a> {
-    fn stopping(&self) -> bool {
-        self.ctx.shutdown.is_triggered()
+    fn listener(&mut self) -> (&mut Listener<'a>, &Stats) {
+        (&mut self.listener, &self.ctx.stats)
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        let grace = self.closing.front().map(|&(at, _, _)| at);
+        let report = self.meter.deadline();
+        crate::serve::readiness::deadlines::until_earliest([
+            self.listener.paused_until(),
+            grace,
+            report,
+        ])
+    }
+
+    fn waiting(&mut self) -> (&Poller, &mut Events) {
+        (self.poller, &mut self.events)
+    }
+
+    /// One `--stats` line: traffic, turns, and the chat's own fields.
+    fn report(&mut self, now: Instant, last: bool) {
+        let open = self.handlers.len().saturating_sub(2) as u64;
+        let room = &self.room;
+        self.meter
+            .report(now, last, self.traffic, open, |line| room.fill(line));
     }
 
     fn meter(&mut self) -> &mut Meter<'a> {
         &mut self.meter
     }
 
-    fn wait(&mut self) -> io::Result<()> {
-        let timeout = self.timeout();
-        self.poller.wait(&mut self.events, timeout).map(drop)
-    }
-
-    fn handle(&mut self, now: Instant) -> io::Result<usize> {
-        readiness::dispatch(self, now)
+    /// Deletes a client from the poller (before its socket closes), from
+    /// the table and from the room (its name is free), and logs the end.
+    fn close(&mut self, key: usize, ending: Ending) {
+        if let Some(Handler::Client(mut client)) = self.handlers.try_remove(key) {
+            self.room.remove(client.member);
+            client.visit.ends(ending);
+            // Dropping it deletes it from the poller, closes it, then
+            // counts it out and logs it.
+            drop(client);
+        }
     }
 
     fn after(&mut self, now: Instant) -> io::Result<()> {
         self.deliver(now);
         self.run_timers(now)
-    }
-
-    fn report(&mut self, now: Instant, last: bool) {
-        self.stats_line(now, last);
-    }
-
-    fn close_all(&mut self) {
-        let keys: Vec<usize> = self.handlers.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.close(key, Ending::Shutdown);
-        }
     }
 }
 
@@ -170,14 +190,6 @@ struct Chat<'a> {
 }
 
 impl Chat<'_> {
-    /// One `--stats` line: traffic, turns, and the chat's own fields.
-    fn stats_line(&mut self, now: Instant, last: bool) {
-        let open = self.handlers.len().saturating_sub(2) as u64;
-        let room = &self.room;
-        self.meter
-            .report(now, last, self.traffic, open, |line| room.fill(line));
-    }
-
     /// One `read()` from a client, and every line it completes carried
     /// out: replies and deliveries land in outboxes, written by `deliver`.
     fn read(&mut self, key: usize, now: Instant) {
@@ -264,26 +276,6 @@ impl Chat<'_> {
         self.posted = posted;
     }
 
-    fn register(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let entry = self.handlers.vacant_entry();
-        let key = entry.key();
-        let visit = Visit::new(peer, self.traffic, &self.ctx.stats);
-        // Watched until the client is dropped (in `close`).
-        let stream = match self.poller.register(stream, key, Interest::READ) {
-            Ok(stream) => stream,
-            Err(e) => return visit.end(Ending::Failed(e)),
-        };
-        entry.insert(Handler::Client(Client {
-            stream,
-            member: self.room.join(key),
-            stopped: None,
-            interest: Interest::READ,
-            id: self.next_id,
-            visit,
-        }));
-        self.next_id += 1;
-    }
-
     /// Resumes accepting after a back-off; closes clients whose grace is
     /// over.
     fn run_timers(&mut self, now: Instant) -> io::Result<()> {
@@ -300,27 +292,5 @@ impl Chat<'_> {
             }
         }
         Ok(())
-    }
-
-    fn timeout(&self) -> Option<Duration> {
-        let grace = self.closing.front().map(|&(at, _, _)| at);
-        let report = self.meter.deadline();
-        crate::serve::readiness::deadlines::until_earliest([
-            self.listener.paused_until(),
-            grace,
-            report,
-        ])
-    }
-
-    /// Deletes a client from the poller (before its socket closes), from
-    /// the table and from the room (its name is free), and logs the end.
-    fn close(&mut self, key: usize, ending: Ending) {
-        if let Some(Handler::Client(mut client)) = self.handlers.try_remove(key) {
-            self.room.remove(client.member);
-            client.visit.ends(ending);
-            // Dropping it deletes it from the poller, closes it, then
-            // counts it out and logs it.
-            drop(client);
-        }
     }
 }

@@ -1,18 +1,24 @@
 //! The completion kit: what every completion loop needs besides its ring
-//! (the echo's and the chat's): the operations' tokens, the sort of a
-//! receive's result, the multishot accept that pauses on running out of
-//! descriptors, and a generational table of connections, so that a late
-//! completion for a connection that is gone is recognised.
+//! (the echo's and the chat's): the loop's turns (`run`: submit and wait
+//! in one call, hand each completion over, the timers, `--stats`, and at
+//! shutdown every operation cancelled and waited for), the operations'
+//! tokens, the sort of a receive's result, the multishot accept that
+//! pauses on running out of descriptors, and a generational table of
+//! connections, so that a late completion for a connection that is gone
+//! is recognised.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use super::ring::{Buf, Kind, Ring, Token};
+use super::ring::{Buf, Completion, Kind, Ring, Token};
+use crate::lab::meter::Meter;
 use crate::net::ACCEPT_BACKOFF;
 use crate::serve::Context;
 use crate::serve::accept::{Accepted, sort};
+use crate::serve::turns::{self, Turns};
+use crate::shutdown::Shutdown;
 
 /// Submissions the ring holds at once.
 pub(crate) const RING_ENTRIES: u32 = 1024;
@@ -20,6 +26,90 @@ pub(crate) const RING_ENTRIES: u32 = 1024;
 /// How long shutdown waits for the kernel to finish what is in flight
 /// after every socket was shut down (it takes microseconds).
 pub(crate) const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A completion loop, as [`run`] turns it: its ring, what one completion
+/// means, what it does after each batch, its `--stats` line, and how it
+/// ends its clients at shutdown.
+pub(crate) trait Completions<'a> {
+    /// Its ring.
+    fn ring(&mut self) -> &mut Ring;
+    /// How long the next wait may last: until the next timer, or forever.
+    fn timeout(&self) -> Option<Duration>;
+    /// Its meter: stalls past `--slow-handler`, turns for `--stats`.
+    fn meter(&mut self) -> &mut Meter<'a>;
+    /// What one completion means.
+    ///
+    /// # Errors
+    /// If the loop cannot go on (the listener broke, say).
+    fn complete(&mut self, done: Completion, now: Instant) -> io::Result<()>;
+    /// What comes after a batch: deliveries, receives to start again,
+    /// timers due.
+    ///
+    /// # Errors
+    /// As [`Completions::complete`].
+    fn after(&mut self, now: Instant) -> io::Result<()>;
+    /// Writes a `--stats` line (the final one if `last`).
+    fn report(&mut self, now: Instant, last: bool);
+    /// At shutdown: ends every client (the accept and the bell are
+    /// cancelled already).
+    fn end_all(&mut self);
+}
+
+/// Turns a completion loop until `shutdown`: submits what is queued and
+/// waits for a completion in one call, hands each over, then the timers.
+/// At the end it ends every client and the accept, then waits until the
+/// kernel has finished with every operation, so that no memory or
+/// descriptor goes while it is still in use.
+///
+/// # Errors
+/// If the ring fails, or the loop cannot go on.
+pub(crate) fn run<'a>(l: &mut impl Completions<'a>, shutdown: &Shutdown) -> io::Result<()> {
+    turns::run(&mut OnRing(l), shutdown)
+}
+
+/// A completion loop seen as [`Turns`].
+struct OnRing<'l, L>(&'l mut L);
+
+impl<'a, L: Completions<'a>> Turns<'a> for OnRing<'_, L> {
+    fn meter(&mut self) -> &mut Meter<'a> {
+        self.0.meter()
+    }
+
+    fn wait(&mut self) -> io::Result<()> {
+        let timeout = self.0.timeout();
+        self.0.ring().submit_and_wait(timeout)
+    }
+
+    fn handle(&mut self, now: Instant) -> io::Result<usize> {
+        let mut completions = 0;
+        while let Some(done) = self.0.ring().next_completion() {
+            completions += 1;
+            self.0.complete(done, now)?;
+        }
+        Ok(completions)
+    }
+
+    fn after(&mut self, now: Instant) -> io::Result<()> {
+        self.0.after(now)
+    }
+
+    fn report(&mut self, now: Instant, last: bool) {
+        self.0.report(now, last);
+    }
+
+    fn close_all(&mut self) {
+        let ring = self.0.ring();
+        let _ = ring.cancel(token(Kind::Accept, 0, 0));
+        let _ = ring.cancel(token(Kind::Bell, 0, 0));
+        self.0.end_all();
+        let deadline = Instant::now() + SHUTDOWN_PATIENCE;
+        while let Some(batch) = self.0.ring().drain_round(deadline) {
+            for done in batch {
+                let _ = self.0.complete(done, Instant::now());
+            }
+        }
+    }
+}
 
 /// The token of an operation of `kind` for connection `(slot, generation)`.
 pub(crate) fn token(kind: Kind, slot: u32, generation: u32) -> Token {

@@ -1,8 +1,10 @@
 //! The readiness kit: what the readiness loops (the selector, and the
 //! chat's selector) share, so that neither reaches into the other's file:
 //! the table of handlers and where it starts (`start`), the dispatch of
-//! each event to its handler (`dispatch`), and the listener: accept the
-//! next client, and pause on running out of descriptors without spinning.
+//! each event to its handler, the loop's turns (`run`: wait, dispatch,
+//! timers, `--stats`, and closing every client at shutdown), and
+//! the listener: accept the next client, and pause on running out of
+//! descriptors without spinning.
 //! (The statemachine and async runtimes accept through their own tasks,
 //! as the notes' do.)
 
@@ -12,14 +14,17 @@ pub mod selector;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use crate::lab::meter::Meter;
 use crate::net::{ACCEPT_BACKOFF, Blocking};
 use crate::poller::{Event, Events, Interest, Poller, Registered};
 use crate::serve::accept::{Accepted, accept};
-use crate::stats::Stats;
+use crate::serve::turns::{self, Turns};
+use crate::shutdown::Shutdown;
+use crate::stats::{Ending, Stats};
 
 /// What a readiness loop does when a registered socket is ready: the notes'
 /// callback, as data. The listener and the shutdown's bell are the same in
@@ -53,31 +58,96 @@ pub(crate) fn start<'p, C>(
     Ok((handlers, listener, bell))
 }
 
-/// A readiness loop, as [`dispatch`] sees it.
-pub(crate) trait Dispatch {
+/// A readiness loop, as [`run`] turns it: its table of handlers, how it
+/// takes in a client and handles a ready one (the notes' callbacks), how
+/// long it may wait, what it does after each batch, its `--stats` line,
+/// and how it closes a client.
+pub(crate) trait Readiness<'a> {
     /// The loop's own client.
     type Client;
     /// The events of the last wait, and the handlers, by key.
     fn table(&self) -> (&Events, &Slab<Handler<Self::Client>>);
-    /// Accepts every client waiting in the backlog (the notes' `accept`).
-    ///
-    /// # Errors
-    /// If the listener is broken.
-    fn accept_clients(&mut self) -> io::Result<()>;
-    /// The bell rang: stops the loop.
-    fn stop(&self);
+    /// Takes in a client the listener accepted: registers it to read.
+    fn register(&mut self, stream: TcpStream, peer: SocketAddr);
     /// A client's socket is ready: its handler, the notes' callback.
     fn on_client(&mut self, event: Event, now: Instant);
+    /// The listener, and the counters its accepts go to.
+    fn listener(&mut self) -> (&mut Listener<'a>, &Stats);
+    /// How long the next wait may last: until the next timer, or forever.
+    fn timeout(&self) -> Option<Duration>;
+    /// The poller it waits on, and the events its waits fill.
+    fn waiting(&mut self) -> (&Poller, &mut Events);
+    /// Writes a `--stats` line (the final one if `last`).
+    fn report(&mut self, now: Instant, last: bool);
+    /// Its meter: stalls past `--slow-handler`, turns for `--stats`.
+    fn meter(&mut self) -> &mut Meter<'a>;
+    /// Closes the client under `key`, which ended as `ending`.
+    fn close(&mut self, key: usize, ending: Ending);
+    /// What comes after a batch: deliveries, jobs done, timers due.
+    ///
+    /// # Errors
+    /// If the listener breaks.
+    fn after(&mut self, now: Instant) -> io::Result<()>;
+}
+
+/// Turns a readiness loop until `shutdown`: one wait for a whole batch of
+/// ready sockets, each handed to its handler, then the timers; at the
+/// end, every client closed.
+///
+/// # Errors
+/// If the poller fails or the listener breaks.
+pub(crate) fn run<'a>(l: &mut impl Readiness<'a>, shutdown: &Shutdown) -> io::Result<()> {
+    turns::run(&mut Turning(l, shutdown), shutdown)
+}
+
+/// A readiness loop seen as [`Turns`], and the shutdown its bell triggers.
+struct Turning<'l, L>(&'l mut L, &'l Shutdown);
+
+impl<'a, L: Readiness<'a>> Turns<'a> for Turning<'_, L> {
+    fn meter(&mut self) -> &mut Meter<'a> {
+        self.0.meter()
+    }
+
+    fn wait(&mut self) -> io::Result<()> {
+        let timeout = self.0.timeout();
+        let (poller, events) = self.0.waiting();
+        poller.wait(events, timeout).map(drop)
+    }
+
+    fn handle(&mut self, now: Instant) -> io::Result<usize> {
+        dispatch(self.0, now, self.1)
+    }
+
+    fn after(&mut self, now: Instant) -> io::Result<()> {
+        self.0.after(now)
+    }
+
+    fn report(&mut self, now: Instant, last: bool) {
+        self.0.report(now, last);
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<usize> = self.0.table().1.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.0.close(key, Ending::Shutdown);
+        }
+    }
 }
 
 /// Hands each event of the last wait to its socket's handler (the notes'
 /// `callback = key.data; callback(key.fileobj)`), and says how many there
-/// were. By index, not by iterator: a handler changes the loop. An event
-/// whose key is vacant is of a client closed earlier in the same batch.
+/// were: the listener's takes in every waiting client (the notes'
+/// `accept`), the bell's triggers `shutdown`. By index, not by iterator: a
+/// handler changes the loop. An event whose key is vacant is of a client
+/// closed earlier in the same batch.
 ///
 /// # Errors
 /// If the listener is broken.
-pub(crate) fn dispatch<D: Dispatch>(l: &mut D, now: Instant) -> io::Result<usize> {
+fn dispatch<'a>(
+    l: &mut impl Readiness<'a>,
+    now: Instant,
+    shutdown: &Shutdown,
+) -> io::Result<usize> {
     let mut handled = 0;
     loop {
         let (events, handlers) = l.table();
@@ -86,11 +156,22 @@ pub(crate) fn dispatch<D: Dispatch>(l: &mut D, now: Instant) -> io::Result<usize
         };
         handled += 1;
         match handlers.get(event.key) {
-            Some(Handler::Accept) => l.accept_clients()?,
-            Some(Handler::Stop) => l.stop(),
+            Some(Handler::Accept) => accept_clients(l)?,
+            Some(Handler::Stop) => shutdown.trigger(),
             Some(Handler::Client(_)) => l.on_client(event, now),
             None => {}
         }
+    }
+}
+
+/// Takes in every client waiting in the backlog.
+fn accept_clients<'a>(l: &mut impl Readiness<'a>) -> io::Result<()> {
+    loop {
+        let (listener, stats) = l.listener();
+        let Some((stream, peer)) = listener.next_client(stats)? else {
+            return Ok(());
+        };
+        l.register(stream, peer);
     }
 }
 

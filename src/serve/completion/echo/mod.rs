@@ -1,7 +1,7 @@
 //! The echo on the completion loop: one ring, a multishot receive per
 //! client into the pool's buffers, the echo sent from the buffer it came
 //! in (see the module above for the whole design). The chat's completion
-//! loop stands on the same [`kit`](super::kit). The lab's part (`src/lab/`,
+//! loop stands on the same [`kit`]. The lab's part (`src/lab/`,
 //! skippable on a first read): `--work` (a chunk held or offloaded until
 //! its work is done) in `work.rs`, the meter and traffic for `--stats`.
 
@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use super::kit::{Accept, Acceptor, RING_ENTRIES, Received, SHUTDOWN_PATIENCE, Slots, token};
+use super::kit::{self, Accept, Acceptor, Completions, RING_ENTRIES, Received, Slots, token};
 use super::ring::{Buf, Completion, Kind, Outgoing, Ring, Token};
 use super::{available, unavailable};
 use crate::lab::live::Traffic;
@@ -20,7 +20,6 @@ use crate::lab::meter::Meter;
 use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::readiness::deadlines::IdleSweep;
-use crate::serve::turns::{self, Turns};
 use crate::stats::Ending;
 
 mod work;
@@ -62,118 +61,14 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         traffic: &traffic,
         ctx,
     };
-    turns::run(&mut proactor)
+    kit::run(&mut proactor, &ctx.shutdown)
 }
 
-impl<'a> Turns<'a> for Proactor<'a> {
-    fn stopping(&self) -> bool {
-        self.ctx.shutdown.is_triggered()
+impl<'a> Completions<'a> for Proactor<'a> {
+    fn ring(&mut self) -> &mut Ring {
+        &mut self.ring
     }
 
-    fn meter(&mut self) -> &mut Meter<'a> {
-        &mut self.meter
-    }
-
-    /// Submits what is queued and waits for a completion, in one call.
-    fn wait(&mut self) -> io::Result<()> {
-        let timeout = self.timeout();
-        self.ring.submit_and_wait(timeout)
-    }
-
-    fn handle(&mut self, now: Instant) -> io::Result<usize> {
-        let mut completions = 0;
-        while let Some(done) = self.ring.next_completion() {
-            completions += 1;
-            self.complete(done, now)?;
-        }
-        Ok(completions)
-    }
-
-    fn after(&mut self, now: Instant) -> io::Result<()> {
-        self.rearm_starved()?;
-        self.run_timers(now)
-    }
-
-    fn report(&mut self, now: Instant, last: bool) {
-        self.stats_line(now, last);
-    }
-
-    fn close_all(&mut self) {
-        Proactor::close_every_client(self);
-    }
-}
-
-/// One client, and what of it is with the kernel.
-struct Conn<'a> {
-    /// Closed only once `receiving` and `sending` are both false.
-    stream: TcpStream,
-    /// Its multishot receive is in flight.
-    receiving: bool,
-    /// A send of its bytes is in flight.
-    sending: bool,
-    /// Bytes to echo after the send in flight, oldest first, in the
-    /// connection's own memory: what the socket had no room for, and what
-    /// arrived while a send was out. Empty, and holding no memory, for a
-    /// client that reads its echoes.
-    unsent: VecDeque<Vec<u8>>,
-    /// With `--work`: a chunk of it is with its work (a timer or a pool
-    /// thread).
-    working: bool,
-    /// With `--work wait`: that chunk, while its timer runs.
-    waiting: Vec<u8>,
-    /// With `--work`: bytes that arrived while a chunk was with its work,
-    /// the next chunk.
-    unworked: Vec<u8>,
-    /// Bytes received and not echoed yet, wherever they are.
-    held: usize,
-    /// Its receive was cancelled for back-pressure, or ran out of buffers:
-    /// submit it again when that passes.
-    paused: bool,
-    /// The client sent its last byte.
-    read_closed: bool,
-    /// Set once it must go; it goes when nothing of it is in flight.
-    ending: Option<Ending>,
-    /// Its socket was shut down and its receive cancelled, to end them.
-    shut: bool,
-    last_active: Instant,
-    /// Who it is and the bytes echoed to it: counted out and logged when
-    /// the connection is dropped, after its socket.
-    visit: Visit<'a>,
-}
-
-impl Conn<'_> {
-    /// Queues a copy of `bytes` to echo after everything before them.
-    fn keep(&mut self, bytes: &[u8]) {
-        match self.unsent.back_mut() {
-            Some(last) => last.extend_from_slice(bytes),
-            None => self.unsent.push_back(bytes.to_vec()),
-        }
-    }
-}
-
-/// The loop and everything it owns.
-struct Proactor<'a> {
-    ring: Ring,
-    acceptor: Acceptor<'a>,
-    conns: Slots<Conn<'a>>,
-    /// Slots whose receive ended for want of buffers.
-    starved: VecDeque<(u32, u32)>,
-    idle: Option<IdleSweep>,
-    /// `--work`, if given; without it the echo path is untouched.
-    plan: Option<WorkPlan>,
-    /// With `--offload`: what the pool rings when a job is done.
-    doorbell: Option<UnixStream>,
-    /// Jobs the pool finished since the last `--stats` line.
-    jobs_done: u64,
-    /// Stalls past `--slow-handler`; turns and lines for `--stats`.
-    meter: Meter<'a>,
-    /// What the clients did, for `--stats`; each client's [`Visit`]
-    /// counts it in and out.
-    traffic: &'a Traffic,
-    ctx: &'a Context,
-}
-
-impl Proactor<'_> {
     fn timeout(&self) -> Option<Duration> {
         let work_timer = self.plan.as_ref().and_then(WorkPlan::deadline);
         crate::serve::readiness::deadlines::until_earliest([
@@ -184,22 +79,8 @@ impl Proactor<'_> {
         ])
     }
 
-    fn stats_line(&mut self, now: Instant, last: bool) {
-        let open = self.conns.len() as u64;
-        let (in_flight, free) = (
-            self.ring.in_flight() as u64,
-            self.ring.free_buffers() as u64,
-        );
-        let timers = self.plan.as_ref().map_or(0, |p| p.held() as u64)
-            + u64::from(self.acceptor.paused_until().is_some())
-            + u64::from(self.idle.is_some());
-        let jobs_done = std::mem::take(&mut self.jobs_done);
-        self.meter.report(now, last, self.traffic, open, |line| {
-            line.gauge("timers", timers)
-                .count("cross_wakeups", jobs_done)
-                .gauge("in_flight", in_flight)
-                .gauge("free_buffers", free);
-        });
+    fn meter(&mut self) -> &mut Meter<'a> {
+        &mut self.meter
     }
 
     /// What one completion means.
@@ -275,6 +156,111 @@ impl Proactor<'_> {
         Ok(())
     }
 
+    fn after(&mut self, now: Instant) -> io::Result<()> {
+        self.rearm_starved()?;
+        self.run_timers(now)
+    }
+
+    fn report(&mut self, now: Instant, last: bool) {
+        let open = self.conns.len() as u64;
+        let (in_flight, free) = (
+            self.ring.in_flight() as u64,
+            self.ring.free_buffers() as u64,
+        );
+        let timers = self.plan.as_ref().map_or(0, |p| p.held() as u64)
+            + u64::from(self.acceptor.paused_until().is_some())
+            + u64::from(self.idle.is_some());
+        let jobs_done = std::mem::take(&mut self.jobs_done);
+        self.meter.report(now, last, self.traffic, open, |line| {
+            line.gauge("timers", timers)
+                .count("cross_wakeups", jobs_done)
+                .gauge("in_flight", in_flight)
+                .gauge("free_buffers", free);
+        });
+    }
+
+    fn end_all(&mut self) {
+        if self.doorbell.is_some() {
+            let _ = self.ring.cancel(token(Kind::Jobs, 0, 0));
+        }
+        let slots: Vec<u32> = self.conns.iter().map(|(token, _)| token.slot).collect();
+        for slot in slots {
+            let _ = self.end(slot, Ending::Shutdown);
+        }
+    }
+}
+
+/// One client, and what of it is with the kernel.
+struct Conn<'a> {
+    /// Closed only once `receiving` and `sending` are both false.
+    stream: TcpStream,
+    /// Its multishot receive is in flight.
+    receiving: bool,
+    /// A send of its bytes is in flight.
+    sending: bool,
+    /// Bytes to echo after the send in flight, oldest first, in the
+    /// connection's own memory: what the socket had no room for, and what
+    /// arrived while a send was out. Empty, and holding no memory, for a
+    /// client that reads its echoes.
+    unsent: VecDeque<Vec<u8>>,
+    /// With `--work`: a chunk of it is with its work (a timer or a pool
+    /// thread).
+    working: bool,
+    /// With `--work wait`: that chunk, while its timer runs.
+    waiting: Vec<u8>,
+    /// With `--work`: bytes that arrived while a chunk was with its work,
+    /// the next chunk.
+    unworked: Vec<u8>,
+    /// Bytes received and not echoed yet, wherever they are.
+    held: usize,
+    /// Its receive was cancelled for back-pressure, or ran out of buffers:
+    /// submit it again when that passes.
+    paused: bool,
+    /// The client sent its last byte.
+    read_closed: bool,
+    /// Set once it must go; it goes when nothing of it is in flight.
+    ending: Option<Ending>,
+    /// Its socket was shut down and its receive cancelled, to end them.
+    shut: bool,
+    last_active: Instant,
+    /// Who it is and the bytes echoed to it: counted out and logged when
+    /// the connection is dropped, after its socket.
+    visit: Visit<'a>,
+}
+
+impl Conn<'_> {
+    /// Queues a copy of `bytes` to echo after everything before them.
+    fn keep(&mut self, bytes: &[u8]) {
+        match self.unsent.back_mut() {
+            Some(last) => last.extend_from_slice(bytes),
+            None => self.unsent.push_back(bytes.to_vec()),
+        }
+    }
+}
+
+/// The loop and everything it owns.
+struct Proactor<'a> {
+    ring: Ring,
+    acceptor: Acceptor<'a>,
+    conns: Slots<Conn<'a>>,
+    /// Slots whose receive ended for want of buffers.
+    starved: VecDeque<(u32, u32)>,
+    idle: Option<IdleSweep>,
+    /// `--work`, if given; without it the echo path is untouched.
+    plan: Option<WorkPlan>,
+    /// With `--offload`: what the pool rings when a job is done.
+    doorbell: Option<UnixStream>,
+    /// Jobs the pool finished since the last `--stats` line.
+    jobs_done: u64,
+    /// Stalls past `--slow-handler`; turns and lines for `--stats`.
+    meter: Meter<'a>,
+    /// What the clients did, for `--stats`; each client's [`Visit`]
+    /// counts it in and out.
+    traffic: &'a Traffic,
+    ctx: &'a Context,
+}
+
+impl Proactor<'_> {
     /// The bytes in `buf`, just received for `token`'s connection: echoed
     /// from the pool buffer when nothing is before them (the common case:
     /// no copy), otherwise kept in the connection's memory, and the buffer
@@ -503,26 +489,5 @@ impl Proactor<'_> {
             }
         }
         Ok(())
-    }
-
-    /// At shutdown: ends every connection and the accept, then waits until
-    /// the kernel has finished with every operation, so that no memory or
-    /// descriptor goes while it is still in use.
-    fn close_every_client(&mut self) {
-        let _ = self.ring.cancel(token(Kind::Accept, 0, 0));
-        let _ = self.ring.cancel(token(Kind::Bell, 0, 0));
-        if self.doorbell.is_some() {
-            let _ = self.ring.cancel(token(Kind::Jobs, 0, 0));
-        }
-        let slots: Vec<u32> = self.conns.iter().map(|(token, _)| token.slot).collect();
-        for slot in slots {
-            let _ = self.end(slot, Ending::Shutdown);
-        }
-        let deadline = Instant::now() + SHUTDOWN_PATIENCE;
-        while let Some(batch) = self.ring.drain_round(deadline) {
-            for done in batch {
-                let _ = self.complete(done, Instant::now());
-            }
-        }
     }
 }

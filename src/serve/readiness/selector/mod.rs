@@ -43,10 +43,12 @@
 //! (a signal rings it); its handler triggers the shutdown, and the loop
 //! deletes and closes every socket.
 //!
-//! Here: the loop's two steps (wait, then dispatch each event to its
-//! handler) and the table of handlers; `serve/turns.rs` repeats them, the
-//! same skeleton for every one-thread loop. `connection.rs`: a client and
-//! its echo handler, the notes' callback.
+//! Here: what the selector is, as the readiness kit's `Readiness` trait
+//! asks (its handlers, its timers, its `--stats` line, how it closes a
+//! client); the kit (`readiness::run`) turns it: one wait, then each event
+//! to its handler, on the skeleton every one-thread loop shares
+//! (`serve/turns.rs`). `connection.rs`: a client and its echo handler, the
+//! notes' callback.
 //! The lab's parts, which a first reading may skip: `work.rs` (`--work`
 //! and `--offload`: a chunk held until its work is done) and `tally.rs`
 //! (what `--stats` counts, where it happens).
@@ -64,14 +66,13 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::deadlines::IdleSweep;
-use super::{Dispatch, Listener};
+use super::{Listener, Readiness};
 use crate::lab::live::Traffic;
 use crate::lab::meter::Meter;
 use crate::poller::{Event, Events, Interest, Poller};
 use crate::serve::accept::Visit;
-use crate::serve::turns::{self, Turns};
 use crate::serve::{Context, READ_BUFFER_SIZE};
-use crate::stats::Ending;
+use crate::stats::{Ending, Stats};
 
 /// The most echoed bytes one client may leave unsent before we stop reading
 /// from it. 64 KiB is about what one loopback socket buffer holds: enough to
@@ -118,7 +119,7 @@ pub fn run(listener: TcpListener, ctx: &Context) -> io::Result<()> {
         jobs_done: 0,
         ctx,
     };
-    turns::run(&mut selector)
+    super::run(&mut selector, &ctx.shutdown)
 }
 
 /// The loop and everything it owns.
@@ -154,82 +155,11 @@ struct Selector<'a> {
     ctx: &'a Context,
 }
 
-impl<'a> Turns<'a> for Selector<'a> {
-    fn stopping(&self) -> bool {
-        self.ctx.shutdown.is_triggered()
-    }
-
-    fn meter(&mut self) -> &mut Meter<'a> {
-        &mut self.meter
-    }
-
-    /// One epoll_wait for a whole batch of ready sockets.
-    fn wait(&mut self) -> io::Result<()> {
-        let timeout = self.timeout();
-        self.poller.wait(&mut self.events, timeout).map(drop)
-    }
-
-    fn handle(&mut self, now: Instant) -> io::Result<usize> {
-        super::dispatch(self, now)
-    }
-
-    fn after(&mut self, now: Instant) -> io::Result<()> {
-        self.finish_jobs(now);
-        self.run_timers(now)
-    }
-
-    fn report(&mut self, now: Instant, last: bool) {
-        self.stats_line(now, last);
-    }
-
-    fn close_all(&mut self) {
-        let keys: Vec<usize> = self.handlers.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.close(key, Ending::Shutdown);
-        }
-    }
-}
-
-impl<'a> Dispatch for Selector<'a> {
+impl<'a> Readiness<'a> for Selector<'a> {
     type Client = Connection<'a>;
 
     fn table(&self) -> (&Events, &Slab<Handler<'a>>) {
         (&self.events, &self.handlers)
-    }
-
-    fn accept_clients(&mut self) -> io::Result<()> {
-        while let Some((stream, peer)) = self.listener.next_client(&self.ctx.stats)? {
-            self.register(stream, peer);
-        }
-        Ok(())
-    }
-
-    fn stop(&self) {
-        self.ctx.shutdown.trigger();
-    }
-
-    fn on_client(&mut self, event: Event, now: Instant) {
-        let Some(Handler::Client(conn)) = self.handlers.get_mut(event.key) else {
-            return;
-        };
-        let plan = self.plan.as_mut();
-        let (buffer, tally) = (&mut self.buffer, &self.tally);
-        if let Some(ending) = conn.on_ready(event, now, self.poller, buffer, plan, tally) {
-            self.close(event.key, ending);
-        }
-    }
-}
-
-impl Selector<'_> {
-    /// How long the next wait may last: until the next timer, or forever.
-    fn timeout(&self) -> Option<Duration> {
-        let work_timer = self.plan.as_ref().and_then(WorkPlan::deadline);
-        super::deadlines::until_earliest([
-            self.listener.paused_until(),
-            self.idle.as_ref().map(IdleSweep::next),
-            work_timer,
-            self.meter.deadline(),
-        ])
     }
 
     /// Adds an admitted client to the table and to the poller, interested
@@ -266,6 +196,61 @@ impl Selector<'_> {
         self.next_id += 1;
     }
 
+    fn on_client(&mut self, event: Event, now: Instant) {
+        let Some(Handler::Client(conn)) = self.handlers.get_mut(event.key) else {
+            return;
+        };
+        let plan = self.plan.as_mut();
+        let (buffer, tally) = (&mut self.buffer, &self.tally);
+        if let Some(ending) = conn.on_ready(event, now, self.poller, buffer, plan, tally) {
+            self.close(event.key, ending);
+        }
+    }
+
+    fn listener(&mut self) -> (&mut Listener<'a>, &Stats) {
+        (&mut self.listener, &self.ctx.stats)
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        let work_timer = self.plan.as_ref().and_then(WorkPlan::deadline);
+        super::deadlines::until_earliest([
+            self.listener.paused_until(),
+            self.idle.as_ref().map(IdleSweep::next),
+            work_timer,
+            self.meter.deadline(),
+        ])
+    }
+
+    fn waiting(&mut self) -> (&Poller, &mut Events) {
+        (self.poller, &mut self.events)
+    }
+
+    fn report(&mut self, now: Instant, last: bool) {
+        self.stats_line(now, last);
+    }
+
+    fn meter(&mut self) -> &mut Meter<'a> {
+        &mut self.meter
+    }
+
+    /// Deletes a client from the poller (before its socket closes), from the
+    /// table, and logs how it ended.
+    fn close(&mut self, key: usize, ending: Ending) {
+        if let Some(Handler::Client(mut conn)) = self.handlers.try_remove(key) {
+            conn.visit.ends(ending);
+            // Dropping it deletes it from the poller, closes it, then
+            // counts it out and logs it.
+            drop(conn);
+        }
+    }
+
+    fn after(&mut self, now: Instant) -> io::Result<()> {
+        self.finish_jobs(now);
+        self.run_timers(now)
+    }
+}
+
+impl Selector<'_> {
     /// Resumes accepting after a back-off, echoes the chunks whose `wait`
     /// is over, and closes idle clients.
     fn run_timers(&mut self, now: Instant) -> io::Result<()> {
@@ -285,16 +270,5 @@ impl Selector<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Deletes a client from the poller (before its socket closes), from the
-    /// table, and logs how it ended.
-    fn close(&mut self, key: usize, ending: Ending) {
-        if let Some(Handler::Client(mut conn)) = self.handlers.try_remove(key) {
-            conn.visit.ends(ending);
-            // Dropping it deletes it from the poller, closes it, then
-            // counts it out and logs it.
-            drop(conn);
-        }
     }
 }

@@ -13,6 +13,7 @@ use crate::lab::defer::{Deferrals, Started};
 use crate::lab::offload::{Finished, Offload};
 use crate::poller::Poller;
 use crate::serve::Context;
+use crate::serve::readiness::Readiness;
 use crate::stats::Ending;
 
 /// `--work`, if given: clients are keyed by slot and id (never reused).
