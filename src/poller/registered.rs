@@ -16,7 +16,7 @@
 
 use std::io;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use super::{Interest, Poller};
 
@@ -95,7 +95,15 @@ impl<T: AsFd, P: Deref<Target: AsRef<Poller>>> Registration<T, P> {
     /// source at hand. Its owner drops it with this guard (the reactor
     /// removes the table entry that holds it in `Async`'s `drop`).
     pub fn handle(&self) -> Handle {
-        Handle(self.source.as_fd().as_raw_fd())
+        let fd = self.source.as_fd().as_raw_fd();
+        // SAFETY: the descriptor is open now, and a handle is used only
+        // while its registration lives (its owner's promise, above), so
+        // while the source is open: the `'static` is that promise. Were one
+        // kept too long, its number would name a closed or reused
+        // descriptor for one `epoll_ctl`: the kernel refuses it, or changes
+        // another registration of this poller; no backend keeps a pointer
+        // by descriptor, so nothing reads freed memory.
+        Handle(unsafe { BorrowedFd::borrow_raw(fd) })
     }
 }
 
@@ -138,9 +146,11 @@ fn small(key: usize) -> io::Result<u32> {
 
 /// A registered descriptor, named without its socket: made by
 /// [`Registration::handle`], used through [`Poller::modify_handle`] and
-/// [`Poller::delete_handle`]. Four bytes.
+/// [`Poller::delete_handle`]. Four bytes, with a value no descriptor has
+/// (-1) free for a table's own use: the reactor's slab keeps its entries
+/// at 40 bytes with it.
 #[derive(Debug)]
-pub struct Handle(RawFd);
+pub struct Handle(BorrowedFd<'static>);
 
 impl Poller {
     /// [`Poller::modify`] through a [`Handle`].
@@ -163,14 +173,7 @@ impl Poller {
 impl Handle {
     /// The descriptor, for one call.
     fn borrow(&self) -> BorrowedFd<'_> {
-        // SAFETY: a handle is made from a live registration and dropped
-        // with it (its owner's promise, `Registration::handle`), so its
-        // descriptor is open. Were one kept too long, the number would name
-        // a closed or reused descriptor for one `epoll_ctl`: the kernel
-        // refuses it, or changes another registration of this poller; no
-        // backend keeps a pointer by descriptor, so nothing reads freed
-        // memory.
-        unsafe { BorrowedFd::borrow_raw(self.0) }
+        self.0
     }
 }
 

@@ -146,6 +146,17 @@ mod tests {
         Stats::new(true, 1)
     }
 
+    /// Every client of every model holds a `Visit`, idle or not: its
+    /// address, its bytes, how it ended (an `Ending` of 16 bytes), and two
+    /// references.
+    #[test]
+    fn a_visit_stays_small() {
+        let visit = std::mem::size_of::<Visit<'_>>();
+        assert!(visit <= 72, "{visit}");
+        let ending = std::mem::size_of::<Option<Ending>>();
+        assert!(ending <= 16, "{ending}");
+    }
+
     fn os_error(code: i32) -> io::Result<(TcpStream, SocketAddr)> {
         Err(io::Error::from_raw_os_error(code))
     }

@@ -146,7 +146,7 @@ pub fn spawn_client<'scope, 'env>(
     // thread that starts says how its client really ended.
     client
         .1
-        .ends(Ending::Dropped("no thread could be started for it"));
+        .ends(Ending::Dropped(&"no thread could be started for it"));
     let _ = std::thread::Builder::new()
         .name(name)
         .stack_size(ctx.config.stack_size)

@@ -83,16 +83,16 @@ impl After {
     pub fn ending(self) -> Ending {
         match self {
             After::Continue | After::Quit => Ending::Closed,
-            After::Expelled => Ending::Dropped("too many errors"),
-            After::TooSlow => Ending::Dropped("too slow"),
+            After::Expelled => Ending::Dropped(&"too many errors"),
+            After::TooSlow => Ending::Dropped(&"too slow"),
         }
     }
 
     /// How it ended if its close grace ran out first.
     pub fn out_of_time(self) -> Ending {
         match self {
-            After::TooSlow => Ending::Dropped("too slow"),
-            _ => Ending::Dropped("did not read what it was owed in time"),
+            After::TooSlow => Ending::Dropped(&"too slow"),
+            _ => Ending::Dropped(&"did not read what it was owed in time"),
         }
     }
 }

@@ -66,7 +66,9 @@ pub struct Reactor {
     /// Pending timers by deadline, earliest first; the id makes equal
     /// deadlines distinct. A `Sleep` that is dropped removes its own entry,
     /// so every waker here belongs to a future still alive.
-    timers: RefCell<BTreeMap<(Instant, NonZeroU64), Waker>>,
+    timers: RefCell<BTreeMap<(At, NonZeroU64), Waker>>,
+    /// When the reactor was made: what an [`At`] counts from.
+    epoch: Instant,
     /// The id of the next timer; never reused.
     next_timer_id: Cell<NonZeroU64>,
     /// The buffer `wait` fills; borrowed only inside `wait`, never across
@@ -110,6 +112,7 @@ impl Reactor {
             poller: Arc::new(poller),
             sources: RefCell::new(Slab::new()),
             timers: RefCell::new(BTreeMap::new()),
+            epoch: Instant::now(),
             next_timer_id: Cell::new(NonZeroU64::MIN),
             events: RefCell::new(Events::new()),
             buffers: BufferPool::new(),
@@ -172,7 +175,7 @@ impl Reactor {
             .timers
             .borrow()
             .first_key_value()
-            .map(|(&(at, _), _)| at.saturating_duration_since(Instant::now()));
+            .map(|(&(at, _), _)| at.from(self.now()));
         let timeout = match (timeout, until_timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -204,11 +207,11 @@ impl Reactor {
             }
         }
         drop(sources);
-        self.fire_timers(Instant::now());
+        self.fire_timers(self.now());
     }
 
     /// Wakes every timer whose instant has come, earliest first.
-    fn fire_timers(&self, now: Instant) {
+    fn fire_timers(&self, now: At) {
         loop {
             let mut timers = self.timers.borrow_mut();
             let Some(entry) = timers.first_entry() else {
@@ -223,7 +226,7 @@ impl Reactor {
         }
     }
 
-    fn add_timer(&self, at: Instant, waker: Waker) -> NonZeroU64 {
+    fn add_timer(&self, at: At, waker: Waker) -> NonZeroU64 {
         let id = self.next_timer_id.get();
         self.next_timer_id.set(id.saturating_add(1));
         self.timers.borrow_mut().insert((at, id), waker);
@@ -467,6 +470,7 @@ mod timers;
 pub(super) use budget::Budget;
 use source::{Direction, READ_CLOSED, READABLE, Source, WATCH_READ, WATCH_WRITE, WRITABLE, Waiter};
 
+use timers::At;
 pub use timers::{Sleep, TimedOut, Timeout, sleep, timeout};
 
 #[cfg(test)]

@@ -89,12 +89,16 @@ fn a_waiter_holds_one_waker() {
 }
 
 /// A registration is what every idle connection holds in the reactor:
-/// its flags share one byte, so it stays at 40 bytes with the descriptor;
-/// the socket its task holds is the descriptor, its key and the reactor.
+/// its flags share one byte, so it stays at 40 bytes with the descriptor,
+/// and the descriptor leaves a value free, so that the table's entry (an
+/// enum: vacant or not) stays at 40 too; the socket its task holds is the
+/// descriptor, its key and the reactor.
 #[test]
 fn a_registration_stays_small() {
     let source = std::mem::size_of::<super::Source>();
     assert!(source <= 40, "{source}");
+    let entry = std::mem::size_of::<Option<super::Source>>();
+    assert!(entry <= 40, "{entry}");
     let socket = std::mem::size_of::<super::Async<std::net::TcpStream>>();
     assert!(socket <= 16, "{socket}");
 }
