@@ -20,7 +20,8 @@
 //! operations per poll (the reactor's cooperative budget, `--budget`):
 //! then its `await` answers `Pending`, it wakes itself, and it runs again in
 //! the next tick, behind every task that was ready before it. And a tick
-//! polls at most `POLLS_PER_TICK` tasks before the executor asks the
+//! polls at most `POLLS_PER_TICK` tasks (`POLLS_PER_TICK_LEVEL` where the
+//! reactor registers level-triggered) before the executor asks the
 //! reactor what else became ready, so readiness is heard even while the
 //! ready queue never empties. Without the budget, a client that sends
 //! without pause keeps its task's `recv` and `write_all` completing at
@@ -75,6 +76,15 @@ pub(super) const MAIN: usize = u32::MAX as usize;
 /// bounds how long readiness can go unheard: 128 polls of at most
 /// [`DEFAULT_BUDGET`](crate::serve::DEFAULT_BUDGET) operations each.
 const POLLS_PER_TICK: usize = 128;
+
+/// The same bound where the reactor registers level-triggered (on
+/// `polling`): there a look at the poller reports again every socket still
+/// ready, whose task is queued already, and makes the kernel check each of
+/// them; so the look comes once per batch a wait can hand back (1,024
+/// events), as the selector's next wait does. With 128, a thousand busy
+/// clients cost async on `polling` 15% more CPU per message than on
+/// `--poller epoll` (`docs/performance.md`).
+const POLLS_PER_TICK_LEVEL: usize = 1024;
 
 /// Runs futures on this thread until the one given to `block_on` completes.
 /// Tasks may borrow anything that outlives `'a`; any still running when the
@@ -254,6 +264,10 @@ impl<'a> Executor<'a> {
         self.admit_new_tasks();
         // Whether the last tick went on to the next without a wait.
         let mut skipped_wait = false;
+        let per_tick = match self.reactor.is_level() {
+            true => POLLS_PER_TICK_LEVEL,
+            false => POLLS_PER_TICK,
+        };
         loop {
             // One tick: poll every task that was ready when it began. Tasks
             // woken during the tick run in the next one, after the reactor
@@ -268,7 +282,7 @@ impl<'a> Executor<'a> {
             }
             let mut polls = 0;
             while let Some(id) = tick.pop_front() {
-                if polls == POLLS_PER_TICK {
+                if polls == per_tick {
                     // Enough for one tick: the rest go first in the next
                     // one, after the reactor has been asked what is ready.
                     tick.push_front(id);

@@ -125,6 +125,12 @@ impl Reactor {
         }))
     }
 
+    /// Whether sockets are registered level-triggered (on `polling`; see
+    /// `level.rs`).
+    pub fn is_level(&self) -> bool {
+        self.level
+    }
+
     /// Sets the cooperative budget: at most `per_poll` I/O operations per
     /// poll of a task; 0 turns the budget off (`serve --budget`).
     pub fn set_budget(&self, per_poll: u32) {
