@@ -34,7 +34,9 @@
 //! there already (their socket is read before any readiness is reported:
 //! [`Async::accepted`](super::reactor::Async::accepted)); a burst of
 //! connections is echoed without a wait between accepting and reading.
-//! Never twice in a row: at most one extra tick between two waits.
+//! Never twice in a row: at most one extra tick between two waits. The
+//! admission is in `admission.rs`, with the performance parts: the
+//! wakers in [`super::wake`], the budget in the reactor's `budget.rs`.
 //!
 //! A production runtime would add work stealing across threads and join
 //! handles.
@@ -364,30 +366,6 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// Moves newly spawned tasks into the table and queues them to run;
-    /// says whether there were any.
-    fn admit_new_tasks(&self) -> bool {
-        let mut new_tasks = self.spawner.new_tasks.borrow_mut();
-        if new_tasks.is_empty() {
-            return false;
-        }
-        let mut tasks = self.tasks.borrow_mut();
-        for future in new_tasks.drain(..) {
-            let entry = tasks.vacant_entry();
-            assert!(entry.key() < MAIN, "fewer than 2^32 - 1 tasks at once");
-            self.ready.borrow_mut().push(entry.key());
-            if self.reactor.trace().is_on() {
-                self.reactor.trace().task(
-                    entry.key(),
-                    format_args!("spawned (asyncio's create_task): queued to be polled"),
-                );
-                self.fresh.borrow_mut().insert(entry.key());
-            }
-            entry.insert(future);
-        }
-        true
-    }
-
     /// `Task.__step`: polls a task once; drops it if it completed.
     fn poll_task(&self, id: usize) {
         // First, so that a later task with this id is not taken for queued.
@@ -490,6 +468,8 @@ pub async fn select<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Ou
     })
     .await
 }
+
+mod admission;
 
 #[cfg(test)]
 mod tests;
