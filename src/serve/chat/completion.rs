@@ -31,9 +31,9 @@ use crate::serve::Context;
 use crate::serve::accept::Visit;
 use crate::serve::completion;
 use crate::serve::completion::kit::{
-    self, Accept, Acceptor, Completions, RING_ENTRIES, Received, Slots, token,
+    self, Acceptor, Completions, RING_ENTRIES, Received, Slots, token,
 };
-use crate::serve::completion::ring::{Completion, Kind, Outgoing, Ring, Token};
+use crate::serve::completion::ring::{Kind, Outgoing, Ring, Token};
 use crate::stats::Ending;
 
 /// Serves the chat from this thread until shutdown.
@@ -77,97 +77,34 @@ impl<'a> Completions<'a> for Chat<'a> {
         ])
     }
 
-    fn meter(&mut self) -> &mut Meter<'a> {
-        &mut self.meter
+    fn acceptor(&mut self) -> (&mut Acceptor<'a>, &mut Ring, &'a Context) {
+        (&mut self.acceptor, &mut self.ring, self.ctx)
     }
 
-    fn complete(&mut self, done: Completion, now: Instant) -> io::Result<()> {
-        let Completion {
-            token,
-            result,
-            more,
-            received,
-            sent,
-            accepted,
-        } = done;
-        match token.kind {
-            Kind::Bell => self.ctx.shutdown.trigger(),
-            Kind::Accept => {
-                if let Some((stream, peer)) = self.acceptor.accepted(
-                    &mut self.ring,
-                    Accept {
-                        stream: accepted,
-                        result,
-                        more,
-                    },
-                    self.ctx,
-                )? {
-                    self.register(stream, peer)?;
-                }
-            }
-            Kind::Cancel | Kind::Jobs => {}
-            Kind::Recv => {
-                let Some(client) = self.clients.live(token) else {
-                    if let Some(buf) = received {
-                        self.ring.recycle(buf);
-                    }
-                    return Ok(());
-                };
-                if !more {
-                    client.receiving = false;
-                }
-                let speaking = client.stopped.is_none();
-                match (
-                    Received::sort(&mut self.ring, result, received),
-                    client.member,
-                ) {
-                    (Received::Data(buf), Some(member)) if speaking => {
-                        // The room keeps what it needs; the buffer goes back.
-                        let data = self.ring.bytes(&buf);
-                        self.traffic.read(data.len());
-                        let after = self.room.receive(member, data);
-                        if after != After::Continue {
-                            stop(client, after, &mut self.closing, token, now);
-                        }
-                        self.ring.recycle(buf);
-                    }
-                    // What a client says after it stopped does not count.
-                    (Received::Data(buf), _) => self.ring.recycle(buf),
-                    (Received::End, Some(member)) if speaking => {
-                        self.room.leave(member);
-                        stop(client, After::Quit, &mut self.closing, token, now);
-                    }
-                    (Received::End | Received::Cancelled, _) => {}
-                    (Received::Starved, _) => {
-                        self.starved.push_back((token.slot, token.generation));
-                    }
-                    (Received::Failed(e), _) => {
-                        client.ending.get_or_insert(Ending::Failed(e));
-                    }
-                }
-                self.settle(token)?;
-            }
-            Kind::Send => {
-                let sent = sent.expect("a send completion returns its bytes");
-                self.sent(token, result, sent)?;
-                self.settle(token)?;
-            }
+    fn register(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+        let fd = stream.as_raw_fd();
+        let (slot, generation) = self.clients.insert(Client {
+            stream,
+            member: None,
+            receiving: true,
+            sending: false,
+            stopped: None,
+            ending: None,
+            unheard: false,
+            shut: false,
+            visit: Visit::new(peer, self.traffic, &self.ctx.stats),
+        });
+        let member = self.room.join(slot);
+        let token = token(Kind::Recv, slot, generation);
+        if let Some(client) = self.clients.live(token) {
+            client.member = Some(member);
         }
-        Ok(())
+        self.ring.install(slot, fd);
+        self.ring.receive(fd, token)
     }
 
-    fn after(&mut self, now: Instant) -> io::Result<()> {
-        self.deliver()?;
-        self.rearm_starved()?;
-        self.run_timers(now)
-    }
-
-    /// One `--stats` line: traffic, turns, and the chat's own fields.
-    fn report(&mut self, now: Instant, last: bool) {
-        let open = self.clients.len() as u64;
-        let room = &self.room;
-        self.meter
-            .report(now, last, self.traffic, open, |line| room.fill(line));
+    fn receiving(&mut self, token: Token) -> Option<&mut bool> {
+        self.clients.live(token).map(|client| &mut client.receiving)
     }
 
     fn end_all(&mut self) {
@@ -178,6 +115,70 @@ impl<'a> Completions<'a> for Chat<'a> {
             }
             let _ = self.settle(token);
         }
+    }
+
+    fn meter(&mut self) -> &mut Meter<'a> {
+        &mut self.meter
+    }
+
+    /// What a client said: lines for the room, the end of its stream, or
+    /// why it stopped.
+    fn on_received(&mut self, token: Token, got: Received, now: Instant) -> io::Result<()> {
+        let Some(client) = self.clients.live(token) else {
+            return Ok(());
+        };
+        let speaking = client.stopped.is_none();
+        match (got, client.member) {
+            (Received::Data(buf), Some(member)) if speaking => {
+                // The room keeps what it needs; the buffer goes back.
+                let data = self.ring.bytes(&buf);
+                self.traffic.read(data.len());
+                let after = self.room.receive(member, data);
+                if after != After::Continue {
+                    stop(client, after, &mut self.closing, token, now);
+                }
+                self.ring.recycle(buf);
+            }
+            // What a client says after it stopped does not count.
+            (Received::Data(buf), _) => self.ring.recycle(buf),
+            (Received::End, Some(member)) if speaking => {
+                self.room.leave(member);
+                stop(client, After::Quit, &mut self.closing, token, now);
+            }
+            (Received::End | Received::Cancelled, _) => {}
+            (Received::Starved, _) => {
+                self.starved.push_back((token.slot, token.generation));
+            }
+            (Received::Failed(e), _) => {
+                client.ending.get_or_insert(Ending::Failed(e));
+            }
+        }
+        self.settle(token)
+    }
+
+    /// One `--stats` line: traffic, turns, and the chat's own fields.
+    fn report(&mut self, now: Instant, last: bool) {
+        let open = self.clients.len() as u64;
+        let room = &self.room;
+        self.meter
+            .report(now, last, self.traffic, open, |line| room.fill(line));
+    }
+
+    fn on_sent(
+        &mut self,
+        token: Token,
+        result: i32,
+        sent: Outgoing,
+        _now: Instant,
+    ) -> io::Result<()> {
+        self.sent(token, result, sent)?;
+        self.settle(token)
+    }
+
+    fn after(&mut self, now: Instant) -> io::Result<()> {
+        self.deliver()?;
+        self.rearm_starved()?;
+        self.run_timers(now)
     }
 }
 
@@ -332,28 +333,6 @@ impl Chat<'_> {
                 .cancel(self::token(Kind::Recv, slot, generation))?;
         }
         Ok(())
-    }
-
-    fn register(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
-        let fd = stream.as_raw_fd();
-        let (slot, generation) = self.clients.insert(Client {
-            stream,
-            member: None,
-            receiving: true,
-            sending: false,
-            stopped: None,
-            ending: None,
-            unheard: false,
-            shut: false,
-            visit: Visit::new(peer, self.traffic, &self.ctx.stats),
-        });
-        let member = self.room.join(slot);
-        let token = token(Kind::Recv, slot, generation);
-        if let Some(client) = self.clients.live(token) {
-            client.member = Some(member);
-        }
-        self.ring.install(slot, fd);
-        self.ring.receive(fd, token)
     }
 
     /// Drops a client with nothing in flight: its socket closes, its slot

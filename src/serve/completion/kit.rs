@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use super::ring::{Buf, Completion, Kind, Ring, Token};
+use super::ring::{Buf, Completion, Kind, Outgoing, Ring, Token};
 use crate::lab::meter::Meter;
 use crate::net::ACCEPT_BACKOFF;
 use crate::serve::Context;
@@ -35,24 +35,54 @@ pub(crate) trait Completions<'a> {
     fn ring(&mut self) -> &mut Ring;
     /// How long the next wait may last: until the next timer, or forever.
     fn timeout(&self) -> Option<Duration>;
-    /// Its meter: stalls past `--slow-handler`, turns for `--stats`.
-    fn meter(&mut self) -> &mut Meter<'a>;
-    /// What one completion means.
+    /// Its acceptor, its ring, and the settings an accept is admitted by.
+    fn acceptor(&mut self) -> (&mut Acceptor<'a>, &mut Ring, &'a Context);
+    /// Takes in a client the acceptor admitted: starts its receive.
     ///
     /// # Errors
-    /// If the loop cannot go on (the listener broke, say).
-    fn complete(&mut self, done: Completion, now: Instant) -> io::Result<()>;
+    /// If the ring refuses the submission.
+    fn register(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()>;
+    /// Its meter: stalls past `--slow-handler`, turns for `--stats`.
+    fn meter(&mut self) -> &mut Meter<'a>;
+    /// A receive of the live connection `token` completed, and brought
+    /// `got`: bytes, the end of the stream, or why it stopped.
+    ///
+    /// # Errors
+    /// If the loop cannot go on.
+    fn on_received(&mut self, token: Token, got: Received, now: Instant) -> io::Result<()>;
+    /// The flag that says whether the connection `token` names has a
+    /// receive in flight, if the connection is live.
+    fn receiving(&mut self, token: Token) -> Option<&mut bool>;
+    /// Writes a `--stats` line (the final one if `last`).
+    fn report(&mut self, now: Instant, last: bool);
+    /// A send of `token`'s connection completed with `result`, handing back
+    /// what it sent.
+    ///
+    /// # Errors
+    /// If the loop cannot go on.
+    fn on_sent(
+        &mut self,
+        token: Token,
+        result: i32,
+        sent: Outgoing,
+        now: Instant,
+    ) -> io::Result<()>;
+    /// The offload pool rang: jobs are done.
+    ///
+    /// # Errors
+    /// If the loop cannot go on.
+    fn on_jobs(&mut self, _now: Instant) -> io::Result<()> {
+        Ok(())
+    }
+    /// At shutdown: ends every client (the accept and the bell are
+    /// cancelled already).
+    fn end_all(&mut self);
     /// What comes after a batch: deliveries, receives to start again,
     /// timers due.
     ///
     /// # Errors
-    /// As [`Completions::complete`].
+    /// If the loop cannot go on.
     fn after(&mut self, now: Instant) -> io::Result<()>;
-    /// Writes a `--stats` line (the final one if `last`).
-    fn report(&mut self, now: Instant, last: bool);
-    /// At shutdown: ends every client (the accept and the bell are
-    /// cancelled already).
-    fn end_all(&mut self);
 }
 
 /// Turns a completion loop until `shutdown`: submits what is queued and
@@ -64,11 +94,11 @@ pub(crate) trait Completions<'a> {
 /// # Errors
 /// If the ring fails, or the loop cannot go on.
 pub(crate) fn run<'a>(l: &mut impl Completions<'a>, shutdown: &Shutdown) -> io::Result<()> {
-    turns::run(&mut OnRing(l), shutdown)
+    turns::run(&mut OnRing(l, shutdown), shutdown)
 }
 
-/// A completion loop seen as [`Turns`].
-struct OnRing<'l, L>(&'l mut L);
+/// A completion loop seen as [`Turns`], and the shutdown its bell triggers.
+struct OnRing<'l, L>(&'l mut L, &'l Shutdown);
 
 impl<'a, L: Completions<'a>> Turns<'a> for OnRing<'_, L> {
     fn meter(&mut self) -> &mut Meter<'a> {
@@ -84,7 +114,7 @@ impl<'a, L: Completions<'a>> Turns<'a> for OnRing<'_, L> {
         let mut completions = 0;
         while let Some(done) = self.0.ring().next_completion() {
             completions += 1;
-            self.0.complete(done, now)?;
+            dispatch(self.0, done, now, self.1)?;
         }
         Ok(completions)
     }
@@ -105,10 +135,70 @@ impl<'a, L: Completions<'a>> Turns<'a> for OnRing<'_, L> {
         let deadline = Instant::now() + SHUTDOWN_PATIENCE;
         while let Some(batch) = self.0.ring().drain_round(deadline) {
             for done in batch {
-                let _ = self.0.complete(done, Instant::now());
+                let _ = dispatch(self.0, done, Instant::now(), self.1);
             }
         }
     }
+}
+
+/// Hands a completion to what it means, by its kind, as the readiness kit
+/// hands an event to its handler: the bell's triggers `shutdown`, an
+/// accept takes in a client, a receive or a send goes to the loop (a
+/// receive whose connection is gone gives its buffer back), and a
+/// cancellation's own completion means nothing.
+///
+/// # Errors
+/// If the listener broke, or the loop cannot go on.
+fn dispatch<'a>(
+    l: &mut impl Completions<'a>,
+    done: Completion,
+    now: Instant,
+    shutdown: &Shutdown,
+) -> io::Result<()> {
+    let Completion {
+        token,
+        result,
+        more,
+        received,
+        sent,
+        accepted,
+    } = done;
+    match token.kind {
+        Kind::Bell => shutdown.trigger(),
+        Kind::Cancel => {}
+        Kind::Accept => {
+            let (acceptor, ring, ctx) = l.acceptor();
+            let accept = Accept {
+                stream: accepted,
+                result,
+                more,
+            };
+            if let Some((stream, peer)) = acceptor.accepted(ring, accept, ctx)? {
+                l.register(stream, peer)?;
+            }
+        }
+        Kind::Jobs => l.on_jobs(now)?,
+        Kind::Recv => match l.receiving(token) {
+            Some(receiving) => {
+                if !more {
+                    *receiving = false;
+                }
+                let got = Received::sort(l.ring(), result, received);
+                l.on_received(token, got, now)?;
+            }
+            // Its connection is gone: give the buffer back.
+            None => {
+                if let Some(buf) = received {
+                    l.ring().recycle(buf);
+                }
+            }
+        },
+        Kind::Send => {
+            let sent = sent.expect("a send completion returns its bytes");
+            l.on_sent(token, result, sent, now)?;
+        }
+    }
+    Ok(())
 }
 
 /// The token of an operation of `kind` for connection `(slot, generation)`.

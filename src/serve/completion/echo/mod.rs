@@ -12,8 +12,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use super::kit::{self, Accept, Acceptor, Completions, RING_ENTRIES, Received, Slots, token};
-use super::ring::{Buf, Completion, Kind, Outgoing, Ring, Token};
+use super::kit::{self, Acceptor, Completions, RING_ENTRIES, Received, Slots, token};
+use super::ring::{Buf, Kind, Outgoing, Ring, Token};
 use super::{available, unavailable};
 use crate::lab::live::Traffic;
 use crate::lab::meter::Meter;
@@ -79,86 +79,80 @@ impl<'a> Completions<'a> for Proactor<'a> {
         ])
     }
 
+    fn acceptor(&mut self) -> (&mut Acceptor<'a>, &mut Ring, &'a Context) {
+        (&mut self.acceptor, &mut self.ring, self.ctx)
+    }
+
+    fn register(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+        let fd = stream.as_raw_fd();
+        let (slot, generation) = self.conns.insert(Conn {
+            stream,
+            receiving: true,
+            sending: false,
+            unsent: VecDeque::new(),
+            working: false,
+            waiting: Vec::new(),
+            unworked: Vec::new(),
+            held: 0,
+            paused: false,
+            read_closed: false,
+            ending: None,
+            shut: false,
+            last_active: Instant::now(),
+            visit: Visit::new(peer, self.traffic, &self.ctx.stats),
+        });
+        self.ring.install(slot, fd);
+        self.ring.receive(fd, token(Kind::Recv, slot, generation))
+    }
+
+    fn receiving(&mut self, token: Token) -> Option<&mut bool> {
+        self.conns.live(token).map(|conn| &mut conn.receiving)
+    }
+
+    fn end_all(&mut self) {
+        if self.doorbell.is_some() {
+            let _ = self.ring.cancel(token(Kind::Jobs, 0, 0));
+        }
+        let slots: Vec<u32> = self.conns.iter().map(|(token, _)| token.slot).collect();
+        for slot in slots {
+            let _ = self.end(slot, Ending::Shutdown);
+        }
+    }
+
     fn meter(&mut self) -> &mut Meter<'a> {
         &mut self.meter
     }
 
-    /// What one completion means.
-    fn complete(&mut self, done: Completion, now: Instant) -> io::Result<()> {
-        let Completion {
-            token,
-            result,
-            more,
-            received,
-            sent,
-            accepted,
-        } = done;
-        match token.kind {
-            Kind::Bell => self.ctx.shutdown.trigger(),
-            Kind::Accept => {
-                let accepted = self.acceptor.accepted(
-                    &mut self.ring,
-                    Accept {
-                        stream: accepted,
-                        result,
-                        more,
-                    },
-                    self.ctx,
-                )?;
-                if let Some((stream, peer)) = accepted {
-                    self.register(stream, peer)?;
-                }
+    /// What a receive brought: bytes to echo, the end of the stream, or
+    /// why it stopped.
+    fn on_received(&mut self, token: Token, got: Received, now: Instant) -> io::Result<()> {
+        let Some(conn) = self.conns.live(token) else {
+            return Ok(());
+        };
+        match got {
+            Received::Data(buf) => {
+                conn.held += buf.len();
+                conn.last_active = now;
+                self.traffic.read(buf.len());
+                crate::lab::crash::check(self.ring.bytes(&buf));
+                self.take_in(token, buf, now)?;
             }
-            Kind::Jobs => self.finish_jobs(now)?,
-            Kind::Cancel => {}
-            Kind::Recv => {
-                let Some(conn) = self.conns.live(token) else {
-                    // Its connection is gone: give the buffer back.
-                    if let Some(buf) = received {
-                        self.ring.recycle(buf);
-                    }
-                    return Ok(());
-                };
-                if !more {
-                    conn.receiving = false;
-                }
-                match Received::sort(&mut self.ring, result, received) {
-                    Received::Data(buf) => {
-                        conn.held += buf.len();
-                        conn.last_active = now;
-                        self.traffic.read(buf.len());
-                        crate::lab::crash::check(self.ring.bytes(&buf));
-                        self.take_in(token, buf, now)?;
-                    }
-                    Received::End => conn.read_closed = true,
-                    // Cancelled for back-pressure or closing.
-                    Received::Cancelled => {}
-                    Received::Starved => {
-                        conn.paused = true;
-                        self.starved.push_back((token.slot, token.generation));
-                    }
-                    // A reset with nothing held is the client leaving.
-                    Received::Failed(e) if conn.held == 0 => {
-                        conn.ending.get_or_insert(Ending::from_read_error(e));
-                    }
-                    Received::Failed(e) => {
-                        conn.ending.get_or_insert(Ending::Failed(e));
-                    }
-                }
-                self.settle(token)?;
+            Received::End => conn.read_closed = true,
+            // Cancelled for back-pressure or closing.
+            Received::Cancelled => {}
+            Received::Starved => {
+                conn.paused = true;
+                self.starved.push_back((token.slot, token.generation));
             }
-            Kind::Send => {
-                let sent = sent.expect("a send completion returns its bytes");
-                self.sent(token, result, sent, now);
-                self.settle(token)?;
+            // A reset with nothing held is the client leaving.
+            Received::Failed(e) if conn.held == 0 => {
+                conn.ending.get_or_insert(Ending::from_read_error(e));
+            }
+            Received::Failed(e) => {
+                conn.ending.get_or_insert(Ending::Failed(e));
             }
         }
-        Ok(())
-    }
-
-    fn after(&mut self, now: Instant) -> io::Result<()> {
-        self.rearm_starved()?;
-        self.run_timers(now)
+        self.settle(token)
     }
 
     fn report(&mut self, now: Instant, last: bool) {
@@ -179,14 +173,24 @@ impl<'a> Completions<'a> for Proactor<'a> {
         });
     }
 
-    fn end_all(&mut self) {
-        if self.doorbell.is_some() {
-            let _ = self.ring.cancel(token(Kind::Jobs, 0, 0));
-        }
-        let slots: Vec<u32> = self.conns.iter().map(|(token, _)| token.slot).collect();
-        for slot in slots {
-            let _ = self.end(slot, Ending::Shutdown);
-        }
+    fn on_sent(
+        &mut self,
+        token: Token,
+        result: i32,
+        sent: Outgoing,
+        now: Instant,
+    ) -> io::Result<()> {
+        self.sent(token, result, sent, now);
+        self.settle(token)
+    }
+
+    fn on_jobs(&mut self, now: Instant) -> io::Result<()> {
+        self.finish_jobs(now)
+    }
+
+    fn after(&mut self, now: Instant) -> io::Result<()> {
+        self.rearm_starved()?;
+        self.run_timers(now)
     }
 }
 
@@ -412,28 +416,6 @@ impl Proactor<'_> {
             }
         }
         Ok(())
-    }
-
-    fn register(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
-        let fd = stream.as_raw_fd();
-        let (slot, generation) = self.conns.insert(Conn {
-            stream,
-            receiving: true,
-            sending: false,
-            unsent: VecDeque::new(),
-            working: false,
-            waiting: Vec::new(),
-            unworked: Vec::new(),
-            held: 0,
-            paused: false,
-            read_closed: false,
-            ending: None,
-            shut: false,
-            last_active: Instant::now(),
-            visit: Visit::new(peer, self.traffic, &self.ctx.stats),
-        });
-        self.ring.install(slot, fd);
-        self.ring.receive(fd, token(Kind::Recv, slot, generation))
     }
 
     /// Drops a connection with nothing in flight: its socket closes, its
