@@ -77,8 +77,14 @@ impl<'a> Completions<'a> for Chat<'a> {
         ])
     }
 
-    fn acceptor(&mut self) -> (&mut Acceptor<'a>, &mut Ring, &'a Context) {
-        (&mut self.acceptor, &mut self.ring, self.ctx)
+    fn end_all(&mut self) {
+        let tokens: Vec<Token> = self.clients.iter().map(|(token, _)| token).collect();
+        for token in tokens {
+            if let Some(client) = self.clients.live(token) {
+                client.ending.get_or_insert(Ending::Shutdown);
+            }
+            let _ = self.settle(token);
+        }
     }
 
     fn register(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
@@ -105,16 +111,6 @@ impl<'a> Completions<'a> for Chat<'a> {
 
     fn receiving(&mut self, token: Token) -> Option<&mut bool> {
         self.clients.live(token).map(|client| &mut client.receiving)
-    }
-
-    fn end_all(&mut self) {
-        let tokens: Vec<Token> = self.clients.iter().map(|(token, _)| token).collect();
-        for token in tokens {
-            if let Some(client) = self.clients.live(token) {
-                client.ending.get_or_insert(Ending::Shutdown);
-            }
-            let _ = self.settle(token);
-        }
     }
 
     fn meter(&mut self) -> &mut Meter<'a> {
@@ -179,6 +175,10 @@ impl<'a> Completions<'a> for Chat<'a> {
         self.deliver()?;
         self.rearm_starved()?;
         self.run_timers(now)
+    }
+
+    fn acceptor(&mut self) -> (&mut Acceptor<'a>, &mut Ring, &'a Context) {
+        (&mut self.acceptor, &mut self.ring, self.ctx)
     }
 }
 

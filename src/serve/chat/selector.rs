@@ -103,6 +103,10 @@ impl<'a> Readiness<'a> for Chat<'a> {
         self.next_id += 1;
     }
 
+    fn meter(&mut self) -> &mut Meter<'a> {
+        &mut self.meter
+    }
+
     /// Writes what it is owed, reads once, and settles what to watch.
     fn on_client(&mut self, event: Event, now: Instant) {
         if event.writable {
@@ -132,28 +136,24 @@ impl<'a> Readiness<'a> for Chat<'a> {
         (self.poller, &mut self.events)
     }
 
+    /// Deletes a client from the poller (before its socket closes), from
+    /// the table and from the room (its name is free), and logs the end.
+    fn close(&mut self, key: usize, ending: Ending) {
+        if let Some(Handler::Client(mut client)) = self.handlers.try_remove(key) {
+            client.visit.ends(ending);
+            self.room.remove(client.member);
+            // Dropping it deletes it from the poller, closes it, then
+            // counts it out and logs it.
+            drop(client);
+        }
+    }
+
     /// One `--stats` line: traffic, turns, and the chat's own fields.
     fn report(&mut self, now: Instant, last: bool) {
         let open = self.handlers.len().saturating_sub(2) as u64;
         let room = &self.room;
         self.meter
             .report(now, last, self.traffic, open, |line| room.fill(line));
-    }
-
-    fn meter(&mut self) -> &mut Meter<'a> {
-        &mut self.meter
-    }
-
-    /// Deletes a client from the poller (before its socket closes), from
-    /// the table and from the room (its name is free), and logs the end.
-    fn close(&mut self, key: usize, ending: Ending) {
-        if let Some(Handler::Client(mut client)) = self.handlers.try_remove(key) {
-            self.room.remove(client.member);
-            client.visit.ends(ending);
-            // Dropping it deletes it from the poller, closes it, then
-            // counts it out and logs it.
-            drop(client);
-        }
     }
 
     fn after(&mut self, now: Instant) -> io::Result<()> {

@@ -79,36 +79,6 @@ impl<'a> Completions<'a> for Proactor<'a> {
         ])
     }
 
-    fn acceptor(&mut self) -> (&mut Acceptor<'a>, &mut Ring, &'a Context) {
-        (&mut self.acceptor, &mut self.ring, self.ctx)
-    }
-
-    fn register(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
-        let fd = stream.as_raw_fd();
-        let (slot, generation) = self.conns.insert(Conn {
-            stream,
-            receiving: true,
-            sending: false,
-            unsent: VecDeque::new(),
-            working: false,
-            waiting: Vec::new(),
-            unworked: Vec::new(),
-            held: 0,
-            paused: false,
-            read_closed: false,
-            ending: None,
-            shut: false,
-            last_active: Instant::now(),
-            visit: Visit::new(peer, self.traffic, &self.ctx.stats),
-        });
-        self.ring.install(slot, fd);
-        self.ring.receive(fd, token(Kind::Recv, slot, generation))
-    }
-
-    fn receiving(&mut self, token: Token) -> Option<&mut bool> {
-        self.conns.live(token).map(|conn| &mut conn.receiving)
-    }
-
     fn end_all(&mut self) {
         if self.doorbell.is_some() {
             let _ = self.ring.cancel(token(Kind::Jobs, 0, 0));
@@ -117,6 +87,18 @@ impl<'a> Completions<'a> for Proactor<'a> {
         for slot in slots {
             let _ = self.end(slot, Ending::Shutdown);
         }
+    }
+
+    fn register(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+        let fd = stream.as_raw_fd();
+        let visit = Visit::new(peer, self.traffic, &self.ctx.stats);
+        let (slot, generation) = self.conns.insert(Conn::new(stream, visit));
+        self.ring.install(slot, fd);
+        self.ring.receive(fd, token(Kind::Recv, slot, generation))
+    }
+
+    fn receiving(&mut self, token: Token) -> Option<&mut bool> {
+        self.conns.live(token).map(|conn| &mut conn.receiving)
     }
 
     fn meter(&mut self) -> &mut Meter<'a> {
@@ -192,6 +174,10 @@ impl<'a> Completions<'a> for Proactor<'a> {
         self.rearm_starved()?;
         self.run_timers(now)
     }
+
+    fn acceptor(&mut self) -> (&mut Acceptor<'a>, &mut Ring, &'a Context) {
+        (&mut self.acceptor, &mut self.ring, self.ctx)
+    }
 }
 
 /// One client, and what of it is with the kernel.
@@ -232,7 +218,28 @@ struct Conn<'a> {
     visit: Visit<'a>,
 }
 
-impl Conn<'_> {
+impl<'a> Conn<'a> {
+    /// A connection just accepted: its receive about to start, nothing
+    /// held.
+    fn new(stream: TcpStream, visit: Visit<'a>) -> Self {
+        Conn {
+            stream,
+            receiving: true,
+            sending: false,
+            unsent: VecDeque::new(),
+            working: false,
+            waiting: Vec::new(),
+            unworked: Vec::new(),
+            held: 0,
+            paused: false,
+            read_closed: false,
+            ending: None,
+            shut: false,
+            last_active: Instant::now(),
+            visit,
+        }
+    }
+
     /// Queues a copy of `bytes` to echo after everything before them.
     fn keep(&mut self, bytes: &[u8]) {
         match self.unsent.back_mut() {

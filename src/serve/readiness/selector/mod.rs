@@ -196,6 +196,10 @@ impl<'a> Readiness<'a> for Selector<'a> {
         self.next_id += 1;
     }
 
+    fn meter(&mut self) -> &mut Meter<'a> {
+        &mut self.meter
+    }
+
     fn on_client(&mut self, event: Event, now: Instant) {
         let Some(Handler::Client(conn)) = self.handlers.get_mut(event.key) else {
             return;
@@ -225,14 +229,6 @@ impl<'a> Readiness<'a> for Selector<'a> {
         (self.poller, &mut self.events)
     }
 
-    fn report(&mut self, now: Instant, last: bool) {
-        self.stats_line(now, last);
-    }
-
-    fn meter(&mut self) -> &mut Meter<'a> {
-        &mut self.meter
-    }
-
     /// Deletes a client from the poller (before its socket closes), from the
     /// table, and logs how it ended.
     fn close(&mut self, key: usize, ending: Ending) {
@@ -242,6 +238,10 @@ impl<'a> Readiness<'a> for Selector<'a> {
             // counts it out and logs it.
             drop(conn);
         }
+    }
+
+    fn report(&mut self, now: Instant, last: bool) {
+        self.stats_line(now, last);
     }
 
     fn after(&mut self, now: Instant) -> io::Result<()> {
