@@ -58,11 +58,6 @@ impl<T: AsFd> Watchlist<T> {
     }
 
     /// The item under `key`.
-    pub fn get(&self, key: usize) -> Option<&T> {
-        self.entries.get(key).map(|entry| &entry.item)
-    }
-
-    /// The item under `key`.
     pub fn get_mut(&mut self, key: usize) -> Option<&mut T> {
         self.entries.get_mut(key).map(|entry| &mut entry.item)
     }

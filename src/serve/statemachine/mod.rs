@@ -372,32 +372,30 @@ impl<'a> EventLoop<'a> {
             let now = Instant::now();
             self.meter.woke(now, ready);
             for event in events.iter() {
-                let Some(slot) = self.tasks.get(event.key) else {
+                let Some(slot) = self.tasks.get_mut(event.key) else {
                     continue;
                 };
                 // Error and hang-up conditions come as both readable and
                 // writable, so the task's next call sees them.
-                let ready = match slot.waiting {
-                    Some(Wait::Read { until }) if event.readable => Some(until),
-                    Some(Wait::Write { until }) if event.writable => Some(until),
-                    Some(Wait::ReadOrWrite { until }) => Some(until),
+                let until = match slot.waiting {
+                    Some(Wait::Read { until }) if event.readable => until,
+                    Some(Wait::Write { until }) if event.writable => until,
+                    Some(Wait::ReadOrWrite { until }) => until,
                     // Watched for nothing, yet reported: an error or a
                     // hang-up, which the kernel reports whatever the
                     // interest, and level-triggered on every wait. Stop
                     // watching; the task meets the error when it resumes.
                     Some(Wait::Sleep(_) | Wait::Offload) => {
                         self.tasks.unwatch(event.key);
-                        None
+                        continue;
                     }
-                    _ => None,
+                    _ => continue,
                 };
-                if let Some(until) = ready {
-                    self.tasks[event.key].waiting = None;
-                    if let Some(at) = until {
-                        self.timers.remove(&(at, event.key));
-                    }
-                    self.ready(event.key, Resume::Ready);
+                slot.waiting = None;
+                if let Some(at) = until {
+                    self.timers.remove(&(at, event.key));
                 }
+                self.ready(event.key, Resume::Ready);
             }
             self.finish_jobs();
             self.expire_timers(now);
