@@ -21,7 +21,9 @@
 //!   room, and would be reported at every wait).
 //!
 //! In steady ping-pong neither changes: a message costs one `read`, one
-//! `write`, and no `epoll_ctl`. An error or a hang-up is reported whatever
+//! `write`, and no `epoll_ctl`; what level costs more than edges there is
+//! the kernel's look, at the next wait, at every socket it reported (about
+//! 1% of a message, `docs/performance.md`: "The last two per cent"). An error or a hang-up is reported whatever
 //! the interest; the socket's reads and writes never block again, so the
 //! reactor deletes it from the poller (`Drop for Async` then deletes
 //! nothing, and says nothing of it).
